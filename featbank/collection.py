@@ -1,0 +1,220 @@
+"""Image collections: which images, under which ids, with which labels.
+
+An image id is its path relative to the collection root, in POSIX form
+(``vault/4370340479_b5a993a891_m.jpg``): two folders may hold the same file
+name. A collection has any number of label columns ("tasks"); an image may
+lack a label for some of them (``None``).
+
+Sources: a folder with one sub-folder per class (task ``label``), a CSV
+manifest with an image column and label columns, and the built-in demo
+collection (``featbank.demo``).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .images import IMAGE_EXTENSIONS
+
+IMAGE_COLUMN_GUESSES = ("image", "imageid", "image_id", "file", "filename", "path", "id")
+
+
+@dataclass
+class Collection:
+    """ids : sorted image ids; labels : task -> list aligned with ids (None = unlabelled)."""
+
+    name: str
+    root: Path
+    ids: list[str]
+    labels: dict[str, list[str | None]] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)  # manifest rows with no file
+    source: str = ""
+
+    def __post_init__(self):
+        self.root = Path(self.root)
+        for task, column in self.labels.items():
+            if len(column) != len(self.ids):
+                raise ValueError(f"task {task!r} has {len(column)} labels for {len(self.ids)} images")
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.labels)
+
+    def path(self, image_id: str) -> Path:
+        return self.root / image_id
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def check_name(name: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name or ""):
+        raise ValueError(f"collection name {name!r} must be letters, digits, '.', '_' or '-'")
+    return name
+
+
+def default_name(path: str | os.PathLike) -> str:
+    """A cache-safe collection name from a folder or file name."""
+    stem = Path(path).resolve().stem if Path(path).is_file() else Path(path).resolve().name
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._-") or "collection"
+
+
+def _is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def from_folder(root: str | os.PathLike, *, name: str | None = None,
+                task: str = "label") -> Collection:
+    """One sub-folder per class (nested folders belong to their top-level class)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {root} does not exist")
+    ids, labels = [], []
+    for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for dirpath, dirnames, filenames in os.walk(class_dir):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for filename in sorted(filenames):
+                path = Path(dirpath) / filename
+                if _is_image(path):
+                    ids.append(path.relative_to(root).as_posix())
+                    labels.append(class_dir.name)
+    if not ids:
+        raise ValueError(f"no images found in {root}: expected one sub-folder per class "
+                         f"holding {', '.join(IMAGE_EXTENSIONS)} files")
+    order = sorted(range(len(ids)), key=ids.__getitem__)
+    return Collection(name=check_name(name or default_name(root)), root=root,
+                      ids=[ids[i] for i in order], labels={task: [labels[i] for i in order]},
+                      source=f"folder:{root}")
+
+
+def clean_label(value: str | None) -> str | None:
+    """Strip spaces and undo UTF-8 bytes written as escaped text (``Bo\\xc3\\xabtius``)."""
+    if value is None:
+        return None
+    value = re.sub(r"(?:\\x[0-9a-fA-F]{2})+",
+                   lambda m: bytes.fromhex(m.group(0).replace("\\x", "")).decode("utf-8", "replace"),
+                   value).strip()
+    return value or None
+
+
+def _index_files(root: Path) -> dict[str, str]:
+    """relative path without extension -> relative path, for extension-less manifests."""
+    index: dict[str, str] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for filename in sorted(filenames):
+            path = Path(dirpath) / filename
+            if _is_image(path):
+                rel = path.relative_to(root).as_posix()
+                index.setdefault(rel.rsplit(".", 1)[0], rel)
+    return index
+
+
+def _resolve(ref: str, root: Path, index: dict[str, str]) -> str | None:
+    if ref and (root / ref).is_file():
+        return ref
+    stem = ref.rsplit(".", 1)[0] if Path(ref).suffix.lower() in IMAGE_EXTENSIONS else ref
+    return index.get(stem)
+
+
+def _pick_image_column(columns: list[str], image_column: str | None, csv_path) -> str:
+    if image_column is not None:
+        if image_column not in columns:
+            raise ValueError(f"{csv_path} has no column {image_column!r}; its columns are "
+                             f"{', '.join(c for c in columns if c)}")
+        return image_column
+    for column in columns:
+        if column.lower() in IMAGE_COLUMN_GUESSES:
+            return column
+    raise ValueError(f"cannot tell which column of {csv_path} names the images "
+                     f"({', '.join(c for c in columns if c)}); pass --image-column")
+
+
+def from_manifest(csv_path: str | os.PathLike, *, root: str | os.PathLike | None = None,
+                  image_column: str | None = None, label_columns: list[str] | None = None,
+                  name: str | None = None) -> Collection:
+    """A CSV with an image column (path relative to ``root``, extension optional).
+
+    Unnamed columns (a saved pandas index) are ignored; every other column is a
+    task unless ``label_columns`` picks some. Rows whose file is absent are
+    listed in ``Collection.missing``.
+    """
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise FileNotFoundError(f"manifest {csv_path} does not exist")
+    root = Path(root) if root is not None else csv_path.parent
+    if not root.is_dir():
+        raise FileNotFoundError(f"image root {root} does not exist")
+    with open(csv_path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        columns = list(reader.fieldnames or [])
+        rows = list(reader)
+    image_column = _pick_image_column(columns, image_column, csv_path)
+    if label_columns is None:
+        label_columns = [c for c in columns if c and c != image_column]
+    for column in label_columns:
+        if column not in columns:
+            raise ValueError(f"{csv_path} has no column {column!r}; its columns are "
+                             f"{', '.join(c for c in columns if c)}")
+    index = _index_files(root)
+    found: dict[str, dict] = {}
+    missing = []
+    for row in rows:
+        ref = (row.get(image_column) or "").strip().replace("\\", "/")
+        image_id = _resolve(ref, root, index)
+        if image_id is None:
+            missing.append(ref)
+        else:
+            found.setdefault(image_id, row)
+    if not found:
+        raise ValueError(f"none of the {len(rows)} images named in {csv_path} were found "
+                         f"under {root}; check --root")
+    ids = sorted(found)
+    labels = {c: [clean_label(found[i].get(c)) for i in ids] for c in label_columns}
+    return Collection(name=check_name(name or default_name(csv_path)), root=root, ids=ids,
+                      labels=labels, missing=missing, source=f"manifest:{csv_path}")
+
+
+def save_metadata(collection: Collection, folder: Path) -> None:
+    """Write ``collection.json`` and ``labels.csv`` (id + one column per task)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    meta = {"name": collection.name, "root": str(collection.root.resolve()),
+            "source": collection.source, "n_images": len(collection),
+            "tasks": collection.tasks, "n_missing": len(collection.missing)}
+    _atomic_write(folder / "collection.json", json.dumps(meta, indent=2) + "\n")
+    rows = [["id", *collection.tasks]]
+    rows += [[i, *[(collection.labels[t][k] or "") for t in collection.tasks]]
+             for k, i in enumerate(collection.ids)]
+    _atomic_write(folder / "labels.csv", _csv_text(rows))
+
+
+def load_metadata(folder: Path) -> Collection:
+    """The collection as extraction saved it (no image folder needed)."""
+    meta_path = folder / "collection.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"no collection in {folder}; run extract.py first")
+    meta = json.loads(meta_path.read_text())
+    with open(folder / "labels.csv", newline="", encoding="utf-8") as fh:
+        rows = list(csv.reader(fh))
+    header, body = rows[0], rows[1:]
+    labels = {task: [r[k + 1] or None for r in body] for k, task in enumerate(header[1:])}
+    return Collection(name=meta["name"], root=Path(meta["root"]), ids=[r[0] for r in body],
+                      labels=labels, source=meta.get("source", ""))
+
+
+def _csv_text(rows) -> str:
+    import io
+
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(rows)
+    return buffer.getvalue()
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
