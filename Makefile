@@ -1,0 +1,29 @@
+# Two commands on a fresh machine:  make demo   |   make test
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SHARED_WEIGHTS := ../shared/weights/squeezenet1_1-imagenet.pth
+# The real ImageNet SqueezeNet trunk when ../shared is beside the checkout
+# (no machine here can download weights), random weights otherwise.
+DEMO_WEIGHTS ?= $(if $(wildcard $(SHARED_WEIGHTS)),$(SHARED_WEIGHTS),random)
+
+.PHONY: install demo test bench clean-cache
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(PY) extract.py --backbone squeezenet1_1 --weights $(DEMO_WEIGHTS)
+
+test: install
+	$(PY) -m pytest
+
+bench: install
+	$(PY) bench/bench_extract.py
+
+clean-cache:
+	find cache -mindepth 1 ! -name .gitkeep -exec rm -rf {} +

@@ -1,0 +1,56 @@
+"""Shared fixtures: tiny generated image collections (CPU, offline, fast)."""
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+HERITAGE = SHARED / "data" / "heritage"
+SQUEEZENET = SHARED / "weights" / "squeezenet1_1-imagenet.pth"
+
+needs_heritage = pytest.mark.skipif(not HERITAGE.is_dir(),
+                                    reason="../shared/data/heritage is absent (real-image claims)")
+needs_squeezenet = pytest.mark.skipif(not SQUEEZENET.is_file(),
+                                      reason="../shared/weights/squeezenet1_1-imagenet.pth is absent")
+
+
+def make_image(path: Path, seed: int, size=(40, 32), mode="RGB", fmt=None, **save):
+    rng = np.random.default_rng(seed)
+    array = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
+    image = Image.fromarray(array).convert(mode)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, format=fmt, **save)
+    return path
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    """Two classes x 6 images; the same file name in both class folders."""
+    root = tmp_path / "images"
+    for c, cls in enumerate(["cats", "dogs"]):
+        for k in range(6):
+            make_image(root / cls / f"img{k}.jpg", seed=10 * c + k, quality=95)
+    return root
+
+
+def script_env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("FEATBANK_DEBUG", None)
+    return env
+
+
+@pytest.fixture
+def run_script(tmp_path):
+    """Run a top-level script in a subprocess from tmp_path; returns CompletedProcess."""
+    import subprocess
+
+    def run(script, *args, timeout=300):
+        return subprocess.run([sys.executable, str(REPO / script), *map(str, args)],
+                              cwd=tmp_path, capture_output=True, text=True, env=script_env(),
+                              timeout=timeout)
+    return run

@@ -1,0 +1,119 @@
+import torch
+import pytest
+
+from featbank import backbones
+from featbank.backbones import (BACKBONES, BackboneSpec, WeightsUnavailableError, get_spec,
+                                load_state_dict_file, load_trunk, register, resolve_names,
+                                weights_id)
+from conftest import SQUEEZENET, needs_squeezenet
+
+
+@pytest.mark.parametrize("name", sorted(BACKBONES) + ["timm:test_resnet"])
+def test_every_backbone_gives_finite_gap_vectors(name):
+    spec = get_spec(name)
+    trunk = load_trunk(spec, "random")
+    size = spec.preprocess.input_size
+    x = torch.randn(2, 3, size, size)
+    with torch.inference_mode():
+        out = trunk(x)
+    assert out.shape == (2, spec.feature_dim)
+    assert torch.isfinite(out).all()
+    assert not any(m.training for m in trunk.modules())
+    assert not any(p.requires_grad for p in trunk.parameters())
+
+
+def test_design_table_dimensions():
+    dims = {n: BACKBONES[n].feature_dim for n in BACKBONES}
+    assert dims == {"vgg19": 512, "resnet50": 2048, "inception_v3": 2048, "xception": 2048,
+                    "alexnet": 256, "googlenet": 1024, "resnet18": 512, "squeezenet1_1": 512}
+    assert BACKBONES["inception_v3"].preprocess.input_size == 299
+    assert BACKBONES["xception"].preprocess.mean == (0.5, 0.5, 0.5)
+
+
+def test_frozen_batchnorm_statistics_do_not_move():
+    trunk = load_trunk(get_spec("resnet18"), "random")
+    before = {k: v.clone() for k, v in trunk.state_dict().items() if "running" in k}
+    with torch.inference_mode():
+        trunk(torch.randn(4, 3, 64, 64) * 5 + 3)
+    after = trunk.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_random_weights_are_reproducible():
+    a = load_trunk(get_spec("squeezenet1_1"), "random").state_dict()
+    b = load_trunk(get_spec("squeezenet1_1"), "random").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_unknown_names_list_the_valid_ones():
+    with pytest.raises(ValueError, match="unknown backbone 'nope'.*squeezenet1_1"):
+        get_spec("nope")
+    with pytest.raises(ValueError, match="unknown timm model"):
+        get_spec("timm:not_a_model")
+    with pytest.raises(ValueError, match="unknown backbone"):
+        resolve_names("vgg19,nope")
+
+
+def test_resolve_names_all_and_lists():
+    assert resolve_names("all") == sorted(BACKBONES)
+    assert resolve_names("vgg19, resnet50,vgg19") == ["vgg19", "resnet50"]
+
+
+def test_registering_twice_is_an_error():
+    with pytest.raises(ValueError, match="already registered"):
+        register(BACKBONES["vgg19"])
+
+
+@needs_squeezenet
+def test_trunk_only_squeezenet_file_loads_strictly():
+    spec = get_spec("squeezenet1_1")
+    trunk = load_trunk(spec, str(SQUEEZENET))
+    assert weights_id(str(SQUEEZENET)).startswith("sha256:6701bb3d0ded")
+    with torch.inference_mode():
+        out = trunk(torch.randn(1, 3, 224, 224))
+    assert out.shape == (1, 512)
+
+
+def test_state_dict_path_strict_on_trunk_keys(tmp_path):
+    spec = get_spec("resnet18")
+    full = backbones._torchvision_model("resnet18", False).state_dict()
+    torch.save(full, tmp_path / "full.pth")  # with fc.* keys: allowed extras
+    load_trunk(spec, str(tmp_path / "full.pth"))
+    partial = {k: v for k, v in full.items() if not k.startswith("layer4")}
+    torch.save(partial, tmp_path / "partial.pth")
+    with pytest.raises(ValueError, match="missing keys"):
+        load_trunk(spec, str(tmp_path / "partial.pth"))
+    torch.save({**full, "bogus.weight": torch.zeros(1)}, tmp_path / "extra.pth")
+    with pytest.raises(ValueError, match="unexpected keys.*bogus"):
+        load_trunk(spec, str(tmp_path / "extra.pth"))
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a PyTorch state_dict"):
+        load_trunk(spec, str(tmp_path / "junk.pth"))
+
+
+def test_shape_mismatch_is_a_clear_error(tmp_path):
+    vgg = load_trunk(get_spec("alexnet"), "random").state_dict()
+    torch.save(vgg, tmp_path / "alexnet.pth")
+    with pytest.raises(ValueError, match="does not fit"):
+        load_state_dict_file(load_trunk(get_spec("squeezenet1_1"), "random"),
+                             tmp_path / "alexnet.pth")
+
+
+def test_missing_weights_file():
+    with pytest.raises(FileNotFoundError, match="not found"):
+        weights_id("/nonexistent/weights.pth")
+
+
+def test_offline_imagenet_names_the_file_and_alternatives(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    spec = get_spec("squeezenet1_1")
+
+    def offline(pretrained):
+        import urllib.error
+        raise urllib.error.URLError("Name or service not known")
+
+    offline_spec = BackboneSpec(spec.name, spec.feature_dim, spec.preprocess, offline,
+                                weights_hint=spec.weights_hint)
+    with pytest.raises(WeightsUnavailableError,
+                       match=r"squeezenet1_1-b8a52dc0\.pth.*--weights PATH.*--weights random"):
+        load_trunk(offline_spec, "imagenet")

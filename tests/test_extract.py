@@ -1,0 +1,109 @@
+import csv
+
+import numpy as np
+import pytest
+
+import featbank.extract as fx
+from featbank.cache import FeatureFile, read_features
+from featbank.collection import from_folder
+from featbank.extract import ExtractConfig, extract
+from conftest import make_image
+
+
+def _config(tmp_path, **kw):
+    settings = dict(backbones="squeezenet1_1", weights="random", cache_root=str(tmp_path / "cache"),
+                    batch_size=4, workers=0, progress=False)
+    settings.update(kw)
+    return ExtractConfig(**settings)
+
+
+@pytest.fixture
+def count_decodes(monkeypatch):
+    calls = []
+    real = fx.load_rgb
+
+    def counting(path, **kw):
+        calls.append(path)
+        return real(path, **kw)
+    monkeypatch.setattr(fx, "load_rgb", counting)
+    return calls
+
+
+def test_extract_writes_contract_file(tmp_path, image_folder):
+    collection = from_folder(image_folder)
+    [report] = extract(collection, _config(tmp_path))
+    data = read_features(report.path)
+    assert data.features.shape == (12, 512) and data.features.dtype == np.float32
+    assert sorted(data.ids) == collection.ids
+    assert np.isfinite(data.features).all()
+    for key in ("backbone", "feature_dim", "weights", "input_size", "mean", "std",
+                "featbank_version", "torch_version"):
+        assert key in data.attrs
+    assert (tmp_path / "cache" / "images" / "extract_config.json").is_file()
+
+
+def test_rerun_decodes_nothing_and_new_images_only(tmp_path, image_folder, count_decodes):
+    extract(from_folder(image_folder), _config(tmp_path))
+    first = read_features(tmp_path / "cache/images/features/squeezenet1_1__random.h5")
+    count_decodes.clear()
+    extract(from_folder(image_folder), _config(tmp_path))
+    assert count_decodes == []
+    make_image(image_folder / "cats" / "new.png", seed=99)
+    [report] = extract(from_folder(image_folder), _config(tmp_path))
+    assert [p.name for p in count_decodes] == ["new.png"] and report.n_new == 1
+    after = read_features(report.path)
+    assert after.ids[:12] == first.ids and np.array_equal(after.features[:12], first.features)
+    assert after.ids[12] == "cats/new.png"
+
+
+def test_interrupted_run_resumes_to_identical_rows(tmp_path, image_folder, monkeypatch):
+    collection = from_folder(image_folder)
+    [clean] = extract(collection, _config(tmp_path / "clean"))
+    real_add = FeatureFile.add_batch
+    calls = []
+
+    def dying_add(self, *args, **kwargs):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real_add(self, *args, **kwargs)
+    monkeypatch.setattr(FeatureFile, "add_batch", dying_add)
+    with pytest.raises(KeyboardInterrupt):
+        extract(collection, _config(tmp_path / "killed"))
+    monkeypatch.setattr(FeatureFile, "add_batch", real_add)
+    [resumed] = extract(collection, _config(tmp_path / "killed"))
+    assert resumed.n_new == 4  # 12 images, two batches of 4 survived
+    a, b = read_features(clean.path), read_features(resumed.path)
+    assert a.ids == b.ids and np.array_equal(a.features, b.features)
+
+
+def test_several_backbones_decode_each_image_once(tmp_path, image_folder, count_decodes):
+    reports = extract(from_folder(image_folder),
+                      _config(tmp_path, backbones="squeezenet1_1,alexnet,timm:test_resnet"))
+    assert len(count_decodes) == 12
+    assert [r.n_rows for r in reports] == [12, 12, 12]
+    dims = [read_features(r.path).features.shape[1] for r in reports]
+    assert dims == [512, 256, 96]
+
+
+def test_undecodable_images_are_listed_not_fatal(tmp_path, image_folder):
+    (image_folder / "dogs" / "broken.jpg").write_bytes(b"garbage")
+    [report] = extract(from_folder(image_folder), _config(tmp_path))
+    assert report.n_rows == 12 and report.n_skipped == 1
+    with open(tmp_path / "cache/images/skipped.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert rows[0]["id"] == "dogs/broken.jpg" and "cannot identify" in rows[0]["reason"]
+
+
+def test_float16_storage_and_no_silent_mixing(tmp_path, image_folder):
+    [report] = extract(from_folder(image_folder), _config(tmp_path, dtype="float16"))
+    assert read_features(report.path).features.dtype == np.float16
+    with pytest.raises(ValueError, match="dtype='float16'"):
+        extract(from_folder(image_folder), _config(tmp_path, dtype="float32"))
+
+
+def test_bad_settings(tmp_path, image_folder):
+    with pytest.raises(ValueError, match="unknown device"):
+        extract(from_folder(image_folder), _config(tmp_path, device="tpu"))
+    with pytest.raises(ValueError, match="unknown backbone"):
+        extract(from_folder(image_folder), _config(tmp_path, backbones="nope"))
