@@ -54,3 +54,35 @@ def run_script(tmp_path):
                               cwd=tmp_path, capture_output=True, text=True, env=script_env(),
                               timeout=timeout)
     return run
+
+
+def write_toy_cache(cache: Path, name: str = "toy", backbones=(("resnet18", 32), ("alexnet", 16)),
+                    seed: int = 0, dtype: str = "float32") -> Path:
+    """A cached collection without images: labels plus synthetic feature files.
+
+    Tasks: ``style`` (3 separable classes of 20), ``single`` (one class) and
+    ``tiny`` (classes of 4 images, all under the default minimum).
+    """
+    from featbank.cache import FeatureFile, feature_path
+    from featbank.collection import Collection, save_metadata
+
+    rng = np.random.default_rng(seed)
+    styles = np.repeat(["baroque", "cubism", "gothic"], 20)
+    ids = [f"{s}/{k}.jpg" for k, s in enumerate(styles)]
+    labels = {"style": list(styles), "single": ["one"] * len(ids),
+              "tiny": [f"t{k % 15}" for k in range(len(ids))]}
+    collection = Collection(name=name, root=cache / "images", ids=ids, labels=labels)
+    folder = cache / name
+    save_metadata(collection, folder)
+    (folder / "extract_config.json").write_text("{}")
+    for backbone, dim in backbones:
+        means = rng.normal(scale=3.0, size=(3, dim))
+        X = means[np.searchsorted(["baroque", "cubism", "gothic"], styles)]
+        X = (X + rng.normal(size=X.shape)).astype(np.float32)
+        attrs = {"backbone": backbone, "feature_dim": dim, "weights": "random", "input_size": 224,
+                 "mean": [0.5] * 3, "std": [0.5] * 3, "resize": "squash", "crop_pct": 1.0,
+                 "interpolation": "bilinear", "dtype": dtype, "collection": name}
+        out = FeatureFile(feature_path(cache, name, backbone, "random"), attrs)
+        out.add_batch(ids, X)
+        out.merge()
+    return folder

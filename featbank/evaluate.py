@@ -1,0 +1,186 @@
+"""Metrics, the results store, per-model reports, and the paper-style table.
+
+Metrics are pure functions of arrays. The results store is
+``<cache>/<collection>/results.jsonl``: one JSON object per evaluated model
+(contract in DESIGN.md), appended as each model finishes, so nothing computed
+is lost when a later one fails. Tables are built from the store only.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import balanced_accuracy_score, classification_report, confusion_matrix, f1_score
+
+RESULT_KEYS = ("backbone", "weights", "task", "method", "head", "split", "top1", "top5",
+               "balanced_accuracy", "macro_f1", "n_train", "n_test", "seconds", "created")
+
+
+def top_k_accuracy(y_true, scores: np.ndarray, classes, k: int) -> float:
+    """Fraction of rows whose true class is among the k highest scores.
+
+    scores : array of shape (n_samples, n_classes), columns in ``classes`` order.
+    """
+    classes = np.asarray(classes)
+    k = min(k, len(classes))
+    top = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < len(classes) else \
+        np.tile(np.arange(len(classes)), (len(scores), 1))
+    return float(np.mean((classes[top] == np.asarray(y_true)[:, None]).any(axis=1)))
+
+
+def metrics(y_true, scores: np.ndarray, classes) -> dict:
+    """top1, top5, balanced_accuracy and macro_f1 of class scores (n_samples, n_classes)."""
+    y_true = np.asarray(y_true)
+    y_pred = np.asarray(classes)[scores.argmax(axis=1)]
+    return {"top1": float(np.mean(y_pred == y_true)),
+            "top5": top_k_accuracy(y_true, scores, classes, 5),
+            "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
+            "macro_f1": float(f1_score(y_true, y_pred, average="macro", labels=np.unique(y_true),
+                                       zero_division=0))}
+
+
+# -- the results store --------------------------------------------------------
+
+def results_path(folder: Path) -> Path:
+    return Path(folder) / "results.jsonl"
+
+
+def append_result(folder: Path, row: dict) -> None:
+    """Append one model's row (a single write of one line)."""
+    missing = [k for k in RESULT_KEYS if k not in row]
+    if missing:
+        raise AssertionError(f"result row lacks {missing}")
+    path = results_path(folder)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def load_results(folder: Path) -> list[dict]:
+    """Every row of the store; a torn last line (a killed writer) is ignored."""
+    path = results_path(folder)
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+# -- per-model reports --------------------------------------------------------
+
+def write_reports(stem: Path, y_true, y_pred, classes) -> None:
+    """``<stem>_per_class.csv``, ``<stem>_confusion.csv`` and ``<stem>_confusion.png``."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    classes = [str(c) for c in classes]
+    report = classification_report(y_true, y_pred, labels=classes, output_dict=True,
+                                   zero_division=0)
+    with open(f"{stem}_per_class.csv", "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["class", "precision", "recall", "f1", "support"])
+        for cls in classes:
+            r = report[cls]
+            writer.writerow([cls, f"{r['precision']:.4f}", f"{r['recall']:.4f}",
+                             f"{r['f1-score']:.4f}", int(r["support"])])
+    matrix = confusion_matrix(y_true, y_pred, labels=classes)
+    with open(f"{stem}_confusion.csv", "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["true \\ predicted", *classes])
+        writer.writerows([cls, *row] for cls, row in zip(classes, matrix.tolist()))
+    plot_confusion(matrix, classes, Path(f"{stem}_confusion.png"))
+
+
+def plot_confusion(matrix: np.ndarray, classes: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(classes)
+    rates = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    side = min(4 + 0.35 * n, 20)
+    fig, ax = plt.subplots(figsize=(side, side))
+    image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    if n <= 40:  # past that, labels are unreadable; the CSV has them
+        ax.set_xticks(range(n), classes, rotation=90)
+        ax.set_yticks(range(n), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    fig.colorbar(image, ax=ax, fraction=0.046, label="fraction of the true class")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# -- the table ----------------------------------------------------------------
+
+def latest_rows(rows: list[dict]) -> list[dict]:
+    """The newest row of each cell (a --force re-run supersedes the old one)."""
+    latest = {}
+    for row in rows:
+        latest[row.get("cell") or json.dumps(row, sort_keys=True)] = row
+    return list(latest.values())
+
+
+def build_table(rows: list[dict], *, split_tag: str | None = None,
+                variant: str | None = None) -> tuple[list[str], list[dict]]:
+    """Rows task x backbone x weights; a column per head (test top-1), plus fine-tuning.
+
+    Only results on ``split_tag`` and with the off-the-shelf ``variant`` given count.
+    Returns (columns, records).
+    """
+    rows = [r for r in latest_rows(rows) if r.get("split") == "test"
+            and (split_tag is None or r.get("split_tag") == split_tag)]
+    shelf = [r for r in rows if r["method"] == "off-the-shelf"
+             and (variant is None or r.get("variant") == variant)]
+    tuned = [r for r in rows if r["method"] == "fine-tuning"]
+    heads = list(dict.fromkeys(r["head"] for r in shelf))
+    records: dict[tuple, dict] = {}
+    for r in shelf + tuned:
+        key = (r["task"], r["backbone"], r["weights"])
+        record = records.setdefault(key, {"task": r["task"], "backbone": r["backbone"],
+                                          "weights": r["weights"], "dim": r.get("feature_dim")})
+        column = r["head"] if r["method"] == "off-the-shelf" else "fine-tuning"
+        record[column] = r["top1"]
+        if r.get("head") == "softmax":
+            record["softmax params"] = r.get("n_params")
+    columns = ["task", "backbone", "weights", "dim", *heads]
+    if tuned:
+        columns.append("fine-tuning")
+    if "softmax" in heads:
+        columns.append("softmax params")
+    return columns, [records[k] for k in sorted(records)]
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def to_markdown(columns: list[str], records: list[dict]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(r.get(c)) for c in columns) + " |" for r in records]
+    return "\n".join(lines)
+
+
+def write_table(folder: Path, columns: list[str], records: list[dict]) -> tuple[Path, Path]:
+    """``table.csv`` and ``table.json`` in the collection's cache folder."""
+    csv_path, json_path = Path(folder) / "table.csv", Path(folder) / "table.json"
+    with open(csv_path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(records)
+    tmp = json_path.with_name(json_path.name + ".tmp")
+    tmp.write_text(json.dumps({"columns": columns, "rows": records}, indent=2,
+                              ensure_ascii=False) + "\n")
+    os.replace(tmp, json_path)
+    return csv_path, json_path

@@ -1,0 +1,166 @@
+"""Tasks and their saved splits.
+
+A task is one label column of a collection. Its split is made once, saved in
+the cache (``<cache>/<collection>/splits/``), and read by every head, every
+backbone and the fine-tune stage, so all numbers of a table share one split.
+Only classes with enough images to appear in every split are kept (Sabatelli
+et al.); what was dropped is recorded beside the split.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .collection import Collection
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """Fractions of each class going to train / val / test, and the seed."""
+
+    train: float = 0.8
+    val: float = 0.1
+    test: float = 0.1
+    seed: int = 0
+    min_per_class: int | None = None  # default: enough for one image in every split
+
+    def __post_init__(self):
+        fractions = (self.train, self.val, self.test)
+        if min(fractions) <= 0 or not math.isclose(sum(fractions), 1.0, abs_tol=1e-6):
+            raise ValueError(f"split fractions must be positive and sum to 1, not {fractions}")
+        if self.min_per_class is not None and self.min_per_class < 3:
+            raise ValueError(f"--min-per-class {self.min_per_class}: a class needs at least 3 "
+                             "images, one for each of train, val and test")
+
+    @classmethod
+    def parse(cls, text: str, **kwargs) -> "SplitSpec":
+        """``"80/10/10"`` or ``"0.7/0.1/0.2"``."""
+        try:
+            parts = [float(p) for p in text.split("/")]
+        except ValueError:
+            parts = []
+        if len(parts) != 3:
+            raise ValueError(f"--split {text!r}: give train/val/test, e.g. 80/10/10 or 70/10/20")
+        total = sum(parts)
+        return cls(*(p / total for p in parts), **kwargs)
+
+    @property
+    def minimum(self) -> int:
+        return self.min_per_class or math.ceil(1 / min(self.train, self.val, self.test) - 1e-9)
+
+    @property
+    def tag(self) -> str:
+        pct = "-".join(f"{round(100 * f)}" for f in (self.train, self.val, self.test))
+        return f"{pct}_min{self.minimum}_seed{self.seed}"
+
+
+@dataclass
+class Split:
+    """ids, their labels and their part ('train' | 'val' | 'test'), plus what was dropped."""
+
+    task: str
+    ids: list[str]
+    labels: list[str]
+    parts: list[str]
+    dropped: dict[str, int]  # class -> images, classes under the minimum
+    spec: SplitSpec
+
+    def select(self, part: str) -> tuple[list[str], list[str]]:
+        rows = [k for k, p in enumerate(self.parts) if p == part]
+        return [self.ids[k] for k in rows], [self.labels[k] for k in rows]
+
+    @property
+    def classes(self) -> list[str]:
+        return sorted(set(self.labels))
+
+
+def stratified_parts(labels: np.ndarray, spec: SplitSpec) -> np.ndarray:
+    """Assign each row to train / val / test, class by class (pure, seeded).
+
+    labels : array of shape (n,). Every class must have at least ``spec.minimum``
+    rows; each then gets at least one row in every part.
+    """
+    rng = np.random.default_rng(spec.seed)
+    parts = np.empty(len(labels), dtype=object)
+    for cls in np.unique(labels):
+        rows = rng.permutation(np.flatnonzero(labels == cls))
+        n = len(rows)
+        n_test = max(1, round(n * spec.test))
+        n_val = max(1, round(n * spec.val))
+        n_val = min(n_val, n - n_test - 1)
+        parts[rows[:n_test]] = "test"
+        parts[rows[n_test:n_test + n_val]] = "val"
+        parts[rows[n_test + n_val:]] = "train"
+    return parts
+
+
+def make_split(collection: Collection, task: str, spec: SplitSpec) -> Split:
+    """The split of one task: unlabelled images and too-small classes are left out."""
+    if task not in collection.labels:
+        raise ValueError(f"unknown task {task!r}; collection {collection.name!r} has "
+                         f"{', '.join(collection.tasks) or 'no tasks'}")
+    pairs = [(i, y) for i, y in zip(collection.ids, collection.labels[task]) if y is not None]
+    counts: dict[str, int] = {}
+    for _, y in pairs:
+        counts[y] = counts.get(y, 0) + 1
+    if len(counts) < 2:
+        raise ValueError(f"task {task!r} has {len(counts)} class(es) "
+                         f"({', '.join(counts) or 'no labels'}); a classifier needs at least two")
+    kept = {c for c, n in counts.items() if n >= spec.minimum}
+    if len(kept) < 2:
+        raise ValueError(f"task {task!r}: {len(kept)} of its {len(counts)} classes have at least "
+                         f"{spec.minimum} images (the minimum for one image in every split); "
+                         "lower --min-per-class or use another --split")
+    pairs = [(i, y) for i, y in pairs if y in kept]
+    ids = [i for i, _ in pairs]
+    labels = [y for _, y in pairs]
+    parts = stratified_parts(np.array(labels, dtype=object), spec).tolist()
+    dropped = {c: n for c, n in sorted(counts.items()) if c not in kept}
+    return Split(task, ids, labels, parts, dropped, spec)
+
+
+def split_path(folder: Path, task: str, spec: SplitSpec) -> Path:
+    from .cache import safe_name
+
+    return folder / "splits" / f"{safe_name(task)}__{spec.tag}.csv"
+
+
+def load_or_make_split(collection: Collection, task: str, spec: SplitSpec,
+                       folder: Path) -> Split:
+    """The saved split of ``task`` (made and saved on first use)."""
+    path = split_path(folder, task, spec)
+    if path.is_file():
+        return _read_split(path, task, spec)
+    split = make_split(collection, task, spec)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(["id", "label", "split"])
+        writer.writerows(zip(split.ids, split.labels, split.parts))
+    os.replace(tmp, path)
+    report = {"task": task, "fractions": [spec.train, spec.val, spec.test], "seed": spec.seed,
+              "min_per_class": spec.minimum, "n_images": len(split.ids),
+              "n_classes": len(split.classes),
+              "per_split": {p: split.parts.count(p) for p in SPLITS},
+              "dropped_classes": split.dropped,
+              "dropped_images": sum(split.dropped.values())}
+    path.with_suffix(".json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    return split
+
+
+def _read_split(path: Path, task: str, spec: SplitSpec) -> Split:
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    report_path = path.with_suffix(".json")
+    dropped = json.loads(report_path.read_text())["dropped_classes"] if report_path.is_file() else {}
+    return Split(task, [r["id"] for r in rows], [r["label"] for r in rows],
+                 [r["split"] for r in rows], dropped, spec)

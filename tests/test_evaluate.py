@@ -1,0 +1,66 @@
+import json
+
+import numpy as np
+import pytest
+
+from featbank.evaluate import (RESULT_KEYS, append_result, build_table, load_results, metrics,
+                               to_markdown, top_k_accuracy, write_reports, write_table)
+
+
+def test_top_k_known_answer():
+    classes = ["a", "b", "c"]
+    scores = np.array([[0.7, 0.2, 0.1], [0.5, 0.3, 0.2], [0.1, 0.3, 0.6]])
+    y = ["a", "c", "b"]
+    assert top_k_accuracy(y, scores, classes, 1) == pytest.approx(1 / 3)
+    assert top_k_accuracy(y, scores, classes, 2) == pytest.approx(2 / 3)
+    assert top_k_accuracy(y, scores, classes, 5) == 1.0  # k >= classes
+
+
+def test_metrics_known_answer():
+    scores = np.eye(3)[[0, 0, 1, 2]]
+    m = metrics(["a", "b", "b", "c"], scores, ["a", "b", "c"])
+    assert m["top1"] == 0.75 and m["top5"] == 1.0
+    assert m["balanced_accuracy"] == pytest.approx((1 + 0.5 + 1) / 3)
+    assert m["macro_f1"] == pytest.approx((2 / 3 + 2 / 3 + 1) / 3)
+
+
+def _row(**kw):
+    row = {k: 0 for k in RESULT_KEYS}
+    row.update(backbone="vgg19", weights="imagenet", task="type", method="off-the-shelf",
+               head="svm", split="test", top1=0.5, split_tag="t", variant="v", cell="c1",
+               feature_dim=512)
+    row.update(kw)
+    return row
+
+
+def test_store_appends_and_survives_a_torn_line(tmp_path):
+    append_result(tmp_path, _row())
+    with open(tmp_path / "results.jsonl", "a") as fh:
+        fh.write('{"backbone": "vg')  # a writer killed mid-line
+    assert len(load_results(tmp_path)) == 1
+    with pytest.raises(AssertionError, match="lacks"):
+        append_result(tmp_path, {"backbone": "x"})
+
+
+def test_table_has_a_column_per_head_and_fine_tuning(tmp_path):
+    rows = [_row(), _row(head="softmax", top1=0.6, cell="c2", n_params=1234),
+            _row(head="svm", top1=0.7, cell="c1"),  # newer row of the same cell wins
+            _row(method="fine-tuning", head=None, top1=0.8, cell="c3"),
+            _row(head="svm", top1=0.1, cell="c4", variant="other")]
+    columns, records = build_table(rows, split_tag="t", variant="v")
+    assert columns == ["task", "backbone", "weights", "dim", "svm", "softmax", "fine-tuning",
+                       "softmax params"]
+    assert records == [{"task": "type", "backbone": "vgg19", "weights": "imagenet", "dim": 512,
+                        "svm": 0.7, "softmax": 0.6, "softmax params": 1234, "fine-tuning": 0.8}]
+    assert "| type | vgg19 | imagenet | 512 | 0.700 | 0.600 | 0.800 | 1234 |" in to_markdown(columns, records)
+    csv_path, json_path = write_table(tmp_path, columns, records)
+    assert json.loads(json_path.read_text())["rows"][0]["fine-tuning"] == 0.8
+    assert csv_path.read_text().splitlines()[0].startswith("task,backbone")
+
+
+def test_reports(tmp_path):
+    write_reports(tmp_path / "r" / "cell", ["a", "b", "b"], ["a", "a", "b"], ["a", "b"])
+    assert (tmp_path / "r" / "cell_confusion.png").stat().st_size > 1000
+    lines = (tmp_path / "r" / "cell_confusion.csv").read_text().splitlines()
+    assert lines[1:] == ["a,1,0", "b,1,1"]
+    assert "b,1.0000,0.5000" in (tmp_path / "r" / "cell_per_class.csv").read_text()

@@ -1,0 +1,88 @@
+import pickle
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.datasets import make_blobs
+from sklearn.model_selection import GridSearchCV
+
+from featbank.heads import (HEADS, HeadOptions, ValidatedLinearSVC, class_scores, fit_head,
+                            make_head, n_parameters, register_head, resolve_heads)
+from featbank.softmax import SoftmaxClassifier
+
+
+def _toy(seed=0):
+    X, y = make_blobs(n_samples=300, centers=4, n_features=16, cluster_std=1.0, random_state=seed)
+    names = np.array(["altar", "apse", "dome", "vault"])[y]
+    return X.astype(np.float32), names
+
+
+@pytest.mark.parametrize("name", list(HEADS))
+def test_every_head_known_answer_clone_and_pickle(name):
+    X, y = _toy()
+    head = make_head(name, HeadOptions(seed=1))
+    fitted = fit_head(clone(head), X[:200], y[:200], X[200:250], y[200:250])
+    assert fitted.score(X[250:], y[250:]) >= 0.95
+    again = pickle.loads(pickle.dumps(fitted))
+    assert np.array_equal(again.predict(X[250:]), fitted.predict(X[250:]))
+    scores = class_scores(fitted, X[250:])
+    assert scores.shape == (50, 4) and list(fitted.classes_) == ["altar", "apse", "dome", "vault"]
+    assert n_parameters(fitted) > 0
+    assert clone(head).get_params()["head"].get_params() == head.get_params()["head"].get_params()
+
+
+@pytest.mark.parametrize("options", [HeadOptions(normalize="l2"), HeadOptions(pca=5),
+                                     HeadOptions(normalize="none", balanced=True)])
+def test_shared_options(options):
+    X, y = _toy(seed=2)
+    fitted = fit_head(make_head("logreg", options), X[:250], y[:250])
+    assert fitted.score(X[250:], y[250:]) >= 0.9
+    if options.pca:
+        assert fitted["pca"].n_components_ == 5
+        assert n_parameters(fitted) == 5 * 4 + 4
+
+
+def test_softmax_in_grid_search():
+    X, y = _toy(seed=3)
+    search = GridSearchCV(SoftmaxClassifier(max_epochs=5), {"lr": [1e-3, 1e-2]}, cv=2).fit(X, y)
+    assert search.best_score_ >= 0.9
+
+
+def test_softmax_paper_recipe_stops_early_and_keeps_the_best():
+    X, y = _toy(seed=4)
+    head = SoftmaxClassifier(recipe="paper").fit(X[:200], y[:200], X_val=X[200:], y_val=y[200:])
+    assert head.n_epochs_ - head.best_epoch_ == 7  # patience 7, then stop
+    best = min(head.history_, key=lambda h: h["val_loss"])
+    assert best["epoch"] == head.best_epoch_
+    logits = X[200:] @ head.coef_.T + head.intercept_
+    loss = -np.mean(np.log(np.exp(logits - logits.max(1, keepdims=True))[
+        np.arange(100), np.searchsorted(head.classes_, y[200:])] /
+        np.exp(logits - logits.max(1, keepdims=True)).sum(1)))
+    assert loss == pytest.approx(best["val_loss"], rel=1e-4)
+
+
+def test_softmax_errors():
+    X, y = _toy()
+    with pytest.raises(ValueError, match="unknown softmax recipe"):
+        SoftmaxClassifier(recipe="slow").fit(X, y)
+    with pytest.raises(ValueError, match="two classes"):
+        SoftmaxClassifier().fit(X, ["a"] * len(X))
+    from sklearn.exceptions import NotFittedError
+    with pytest.raises(NotFittedError):
+        SoftmaxClassifier().predict(X)
+
+
+def test_svm_picks_c_on_validation():
+    X, y = _toy(seed=5)
+    svm = ValidatedLinearSVC().fit(X[:200], y[:200], X_val=X[200:], y_val=y[200:])
+    assert svm.C_ in svm.Cs and set(svm.val_scores_) == set(svm.Cs)
+
+
+def test_unknown_and_duplicate_heads():
+    with pytest.raises(ValueError, match="unknown head 'nope'.*softmax"):
+        resolve_heads("svm,nope")
+    assert resolve_heads("all") == list(HEADS)
+    with pytest.raises(ValueError, match="already registered"):
+        register_head("svm")(lambda o: None)
+    with pytest.raises(ValueError, match="unknown normalization"):
+        HeadOptions(normalize="zscore")

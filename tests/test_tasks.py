@@ -1,0 +1,61 @@
+import numpy as np
+import pytest
+
+from featbank.collection import Collection
+from featbank.tasks import SplitSpec, load_or_make_split, make_split, split_path, stratified_parts
+
+
+def _collection(counts: dict[str, int], task="style") -> Collection:
+    ids, labels = [], []
+    for cls, n in counts.items():
+        ids += [f"{cls}/{k}.jpg" for k in range(n)]
+        labels += [cls] * n
+    return Collection(name="c", root=".", ids=ids, labels={task: labels})
+
+
+def test_every_class_in_every_split_with_the_asked_fractions():
+    labels = np.array(["a"] * 100 + ["b"] * 50 + ["c"] * 10, dtype=object)
+    parts = stratified_parts(labels, SplitSpec())
+    for cls in "abc":
+        assert {"train", "val", "test"} == set(parts[labels == cls])
+    assert (parts[labels == "a"] == "test").sum() == 10 and (parts[labels == "a"] == "val").sum() == 10
+    assert np.array_equal(parts, stratified_parts(labels, SplitSpec()))
+    assert not np.array_equal(parts, stratified_parts(labels, SplitSpec(seed=1)))
+
+
+def test_parse_and_minimum():
+    spec = SplitSpec.parse("70/10/20")
+    assert (round(spec.train, 3), round(spec.val, 3), round(spec.test, 3)) == (0.7, 0.1, 0.2)
+    assert SplitSpec().minimum == 10 and spec.minimum == 10
+    assert SplitSpec(min_per_class=25).minimum == 25
+    with pytest.raises(ValueError, match="train/val/test"):
+        SplitSpec.parse("80-20")
+    with pytest.raises(ValueError, match="at least 3"):
+        SplitSpec(min_per_class=2)
+
+
+def test_small_classes_are_dropped_and_reported(tmp_path):
+    c = _collection({"a": 30, "b": 12, "rare": 4})
+    c.labels["style"][0] = None  # unlabelled images are left out
+    split = load_or_make_split(c, "style", SplitSpec(), tmp_path)
+    assert split.dropped == {"rare": 4}
+    assert split.classes == ["a", "b"] and len(split.ids) == 41
+    report = split_path(tmp_path, "style", SplitSpec()).with_suffix(".json").read_text()
+    assert '"rare": 4' in report
+
+
+def test_saved_split_is_reused(tmp_path):
+    c = _collection({"a": 30, "b": 30})
+    first = load_or_make_split(c, "style", SplitSpec(), tmp_path)
+    c.labels["style"] = ["a"] * 60  # even if the collection changed, the saved split stays
+    again = load_or_make_split(c, "style", SplitSpec(), tmp_path)
+    assert again.ids == first.ids and again.parts == first.parts and again.labels == first.labels
+
+
+def test_tasks_that_cannot_be_split():
+    with pytest.raises(ValueError, match="1 class.*at least two"):
+        make_split(_collection({"only": 40}), "style", SplitSpec())
+    with pytest.raises(ValueError, match="0 of its 3 classes have at least 10"):
+        make_split(_collection({"a": 5, "b": 6, "c": 9}), "style", SplitSpec())
+    with pytest.raises(ValueError, match="unknown task 'genre'.*style"):
+        make_split(_collection({"a": 20, "b": 20}), "genre", SplitSpec())
