@@ -262,7 +262,7 @@ def weights_id(weights: str) -> str:
 def load_trunk(spec: BackboneSpec, weights: str = "imagenet") -> nn.Module:
     """The frozen trunk: eval mode, no gradients. Output: (B, spec.feature_dim)."""
     if weights == "imagenet":
-        trunk = _build_pretrained(spec)
+        trunk = build_pretrained(spec)
     elif weights == "random":
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_SEED)
@@ -279,7 +279,7 @@ def freeze(module: nn.Module) -> nn.Module:
     return module
 
 
-def _build_pretrained(spec: BackboneSpec) -> nn.Module:
+def build_pretrained(spec: BackboneSpec) -> nn.Module:
     try:
         return spec.build(True)
     except (OSError, ConnectionError) as err:  # URLError, HF LocalEntryNotFoundError
@@ -300,6 +300,9 @@ def load_state_dict_file(module: nn.Module, path: str | os.PathLike, *,
         raise ValueError(f"{path} is not a PyTorch state_dict ({err})") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):  # a featbank checkpoint
+        state = {k.removeprefix("trunk."): v for k, v in state["model"].items()
+                 if k.startswith("trunk.")}
     if not isinstance(state, dict):
         raise ValueError(f"{path} holds a {type(state).__name__}, not a state_dict")
     state = {k.removeprefix("module."): v for k, v in state.items()}

@@ -1,0 +1,457 @@
+"""Fine-tuning: a registry backbone + a new softmax layer, retrained on a task's saved split.
+
+Defaults follow Sabatelli et al.: SGD lr 1e-3 with Nesterov momentum 0.9,
+batch 32, no augmentation, early stopping once the validation loss has not
+improved for 7 epochs, the best-validation-loss weights restored and tested.
+
+Freezing (``freeze``) counts *stages*: the trunk's top-level parameterised
+units in forward order (a norm layer joins the unit before it), e.g. ResNet50:
+stem, layer1..layer4; SqueezeNet: conv1 and eight fire modules. Cetinic et
+al.'s five scenarios are ``none`` (all layers), ``1`` (skip the first), ``2``
+(skip the first two), ``last:3`` (only the last three units, the new head
+counting as one) and ``last:1`` = ``trunk`` (only the head). Frozen stages
+keep batch-norm in eval mode.
+
+Every epoch writes a checkpoint; a run started again with the same settings
+continues after its last finished epoch and ends as an uninterrupted one
+would (data order and augmentation are seeded per epoch).
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from .backbones import (BackboneSpec, build_pretrained, get_spec, load_state_dict_file, weights_id)
+from .cache import safe_name
+from .classify import ids_digest, subsample
+from .collection import Collection
+from .evaluate import append_result, metrics, write_reports
+from .extract import resolve_device
+from .images import DecodeError, load_rgb, min_decode_size, normalize, to_view
+from .tasks import Split, SplitSpec, load_or_make_split
+
+NORM_LAYERS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)
+
+
+@dataclass
+class FinetuneConfig:
+    backbone: str
+    task: str
+    init: str = "imagenet"  # imagenet | random (He-uniform) | PATH
+    freeze: str = "none"  # none | K | trunk | last:N
+    epochs: int = 100  # at most; early stopping usually ends sooner
+    patience: int = 7
+    optimizer: str = "sgd"  # sgd (Nesterov) | adam | rmsprop
+    lr: float = 1e-3
+    head_lr: float | None = None  # None = lr
+    batch_size: int = 32
+    image_size: int | None = None  # None = the backbone's input size
+    augment: bool = False  # random crop + horizontal flip (Cetinic et al.)
+    balanced: bool = False  # class-balanced loss
+    train_fraction: float = 1.0
+    seed: int = 0
+    device: str = "auto"
+    workers: int = field(default_factory=lambda: max(1, min(8, (os.cpu_count() or 2) - 1)))
+    cache_root: str = "cache"
+    split: SplitSpec = field(default_factory=SplitSpec)
+    progress: bool = True
+
+    # Settings that do not change the result, left out of the run's identity.
+    _RUNTIME = ("epochs", "device", "workers", "cache_root", "progress")
+
+    def identity(self, init_id: str) -> dict:
+        settings = {k: v for k, v in asdict(self).items() if k not in self._RUNTIME}
+        settings.update(init=init_id, split=self.split.tag)
+        return settings
+
+
+# -- the model ------------------------------------------------------------------
+
+class FineTuneNet(nn.Module):
+    """trunk (B, 3, S, S) -> (B, feature_dim) GAP vectors -> head -> (B, n_classes) logits."""
+
+    def __init__(self, trunk: nn.Module, feature_dim: int, n_classes: int):
+        super().__init__()
+        self.trunk = trunk
+        self.head = nn.Linear(feature_dim, n_classes)
+        self.frozen: list[nn.Module] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.trunk(x))
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for module in self.frozen:  # frozen stages keep their batch-norm statistics
+            module.eval()
+        return self
+
+
+def stages(trunk: nn.Module) -> list[list[nn.Module]]:
+    """The trunk's parameterised top-level units in forward order (norm layers join the previous)."""
+    module = trunk
+    while True:
+        units = [c for c in module.children() if next(c.parameters(), None) is not None]
+        if len(units) != 1:
+            break
+        module = units[0]
+    grouped: list[list[nn.Module]] = []
+    for unit in units:
+        if isinstance(unit, NORM_LAYERS) and grouped:
+            grouped[-1].append(unit)
+        else:
+            grouped.append([unit])
+    return grouped
+
+
+def frozen_count(freeze: str, n_stages: int) -> int:
+    """How many leading stages ``freeze`` freezes (see the module docstring)."""
+    text = str(freeze).strip()
+    if text == "none":
+        return 0
+    if text == "trunk":
+        return n_stages
+    if text.startswith("last:") and text[5:].isdigit() and int(text[5:]) >= 1:
+        return max(0, n_stages - (int(text[5:]) - 1))
+    if text.isdigit() and int(text) <= n_stages:
+        return int(text)
+    raise ValueError(f"--freeze {freeze!r}: use none, trunk, last:N (train the last N units, "
+                     f"the head counting as one) or K <= {n_stages} (freeze the first K stages)")
+
+
+def apply_freeze(model: FineTuneNet, freeze: str) -> int:
+    """Freeze leading stages: no gradients, batch-norm in eval mode. Returns their number."""
+    units = stages(model.trunk)
+    k = frozen_count(freeze, len(units))
+    model.frozen = [m for unit in units[:k] for m in unit]
+    for module in model.frozen:
+        module.requires_grad_(False)
+    model.train(model.training)
+    return k
+
+
+def he_uniform_(module: nn.Module) -> None:
+    """Keras' he_uniform for every conv and linear weight; zero biases; fresh norm layers."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_uniform_(m.weight, nonlinearity="relu")  # bound sqrt(6 / fan_in)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, NORM_LAYERS) and m.weight is not None:
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def build_trunk(spec: BackboneSpec, init: str, seed: int) -> nn.Module:
+    """A trainable trunk: ImageNet, He-uniform random, or loaded from a state_dict / checkpoint."""
+    if init == "imagenet":
+        return build_pretrained(spec)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        trunk = spec.build(False)
+        if init == "random":
+            he_uniform_(trunk)
+            return trunk
+    load_state_dict_file(trunk, init, head_prefixes=spec.head_prefixes)
+    return trunk
+
+
+# -- data -----------------------------------------------------------------------
+
+class LabelledImages(Dataset):
+    """Item k -> (uint8 view (3, S, S), class index, decoded?) of image ``ids[k]``."""
+
+    def __init__(self, collection: Collection, ids: list[str], targets: list[int], pre,
+                 augment: bool):
+        self.ids, self.targets, self.augment = ids, targets, augment
+        self.paths = [collection.path(i) for i in ids]
+        # Augmentation: resize 8/7 larger, then a random S x S crop and a random flip.
+        self.pre = dataclasses.replace(pre, input_size=round(pre.input_size * 8 / 7)) if augment else pre
+        self.size = pre.input_size
+        self.min_size = min_decode_size([self.pre])
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, k: int):
+        try:
+            view = to_view(load_rgb(self.paths[k], min_size=self.min_size), self.pre)
+            ok = True
+        except DecodeError:
+            view, ok = torch.zeros(3, self.pre.input_size, self.pre.input_size, dtype=torch.uint8), False
+        if self.augment:
+            top, left = torch.randint(0, view.shape[1] - self.size + 1, (2,)).tolist()
+            view = view[:, top:top + self.size, left:left + self.size]
+            if torch.rand(()) < 0.5:
+                view = view.flip(-1)
+        return view, self.targets[k], ok
+
+
+def _epoch_seed(config: FinetuneConfig, epoch: int) -> int:
+    return config.seed * 100_003 + epoch
+
+
+def _loader(dataset, config: FinetuneConfig, *, shuffle: bool, epoch: int, device) -> DataLoader:
+    # Seeded per epoch: order and augmentation do not depend on where a run resumed.
+    generator = torch.Generator().manual_seed(_epoch_seed(config, epoch))
+    return DataLoader(dataset, batch_size=config.batch_size, shuffle=shuffle,
+                      num_workers=config.workers, generator=generator,
+                      pin_memory=device.type == "cuda", persistent_workers=False)
+
+
+# -- one epoch, evaluation ------------------------------------------------------
+
+def _inputs(views, pre, device):
+    x = normalize(views.to(device, non_blocking=True), pre)
+    return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
+
+
+def _autocast(device):
+    enabled = device.type == "cuda"
+    dtype = torch.bfloat16 if enabled and torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast(device.type, dtype=dtype, enabled=enabled)
+
+
+def train_one_epoch(model, loader, optimizer, loss_fn, pre, device, scaler, bar=None) -> dict:
+    model.train()
+    total, correct, seen = 0.0, 0, 0
+    for views, targets, ok in loader:
+        if not ok.all():
+            views, targets = views[ok], targets[ok]
+        targets = targets.to(device, non_blocking=True)
+        with _autocast(device):
+            logits = model(_inputs(views, pre, device))
+            loss = loss_fn(logits.float(), targets)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        total += loss.item() * len(targets)
+        correct += (logits.argmax(1) == targets).sum().item()
+        seen += len(targets)
+        if bar is not None:
+            bar.update(len(ok))
+    return {"train_loss": total / max(seen, 1), "train_acc": correct / max(seen, 1)}
+
+
+@torch.inference_mode()
+def evaluate(model, loader, loss_fn, pre, device) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Mean loss and accuracy; plus (scores (n, C), targets (n,)) of the decodable images."""
+    model.eval()
+    scores, targets_all, total = [], [], 0.0
+    for views, targets, ok in loader:
+        views, targets = views[ok], targets[ok]
+        targets = targets.to(device)
+        with _autocast(device):
+            logits = model(_inputs(views, pre, device)).float()
+        total += loss_fn(logits, targets).item() * len(targets)
+        scores.append(logits.cpu().numpy())
+        targets_all.append(targets.cpu().numpy())
+    scores, targets = np.concatenate(scores), np.concatenate(targets_all)
+    return ({"loss": total / max(len(targets), 1),
+             "acc": float((scores.argmax(1) == targets).mean())}, scores, targets)
+
+
+def make_optimizer(model: FineTuneNet, config: FinetuneConfig) -> torch.optim.Optimizer:
+    trunk = [p for p in model.trunk.parameters() if p.requires_grad]
+    groups = [{"params": model.head.parameters(), "lr": config.head_lr or config.lr}]
+    if trunk:
+        groups.insert(0, {"params": trunk, "lr": config.lr})
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=0.9, nesterov=True)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=config.lr)
+    if config.optimizer == "rmsprop":
+        return torch.optim.RMSprop(groups, lr=config.lr, alpha=0.9, eps=1e-8)
+    raise ValueError(f"unknown optimizer {config.optimizer!r}; use sgd, adam or rmsprop")
+
+
+# -- the run --------------------------------------------------------------------
+
+@dataclass
+class FinetuneResult:
+    folder: Path
+    row: dict
+    history: list[dict]
+    resumed_from: int  # epochs already done when this call started
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _datasets(collection: Collection, split: Split, classes: list[str], pre,
+              config: FinetuneConfig) -> dict[str, LabelledImages]:
+    index = {c: k for k, c in enumerate(classes)}
+    data = {}
+    for part in ("train", "val", "test"):
+        ids, labels = split.select(part)
+        if part == "train" and config.train_fraction < 1:
+            keep = subsample(np.array(labels), config.train_fraction, config.seed)
+            ids, labels = [ids[k] for k in keep], [labels[k] for k in keep]
+        data[part] = LabelledImages(collection, ids, [index[y] for y in labels], pre,
+                                    augment=config.augment and part == "train")
+    return data
+
+
+def finetune(collection: Collection, config: FinetuneConfig, *, log=print) -> FinetuneResult:
+    """Train (or resume), test the best-validation-loss weights, export the trunk."""
+    spec = get_spec(config.backbone)
+    init_id = weights_id(config.init)
+    if not 0 < config.train_fraction <= 1:
+        raise ValueError(f"--train-fraction must be in (0, 1], not {config.train_fraction}")
+    folder = Path(config.cache_root) / collection.name
+    split = load_or_make_split(collection, config.task, config.split, folder)
+    identity = config.identity(init_id)
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
+    run_dir = folder / "finetune" / f"{safe_name(config.task)}__{safe_name(spec.name)}__{digest}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps({**asdict(config), "identity": identity},
+                                                    indent=2, default=str) + "\n")
+    pre = spec.preprocess if config.image_size is None else \
+        dataclasses.replace(spec.preprocess, input_size=config.image_size)
+    classes = split.classes
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    model = FineTuneNet(build_trunk(spec, config.init, config.seed), spec.feature_dim, len(classes))
+    n_frozen = apply_freeze(model, config.freeze)
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, config)
+    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
+    data = _datasets(collection, split, classes, pre, config)
+    loss_fn = nn.CrossEntropyLoss(weight=_class_weights(data["train"].targets, len(classes))
+                                  if config.balanced else None).to(device)
+    log(f"{spec.name} on {collection.name}/{config.task}: {len(classes)} classes, "
+        f"{len(data['train'])}/{len(data['val'])}/{len(data['test'])} train/val/test images, "
+        f"{n_frozen} of {len(stages(model.trunk))} stages frozen; run folder {run_dir}")
+
+    state = _resume(run_dir / "last.pt", model, optimizer, digest)
+    start_epoch = state["epoch"]
+    if start_epoch:
+        log(f"resuming after epoch {start_epoch}")
+    history, best_loss, waited = state["history"], state["best_loss"], state["waited"]
+    val_loader = _loader(data["val"], config, shuffle=False, epoch=0, device=device)
+    if not history:  # epoch 0: the untrained head, for reference
+        val, _, _ = evaluate(model, val_loader, loss_fn, pre, device)
+        history.append({"epoch": 0, "train_loss": None, "train_acc": None,
+                        "val_loss": val["loss"], "val_acc": val["acc"], "seconds": 0.0})
+        best_loss = val["loss"]
+        _atomic_save({"model": model.state_dict()}, run_dir / "best.pt")
+    started = time.perf_counter()
+    epoch = start_epoch
+    while epoch < config.epochs and waited < config.patience:
+        epoch += 1
+        t0 = time.perf_counter()
+        torch.manual_seed(_epoch_seed(config, epoch))  # augmentation in the main process (workers=0)
+        loader = _loader(data["train"], config, shuffle=True, epoch=epoch, device=device)
+        with tqdm(total=len(data["train"]), unit="img", disable=not config.progress,
+                  desc=f"epoch {epoch}", leave=False) as bar:
+            train = train_one_epoch(model, loader, optimizer, loss_fn, pre, device, scaler, bar)
+        val, _, _ = evaluate(model, val_loader, loss_fn, pre, device)
+        history.append({"epoch": epoch, **train, "val_loss": val["loss"], "val_acc": val["acc"],
+                        "seconds": round(time.perf_counter() - t0, 2)})
+        if val["loss"] < best_loss:
+            best_loss, waited = val["loss"], 0
+            _atomic_save({"model": model.state_dict()}, run_dir / "best.pt")
+        else:
+            waited += 1
+        _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                      "epoch": epoch, "best_loss": best_loss, "waited": waited,
+                      "history": history, "identity": digest}, run_dir / "last.pt")
+        log(f"epoch {epoch}: train loss {train['train_loss']:.4f} acc {train['train_acc']:.3f} | "
+            f"val loss {val['loss']:.4f} acc {val['acc']:.3f} [{history[-1]['seconds']:.0f} s]")
+    write_history(run_dir, history)
+    row = _test_and_export(model, run_dir, data, classes, loss_fn, pre, device, config, spec,
+                           init_id, split, collection, history,
+                           seconds=time.perf_counter() - started, digest=digest)
+    append_result(folder, row)
+    return FinetuneResult(run_dir, row, history, start_epoch)
+
+
+def _class_weights(targets: list[int], n_classes: int) -> torch.Tensor:
+    counts = np.bincount(targets, minlength=n_classes).astype(np.float32)
+    return torch.from_numpy(len(targets) / (n_classes * np.maximum(counts, 1)))
+
+
+def _resume(path: Path, model, optimizer, digest: str) -> dict:
+    fresh = {"epoch": 0, "history": [], "best_loss": float("inf"), "waited": 0}
+    if not path.is_file():
+        return fresh
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if checkpoint.get("identity") != digest:
+        return fresh
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    return {k: checkpoint[k] for k in fresh}
+
+
+def _test_and_export(model, run_dir, data, classes, loss_fn, pre, device, config, spec, init_id,
+                     split, collection, history, *, seconds, digest) -> dict:
+    best = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True)
+    model.load_state_dict(best["model"])
+    torch.save(model.trunk.state_dict(), run_dir / "trunk.pth")  # extract.py --weights PATH
+    results = {}
+    for part in ("val", "test"):
+        loader = _loader(data[part], config, shuffle=False, epoch=0, device=device)
+        _, scores, targets = evaluate(model, loader, loss_fn, pre, device)
+        results[part] = metrics(np.array(classes)[targets], scores, classes)
+        if part == "test":
+            predicted = np.array(classes)[scores.argmax(1)]
+            write_reports(run_dir / "test", np.array(classes)[targets], predicted, classes)
+    best_epoch = min(history, key=lambda h: h["val_loss"])["epoch"]
+    return {"collection": collection.name, "backbone": spec.name, "weights": init_id,
+            "task": config.task, "method": "fine-tuning", "head": None, "split": "test",
+            **results["test"], **{f"val_{k}": v for k, v in results["val"].items()},
+            "n_train": len(data["train"]), "n_val": len(data["val"]), "n_test": len(data["test"]),
+            "n_classes": len(classes), "feature_dim": spec.feature_dim,
+            "n_params": sum(p.numel() for p in model.parameters()),
+            "seconds": round(seconds, 2),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "freeze": config.freeze, "init": config.init, "epochs_run": history[-1]["epoch"],
+            "best_epoch": best_epoch, "split_tag": split.spec.tag,
+            "test_ids_sha256": ids_digest(data["test"].ids),
+            "trunk_path": str(run_dir / "trunk.pth"), "run": str(run_dir),
+            "cell": json.dumps([collection.name, config.task, spec.name, init_id,
+                                "fine-tuning", digest])}
+
+
+def write_history(run_dir: Path, history: list[dict]) -> None:
+    """``history.csv`` and ``curves.png`` (loss and accuracy per epoch)."""
+    with open(run_dir / "history.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(history[-1]))
+        writer.writeheader()
+        writer.writerows(history)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, what in zip(axes, ("loss", "acc")):
+        for part in ("train", "val"):
+            points = [(h["epoch"], h[f"{part}_{what}"]) for h in history
+                      if h[f"{part}_{what}"] is not None]
+            if points:
+                ax.plot(*zip(*points), marker="o", label=part)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("accuracy" if what == "acc" else "cross-entropy")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(run_dir / "curves.png", dpi=100)
+    plt.close(fig)
