@@ -16,14 +16,21 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 
 install: $(VENV)/.installed
 
+# The main job on the built-in demo collection: extract, fine-tune briefly,
+# then the paper-style table (off-the-shelf heads and the fine-tuning column).
 demo: install
-	$(PY) extract.py --backbone squeezenet1_1 --weights $(DEMO_WEIGHTS)
+	$(PY) extract.py --backbone squeezenet1_1 --weights $(DEMO_WEIGHTS) --collection demo
+	$(PY) finetune.py --backbone squeezenet1_1 --task material --init $(DEMO_WEIGHTS) \
+		--epochs 3 --image-size 112 --collection demo --no-progress
+	$(PY) classify.py --head all --collection demo
 
 test: install
 	$(PY) -m pytest
 
 bench: install
 	$(PY) bench/bench_extract.py
+	$(PY) bench/bench_softmax.py --scale 0.1
+	$(PY) bench/bench_finetune.py
 
 clean-cache:
 	find cache -mindepth 1 ! -name .gitkeep -exec rm -rf {} +

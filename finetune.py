@@ -20,9 +20,11 @@ metrics to results.jsonl (the "fine-tuning" column of classify.py's table).
 """
 import argparse
 import sys
+from pathlib import Path
 
 from featbank.backbones import available_backbones
-from featbank.cli import add_collection_args, cached_collection, run
+from featbank.cli import add_collection_args, cached_collection, collection_for_extraction, run
+from featbank.collection import save_metadata
 from featbank.finetune import FinetuneConfig, finetune
 from featbank.tasks import SplitSpec
 
@@ -64,7 +66,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=d.workers,
                         help=f"decoding processes (default: {d.workers})")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    add_collection_args(parser, images=False)
+    add_collection_args(parser, images=True)
     return parser
 
 
@@ -78,7 +80,14 @@ def main(argv=None) -> None:
         seed=args.seed, device=args.device, workers=args.workers, cache_root=args.cache,
         split=SplitSpec.parse(args.split, seed=args.seed, min_per_class=args.min_per_class),
         progress=not args.no_progress)
-    collection = cached_collection(cache=args.cache, collection=args.collection)
+    if args.images or args.manifest:
+        collection = collection_for_extraction(
+            cache=args.cache, collection=args.collection, images=args.images,
+            manifest=args.manifest, root=args.root, image_column=args.image_column,
+            label_columns=args.label_columns)
+        save_metadata(collection, Path(args.cache) / collection.name)
+    else:
+        collection = cached_collection(cache=args.cache, collection=args.collection)
     result = finetune(collection, config, log=lambda m: print(m, file=sys.stderr))
     row = result.row
     print(f"{row['backbone']} fine-tuned on {row['task']}: test top-1 {row['top1']:.3f}, "

@@ -87,6 +87,10 @@ class FineTuneNet(nn.Module):
         super().__init__()
         self.trunk = trunk
         self.head = nn.Linear(feature_dim, n_classes)
+        # A zero head: the first steps train the head alone, and the pretrained trunk is
+        # not pushed around by a random head's gradients (as in DeiT / MAE fine-tuning).
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
         self.frozen: list[nn.Module] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

