@@ -44,6 +44,14 @@ def script_env() -> dict:
     return env
 
 
+def assert_one_line_error(result, match: str) -> None:
+    """Bad input: exit 2, exactly one line on stderr, starting 'error:', no traceback."""
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [l for l in result.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and match in lines[0], result.stderr
+
+
 @pytest.fixture
 def run_script(tmp_path):
     """Run a top-level script in a subprocess from tmp_path; returns CompletedProcess."""

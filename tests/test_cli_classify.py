@@ -4,14 +4,8 @@ import json
 import pytest
 
 from featbank.evaluate import RESULT_KEYS
-from conftest import HERITAGE, SQUEEZENET, needs_heritage, needs_squeezenet, write_toy_cache
+from conftest import assert_one_line_error, HERITAGE, SQUEEZENET, needs_heritage, needs_squeezenet, write_toy_cache
 
-
-def _one_line_error(result, match):
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr
-    errors = [l for l in result.stderr.splitlines() if l.startswith("error:")]
-    assert len(errors) == 1 and match in errors[0], result.stderr
 
 
 @pytest.fixture
@@ -24,13 +18,13 @@ def test_errors_keep_what_was_computed(run_script, toy):
     assert ok.returncode == 0, ok.stderr
     assert "| style | alexnet | random | 16 |" in ok.stdout
     before = (toy / "results.jsonl").read_text()
-    _one_line_error(run_script("classify.py", "--head", "nope", "--collection", "toy"),
+    assert_one_line_error(run_script("classify.py", "--head", "nope", "--collection", "toy"),
                     "unknown head 'nope'")
-    _one_line_error(run_script("classify.py", "--head", "logreg", "--task", "single",
+    assert_one_line_error(run_script("classify.py", "--head", "logreg", "--task", "single",
                                "--collection", "toy"), "task 'single' has 1 class")
-    _one_line_error(run_script("classify.py", "--head", "logreg", "--task", "tiny",
+    assert_one_line_error(run_script("classify.py", "--head", "logreg", "--task", "tiny",
                                "--collection", "toy"), "0 of its 15 classes have at least 10")
-    _one_line_error(run_script("classify.py", "--collection", "nowhere"), "no collection")
+    assert_one_line_error(run_script("classify.py", "--collection", "nowhere"), "no collection")
     assert (toy / "results.jsonl").read_text() == before
     assert (toy / "table.csv").is_file() and (toy / "table.json").is_file()
 

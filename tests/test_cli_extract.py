@@ -11,42 +11,36 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 
 from featbank.cache import read_features
-from conftest import HERITAGE, REPO, SQUEEZENET, make_image, needs_heritage, needs_squeezenet, script_env
+from conftest import assert_one_line_error, HERITAGE, REPO, SQUEEZENET, make_image, needs_heritage, needs_squeezenet, script_env
 
-
-def _one_line_error(result, match):
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr
-    lines = [l for l in result.stderr.splitlines() if l.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:") and match in lines[0], result.stderr
 
 
 def test_unknown_backbone(run_script, image_folder):
-    _one_line_error(run_script("extract.py", "--backbone", "nope", "--images", image_folder),
+    assert_one_line_error(run_script("extract.py", "--backbone", "nope", "--images", image_folder),
                     "unknown backbone 'nope'")
 
 
 def test_missing_folder(run_script, tmp_path):
-    _one_line_error(run_script("extract.py", "--backbone", "squeezenet1_1", "--images",
+    assert_one_line_error(run_script("extract.py", "--backbone", "squeezenet1_1", "--images",
                                tmp_path / "nowhere"), "does not exist")
 
 
 def test_empty_collection(run_script, tmp_path):
     (tmp_path / "empty" / "cls").mkdir(parents=True)
-    _one_line_error(run_script("extract.py", "--backbone", "squeezenet1_1", "--images",
+    assert_one_line_error(run_script("extract.py", "--backbone", "squeezenet1_1", "--images",
                                tmp_path / "empty"), "no images found")
 
 
 def test_csv_without_named_column(run_script, tmp_path):
     make_image(tmp_path / "a.jpg", seed=0)
     (tmp_path / "m.csv").write_text("ImageId,style\na,x\n")
-    _one_line_error(run_script("extract.py", "--backbone", "squeezenet1_1", "--manifest",
+    assert_one_line_error(run_script("extract.py", "--backbone", "squeezenet1_1", "--manifest",
                                tmp_path / "m.csv", "--label-columns", "artist"),
                     "no column 'artist'")
 
 
 def test_missing_weights_file(run_script, image_folder):
-    _one_line_error(run_script("extract.py", "--backbone", "squeezenet1_1", "--images",
+    assert_one_line_error(run_script("extract.py", "--backbone", "squeezenet1_1", "--images",
                                image_folder, "--weights", "nope.pth"), "nope.pth not found")
 
 

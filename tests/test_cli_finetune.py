@@ -7,14 +7,8 @@ import time
 
 import pytest
 
-from conftest import HERITAGE, REPO, SQUEEZENET, make_image, needs_heritage, needs_squeezenet, script_env
+from conftest import assert_one_line_error, HERITAGE, REPO, SQUEEZENET, make_image, needs_heritage, needs_squeezenet, script_env
 
-
-def _one_line_error(result, match):
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr
-    errors = [l for l in result.stderr.splitlines() if l.startswith("error:")]
-    assert len(errors) == 1 and match in errors[0], result.stderr
 
 
 @pytest.fixture
@@ -30,13 +24,13 @@ BASE = ["--backbone", "squeezenet1_1", "--init", "random", "--image-size", "48",
 
 
 def test_bad_input(run_script, art):
-    _one_line_error(run_script("finetune.py", *BASE, "--task", "label", "--images", art,
+    assert_one_line_error(run_script("finetune.py", *BASE, "--task", "label", "--images", art,
                                "--freeze", "most"), "--freeze 'most'")
-    _one_line_error(run_script("finetune.py", *BASE, "--task", "genre", "--images", art),
+    assert_one_line_error(run_script("finetune.py", *BASE, "--task", "genre", "--images", art),
                     "unknown task 'genre'")
-    _one_line_error(run_script("finetune.py", "--backbone", "nope", "--task", "label",
+    assert_one_line_error(run_script("finetune.py", "--backbone", "nope", "--task", "label",
                                "--images", art), "unknown backbone")
-    _one_line_error(run_script("finetune.py", "--backbone", "squeezenet1_1", "--task", "label",
+    assert_one_line_error(run_script("finetune.py", "--backbone", "squeezenet1_1", "--task", "label",
                                "--images", art, "--init", "missing.pth"), "not found")
 
 
