@@ -10,7 +10,6 @@ a fresh cache. Prints (b) / (a): 1.0 means decoding and writing cost nothing
 the model does not already wait for. Target: >= 0.9.
 """
 import argparse
-import math
 import tempfile
 import time
 from pathlib import Path

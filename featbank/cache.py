@@ -28,6 +28,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from .fileio import atomic_path, atomic_write_json
+
 # Attributes that must agree before rows from two runs may share a file.
 PROVENANCE_KEYS = ("backbone", "feature_dim", "weights", "input_size", "mean", "std",
                    "resize", "crop_pct", "interpolation", "dtype")
@@ -149,28 +151,23 @@ class FeatureFile:
             raise AssertionError(f"batch of shape {features.shape} for {len(ids)} ids")
         if not self.parts.is_dir():
             self.parts.mkdir(parents=True)
-            tmp = self.parts / "provenance.json.tmp"
-            tmp.write_text(json.dumps(self.attrs))
-            os.replace(tmp, self.parts / "provenance.json")
+            atomic_write_json(self.parts / "provenance.json", self.attrs)
         existing = self._part_files()
         number = int(existing[-1].stem) + 1 if existing else 0
         skipped = skipped or {}
-        tmp = self.parts / f"{number:08d}.tmp"
-        with open(tmp, "wb") as fh:
+        with atomic_path(self.parts / f"{number:08d}.npz") as tmp, open(tmp, "wb") as fh:
             np.savez(fh, ids=np.array(ids, dtype=str),
                      features=features.astype(self.dtype, copy=False),
                      skipped_ids=np.array(list(skipped), dtype=str),
                      skipped_reasons=np.array(list(skipped.values()), dtype=str))
-        os.replace(tmp, self.parts / f"{number:08d}.npz")
 
     def merge(self) -> int:
         """Fold pending parts into the HDF5 file (atomically); returns rows added."""
         parts = self._part_files()
         added = 0
         if parts or not self.path.is_file():
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            added = self._write(parts, tmp)
-            os.replace(tmp, self.path)
+            with atomic_path(self.path) as tmp:
+                added = self._write(parts, tmp)
         self._drop_parts()
         return added
 

@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .fileio import atomic_write_json, atomic_write_text
 from .images import IMAGE_EXTENSIONS
 
 IMAGE_COLUMN_GUESSES = ("image", "imageid", "image_id", "file", "filename", "path", "id")
@@ -185,11 +186,11 @@ def save_metadata(collection: Collection, folder: Path) -> None:
     meta = {"name": collection.name, "root": str(collection.root.resolve()),
             "source": collection.source, "n_images": len(collection),
             "tasks": collection.tasks, "n_missing": len(collection.missing)}
-    _atomic_write(folder / "collection.json", json.dumps(meta, indent=2) + "\n")
+    atomic_write_json(folder / "collection.json", meta)
     rows = [["id", *collection.tasks]]
     rows += [[i, *[(collection.labels[t][k] or "") for t in collection.tasks]]
              for k, i in enumerate(collection.ids)]
-    _atomic_write(folder / "labels.csv", _csv_text(rows))
+    atomic_write_text(folder / "labels.csv", _csv_text(rows))
 
 
 def load_metadata(folder: Path) -> Collection:
@@ -213,8 +214,3 @@ def _csv_text(rows) -> str:
     csv.writer(buffer, lineterminator="\n").writerows(rows)
     return buffer.getvalue()
 
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

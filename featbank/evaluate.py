@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import balanced_accuracy_score, classification_report, confusion_matrix, f1_score
+
+from .fileio import atomic_write_json
 
 RESULT_KEYS = ("backbone", "weights", "task", "method", "head", "split", "top1", "top5",
                "balanced_accuracy", "macro_f1", "n_train", "n_test", "seconds", "created")
@@ -181,8 +182,5 @@ def write_table(folder: Path, columns: list[str], records: list[dict]) -> tuple[
         writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(records)
-    tmp = json_path.with_name(json_path.name + ".tmp")
-    tmp.write_text(json.dumps({"columns": columns, "rows": records}, indent=2,
-                              ensure_ascii=False) + "\n")
-    os.replace(tmp, json_path)
+    atomic_write_json(json_path, {"columns": columns, "rows": records})
     return csv_path, json_path

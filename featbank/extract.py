@@ -11,7 +11,6 @@ same batches as an uninterrupted one (bitwise-equal features on CPU).
 from __future__ import annotations
 
 import csv
-import json
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -27,6 +26,7 @@ from . import __version__
 from .backbones import BackboneSpec, get_spec, load_trunk, resolve_names, weights_id
 from .cache import FeatureFile, count_rows, feature_path, read_skipped
 from .collection import Collection, save_metadata
+from .fileio import atomic_write_json
 from .images import DecodeError, load_rgb, min_decode_size, normalize, to_view
 
 # Autocast is kept only when every feature row stays this close to fp32
@@ -38,7 +38,7 @@ AUTOCAST_TOLERANCE = 1e-2
 class ExtractConfig:
     """The resolved settings of one extraction run (saved beside its output)."""
 
-    backbones: list[str]
+    backbones: str | list[str]  # "vgg19,resnet50", "all" or a list
     weights: str = "imagenet"
     cache_root: str = "cache"
     batch_size: int = 32
@@ -171,8 +171,8 @@ def extract(collection: Collection, config: ExtractConfig) -> list[ExtractReport
         _run(collection, pending, specs, files, todo, config)
     for out in files.values():
         out.merge()
-    _write_json(folder / "extract_config.json", {**asdict(config), "backbones": names,
-                                                 "weights_id": wid})
+    atomic_write_json(folder / "extract_config.json", {**asdict(config), "backbones": names,
+                                                       "weights_id": wid})
     _write_skipped(folder, collection, [out.path for out in files.values()])
     seconds = time.perf_counter() - started
     return [_report(spec.name, files[spec.name].path, len(todo[spec.name]), seconds)
@@ -235,8 +235,3 @@ def _write_skipped(folder: Path, collection: Collection, paths: list[Path]) -> N
         writer.writerow(["id", "reason"])
         writer.writerows(sorted(rows.items()))
 
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)

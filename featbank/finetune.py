@@ -40,6 +40,7 @@ from .classify import ids_digest, subsample
 from .collection import Collection
 from .evaluate import append_result, metrics, write_reports
 from .extract import resolve_device
+from .fileio import atomic_path
 from .images import DecodeError, load_rgb, min_decode_size, normalize, to_view
 from .tasks import Split, SplitSpec, load_or_make_split
 
@@ -71,6 +72,10 @@ class FinetuneConfig:
 
     # Settings that do not change the result, left out of the run's identity.
     _RUNTIME = ("epochs", "device", "workers", "cache_root", "progress")
+
+    def __post_init__(self):
+        if not 0 < self.train_fraction <= 1:
+            raise ValueError(f"--train-fraction must be in (0, 1], not {self.train_fraction}")
 
     def identity(self, init_id: str) -> dict:
         settings = {k: v for k, v in asdict(self).items() if k not in self._RUNTIME}
@@ -293,9 +298,8 @@ class FinetuneResult:
 
 
 def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def _datasets(collection: Collection, split: Split, classes: list[str], pre,
@@ -316,8 +320,6 @@ def finetune(collection: Collection, config: FinetuneConfig, *, log=print) -> Fi
     """Train (or resume), test the best-validation-loss weights, export the trunk."""
     spec = get_spec(config.backbone)
     init_id = weights_id(config.init)
-    if not 0 < config.train_fraction <= 1:
-        raise ValueError(f"--train-fraction must be in (0, 1], not {config.train_fraction}")
     folder = Path(config.cache_root) / collection.name
     split = load_or_make_split(collection, config.task, config.split, folder)
     identity = config.identity(init_id)

@@ -11,13 +11,13 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .collection import Collection
+from .fileio import atomic_path, atomic_write_json
 
 SPLITS = ("train", "val", "test")
 
@@ -141,19 +141,17 @@ def load_or_make_split(collection: Collection, task: str, spec: SplitSpec,
         return _read_split(path, task, spec)
     split = make_split(collection, task, spec)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(["id", "label", "split"])
         writer.writerows(zip(split.ids, split.labels, split.parts))
-    os.replace(tmp, path)
     report = {"task": task, "fractions": [spec.train, spec.val, spec.test], "seed": spec.seed,
               "min_per_class": spec.minimum, "n_images": len(split.ids),
               "n_classes": len(split.classes),
               "per_split": {p: split.parts.count(p) for p in SPLITS},
               "dropped_classes": split.dropped,
               "dropped_images": sum(split.dropped.values())}
-    path.with_suffix(".json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_json(path.with_suffix(".json"), report)
     return split
 
 

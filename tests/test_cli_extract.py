@@ -6,7 +6,6 @@ import sys
 import time
 
 import numpy as np
-import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 
