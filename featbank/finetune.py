@@ -40,7 +40,7 @@ from .classify import ids_digest, subsample
 from .collection import Collection
 from .evaluate import append_result, metrics, write_reports
 from .extract import resolve_device
-from .fileio import atomic_path
+from .fileio import atomic_path, atomic_write_json
 from .images import DecodeError, load_rgb, min_decode_size, normalize, to_view
 from .tasks import Split, SplitSpec, load_or_make_split
 
@@ -316,78 +316,151 @@ def _datasets(collection: Collection, split: Split, classes: list[str], pre,
     return data
 
 
-def finetune(collection: Collection, config: FinetuneConfig, *, log=print) -> FinetuneResult:
-    """Train (or resume), test the best-validation-loss weights, export the trunk."""
+@dataclass
+class _Run:
+    """Everything one fine-tuning run works with; its steps are the methods below."""
+
+    config: FinetuneConfig
+    spec: BackboneSpec
+    collection: Collection
+    split: Split
+    folder: Path  # <cache>/<collection>/finetune/<run>
+    digest: str  # identity of the settings: a checkpoint resumes only the same run
+    init_id: str
+    model: FineTuneNet
+    optimizer: torch.optim.Optimizer
+    loss_fn: nn.Module
+    data: dict
+    pre: object
+    device: torch.device
+    log: object
+
+    def checkpoint(self, epoch: int, best_loss: float, waited: int, history: list) -> None:
+        _atomic_save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                      "epoch": epoch, "best_loss": best_loss, "waited": waited,
+                      "history": history, "identity": self.digest}, self.folder / "last.pt")
+
+    def fit(self) -> tuple[list[dict], int]:
+        """Train until early stopping (or ``epochs``), resuming a checkpoint of this run.
+
+        Returns the history (epoch 0 = the untrained head) and the epochs done before.
+        """
+        c, device = self.config, self.device
+        state = _resume(self.folder / "last.pt", self.model, self.optimizer, self.digest)
+        history, best_loss, waited, epoch = (state["history"], state["best_loss"],
+                                             state["waited"], state["epoch"])
+        if epoch:
+            self.log(f"resuming after epoch {epoch}")
+        val_loader = _loader(self.data["val"], c, shuffle=False, epoch=0, device=device)
+        if not history:
+            val, _, _ = evaluate(self.model, val_loader, self.loss_fn, self.pre, device)
+            history.append({"epoch": 0, "train_loss": None, "train_acc": None,
+                            "val_loss": val["loss"], "val_acc": val["acc"], "seconds": 0.0})
+            best_loss = val["loss"]
+            _atomic_save({"model": self.model.state_dict()}, self.folder / "best.pt")
+        resumed_from = epoch
+        scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
+        while epoch < c.epochs and waited < c.patience:
+            epoch += 1
+            t0 = time.perf_counter()
+            torch.manual_seed(_epoch_seed(c, epoch))  # augmentation in the main process (workers=0)
+            loader = _loader(self.data["train"], c, shuffle=True, epoch=epoch, device=device)
+            with tqdm(total=len(self.data["train"]), unit="img", disable=not c.progress,
+                      desc=f"epoch {epoch}", leave=False) as bar:
+                train = train_one_epoch(self.model, loader, self.optimizer, self.loss_fn,
+                                        self.pre, device, scaler, bar)
+            val, _, _ = evaluate(self.model, val_loader, self.loss_fn, self.pre, device)
+            history.append({"epoch": epoch, **train, "val_loss": val["loss"],
+                            "val_acc": val["acc"], "seconds": round(time.perf_counter() - t0, 2)})
+            if val["loss"] < best_loss:
+                best_loss, waited = val["loss"], 0
+                _atomic_save({"model": self.model.state_dict()}, self.folder / "best.pt")
+            else:
+                waited += 1
+            self.checkpoint(epoch, best_loss, waited, history)
+            self.log(f"epoch {epoch}: train loss {train['train_loss']:.4f} acc "
+                     f"{train['train_acc']:.3f} | val loss {val['loss']:.4f} acc "
+                     f"{val['acc']:.3f} [{history[-1]['seconds']:.0f} s]")
+        return history, resumed_from
+
+    def test_and_export(self, history: list[dict]) -> dict:
+        """Restore the best weights, export the trunk, return the test row."""
+        best = torch.load(self.folder / "best.pt", map_location="cpu", weights_only=True)
+        self.model.load_state_dict(best["model"])
+        torch.save(self.model.trunk.state_dict(), self.folder / "trunk.pth")  # extract --weights
+        classes = np.array(self.split.classes)
+        results, outputs = {}, {}
+        for part in ("val", "test"):
+            loader = _loader(self.data[part], self.config, shuffle=False, epoch=0,
+                             device=self.device)
+            _, scores, targets = evaluate(self.model, loader, self.loss_fn, self.pre, self.device)
+            results[part] = metrics(classes[targets], scores, classes)
+            outputs[part] = (classes[targets], classes[scores.argmax(1)])
+        write_reports(self.folder / "test", *outputs["test"], classes)
+        return self._row(results, history)
+
+    def _row(self, results: dict, history: list[dict]) -> dict:
+        c, data = self.config, self.data
+        return {"collection": self.collection.name, "backbone": self.spec.name,
+                "weights": self.init_id, "task": c.task, "method": "fine-tuning", "head": None,
+                "split": "test", **results["test"],
+                **{f"val_{k}": v for k, v in results["val"].items()},
+                "n_train": len(data["train"]), "n_val": len(data["val"]),
+                "n_test": len(data["test"]), "n_classes": len(self.split.classes),
+                "feature_dim": self.spec.feature_dim,
+                "n_params": sum(p.numel() for p in self.model.parameters()),
+                "seconds": round(sum(h["seconds"] for h in history), 2),
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "freeze": c.freeze, "init": c.init, "epochs_run": history[-1]["epoch"],
+                "best_epoch": min(history, key=lambda h: h["val_loss"])["epoch"],
+                "split_tag": self.split.spec.tag,
+                "test_ids_sha256": ids_digest(data["test"].ids),
+                "trunk_path": str(self.folder / "trunk.pth"), "run": str(self.folder),
+                "cell": json.dumps([self.collection.name, c.task, self.spec.name, self.init_id,
+                                    "fine-tuning", self.digest])}
+
+
+def _prepare(collection: Collection, config: FinetuneConfig, log) -> _Run:
+    """Resolve the settings, build the model, optimizer and datasets of a run."""
     spec = get_spec(config.backbone)
     init_id = weights_id(config.init)
-    folder = Path(config.cache_root) / collection.name
-    split = load_or_make_split(collection, config.task, config.split, folder)
+    cache_folder = Path(config.cache_root) / collection.name
+    split = load_or_make_split(collection, config.task, config.split, cache_folder)
     identity = config.identity(init_id)
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
-    run_dir = folder / "finetune" / f"{safe_name(config.task)}__{safe_name(spec.name)}__{digest}"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps({**asdict(config), "identity": identity},
-                                                    indent=2, default=str) + "\n")
+    folder = cache_folder / "finetune" / f"{safe_name(config.task)}__{safe_name(spec.name)}__{digest}"
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(folder / "config.json", {**asdict(config), "identity": identity})
     pre = spec.preprocess if config.image_size is None else \
         dataclasses.replace(spec.preprocess, input_size=config.image_size)
-    classes = split.classes
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
-    model = FineTuneNet(build_trunk(spec, config.init, config.seed), spec.feature_dim, len(classes))
+    model = FineTuneNet(build_trunk(spec, config.init, config.seed), spec.feature_dim,
+                        len(split.classes))
     n_frozen = apply_freeze(model, config.freeze)
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(model, config)
-    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
-    data = _datasets(collection, split, classes, pre, config)
-    loss_fn = nn.CrossEntropyLoss(weight=_class_weights(data["train"].targets, len(classes))
-                                  if config.balanced else None).to(device)
-    log(f"{spec.name} on {collection.name}/{config.task}: {len(classes)} classes, "
+    data = _datasets(collection, split, split.classes, pre, config)
+    weights = _class_weights(data["train"].targets, len(split.classes)) if config.balanced else None
+    log(f"{spec.name} on {collection.name}/{config.task}: {len(split.classes)} classes, "
         f"{len(data['train'])}/{len(data['val'])}/{len(data['test'])} train/val/test images, "
-        f"{n_frozen} of {len(stages(model.trunk))} stages frozen; run folder {run_dir}")
+        f"{n_frozen} of {len(stages(model.trunk))} stages frozen; run folder {folder}")
+    return _Run(config=config, spec=spec, collection=collection, split=split, folder=folder,
+                digest=digest, init_id=init_id, model=model,
+                optimizer=make_optimizer(model, config),
+                loss_fn=nn.CrossEntropyLoss(weight=weights).to(device), data=data, pre=pre,
+                device=device, log=log)
 
-    state = _resume(run_dir / "last.pt", model, optimizer, digest)
-    start_epoch = state["epoch"]
-    if start_epoch:
-        log(f"resuming after epoch {start_epoch}")
-    history, best_loss, waited = state["history"], state["best_loss"], state["waited"]
-    val_loader = _loader(data["val"], config, shuffle=False, epoch=0, device=device)
-    if not history:  # epoch 0: the untrained head, for reference
-        val, _, _ = evaluate(model, val_loader, loss_fn, pre, device)
-        history.append({"epoch": 0, "train_loss": None, "train_acc": None,
-                        "val_loss": val["loss"], "val_acc": val["acc"], "seconds": 0.0})
-        best_loss = val["loss"]
-        _atomic_save({"model": model.state_dict()}, run_dir / "best.pt")
-    started = time.perf_counter()
-    epoch = start_epoch
-    while epoch < config.epochs and waited < config.patience:
-        epoch += 1
-        t0 = time.perf_counter()
-        torch.manual_seed(_epoch_seed(config, epoch))  # augmentation in the main process (workers=0)
-        loader = _loader(data["train"], config, shuffle=True, epoch=epoch, device=device)
-        with tqdm(total=len(data["train"]), unit="img", disable=not config.progress,
-                  desc=f"epoch {epoch}", leave=False) as bar:
-            train = train_one_epoch(model, loader, optimizer, loss_fn, pre, device, scaler, bar)
-        val, _, _ = evaluate(model, val_loader, loss_fn, pre, device)
-        history.append({"epoch": epoch, **train, "val_loss": val["loss"], "val_acc": val["acc"],
-                        "seconds": round(time.perf_counter() - t0, 2)})
-        if val["loss"] < best_loss:
-            best_loss, waited = val["loss"], 0
-            _atomic_save({"model": model.state_dict()}, run_dir / "best.pt")
-        else:
-            waited += 1
-        _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                      "epoch": epoch, "best_loss": best_loss, "waited": waited,
-                      "history": history, "identity": digest}, run_dir / "last.pt")
-        log(f"epoch {epoch}: train loss {train['train_loss']:.4f} acc {train['train_acc']:.3f} | "
-            f"val loss {val['loss']:.4f} acc {val['acc']:.3f} [{history[-1]['seconds']:.0f} s]")
-    write_history(run_dir, history)
-    row = _test_and_export(model, run_dir, data, classes, loss_fn, pre, device, config, spec,
-                           init_id, split, collection, history,
-                           seconds=time.perf_counter() - started, digest=digest)
-    append_result(folder, row)
-    return FinetuneResult(run_dir, row, history, start_epoch)
+
+def finetune(collection: Collection, config: FinetuneConfig, *, log=print) -> FinetuneResult:
+    """Train (or resume), test the best-validation-loss weights, export the trunk."""
+    run = _prepare(collection, config, log)
+    history, resumed_from = run.fit()
+    write_history(run.folder, history)
+    row = run.test_and_export(history)
+    append_result(Path(config.cache_root) / collection.name, row)
+    return FinetuneResult(run.folder, row, history, resumed_from)
 
 
 def _class_weights(targets: list[int], n_classes: int) -> torch.Tensor:
@@ -405,36 +478,6 @@ def _resume(path: Path, model, optimizer, digest: str) -> dict:
     model.load_state_dict(checkpoint["model"])
     optimizer.load_state_dict(checkpoint["optimizer"])
     return {k: checkpoint[k] for k in fresh}
-
-
-def _test_and_export(model, run_dir, data, classes, loss_fn, pre, device, config, spec, init_id,
-                     split, collection, history, *, seconds, digest) -> dict:
-    best = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True)
-    model.load_state_dict(best["model"])
-    torch.save(model.trunk.state_dict(), run_dir / "trunk.pth")  # extract.py --weights PATH
-    results = {}
-    for part in ("val", "test"):
-        loader = _loader(data[part], config, shuffle=False, epoch=0, device=device)
-        _, scores, targets = evaluate(model, loader, loss_fn, pre, device)
-        results[part] = metrics(np.array(classes)[targets], scores, classes)
-        if part == "test":
-            predicted = np.array(classes)[scores.argmax(1)]
-            write_reports(run_dir / "test", np.array(classes)[targets], predicted, classes)
-    best_epoch = min(history, key=lambda h: h["val_loss"])["epoch"]
-    return {"collection": collection.name, "backbone": spec.name, "weights": init_id,
-            "task": config.task, "method": "fine-tuning", "head": None, "split": "test",
-            **results["test"], **{f"val_{k}": v for k, v in results["val"].items()},
-            "n_train": len(data["train"]), "n_val": len(data["val"]), "n_test": len(data["test"]),
-            "n_classes": len(classes), "feature_dim": spec.feature_dim,
-            "n_params": sum(p.numel() for p in model.parameters()),
-            "seconds": round(seconds, 2),
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "freeze": config.freeze, "init": config.init, "epochs_run": history[-1]["epoch"],
-            "best_epoch": best_epoch, "split_tag": split.spec.tag,
-            "test_ids_sha256": ids_digest(data["test"].ids),
-            "trunk_path": str(run_dir / "trunk.pth"), "run": str(run_dir),
-            "cell": json.dumps([collection.name, config.task, spec.name, init_id,
-                                "fine-tuning", digest])}
 
 
 def write_history(run_dir: Path, history: list[dict]) -> None:
