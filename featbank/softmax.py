@@ -29,7 +29,7 @@ from sklearn.utils.validation import check_array, check_is_fitted, check_X_y
 RECIPES = {
     "paper": {"optimizer": "rmsprop", "lr": 1e-3, "batch_size": 32, "patience": 7,
               "max_epochs": 200, "checks_per_epoch": 1, "min_steps_per_epoch": 1, "tol": 0.0},
-    "fast": {"optimizer": "adam", "lr": 2e-3, "batch_size": 512, "patience": 6,
+    "fast": {"optimizer": "adam", "lr": 2e-3, "batch_size": 512, "patience": 4,
              "max_epochs": 50, "checks_per_epoch": 4, "min_steps_per_epoch": 8, "tol": 3e-3},
 }
 
