@@ -109,6 +109,7 @@ class FeatureFile:
         self.attrs = _plain(attrs)
         self.dtype = np.dtype(self.attrs["dtype"])
         self.dim = int(self.attrs["feature_dim"])
+        self._next_part: int | None = None  # number of the next part; read once from disk
 
     # -- reading what is done -------------------------------------------------
     def check_compatible(self) -> None:
@@ -152,8 +153,10 @@ class FeatureFile:
         if not self.parts.is_dir():
             self.parts.mkdir(parents=True)
             atomic_write_json(self.parts / "provenance.json", self.attrs)
-        existing = self._part_files()
-        number = int(existing[-1].stem) + 1 if existing else 0
+        if self._next_part is None:
+            existing = self._part_files()
+            self._next_part = int(existing[-1].stem) + 1 if existing else 0
+        number, self._next_part = self._next_part, self._next_part + 1
         skipped = skipped or {}
         with atomic_path(self.parts / f"{number:08d}.npz") as tmp, open(tmp, "wb") as fh:
             np.savez(fh, ids=np.array(ids, dtype=str),
@@ -174,6 +177,7 @@ class FeatureFile:
     def _drop_parts(self) -> None:
         if self.parts.is_dir():
             shutil.rmtree(self.parts)
+        self._next_part = None
 
     def _write(self, parts: list[Path], target: Path) -> int:
         """The old file's rows then the parts' rows, into ``target``."""

@@ -27,7 +27,7 @@ from .backbones import BackboneSpec, get_spec, load_trunk, resolve_names, weight
 from .cache import FeatureFile, count_rows, feature_path, read_skipped
 from .collection import Collection, save_metadata
 from .fileio import atomic_write_json
-from .images import DecodeError, load_rgb, min_decode_size, normalize, to_view
+from .images import decode_views, min_decode_size, normalize
 
 # Autocast is kept only when every feature row stays this close to fp32
 # (relative L2 error), checked on the first batch of each backbone.
@@ -70,13 +70,8 @@ class _Views(Dataset):
         return len(self.paths)
 
     def __getitem__(self, k: int):
-        try:
-            image = load_rgb(self.paths[k], min_size=self.min_size)
-            views = [to_view(image, pre) for pre in self.pres]
-            return (k, True, "", *views)
-        except DecodeError as err:
-            blank = [torch.zeros(3, p.input_size, p.input_size, dtype=torch.uint8) for p in self.pres]
-            return (k, False, str(err), *blank)
+        views, reason = decode_views(self.paths[k], self.pres, min_size=self.min_size)
+        return (k, not reason, reason, *views)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -203,9 +198,9 @@ def _run(collection, pending, specs, files, todo, config: ExtractConfig) -> None
 
 def _extract_batch(ids, ok, reasons, pixels, todo, runner, out: FeatureFile) -> None:
     need = [j for j, i in enumerate(ids) if i in todo]
-    good = [j for j in need if ok[j]]
     if not need:
         return
+    good = [j for j in need if ok[j]]
     if good:
         batch = pixels if len(good) == len(ids) else pixels[good]
         features = runner(batch)

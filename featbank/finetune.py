@@ -41,7 +41,7 @@ from .collection import Collection
 from .evaluate import append_result, metrics, write_reports
 from .extract import resolve_device
 from .fileio import atomic_path, atomic_write_json
-from .images import DecodeError, load_rgb, min_decode_size, normalize, to_view
+from .images import decode_views, min_decode_size, normalize
 from .tasks import Split, SplitSpec, load_or_make_split
 
 NORM_LAYERS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)
@@ -195,17 +195,13 @@ class LabelledImages(Dataset):
         return len(self.paths)
 
     def __getitem__(self, k: int):
-        try:
-            view = to_view(load_rgb(self.paths[k], min_size=self.min_size), self.pre)
-            ok = True
-        except DecodeError:
-            view, ok = torch.zeros(3, self.pre.input_size, self.pre.input_size, dtype=torch.uint8), False
+        [view], reason = decode_views(self.paths[k], [self.pre], min_size=self.min_size)
         if self.augment:
             top, left = torch.randint(0, view.shape[1] - self.size + 1, (2,)).tolist()
             view = view[:, top:top + self.size, left:left + self.size]
             if torch.rand(()) < 0.5:
                 view = view.flip(-1)
-        return view, self.targets[k], ok
+        return view, self.targets[k], not reason
 
 
 def _epoch_seed(config: FinetuneConfig, epoch: int) -> int:

@@ -89,6 +89,19 @@ def to_view(im: Image.Image, pre: Preprocess) -> torch.Tensor:
     return torch.from_numpy(array.copy()).permute(2, 0, 1)
 
 
+def decode_views(path, pres, *, min_size: int | None = None) -> tuple[list[torch.Tensor], str]:
+    """Decode once, one uint8 view per preprocessing in ``pres``.
+
+    Returns (views, reason): reason is "" when decoded; otherwise the views are
+    zeros of the right shapes and reason says why, so a batch never breaks.
+    """
+    try:
+        image = load_rgb(path, min_size=min_size)
+        return [to_view(image, pre) for pre in pres], ""
+    except DecodeError as err:
+        return [torch.zeros(3, p.input_size, p.input_size, dtype=torch.uint8) for p in pres], str(err)
+
+
 def min_decode_size(pres) -> int:
     """Smallest side a JPEG may be drafted down to and still serve every geometry."""
     return max(math.ceil(p.input_size / (p.crop_pct if p.resize == "center_crop" else 1.0))

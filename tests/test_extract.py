@@ -3,7 +3,7 @@ import csv
 import numpy as np
 import pytest
 
-import featbank.extract as fx
+import featbank.images as images
 from featbank.cache import FeatureFile, read_features
 from featbank.collection import from_folder
 from featbank.extract import ExtractConfig, extract
@@ -20,12 +20,12 @@ def _config(tmp_path, **kw):
 @pytest.fixture
 def count_decodes(monkeypatch):
     calls = []
-    real = fx.load_rgb
+    real = images.load_rgb
 
     def counting(path, **kw):
         calls.append(path)
         return real(path, **kw)
-    monkeypatch.setattr(fx, "load_rgb", counting)
+    monkeypatch.setattr(images, "load_rgb", counting)
     return calls
 
 
