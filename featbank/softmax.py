@@ -7,10 +7,14 @@ fitted head pickles without torch state. Two recipes:
 - ``paper``: Sabatelli et al. exactly: RMSprop lr 1e-3 (rho 0.9, eps 1e-8),
   batch 32, validation loss checked every epoch, early stopping after 7
   epochs without improvement, the best-validation-loss weights kept.
-- ``fast`` (default): Adam with large batches and validation checked several
-  times an epoch, patience counted in checks. The same selection rule (best
-  validation loss), in far fewer passes over the data; see
-  ``bench/bench_softmax.py`` for the measured speed-up and accuracies.
+- ``fast`` (default): AdamW (fused kernel) with batches of 512, validation
+  checked four times an epoch, stopping after one epoch (4 checks) that does
+  not bring the best validation loss 1 % lower. The same selection rule (best validation loss),
+  in far fewer passes over the data: at the Rijksmuseum shapes (~100k x 2048)
+  it stops after about 2.5 epochs where the paper's recipe runs 9 to 12; see
+  ``bench/bench_softmax.py`` for the measured speed-up and accuracies. On small
+  collections the batch shrinks so that an epoch still has 32 steps; otherwise
+  a 1,000-image collection would get 2 steps an epoch and stop far too early.
 
 Validation data come from ``fit(X, y, X_val=..., y_val=...)`` (the saved
 split's val part, as featbank passes it); without it, a stratified
@@ -30,7 +34,7 @@ RECIPES = {
     "paper": {"optimizer": "rmsprop", "lr": 1e-3, "batch_size": 32, "patience": 7,
               "max_epochs": 200, "checks_per_epoch": 1, "min_steps_per_epoch": 1, "tol": 0.0},
     "fast": {"optimizer": "adam", "lr": 2e-3, "batch_size": 512, "patience": 4,
-             "max_epochs": 50, "checks_per_epoch": 4, "min_steps_per_epoch": 8, "tol": 3e-3},
+             "max_epochs": 50, "checks_per_epoch": 4, "min_steps_per_epoch": 32, "tol": 1e-2},
 }
 
 
@@ -135,7 +139,9 @@ def _optimizer(name: str, params, lr: float, weight_decay: float):
     if name == "rmsprop":  # Keras RMSprop defaults of the paper
         return torch.optim.RMSprop(params, lr=lr, alpha=0.9, eps=1e-8, weight_decay=weight_decay)
     if name == "adam":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        # The fused kernel is one pass over the weights instead of a dozen: on a
+        # 2048 x 1000 layer it takes the optimiser step from ~10 ms to ~1.5 ms.
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
     raise ValueError(f"unknown optimizer {name!r}; use rmsprop or adam")
 
 
@@ -151,6 +157,16 @@ def _evaluate(layer, X, y, weights) -> tuple[float, float]:
     return loss / len(X), correct / len(X)
 
 
+def _stalled(losses: list[float], patience: int, tol: float) -> bool:
+    """True when the last ``patience`` checks did not bring the best loss ``tol``
+    (relative) below the best before them. With ``tol=0`` this is Keras'
+    EarlyStopping; a positive ``tol`` ends a plateau that creeps down by a fraction
+    of a percent per check, but not a slow, steady decline of ``tol`` per window."""
+    if len(losses) <= patience:
+        return False
+    return min(losses[-patience:]) >= min(losses[:-patience]) * (1 - tol)
+
+
 def _train(layer, X, y, X_val, y_val, *, weights, settings, weight_decay, seed) -> list[dict]:
     """Mini-batch training with early stopping on validation loss; keeps the best weights."""
     optimizer = _optimizer(settings["optimizer"], layer.parameters(), settings["lr"], weight_decay)
@@ -161,7 +177,7 @@ def _train(layer, X, y, X_val, y_val, *, weights, settings, weight_decay, seed) 
     steps = -(-n // batch)
     check_at = {round(steps * (k + 1) / settings["checks_per_epoch"])
                 for k in range(settings["checks_per_epoch"])}
-    history, best_loss, best_state, waited = [], float("inf"), None, 0
+    history, best_loss, best_state, patience = [], float("inf"), None, settings["patience"]
     for epoch in range(settings["max_epochs"]):
         order = torch.randperm(n, generator=generator)
         for step in range(steps):
@@ -176,12 +192,8 @@ def _train(layer, X, y, X_val, y_val, *, weights, settings, weight_decay, seed) 
             history.append({"epoch": round(epoch + (step + 1) / steps, 3),
                             "train_loss": loss.item(), "val_loss": val_loss, "val_acc": val_acc})
             if val_loss < best_loss:
-                # Patience restarts only on a real improvement (relative ``tol``).
-                waited = 0 if val_loss < best_loss * (1 - settings["tol"]) else waited + 1
                 best_loss, best_state = val_loss, copy.deepcopy(layer.state_dict())
-            else:
-                waited += 1
-            if waited >= settings["patience"]:
+            if _stalled([h["val_loss"] for h in history], patience, settings["tol"]):
                 layer.load_state_dict(best_state)
                 return history
     layer.load_state_dict(best_state)

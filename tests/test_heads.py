@@ -8,7 +8,7 @@ from sklearn.model_selection import GridSearchCV
 
 from featbank.heads import (HEADS, HeadOptions, ValidatedLinearSVC, class_scores, fit_head,
                             make_head, n_parameters, register_head, resolve_heads)
-from featbank.softmax import SoftmaxClassifier
+from featbank.softmax import SoftmaxClassifier, _stalled
 
 
 def _toy(seed=0):
@@ -48,17 +48,46 @@ def test_softmax_in_grid_search():
     assert search.best_score_ >= 0.9
 
 
+def _val_loss(head, X, y):
+    logits = X @ head.coef_.T + head.intercept_
+    logits -= logits.max(1, keepdims=True)
+    log_p = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    return -np.mean(log_p[np.arange(len(y)), np.searchsorted(head.classes_, y)])
+
+
 def test_softmax_paper_recipe_stops_early_and_keeps_the_best():
     X, y = _toy(seed=4)
     head = SoftmaxClassifier(recipe="paper").fit(X[:200], y[:200], X_val=X[200:], y_val=y[200:])
     assert head.n_epochs_ - head.best_epoch_ == 7  # patience 7, then stop
     best = min(head.history_, key=lambda h: h["val_loss"])
     assert best["epoch"] == head.best_epoch_
-    logits = X[200:] @ head.coef_.T + head.intercept_
-    loss = -np.mean(np.log(np.exp(logits - logits.max(1, keepdims=True))[
-        np.arange(100), np.searchsorted(head.classes_, y[200:])] /
-        np.exp(logits - logits.max(1, keepdims=True)).sum(1)))
-    assert loss == pytest.approx(best["val_loss"], rel=1e-4)
+    assert _val_loss(head, X[200:], y[200:]) == pytest.approx(best["val_loss"], rel=1e-4)
+
+
+def test_softmax_fast_recipe_stops_after_an_epoch_without_a_1_percent_gain():
+    X, y = make_blobs(n_samples=3000, centers=6, n_features=32, cluster_std=8.0, random_state=6)
+    X = X.astype(np.float32)
+    head = SoftmaxClassifier().fit(X[:2000], y[:2000], X_val=X[2000:2500], y_val=y[2000:2500])
+    losses = [h["val_loss"] for h in head.history_]
+    # 2000 images: batch 63 so that an epoch has 32 steps; 4 checks an epoch.
+    assert [h["epoch"] for h in head.history_[:4]] == [0.25, 0.5, 0.75, 1.0]
+    assert head.n_epochs_ < 50  # stopped early, not at max_epochs
+    # Training stops at the first epoch (4 checks) that does not bring the best
+    # validation loss 1 % lower than before it, not earlier.
+    stalled = [min(losses[k - 4:k]) >= min(losses[:k - 4]) * 0.99 for k in range(5, len(losses) + 1)]
+    assert stalled[-1] and not any(stalled[:-1])
+    best = min(head.history_, key=lambda h: h["val_loss"])
+    assert head.best_epoch_ == best["epoch"]
+    assert _val_loss(head, X[2000:2500], y[2000:2500]) == pytest.approx(best["val_loss"], rel=1e-4)
+    assert head.score(X[2500:], y[2500:]) >= 0.8
+
+
+def test_stall_rule_ends_plateaus_not_slow_declines():
+    steady = [0.995 ** k for k in range(40)]  # 0.5 % a check: 2 % an epoch of 4 checks
+    assert not any(_stalled(steady[:k], 4, 0.01) for k in range(1, 41))
+    creeping = [1.0, 0.5, 0.499, 0.498, 0.497, 0.4965]  # 0.7 % in the last 4 checks
+    assert _stalled(creeping, 4, 0.01) and not _stalled(creeping, 4, 0.0)
+    assert not _stalled(creeping[:4], 4, 0.01)  # needs a loss before the window
 
 
 def test_softmax_errors():
