@@ -9,12 +9,13 @@ fitted head pickles without torch state. Two recipes:
   epochs without improvement, the best-validation-loss weights kept.
 - ``fast`` (default): AdamW (fused kernel) with batches of 512, validation
   checked four times an epoch, stopping after one epoch (4 checks) that does
-  not bring the best validation loss 1 % lower. The same selection rule (best validation loss),
-  in far fewer passes over the data: at the Rijksmuseum shapes (~100k x 2048)
-  it stops after about 2.5 epochs where the paper's recipe runs 9 to 12; see
-  ``bench/bench_softmax.py`` for the measured speed-up and accuracies. On small
-  collections the batch shrinks so that an epoch still has 32 steps; otherwise
-  a 1,000-image collection would get 2 steps an epoch and stop far too early.
+  not bring the best validation loss 1 % lower. The same selection rule (best
+  validation loss), in far fewer passes over the data: at the Rijksmuseum
+  shapes (~100k x 2048) it stops after 2.5 to 3 epochs where the paper's
+  recipe runs 9 to 12; see ``bench/bench_softmax.py`` for the measured
+  speed-up and accuracies. On small collections the batch shrinks so that an
+  epoch still has 32 steps; otherwise a 1,000-image collection would get 2
+  steps an epoch and stop far too early.
 
 Validation data come from ``fit(X, y, X_val=..., y_val=...)`` (the saved
 split's val part, as featbank passes it); without it, a stratified
