@@ -178,7 +178,7 @@ def _train(layer, X, y, X_val, y_val, *, weights, settings, weight_decay, seed) 
     steps = -(-n // batch)
     check_at = {round(steps * (k + 1) / settings["checks_per_epoch"])
                 for k in range(settings["checks_per_epoch"])}
-    history, best_loss, best_state, patience = [], float("inf"), None, settings["patience"]
+    history, losses, best_loss, best_state = [], [], float("inf"), None
     for epoch in range(settings["max_epochs"]):
         order = torch.randperm(n, generator=generator)
         for step in range(steps):
@@ -192,9 +192,10 @@ def _train(layer, X, y, X_val, y_val, *, weights, settings, weight_decay, seed) 
             val_loss, val_acc = _evaluate(layer, X_val, y_val, weights)
             history.append({"epoch": round(epoch + (step + 1) / steps, 3),
                             "train_loss": loss.item(), "val_loss": val_loss, "val_acc": val_acc})
+            losses.append(val_loss)
             if val_loss < best_loss:
                 best_loss, best_state = val_loss, copy.deepcopy(layer.state_dict())
-            if _stalled([h["val_loss"] for h in history], patience, settings["tol"]):
+            if _stalled(losses, settings["patience"], settings["tol"]):
                 layer.load_state_dict(best_state)
                 return history
     layer.load_state_dict(best_state)
