@@ -8,6 +8,7 @@ Examples:
     python extract.py --backbone vgg19,resnet50,inception_v3,xception \
         --manifest metadata.csv --root images/ --image-column ImageId
     python extract.py --backbone all --images paintings/ --device cuda
+    python extract.py --backbone resnet50 --images paintings/ --device cuda --decode device
 
 Re-running skips images already in the cache; an interrupted run resumes.
 Output: <cache>/<collection>/features/<backbone>__<weights>.h5 (see DESIGN.md),
@@ -40,6 +41,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                         help="compute precision; auto = bf16/fp16 autocast on a GPU when the "
                              "features stay within 1%% of fp32, else fp32 (default: auto)")
+    parser.add_argument("--decode", default="auto", choices=["auto", "cpu", "device"],
+                        help="where images are decoded: cpu = Pillow in the worker processes; "
+                             "device = JPEGs by nvJPEG on the GPU (experimental, see README); "
+                             "auto = cpu for now (default: auto)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
 
@@ -52,7 +57,7 @@ def main(argv=None) -> None:
         label_columns=args.label_columns)
     config = ExtractConfig(backbones=args.backbone, weights=args.weights, cache_root=args.cache,
                            batch_size=args.batch_size, workers=args.workers, device=args.device,
-                           dtype=args.dtype, precision=args.precision,
+                           dtype=args.dtype, precision=args.precision, decode=args.decode,
                            progress=not args.no_progress)
     for report in extract(collection, config):
         print(f"{report.backbone}: {report.n_rows} rows ({report.n_new} new, "

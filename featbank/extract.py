@@ -13,7 +13,10 @@ from __future__ import annotations
 import csv
 import os
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from typing import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -27,11 +30,14 @@ from .backbones import BackboneSpec, get_spec, load_trunk, resolve_names, weight
 from .cache import FeatureFile, count_rows, feature_path, read_skipped
 from .collection import Collection, save_metadata
 from .fileio import atomic_write_json
+from .devicedecode import (decode_jpegs, device_decodable, device_index, device_resizable,
+                           resize_views)
 from .images import decode_views, min_decode_size, normalize
 
 # Autocast is kept only when every feature row stays this close to fp32
 # (relative L2 error), checked on the first batch of each backbone.
 AUTOCAST_TOLERANCE = 1e-2
+MAX_QUEUED = 4
 
 
 @dataclass
@@ -46,7 +52,22 @@ class ExtractConfig:
     device: str = "auto"
     dtype: str = "float32"
     precision: str = "auto"
+    # cpu: Pillow in the DataLoader workers; device: nvJPEG on the GPU (JPEGs only,
+    # the rest still by Pillow). auto = cpu for now: see _decode_on_device.
+    decode: str = "auto"
     progress: bool = True
+
+    def __post_init__(self):
+        # Checked here, whatever there is to do: a complete cache must not hide a bad option.
+        if self.batch_size < 1:
+            raise ValueError(f"--batch-size must be at least 1, not {self.batch_size}")
+        if self.workers < 0:
+            raise ValueError(f"--workers must be 0 or more, not {self.workers}")
+        for option, value, choices in (("--dtype", self.dtype, ("float32", "float16")),
+                                       ("--precision", self.precision, ("auto", "fp32", "bf16", "fp16")),
+                                       ("--decode", self.decode, ("auto", "cpu", "device"))):
+            if value not in choices:
+                raise ValueError(f"unknown {option} {value!r}; use {', '.join(choices)}")
 
 
 @dataclass
@@ -57,21 +78,108 @@ class ExtractReport:
     n_new: int
     n_skipped: int
     seconds: float
+    # From the first decoded batch to the committed file: the steady pipeline,
+    # without starting workers or loading the model (None when nothing was to do).
+    stream_seconds: float | None = None
 
 
-class _Views(Dataset):
-    """Item k -> (k, ok, reason, view_0, view_1, ...): one uint8 view per geometry."""
+class _Images(Dataset):
+    """Item k -> (k, reason, views, jpeg): Pillow's uint8 views (one per geometry), or
+    with ``jpeg_bytes`` and a file the device can decode, its bytes instead."""
 
-    def __init__(self, paths: list[Path], pres: list):
-        self.paths, self.pres = paths, pres
+    def __init__(self, paths: list[Path], pres: list, *, jpeg_bytes: bool = False):
+        self.paths, self.pres, self.jpeg_bytes = paths, pres, jpeg_bytes
         self.min_size = min_decode_size(pres)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, k: int):
+        if self.jpeg_bytes:
+            data = _read_bytes(self.paths[k])
+            if device_decodable(data):
+                return k, "", None, data
         views, reason = decode_views(self.paths[k], self.pres, min_size=self.min_size)
-        return (k, not reason, reason, *views)
+        return k, reason, views, None
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""  # Pillow then says why
+
+
+@dataclass
+class _Batch:
+    """A batch from the loader; positions j index the batch, ``index[j]`` the pending list.
+
+    ``cpu_views``: one (len(cpu_at), 3, S, S) uint8 tensor per geometry, decoded
+    by Pillow. ``jpeg``: the bytes of the images at ``jpeg_at``, concatenated,
+    image i ending at ``jpeg_ends[i]`` (one shared-memory tensor per batch).
+    ``reasons[j]``: "" unless image j could not be decoded.
+    """
+
+    index: torch.Tensor
+    reasons: list[str]
+    cpu_at: list[int]
+    cpu_views: list[torch.Tensor]
+    jpeg_at: list[int]
+    jpeg: torch.Tensor
+    jpeg_ends: list[int]
+
+    def pin_memory(self) -> "_Batch":  # called by DataLoader(pin_memory=True)
+        self.cpu_views = [v.pin_memory() for v in self.cpu_views]
+        return self
+
+    def jpegs(self) -> list[torch.Tensor]:
+        starts = [0, *self.jpeg_ends[:-1]]
+        return [self.jpeg[s:e] for s, e in zip(starts, self.jpeg_ends)]
+
+
+def _collate(items) -> _Batch:
+    cpu_at = [j for j, item in enumerate(items) if item[2] is not None]
+    jpeg_at = [j for j, item in enumerate(items) if item[3] is not None]
+    cpu_views = []
+    if cpu_at:
+        n_views = len(items[cpu_at[0]][2])
+        cpu_views = [torch.stack([items[j][2][g] for j in cpu_at]) for g in range(n_views)]
+    blobs = [items[j][3] for j in jpeg_at]
+    jpeg = (torch.frombuffer(bytearray(b"".join(blobs)), dtype=torch.uint8) if blobs
+            else torch.empty(0, dtype=torch.uint8))
+    ends = np.cumsum([len(b) for b in blobs]).tolist()
+    return _Batch(index=torch.tensor([item[0] for item in items]),
+                  reasons=[item[1] for item in items], cpu_at=cpu_at, cpu_views=cpu_views,
+                  jpeg_at=jpeg_at, jpeg=jpeg, jpeg_ends=ends)
+
+
+def _device_views(batch: _Batch, pres: list, device: torch.device,
+                  paths: list[Path]) -> tuple[list[torch.Tensor], list[str]]:
+    """One (B, 3, S, S) uint8 tensor per geometry on ``device``, and the reasons."""
+    reasons = list(batch.reasons)
+    if len(batch.cpu_at) == len(reasons):  # everything decoded by Pillow
+        return [v.to(device, non_blocking=True) for v in batch.cpu_views], reasons
+    decoded = decode_jpegs(batch.jpegs(), device) if batch.jpeg_at else []
+    if len(batch.jpeg_at) == len(reasons) and all(image is not None for image in decoded):
+        return [resize_views(decoded, pre) for pre in pres], reasons  # the GPU's usual case
+    views = [torch.zeros((len(reasons), 3, p.input_size, p.input_size), dtype=torch.uint8,
+                         device=device) for p in pres]
+    if batch.cpu_at:
+        at = device_index(batch.cpu_at, device)
+        for view, cpu in zip(views, batch.cpu_views):
+            view[at] = cpu.to(device, non_blocking=True)
+    good = [(j, image) for j, image in zip(batch.jpeg_at, decoded) if image is not None]
+    if good:
+        at = device_index([j for j, _ in good], device)
+        for view, pre in zip(views, pres):
+            view[at] = resize_views([image for _, image in good], pre)
+    for j, image in zip(batch.jpeg_at, decoded):
+        if image is None:  # refused by nvJPEG: Pillow decodes it, or says why not
+            cpu, reasons[j] = decode_views(paths[int(batch.index[j])], pres,
+                                           min_size=min_decode_size(pres))
+            for view, pixels in zip(views, cpu):
+                view[j] = pixels.to(device)
+    return views, reasons
 
 
 def resolve_device(device: str) -> torch.device:
@@ -107,7 +215,7 @@ def file_attrs(spec: BackboneSpec, weights: str, dtype: str, collection: str) ->
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
-class _Runner:
+class TrunkRunner:
     """One frozen trunk on its device, with the autocast decision made on its first batch."""
 
     def __init__(self, spec: BackboneSpec, trunk: torch.nn.Module, device: torch.device,
@@ -119,7 +227,12 @@ class _Runner:
         self.checked = autocast is None
 
     @torch.inference_mode()
-    def __call__(self, pixels: torch.Tensor) -> np.ndarray:
+    def submit(self, pixels: torch.Tensor) -> Callable[[], np.ndarray]:
+        """Queue the forward pass of uint8 (B, 3, S, S) pixels; call the result for (B, D).
+
+        On a GPU the features are copied to pinned memory without waiting, so
+        the host prepares the next batch while this one runs.
+        """
         x = normalize(pixels.to(self.device, non_blocking=True), self.spec.preprocess)
         if self.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
@@ -131,7 +244,18 @@ class _Runner:
         if out.shape != (x.shape[0], self.spec.feature_dim):
             raise AssertionError(f"{self.spec.name} gave {tuple(out.shape)}, "
                                  f"expected (B, {self.spec.feature_dim})")
-        return out.cpu().numpy()
+        if self.device.type != "cuda":
+            array = out.numpy()
+            return lambda: array
+        host = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
+        host.copy_(out, non_blocking=True)
+        copied = torch.cuda.Event()
+        copied.record()
+
+        def result() -> np.ndarray:
+            copied.synchronize()
+            return host.numpy()
+        return result
 
     def _check_autocast(self, x: torch.Tensor) -> None:
         reference = self.trunk(x).float()
@@ -162,57 +286,104 @@ def extract(collection: Collection, config: ExtractConfig) -> list[ExtractReport
         done = out.done_ids()
         files[spec.name], todo[spec.name] = out, {i for i in collection.ids if i not in done}
     pending = [i for i in collection.ids if any(i in t for t in todo.values())]
-    if pending:
-        _run(collection, pending, specs, files, todo, config)
+    first_batch_at = _run(collection, pending, specs, files, todo, config) if pending else None
     for out in files.values():
         out.merge()
+    stream = None if first_batch_at is None else time.perf_counter() - first_batch_at
     atomic_write_json(folder / "extract_config.json", {**asdict(config), "backbones": names,
                                                        "weights_id": wid})
     _write_skipped(folder, collection, [out.path for out in files.values()])
     seconds = time.perf_counter() - started
-    return [_report(spec.name, files[spec.name].path, len(todo[spec.name]), seconds)
+    return [_report(spec.name, files[spec.name].path, len(todo[spec.name]), seconds, stream)
             for spec in specs]
 
 
-def _run(collection, pending, specs, files, todo, config: ExtractConfig) -> None:
+def _run(collection, pending, specs, files, todo, config: ExtractConfig) -> float | None:
+    """Decode, forward and write the ``pending`` ids; returns when the first batch arrived."""
     device = resolve_device(config.device)
     autocast = _autocast_dtype(config.precision, device)
     geometries = list(dict.fromkeys(s.preprocess.geometry() for s in specs))
     pres = [next(s.preprocess for s in specs if s.preprocess.geometry() == g) for g in geometries]
     view_of = {s.name: geometries.index(s.preprocess.geometry()) for s in specs}
-    runners = {s.name: _Runner(s, load_trunk(s, config.weights), device, autocast) for s in specs}
-    if config.batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, not {config.batch_size}")
-    loader = DataLoader(_Views([collection.path(i) for i in pending], pres),
+    runners = {s.name: TrunkRunner(s, load_trunk(s, config.weights), device, autocast) for s in specs}
+    paths = [collection.path(i) for i in pending]
+    loader = DataLoader(_Images(paths, pres, jpeg_bytes=_decode_on_device(config, device, pres)),
                         batch_size=config.batch_size, num_workers=max(0, config.workers),
-                        pin_memory=device.type == "cuda", shuffle=False)
-    with tqdm(total=len(pending), unit="img", disable=not config.progress,
-              desc=f"{collection.name}: {', '.join(runners)}") as bar:
-        for index, ok, reasons, *views in loader:
-            ids = [pending[k] for k in index.tolist()]
+                        collate_fn=_collate, pin_memory=device.type == "cuda", shuffle=False)
+    first_batch_at = None
+    # Parts are written by one thread, in order, while the device runs the next
+    # batches; at most MAX_QUEUED batches wait (their features sit in pinned memory).
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="featbank-writer") as writer, \
+            tqdm(total=len(pending), unit="img", disable=not config.progress,
+                 desc=f"{collection.name}: {', '.join(runners)}") as bar:
+        queued: deque[Future] = deque()
+        on_device: deque = deque()  # one CUDA event per batch whose work is queued
+        for batch in loader:
+            first_batch_at = first_batch_at or time.perf_counter()
+            ids = [pending[k] for k in batch.index.tolist()]
+            _throttle(on_device)
+            views, reasons = _device_views(batch, pres, device, paths)
             for spec in specs:
-                _extract_batch(ids, ok.tolist(), reasons, views[view_of[spec.name]],
-                               todo[spec.name], runners[spec.name], files[spec.name])
+                write = _submit(ids, reasons, views[view_of[spec.name]], todo[spec.name],
+                                runners[spec.name], files[spec.name])
+                queued.append(writer.submit(write))
+            if device.type == "cuda":
+                on_device.append(torch.cuda.Event())
+                on_device[-1].record()
+            while len(queued) > MAX_QUEUED * len(specs) or (queued and queued[0].done()):
+                queued.popleft().result()  # raises what the writer raised
             bar.update(len(ids))
+        while queued:
+            queued.popleft().result()
+    return first_batch_at
 
 
-def _extract_batch(ids, ok, reasons, pixels, todo, runner, out: FeatureFile) -> None:
+def _throttle(on_device: deque, depth: int = 2) -> None:
+    """Let at most ``depth`` batches wait on the GPU: the next one is decoded while
+    the last runs, and the host never fills the launch queue (where it would
+    block holding the GIL; a run over 64-px JPEGs stalled that way on an H100)."""
+    while len(on_device) >= depth:
+        on_device.popleft().synchronize()
+
+
+def _decode_on_device(config: ExtractConfig, device: torch.device, pres: list) -> bool:
+    """Whether JPEGs travel as bytes and are decoded on ``device`` (``--decode device``).
+
+    Not the default yet: on an H100, nvJPEG overlapped with the forward pass ran
+    ResNet50 at 5,400 img/s on 500x375 JPEGs, but stalled the GPU on a collection
+    of 64-px JPEGs (README, "GPU"); Pillow in the workers never did.
+    """
+    if config.decode in ("auto", "cpu"):
+        return False
+    if not all(device_resizable(p) for p in pres):
+        raise ValueError("--decode device cannot resize with "
+                         f"{sorted({p.interpolation for p in pres})}; use --decode cpu")
+    return True
+
+
+def _submit(ids, reasons, pixels, todo, runner: TrunkRunner, out: FeatureFile) -> Callable[[], None]:
+    """Queue one backbone's share of a batch; the returned call writes it as a part."""
     need = [j for j, i in enumerate(ids) if i in todo]
-    if not need:
-        return
-    good = [j for j in need if ok[j]]
+    good = [j for j in need if not reasons[j]]
+    skipped = {ids[j]: reasons[j] for j in need if reasons[j]}
     if good:
-        batch = pixels if len(good) == len(ids) else pixels[good]
-        features = runner(batch)
+        features = runner.submit(pixels if len(good) == len(ids)
+                                 else pixels[device_index(good, pixels.device)])
     else:
-        features = np.zeros((0, runner.spec.feature_dim), dtype=np.float32)
-    skipped = {ids[j]: reasons[j] for j in need if not ok[j]}
-    out.add_batch([ids[j] for j in good], features, skipped)
+        empty = np.zeros((0, runner.spec.feature_dim), dtype=np.float32)
+        features = lambda: empty  # noqa: E731
+
+    def write() -> None:
+        if need:
+            out.add_batch([ids[j] for j in good], features(), skipped)
+    return write
 
 
-def _report(name: str, path: Path, n_new: int, seconds: float) -> ExtractReport:
+def _report(name: str, path: Path, n_new: int, seconds: float,
+            stream_seconds: float | None) -> ExtractReport:
     return ExtractReport(backbone=name, path=path, n_rows=count_rows(path), n_new=n_new,
-                         n_skipped=len(read_skipped(path)), seconds=seconds)
+                         n_skipped=len(read_skipped(path)), seconds=seconds,
+                         stream_seconds=stream_seconds)
 
 
 def _write_skipped(folder: Path, collection: Collection, paths: list[Path]) -> None:

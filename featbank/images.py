@@ -9,6 +9,7 @@ decoded image serves every backbone that shares a geometry.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -110,6 +111,13 @@ def min_decode_size(pres) -> int:
 
 def normalize(batch: torch.Tensor, pre: Preprocess) -> torch.Tensor:
     """uint8 (B, 3, S, S) -> float32 normalised with the spec's mean and std."""
-    mean = torch.tensor(pre.mean, device=batch.device).view(1, 3, 1, 1) * 255.0
-    std = torch.tensor(pre.std, device=batch.device).view(1, 3, 1, 1) * 255.0
+    mean, std = _mean_std(pre.mean, pre.std, batch.device)
     return (batch.float() - mean) / std
+
+
+@functools.lru_cache(maxsize=32)
+def _mean_std(mean: tuple, std: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    # Made once per device: building them per batch would copy from pageable
+    # memory, which makes the host wait for every kernel queued on the GPU.
+    as_pixels = lambda v: (torch.tensor(v) * 255.0).view(1, 3, 1, 1).to(device)  # noqa: E731
+    return as_pixels(mean), as_pixels(std)

@@ -12,7 +12,7 @@ from conftest import make_image
 
 def _config(tmp_path, **kw):
     settings = dict(backbones="squeezenet1_1", weights="random", cache_root=str(tmp_path / "cache"),
-                    batch_size=4, workers=0, progress=False)
+                    batch_size=4, workers=0, progress=False, device="cpu")
     settings.update(kw)
     return ExtractConfig(**settings)
 

@@ -1,0 +1,171 @@
+"""GPU extraction: decode only, forward only and end to end (JPEG files -> HDF5), in one run.
+
+    python bench/bench_gpu.py [--images DIR] [--n 20000] [--size 500x375] [--batch-size 256]
+
+With no ``--images``, N synthetic JPEGs of ``--size`` (ImageNet's typical
+500x375, quality 90) are generated into a temporary folder. ``--repeat K``
+reuses a small real collection K times (hard links, so ids stay distinct).
+
+- decode only: featbank's loader (workers read bytes) + nvJPEG batch decode
+  + resize to 224 on the device; no model;
+- forward only: ResNet50 on uint8 batches already on the GPU (normalise,
+  channels_last, bf16 autocast, features copied back), featbank's own runner;
+- end to end: ``extract()`` into a fresh cache, from the first decoded batch
+  to the committed HDF5 file (worker start and model loading excluded, and
+  printed apart as wall time).
+
+Prints img/s for each and the ratio end to end / forward only, with the
+device named. Target on an H100: ratio >= 0.9 and >= 5,000 img/s. On a
+machine without CUDA it says so and runs the CPU path on a few images.
+"""
+import argparse
+import faulthandler
+import os
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from featbank.backbones import get_spec, load_trunk
+from featbank.collection import Collection, from_folder
+from featbank.extract import ExtractConfig, TrunkRunner, _collate, _device_views, _Images, extract
+
+
+def _synthetic_jpeg(args) -> None:
+    path, seed, (width, height) = args
+    rng = np.random.default_rng(seed)
+    # Smooth colour fields plus grain: JPEG sizes like photographs (~50-100 KB).
+    coarse = rng.integers(0, 256, size=(height // 16 + 1, width // 16 + 1, 3), dtype=np.uint8)
+    image = Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC)
+    grain = rng.normal(0, 12, size=(height, width, 3))
+    pixels = np.clip(np.asarray(image, dtype=np.float64) + grain, 0, 255).astype(np.uint8)
+    Image.fromarray(pixels).save(path, quality=90)
+
+
+def synthetic_collection(folder: Path, n: int, size: tuple[int, int]) -> Collection:
+    (folder / "synthetic").mkdir(parents=True)
+    jobs = [(folder / "synthetic" / f"{k:07d}.jpg", k, size) for k in range(n)]
+    with ProcessPoolExecutor() as pool:
+        list(pool.map(_synthetic_jpeg, jobs, chunksize=64))
+    return from_folder(folder, name="bench")
+
+
+def repeated_collection(source: str, folder: Path, repeat: int) -> Collection:
+    real = from_folder(source)
+    for r in range(repeat):
+        for image_id in real.ids:
+            target = folder / f"copy{r}" / image_id
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.link(real.path(image_id), target)
+    return from_folder(folder, name="bench")
+
+
+def decode_rate(collection: Collection, device: torch.device, *, batch_size: int,
+                workers: int) -> float:
+    pre = get_spec("resnet50").preprocess
+    paths = [collection.path(i) for i in collection.ids]
+    loader = torch.utils.data.DataLoader(_Images(paths, [pre], jpeg_bytes=True),
+                                         batch_size=batch_size, num_workers=workers,
+                                         collate_fn=_collate, pin_memory=True)
+    count, start = 0, None
+    for batch in loader:
+        _device_views(batch, [pre], device, paths)
+        if start is None:  # the clock starts once the first batch is done
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+        else:
+            count += len(batch.reasons)
+    torch.cuda.synchronize()
+    return count / (time.perf_counter() - start)
+
+
+def forward_rate(runner: TrunkRunner, n: int, batch_size: int) -> float:
+    size = runner.spec.preprocess.input_size
+    pixels = torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8,
+                           device=runner.device)
+    for _ in range(3):  # autocast check, cuDNN autotuning
+        runner.submit(pixels)()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    results = [runner.submit(pixels) for _ in range(max(1, n // batch_size))]
+    for result in results:
+        result()
+    return len(results) * batch_size / (time.perf_counter() - start)
+
+
+def end_to_end(collection: Collection, *, batch_size: int, workers: int, device: str,
+               precision: str, decode: str = "device") -> tuple[float, float]:
+    """(img/s from the first batch to the committed file, img/s of the whole call).
+
+    A first extraction of a few batches warms up what a long run pays once
+    (CUDA context, cuDNN plans, the nvJPEG decoder, the autocast check).
+    """
+    warm = Collection(name="warmup", root=collection.root, ids=collection.ids[:2 * batch_size],
+                      labels={})
+    with tempfile.TemporaryDirectory() as cache:
+        config = ExtractConfig(backbones="resnet50", weights="random", cache_root=cache,
+                               batch_size=batch_size, workers=workers, device=device,
+                               precision=precision, decode=decode, progress=False)
+        extract(warm, config)
+        [report] = extract(collection, config)
+    assert report.n_rows == len(collection), report
+    return len(collection) / report.stream_seconds, len(collection) / report.seconds
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", help="folder-per-class images (default: synthetic JPEGs)")
+    parser.add_argument("--repeat", type=int, default=1, help="use --images K times (hard links)")
+    parser.add_argument("--n", type=int, default=20000, help="synthetic images (default: 20000)")
+    parser.add_argument("--size", default="500x375", help="synthetic WxH (default: 500x375)")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--workers", type=int, default=ExtractConfig(backbones=[]).workers)
+    parser.add_argument("--decode", default="device", choices=["device", "cpu"],
+                        help="end to end with nvJPEG (device, the default) or Pillow in the "
+                             "workers (cpu)")
+    parser.add_argument("--watchdog", type=float, default=0,
+                        help="dump every thread's stack and exit after this many seconds")
+    args = parser.parse_args()
+    if args.watchdog:
+        faulthandler.dump_traceback_later(args.watchdog, exit=True)
+    cuda = torch.cuda.is_available()
+    if not cuda:
+        print("no CUDA device: GPU path skipped; CPU path on 256 synthetic images instead")
+        args.n, args.batch_size, args.images = 256, 32, None
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.images:
+            collection = repeated_collection(args.images, Path(tmp), args.repeat)
+            what = f"{args.images} x{args.repeat}"
+        else:
+            size = tuple(int(v) for v in args.size.split("x"))
+            collection = synthetic_collection(Path(tmp), args.n, size)
+            what = f"synthetic {args.size} JPEG q90"
+        print(f"{len(collection)} images ({what}), batch {args.batch_size}, "
+              f"{args.workers} workers, device: "
+              f"{torch.cuda.get_device_name() if cuda else 'CPU'}, torch {torch.__version__}")
+        if not cuda:
+            fast, wall = end_to_end(collection, batch_size=args.batch_size, workers=args.workers,
+                                    device="cpu", precision="fp32", decode="cpu")
+            print(f"CPU end to end: {fast:.1f} img/s ({wall:.1f} img/s with start-up)")
+            return
+        device = torch.device("cuda")
+        spec = get_spec("resnet50")
+        runner = TrunkRunner(spec, load_trunk(spec, "random"), device, torch.bfloat16)
+        forward = forward_rate(runner, len(collection), args.batch_size)
+        precision = "bf16" if runner.autocast is not None else "fp32"
+        print(f"{'forward only (' + precision + ')':<28}{forward:>10.0f} img/s", flush=True)
+        decode = decode_rate(collection, device, batch_size=args.batch_size, workers=args.workers)
+        print(f"{'decode only':<28}{decode:>10.0f} img/s", flush=True)
+        fast, wall = end_to_end(collection, batch_size=args.batch_size, workers=args.workers,
+                                device="cuda", precision=precision, decode=args.decode)
+    print(f"{'end to end':<28}{fast:>10.0f} img/s   ({wall:.0f} img/s counting worker start "
+          "and model load)")
+    print(f"ratio end to end / forward only: {fast / forward:.2f}")
+
+
+if __name__ == "__main__":
+    main()

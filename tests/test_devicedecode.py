@@ -1,0 +1,130 @@
+"""The device decoding path: which files it takes, its resize, and its features.
+
+Everything here runs on the CPU (torchvision decodes with libjpeg there, and
+``decode="device"`` forces the bytes-in path); the CUDA test runs where a GPU is.
+"""
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from featbank.backbones import Preprocess, get_spec
+from featbank.cache import read_features
+from featbank.collection import from_folder
+from featbank.devicedecode import decode_jpegs, device_decodable, resize_views
+from featbank.extract import ExtractConfig, extract
+from featbank.images import load_rgb, to_view
+from conftest import make_image
+
+
+def _smooth(path, seed, size=(120, 90), mode="RGB", **save):
+    """A photograph-like image (smooth fields), where resize kernels barely differ."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, size=(6, 8, 3), dtype=np.uint8)
+    image = Image.fromarray(coarse).resize(size, Image.Resampling.BICUBIC).convert(mode)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, **save)
+    return path
+
+
+def _jpeg_bytes(**save) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 24), (200, 30, 10)).save(buffer, format="JPEG", **save)
+    return buffer.getvalue()
+
+
+def test_device_takes_plain_jpegs_only(tmp_path):
+    assert device_decodable(_jpeg_bytes(quality=90))
+    gray = io.BytesIO()
+    Image.new("L", (16, 16), 90).save(gray, format="JPEG")
+    assert device_decodable(gray.getvalue())
+    cmyk = io.BytesIO()
+    Image.new("CMYK", (16, 16)).save(cmyk, format="JPEG")
+    assert not device_decodable(cmyk.getvalue())
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated 90 degrees: nvJPEG would not turn it
+    assert not device_decodable(_jpeg_bytes(exif=exif.tobytes()))
+    assert not device_decodable(_jpeg_bytes()[:-200])  # truncated: no end marker
+    png = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(png, format="PNG")
+    assert not device_decodable(png.getvalue())
+    assert not device_decodable(b"") and not device_decodable(b"catalogue note\n")
+
+
+@pytest.mark.parametrize("pre", [Preprocess(input_size=64),
+                                 Preprocess(input_size=48, interpolation="bicubic"),
+                                 Preprocess(input_size=40, resize="center_crop", crop_pct=0.875)],
+                         ids=["squash-bilinear", "squash-bicubic", "center-crop"])
+def test_resize_matches_pillow_within_a_level(tmp_path, pre):
+    paths = [_smooth(tmp_path / f"{k}.png", seed=k, size=size)
+             for k, size in enumerate([(120, 90), (90, 120), (120, 90), (30, 20)])]
+    images = [torch.from_numpy(np.asarray(load_rgb(p)).transpose(2, 0, 1).copy()) for p in paths]
+    ours = resize_views(images, pre)
+    pillow = torch.stack([to_view(load_rgb(p), pre) for p in paths])
+    assert ours.shape == pillow.shape == (4, 3, pre.input_size, pre.input_size)
+    difference = (ours.int() - pillow.int()).abs()
+    assert difference.float().mean() < 0.6 and difference.max() <= 8
+
+
+def test_batch_decode_returns_none_for_what_the_decoder_refuses():
+    good = torch.frombuffer(bytearray(_jpeg_bytes(quality=95)), dtype=torch.uint8)
+    bad = torch.frombuffer(bytearray(b"\xff\xd8\xff" + b"\x00" * 64), dtype=torch.uint8)
+    decoded = decode_jpegs([good, bad, good], torch.device("cpu"))
+    assert decoded[1] is None
+    assert decoded[0].shape == (3, 24, 32) and torch.equal(decoded[0], decoded[2])
+
+
+@pytest.fixture
+def mixed_folder(tmp_path):
+    """JPEGs the device takes, and files it leaves to Pillow (PNG, CMYK, rotated, truncated)."""
+    root = tmp_path / "mixed"
+    for k in range(6):
+        _smooth(root / "a" / f"{k}.jpg", seed=k, quality=92)
+    _smooth(root / "b" / "plain.png", seed=7)
+    _smooth(root / "b" / "cmyk.jpg", seed=8, mode="CMYK", quality=92)
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    _smooth(root / "b" / "rotated.jpg", seed=9, size=(90, 60), exif=exif.tobytes(), quality=92)
+    _smooth(root / "b" / "gray.jpg", seed=10, mode="L", quality=92)
+    data = _smooth(root / "b" / "cut.jpg", seed=11, quality=92).read_bytes()
+    (root / "b" / "cut.jpg").write_bytes(data[: len(data) // 2])
+    make_image(root / "b" / "noise.jpg", seed=12, quality=95)
+    return root
+
+
+def _features(root, tmp_path, decode, device="cpu"):
+    config = ExtractConfig(backbones="resnet18", weights="random", cache_root=str(tmp_path / decode),
+                           batch_size=4, workers=0, progress=False, decode=decode, device=device,
+                           precision="fp32")
+    [report] = extract(from_folder(root), config)
+    return read_features(report.path)
+
+
+def test_device_path_gives_the_cpu_paths_rows(tmp_path, mixed_folder):
+    cpu = _features(mixed_folder, tmp_path, "cpu")
+    device = _features(mixed_folder, tmp_path, "device")
+    assert device.ids == cpu.ids and len(cpu.ids) == 11
+    assert device.skipped == cpu.skipped and list(cpu.skipped) == ["b/cut.jpg"]
+    cosine = (cpu.features * device.features).sum(1) / (
+        np.linalg.norm(cpu.features, axis=1) * np.linalg.norm(device.features, axis=1))
+    assert cosine.min() > 0.99, cosine
+
+
+def test_decode_option_is_checked_when_the_config_is_built(tmp_path):
+    with pytest.raises(ValueError, match="unknown --decode 'gpu'"):
+        ExtractConfig(backbones="resnet18", decode="gpu")
+    with pytest.raises(ValueError, match="--batch-size must be at least 1"):
+        ExtractConfig(backbones="resnet18", batch_size=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_device_decoding_matches_pillow(tmp_path, mixed_folder):
+    cpu = _features(mixed_folder, tmp_path, "cpu", device="cuda")
+    device = _features(mixed_folder, tmp_path, "device", device="cuda")
+    assert device.ids == cpu.ids and device.skipped == cpu.skipped
+    cosine = (cpu.features * device.features).sum(1) / (
+        np.linalg.norm(cpu.features, axis=1) * np.linalg.norm(device.features, axis=1))
+    assert cosine.min() > 0.99, cosine
+    assert get_spec("resnet18").feature_dim == cpu.features.shape[1]
