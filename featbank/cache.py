@@ -10,11 +10,20 @@ Contract (readable with plain h5py; see DESIGN.md):
   ``resize``, ``crop_pct``, ``interpolation``, ``dtype``, ``collection``,
   ``featbank_version``, ``torch_version``, ``created``.
 
+Rows live in shards: ``<file>.shards/NNNNNN.h5`` each hold a block of rows
+(``features``), and the file's ``features`` is an HDF5 virtual dataset over
+them, so plain h5py reads (N, D) as usual (a missing shard reads as NaN, and
+featbank's reader refuses it). Adding images writes one new shard and
+rewrites only the small main file (ids, skipped lists, the virtual layout),
+never the vectors already stored; past ``MAX_SHARDS`` shards they are joined
+into one.
+
 Crash safety: while extracting, every finished batch is written as an ``.npz``
 part in ``<file>.parts/`` (written to a temporary name, then renamed, so a
-part is whole or absent). Parts are merged into the HDF5 file by writing a new
-file and renaming it over the old one, so a kill at any moment loses at most
-the batch in flight and never leaves a half-written HDF5 file.
+part is whole or absent). Parts are folded in by writing a new shard, then a
+new main file, each to a temporary name renamed into place: a kill at any
+moment loses at most the batch in flight and never leaves a half-written
+file (a shard that no main file names yet is deleted by the next fold).
 """
 from __future__ import annotations
 
@@ -35,6 +44,7 @@ PROVENANCE_KEYS = ("backbone", "feature_dim", "weights", "input_size", "mean", "
                    "resize", "crop_pct", "interpolation", "dtype")
 _STR = h5py.string_dtype("utf-8")
 _CHUNK_ROWS = 1024
+MAX_SHARDS = 32
 
 
 def safe_name(text: str) -> str:
@@ -66,10 +76,21 @@ def read_features(path: str | os.PathLike) -> FeatureSet:
     if not path.is_file():
         raise FileNotFoundError(f"feature file {path} does not exist; run extract.py first")
     with h5py.File(path, "r") as f:
+        _check_shards(f["features"], path)
         return FeatureSet(ids=list(f["ids"].asstr()[:]), features=f["features"][:],
                           attrs=_plain(dict(f.attrs)),
                           skipped=dict(zip(f["skipped_ids"].asstr()[:],
                                            f["skipped_reasons"].asstr()[:])))
+
+
+def _check_shards(features: h5py.Dataset, path: Path) -> None:
+    """A virtual ``features`` reads a missing shard as NaN: refuse that instead."""
+    if not features.is_virtual:
+        return
+    for source in features.virtual_sources():
+        if not (path.parent / source.file_name).is_file():
+            raise ValueError(f"{path} lacks its shard {path.parent / source.file_name}; copy the "
+                             f"{path.name}.shards folder with it, or delete both to re-extract")
 
 
 def read_skipped(path: str | os.PathLike) -> dict[str, str]:
@@ -165,79 +186,138 @@ class FeatureFile:
                      skipped_reasons=np.array(list(skipped.values()), dtype=str))
 
     def merge(self) -> int:
-        """Fold pending parts into the HDF5 file (atomically); returns rows added."""
+        """Fold pending parts into the file: one new shard plus a new main file."""
         parts = self._part_files()
-        added = 0
-        if parts or not self.path.is_file():
-            with atomic_path(self.path) as tmp:
-                added = self._write(parts, tmp)
+        if not parts and self.path.is_file():
+            self._drop_parts()
+            return 0
+        old = _Index.read(self.path, self.dim) if self.path.is_file() else _Index.empty()
+        shards = self.path.with_name(self.path.name + ".shards")
+        shards.mkdir(parents=True, exist_ok=True)
+        compact = old.legacy or len(old.sources) + 1 > MAX_SHARDS
+        target = shards / f"{_next_shard(shards):06d}.h5"
+        with atomic_path(target) as tmp:
+            writer = _ShardWriter(tmp, self.dim, self.dtype, seen=set() if compact else set(old.ids))
+            if compact:
+                writer.copy_from(self.path, old)
+            for part in parts:
+                with np.load(part) as data:
+                    writer.append(data["ids"].tolist(), data["features"])
+                    old.skipped.update(zip(data["skipped_ids"].tolist(),
+                                           data["skipped_reasons"].tolist()))
+            added = writer.close()
+        ids = writer.ids if compact else old.ids + writer.ids
+        sources = ([] if compact else old.sources) + [(target.name, len(writer.ids))]
+        if not writer.ids:
+            target.unlink()
+            sources = sources[:-1]
+        self._write_main(ids, sources, old)
+        _drop_unnamed_shards(shards, {name for name, _ in sources})
         self._drop_parts()
-        return added
+        return added if not compact else len(ids) - len(old.ids)
+
+    def _write_main(self, ids: list[str], sources: list[tuple[str, int]], old: "_Index") -> None:
+        attrs = dict(self.attrs)
+        attrs["created"] = old.created or attrs.get("created")
+        with atomic_path(self.path) as tmp, h5py.File(tmp, "w") as out:
+            out.create_dataset("ids", data=np.array(ids, dtype=object), dtype=_STR)
+            _virtual_features(out, sources, self.path.name + ".shards", self.dim, self.dtype)
+            out.create_dataset("skipped_ids", data=list(old.skipped), dtype=_STR)
+            out.create_dataset("skipped_reasons", data=list(old.skipped.values()), dtype=_STR)
+            out.attrs.update({k: v for k, v in attrs.items() if v is not None})
+            out.attrs["n_rows"] = len(ids)
 
     def _drop_parts(self) -> None:
         if self.parts.is_dir():
             shutil.rmtree(self.parts)
         self._next_part = None
 
-    def _write(self, parts: list[Path], target: Path) -> int:
-        """The old file's rows then the parts' rows, into ``target``."""
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with h5py.File(target, "w") as out:
-            writer = _RowWriter(out, self.dim, self.dtype)
-            attrs = dict(self.attrs)
-            if self.path.is_file():
-                with h5py.File(self.path, "r") as old:
-                    writer.copy_from(old)
-                    attrs["created"] = old.attrs.get("created", attrs.get("created"))
-            before = writer.n
-            for part in parts:
-                with np.load(part) as data:
-                    writer.append(data["ids"].tolist(), data["features"],
-                                  dict(zip(data["skipped_ids"].tolist(),
-                                           data["skipped_reasons"].tolist())))
-            writer.finish()
-            out.attrs.update({k: v for k, v in attrs.items() if v is not None})
-            out.attrs["n_rows"] = writer.n
-            return writer.n - before
+
+@dataclass
+class _Index:
+    """What a main file says: ids, skipped, its shards (name, rows); legacy = plain dataset."""
+
+    ids: list[str]
+    skipped: dict[str, str]
+    sources: list[tuple[str, int]]
+    created: str | None
+    legacy: bool = False
+
+    @classmethod
+    def empty(cls) -> "_Index":
+        return cls(ids=[], skipped={}, sources=[], created=None)
+
+    @classmethod
+    def read(cls, path: Path, dim: int) -> "_Index":
+        with h5py.File(path, "r") as f:
+            features = f["features"]
+            sources = [(Path(vds.file_name).name, vds.vspace.get_select_bounds()[1][0]
+                        - vds.vspace.get_select_bounds()[0][0] + 1)
+                       for vds in features.virtual_sources()] if features.is_virtual else []
+            return cls(ids=list(f["ids"].asstr()[:]),
+                       skipped=dict(zip(f["skipped_ids"].asstr()[:],
+                                        f["skipped_reasons"].asstr()[:])),
+                       sources=sources, created=f.attrs.get("created"),
+                       legacy=not features.is_virtual and f["ids"].shape[0] > 0)
 
 
-class _RowWriter:
-    """Appends rows to resizable ``features`` / ``ids``; drops ids seen before.
+def _virtual_features(out: h5py.File, sources, folder: str, dim: int, dtype) -> None:
+    """``features`` as a virtual dataset over the shards (paths relative to the file)."""
+    total = sum(rows for _, rows in sources)
+    if total == 0:
+        out.create_dataset("features", shape=(0, dim), dtype=dtype)
+        return
+    layout = h5py.VirtualLayout(shape=(total, dim), dtype=dtype)
+    start = 0
+    for name, rows in sources:
+        layout[start:start + rows] = h5py.VirtualSource(f"{folder}/{name}", "features",
+                                                        shape=(rows, dim))
+        start += rows
+    out.create_virtual_dataset("features", layout, fillvalue=np.nan)
 
-    (A part may repeat rows already merged when a run died between the rename of
-    the new file and the removal of its parts.)
+
+def _next_shard(folder: Path) -> int:
+    numbers = [int(p.stem) for p in folder.glob("[0-9]*.h5") if p.stem.isdigit()]
+    return max(numbers, default=-1) + 1
+
+
+def _drop_unnamed_shards(folder: Path, named: set[str]) -> None:
+    for shard in folder.glob("*.h5"):
+        if shard.name not in named:
+            shard.unlink(missing_ok=True)
+    if not any(folder.iterdir()):
+        folder.rmdir()
+
+
+class _ShardWriter:
+    """Appends rows to a shard's resizable ``features``; drops ids seen before.
+
+    (A part may repeat rows already folded in when a run died between the
+    rename of the new main file and the removal of its parts.)
     """
 
-    def __init__(self, out: h5py.File, dim: int, dtype: np.dtype):
-        self.features = out.create_dataset("features", shape=(0, dim), maxshape=(None, dim),
-                                           dtype=dtype, chunks=(min(_CHUNK_ROWS, 256), dim))
-        self.ids = out.create_dataset("ids", shape=(0,), maxshape=(None,), dtype=_STR,
-                                      chunks=(_CHUNK_ROWS,))
-        self.out = out
-        self.seen: set[str] = set()
-        self.skipped: dict[str, str] = {}
-        self.n = 0
+    def __init__(self, path: Path, dim: int, dtype: np.dtype, *, seen: set[str]):
+        self.file = h5py.File(path, "w")
+        self.features = self.file.create_dataset(
+            "features", shape=(0, dim), maxshape=(None, dim), dtype=dtype,
+            chunks=(max(1, min(256, (1 << 20) // (dim * np.dtype(dtype).itemsize))), dim))
+        self.seen, self.ids = seen, []
 
-    def append(self, ids: list[str], features: np.ndarray, skipped: dict[str, str]) -> None:
+    def append(self, ids: list[str], features: np.ndarray) -> None:
         keep = [k for k, i in enumerate(ids) if i not in self.seen]
         if keep:
-            rows = slice(self.n, self.n + len(keep))
-            self.features.resize(self.n + len(keep), axis=0)
-            self.ids.resize(self.n + len(keep), axis=0)
-            self.features[rows] = features[keep]
-            self.ids[rows] = [ids[k] for k in keep]
-            self.n += len(keep)
+            n = len(self.ids)
+            self.features.resize(n + len(keep), axis=0)
+            self.features[n:] = features[keep] if len(keep) < len(ids) else features
+            self.ids.extend(ids[k] for k in keep)
             self.seen.update(ids[k] for k in keep)
-        for image_id, reason in skipped.items():
-            self.skipped.setdefault(image_id, reason)
 
-    def copy_from(self, old: h5py.File) -> None:
-        total = old["ids"].shape[0]
-        for start in range(0, total, _CHUNK_ROWS * 8):
-            stop = min(total, start + _CHUNK_ROWS * 8)
-            self.append(list(old["ids"].asstr()[start:stop]), old["features"][start:stop], {})
-        self.skipped.update(zip(old["skipped_ids"].asstr()[:], old["skipped_reasons"].asstr()[:]))
+    def copy_from(self, path: Path, old: _Index) -> None:
+        with h5py.File(path, "r") as f:
+            for start in range(0, len(old.ids), _CHUNK_ROWS * 8):
+                stop = min(len(old.ids), start + _CHUNK_ROWS * 8)
+                self.append(old.ids[start:stop], f["features"][start:stop])
 
-    def finish(self) -> None:
-        self.out.create_dataset("skipped_ids", data=list(self.skipped), dtype=_STR)
-        self.out.create_dataset("skipped_reasons", data=list(self.skipped.values()), dtype=_STR)
+    def close(self) -> int:
+        self.file.close()
+        return len(self.ids)

@@ -66,3 +66,62 @@ def test_feature_path_names():
         "timm-resnet10t__sha256-abababababab.h5"
     assert feature_path("cache", "demo", "vgg19", "imagenet").as_posix() == \
         "cache/demo/features/vgg19__imagenet.h5"
+
+
+def _grow(out: FeatureFile, first: int, n: int) -> None:
+    ids = [f"img/{k}.jpg" for k in range(first, first + n)]
+    out.add_batch(ids, np.arange(first * 3, (first + n) * 3, dtype=np.float32).reshape(n, 3))
+    out.merge()
+
+
+def test_adding_rows_leaves_stored_vectors_untouched(tmp_path, monkeypatch):
+    out = FeatureFile(tmp_path / "f.h5", ATTRS)
+    _grow(out, 0, 5)
+    [first_shard] = (tmp_path / "f.h5.shards").iterdir()
+    before = first_shard.stat()
+    _grow(out, 5, 2)
+    after = first_shard.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    monkeypatch.chdir(tmp_path / "f.h5.shards")  # shards resolve next to the file, not the cwd
+    with h5py.File(tmp_path / "f.h5") as f:
+        assert f["features"].shape == (7, 3) and f["ids"].asstr()[6] == "img/6.jpg"
+        assert f["features"][:].ravel().tolist() == list(range(21))
+
+
+def test_missing_shard_is_refused_not_read_as_nan(tmp_path):
+    out = FeatureFile(tmp_path / "f.h5", ATTRS)
+    _grow(out, 0, 2)
+    for shard in (tmp_path / "f.h5.shards").iterdir():
+        shard.unlink()
+    with pytest.raises(ValueError, match="lacks its shard"):
+        read_features(tmp_path / "f.h5")
+
+
+def test_shards_are_joined_past_the_limit_and_orphans_dropped(tmp_path, monkeypatch):
+    import featbank.cache as cache
+
+    monkeypatch.setattr(cache, "MAX_SHARDS", 3)
+    out = FeatureFile(tmp_path / "f.h5", ATTRS)
+    (tmp_path / "f.h5.shards").mkdir()
+    (tmp_path / "f.h5.shards" / "000000.h5").write_bytes(b"left by a killed fold")
+    for k in range(5):
+        _grow(out, 2 * k, 2)
+        assert len(list((tmp_path / "f.h5.shards").iterdir())) <= 3
+    data = read_features(tmp_path / "f.h5")
+    assert data.ids == [f"img/{k}.jpg" for k in range(10)]
+    assert data.features.ravel().tolist() == list(range(30))
+
+
+def test_a_file_written_before_shards_is_grown(tmp_path):
+    with h5py.File(tmp_path / "f.h5", "w") as f:  # the earlier layout: plain datasets
+        f["features"] = np.zeros((2, 3), np.float32)
+        f.create_dataset("ids", data=["old/0.jpg", "old/1.jpg"], dtype=h5py.string_dtype())
+        f.create_dataset("skipped_ids", data=["bad.gif"], dtype=h5py.string_dtype())
+        f.create_dataset("skipped_reasons", data=["not an image"], dtype=h5py.string_dtype())
+        f.attrs.update({k: v for k, v in ATTRS.items()})
+    out = FeatureFile(tmp_path / "f.h5", ATTRS)
+    _grow(out, 0, 1)
+    data = read_features(tmp_path / "f.h5")
+    assert data.ids == ["old/0.jpg", "old/1.jpg", "img/0.jpg"]
+    assert data.features.tolist() == [[0, 0, 0], [0, 0, 0], [0, 1, 2]]
+    assert data.skipped == {"bad.gif": "not an image"}

@@ -1,0 +1,73 @@
+"""A feature file that grows in place: adding images vs rewriting the file, in one run.
+
+    python bench/bench_cache.py [--rows 100000] [--dim 2048] [--add 100]
+
+Builds a ROWS x DIM float32 feature file (ResNet50's shape at Rijksmuseum
+scale, about 800 MB), then times:
+
+- adding ADD images the way extraction does (one new shard, a new main file);
+- the same addition as a full rewrite (every stored vector copied into one
+  new shard: what featbank did before shards, and what joining shards costs);
+- a no-op re-run of ``extract()`` over the ROWS cached ids (nothing to decode,
+  so no model is loaded).
+
+Goals: the addition under 5 % of the rewrite; the no-op re-run under 10 s.
+"""
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+import featbank.cache as cache
+from featbank.backbones import get_spec
+from featbank.collection import Collection
+from featbank.extract import ExtractConfig, extract, file_attrs
+
+
+def add_rows(out: cache.FeatureFile, first: int, n: int, dim: int, *, step: int = 4096) -> float:
+    rng = np.random.default_rng(first)
+    start = time.perf_counter()
+    for at in range(first, first + n, step):
+        count = min(step, first + n - at)
+        out.add_batch([f"objects/{k:08d}.jpg" for k in range(at, at + count)],
+                      rng.standard_normal((count, dim), dtype=np.float32))
+    out.merge()
+    return time.perf_counter() - start
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--dim", type=int, default=2048, help="must be resnet50's 2048 for the "
+                        "no-op extract() run (default: 2048)")
+    parser.add_argument("--add", type=int, default=100)
+    args = parser.parse_args()
+    spec = get_spec("resnet50")
+    attrs = file_attrs(spec, "random", "float32", "bench")
+    attrs["feature_dim"] = args.dim
+    with tempfile.TemporaryDirectory() as root:
+        path = cache.feature_path(root, "bench", spec.name, "random")
+        out = cache.FeatureFile(path, attrs)
+        build = add_rows(out, 0, args.rows, args.dim)
+        print(f"built {args.rows} x {args.dim} in {build:.1f} s")
+        grow = add_rows(out, args.rows, args.add, args.dim)
+        limit, cache.MAX_SHARDS = cache.MAX_SHARDS, 0  # every fold joins all shards
+        rewrite = add_rows(out, args.rows + args.add, args.add, args.dim)
+        cache.MAX_SHARDS = limit
+        ids = [f"objects/{k:08d}.jpg" for k in range(args.rows)]
+        collection = Collection(name="bench", root=Path(root) / "images", ids=ids,
+                                labels={"label": ["x"] * len(ids)})
+        start = time.perf_counter()
+        [report] = extract(collection, ExtractConfig(backbones="resnet50", weights="random",
+                                                     cache_root=root, progress=False))
+        noop = time.perf_counter() - start
+        assert report.n_new == 0 and report.n_rows == args.rows + 2 * args.add, report
+    print(f"add {args.add} images: {grow:.2f} s; the same as a full rewrite: {rewrite:.2f} s; "
+          f"ratio {grow / rewrite:.3f} (goal < 0.05)")
+    print(f"no-op re-run over {args.rows} cached ids: {noop:.2f} s (goal < 10 s)")
+
+
+if __name__ == "__main__":
+    main()
