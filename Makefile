@@ -31,6 +31,8 @@ bench: install
 	$(PY) bench/bench_extract.py
 	$(PY) bench/bench_softmax.py --scale 0.1
 	$(PY) bench/bench_finetune.py
+	$(PY) bench/bench_cache.py
+	$(PY) bench/bench_gpu.py
 
 clean-cache:
 	find cache -mindepth 1 ! -name .gitkeep -exec rm -rf {} +

@@ -58,7 +58,7 @@ def test_parallel_cells_give_the_same_numbers(tmp_path):
 
 def test_float16_cache_and_ablation_options(tmp_path):
     folder = write_toy_cache(tmp_path, dtype="float16")
-    assert read_features(next((folder / "features").glob("resnet18*"))).features.dtype == np.float16
+    assert read_features(next((folder / "features").glob("resnet18*.h5"))).features.dtype == np.float16
     config = _config(tmp_path, heads="softmax", backbones="resnet18", train_fraction=0.5,
                      options=HeadOptions(pca=4, normalize="l2", balanced=True))
     [row] = classify(load_metadata(folder), config, warn=lambda m: None)
