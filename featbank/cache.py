@@ -191,7 +191,7 @@ class FeatureFile:
         if not parts and self.path.is_file():
             self._drop_parts()
             return 0
-        old = _Index.read(self.path, self.dim) if self.path.is_file() else _Index.empty()
+        old = _Index.read(self.path) if self.path.is_file() else _Index.empty()
         shards = self.path.with_name(self.path.name + ".shards")
         shards.mkdir(parents=True, exist_ok=True)
         compact = old.legacy or len(old.sources) + 1 > MAX_SHARDS
@@ -205,7 +205,7 @@ class FeatureFile:
                     writer.append(data["ids"].tolist(), data["features"])
                     old.skipped.update(zip(data["skipped_ids"].tolist(),
                                            data["skipped_reasons"].tolist()))
-            added = writer.close()
+            writer.close()
         ids = writer.ids if compact else old.ids + writer.ids
         sources = ([] if compact else old.sources) + [(target.name, len(writer.ids))]
         if not writer.ids:
@@ -214,7 +214,7 @@ class FeatureFile:
         self._write_main(ids, sources, old)
         _drop_unnamed_shards(shards, {name for name, _ in sources})
         self._drop_parts()
-        return added if not compact else len(ids) - len(old.ids)
+        return len(ids) - len(old.ids)
 
     def _write_main(self, ids: list[str], sources: list[tuple[str, int]], old: "_Index") -> None:
         attrs = dict(self.attrs)
@@ -248,17 +248,21 @@ class _Index:
         return cls(ids=[], skipped={}, sources=[], created=None)
 
     @classmethod
-    def read(cls, path: Path, dim: int) -> "_Index":
+    def read(cls, path: Path) -> "_Index":
         with h5py.File(path, "r") as f:
             features = f["features"]
-            sources = [(Path(vds.file_name).name, vds.vspace.get_select_bounds()[1][0]
-                        - vds.vspace.get_select_bounds()[0][0] + 1)
+            sources = [(Path(vds.file_name).name, _rows(vds.vspace))
                        for vds in features.virtual_sources()] if features.is_virtual else []
             return cls(ids=list(f["ids"].asstr()[:]),
                        skipped=dict(zip(f["skipped_ids"].asstr()[:],
                                         f["skipped_reasons"].asstr()[:])),
                        sources=sources, created=f.attrs.get("created"),
                        legacy=not features.is_virtual and f["ids"].shape[0] > 0)
+
+
+def _rows(selection) -> int:
+    (first, _), (last, _) = selection.get_select_bounds()
+    return last - first + 1
 
 
 def _virtual_features(out: h5py.File, sources, folder: str, dim: int, dtype) -> None:
@@ -318,6 +322,5 @@ class _ShardWriter:
                 stop = min(len(old.ids), start + _CHUNK_ROWS * 8)
                 self.append(old.ids[start:stop], f["features"][start:stop])
 
-    def close(self) -> int:
+    def close(self) -> None:
         self.file.close()
-        return len(self.ids)

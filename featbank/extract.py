@@ -16,9 +16,9 @@ import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -307,7 +307,7 @@ def _run(collection, pending, specs, files, todo, config: ExtractConfig) -> floa
     view_of = {s.name: geometries.index(s.preprocess.geometry()) for s in specs}
     runners = {s.name: TrunkRunner(s, load_trunk(s, config.weights), device, autocast) for s in specs}
     paths = [collection.path(i) for i in pending]
-    loader = DataLoader(_Images(paths, pres, jpeg_bytes=_decode_on_device(config, device, pres)),
+    loader = DataLoader(_Images(paths, pres, jpeg_bytes=_decode_on_device(config, pres)),
                         batch_size=config.batch_size, num_workers=max(0, config.workers),
                         collate_fn=_collate, pin_memory=device.type == "cuda", shuffle=False)
     first_batch_at = None
@@ -317,19 +317,14 @@ def _run(collection, pending, specs, files, todo, config: ExtractConfig) -> floa
             tqdm(total=len(pending), unit="img", disable=not config.progress,
                  desc=f"{collection.name}: {', '.join(runners)}") as bar:
         queued: deque[Future] = deque()
-        on_device: deque = deque()  # one CUDA event per batch whose work is queued
         for batch in loader:
             first_batch_at = first_batch_at or time.perf_counter()
             ids = [pending[k] for k in batch.index.tolist()]
-            _throttle(on_device)
             views, reasons = _device_views(batch, pres, device, paths)
             for spec in specs:
                 write = _submit(ids, reasons, views[view_of[spec.name]], todo[spec.name],
                                 runners[spec.name], files[spec.name])
                 queued.append(writer.submit(write))
-            if device.type == "cuda":
-                on_device.append(torch.cuda.Event())
-                on_device[-1].record()
             while len(queued) > MAX_QUEUED * len(specs) or (queued and queued[0].done()):
                 queued.popleft().result()  # raises what the writer raised
             bar.update(len(ids))
@@ -338,15 +333,7 @@ def _run(collection, pending, specs, files, todo, config: ExtractConfig) -> floa
     return first_batch_at
 
 
-def _throttle(on_device: deque, depth: int = 2) -> None:
-    """Let at most ``depth`` batches wait on the GPU: the next one is decoded while
-    the last runs, and the host never fills the launch queue (where it would
-    block holding the GIL; a run over 64-px JPEGs stalled that way on an H100)."""
-    while len(on_device) >= depth:
-        on_device.popleft().synchronize()
-
-
-def _decode_on_device(config: ExtractConfig, device: torch.device, pres: list) -> bool:
+def _decode_on_device(config: ExtractConfig, pres: list) -> bool:
     """Whether JPEGs travel as bytes and are decoded on ``device`` (``--decode device``).
 
     Not the default yet: on an H100, nvJPEG overlapped with the forward pass ran
