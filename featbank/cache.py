@@ -3,7 +3,7 @@
 Contract (readable with plain h5py; see DESIGN.md):
 
 - ``features``: (N, D) float32 (or float16 by option); row i belongs to ``ids[i]``;
-- ``ids``: (N,) UTF-8 strings, the image path relative to the collection root;
+- ``ids``: (N,) UTF-8 strings (fixed length), the image path relative to the collection root;
 - ``skipped_ids`` / ``skipped_reasons``: images that could not be decoded;
 - attributes: ``backbone``, ``feature_dim``, ``weights`` (``imagenet``,
   ``random`` or ``sha256:<hex>``), ``input_size``, ``mean``, ``std``,
@@ -197,16 +197,18 @@ class FeatureFile:
         compact = old.legacy or len(old.sources) + 1 > MAX_SHARDS
         target = shards / f"{_next_shard(shards):06d}.h5"
         with atomic_path(target) as tmp:
-            writer = _ShardWriter(tmp, self.dim, self.dtype, seen=set() if compact else set(old.ids))
+            writer = _ShardWriter(tmp, self.dim, self.dtype,
+                                  seen=set() if compact else set(old.ids.tolist()))
             if compact:
                 writer.copy_from(self.path, old)
             for part in parts:
                 with np.load(part) as data:
-                    writer.append(data["ids"].tolist(), data["features"])
+                    writer.append([i.encode() for i in data["ids"].tolist()], data["features"])
                     old.skipped.update(zip(data["skipped_ids"].tolist(),
                                            data["skipped_reasons"].tolist()))
             writer.close()
-        ids = writer.ids if compact else old.ids + writer.ids
+        new = np.array(writer.ids, dtype=bytes)
+        ids = new if compact else np.concatenate([old.ids, new])
         sources = ([] if compact else old.sources) + [(target.name, len(writer.ids))]
         if not writer.ids:
             target.unlink()
@@ -216,11 +218,11 @@ class FeatureFile:
         self._drop_parts()
         return len(ids) - len(old.ids)
 
-    def _write_main(self, ids: list[str], sources: list[tuple[str, int]], old: "_Index") -> None:
+    def _write_main(self, ids: np.ndarray, sources: list[tuple[str, int]], old: "_Index") -> None:
         attrs = dict(self.attrs)
         attrs["created"] = old.created or attrs.get("created")
         with atomic_path(self.path) as tmp, h5py.File(tmp, "w") as out:
-            out.create_dataset("ids", data=np.array(ids, dtype=object), dtype=_STR)
+            out.create_dataset("ids", data=_fixed_utf8(ids))
             _virtual_features(out, sources, self.path.name + ".shards", self.dim, self.dtype)
             out.create_dataset("skipped_ids", data=list(old.skipped), dtype=_STR)
             out.create_dataset("skipped_reasons", data=list(old.skipped.values()), dtype=_STR)
@@ -237,7 +239,8 @@ class FeatureFile:
 class _Index:
     """What a main file says: ids, skipped, its shards (name, rows); legacy = plain dataset."""
 
-    ids: list[str]
+    ids: np.ndarray  # UTF-8 bytes: reading, comparing and rewriting 100k of them is 10x
+    # cheaper than as variable-length strings
     skipped: dict[str, str]
     sources: list[tuple[str, int]]
     created: str | None
@@ -245,7 +248,7 @@ class _Index:
 
     @classmethod
     def empty(cls) -> "_Index":
-        return cls(ids=[], skipped={}, sources=[], created=None)
+        return cls(ids=np.array([], dtype=bytes), skipped={}, sources=[], created=None)
 
     @classmethod
     def read(cls, path: Path) -> "_Index":
@@ -253,11 +256,17 @@ class _Index:
             features = f["features"]
             sources = [(Path(vds.file_name).name, _rows(vds.vspace))
                        for vds in features.virtual_sources()] if features.is_virtual else []
-            return cls(ids=list(f["ids"].asstr()[:]),
+            return cls(ids=np.array(f["ids"][:], dtype=bytes),
                        skipped=dict(zip(f["skipped_ids"].asstr()[:],
                                         f["skipped_reasons"].asstr()[:])),
                        sources=sources, created=f.attrs.get("created"),
                        legacy=not features.is_virtual and f["ids"].shape[0] > 0)
+
+
+def _fixed_utf8(ids: np.ndarray) -> np.ndarray:
+    """Ids as fixed-length UTF-8 strings: written and read in one copy, unlike
+    variable-length ones; ``f["ids"].asstr()[:]`` reads both kinds."""
+    return ids.astype(h5py.string_dtype("utf-8", max(1, ids.dtype.itemsize)))
 
 
 def _rows(selection) -> int:
@@ -307,7 +316,7 @@ class _ShardWriter:
             chunks=(max(1, min(256, (1 << 20) // (dim * np.dtype(dtype).itemsize))), dim))
         self.seen, self.ids = seen, []
 
-    def append(self, ids: list[str], features: np.ndarray) -> None:
+    def append(self, ids: list[bytes], features: np.ndarray) -> None:
         keep = [k for k, i in enumerate(ids) if i not in self.seen]
         if keep:
             n = len(self.ids)
@@ -320,7 +329,7 @@ class _ShardWriter:
         with h5py.File(path, "r") as f:
             for start in range(0, len(old.ids), _CHUNK_ROWS * 8):
                 stop = min(len(old.ids), start + _CHUNK_ROWS * 8)
-                self.append(old.ids[start:stop], f["features"][start:stop])
+                self.append(old.ids[start:stop].tolist(), f["features"][start:stop])
 
     def close(self) -> None:
         self.file.close()
