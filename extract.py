@@ -9,6 +9,8 @@ Examples:
         --manifest metadata.csv --root images/ --image-column ImageId
     python extract.py --backbone all --images paintings/ --device cuda
     python extract.py --backbone resnet50 --images paintings/ --device cuda --decode device
+    RAY_ADDRESS=auto python extract.py --backbone vgg19,resnet50 --images /shared/museum \
+        --engine ray                                   # on a Ray cluster (README, "Ray")
 
 Re-running skips images already in the cache; an interrupted run resumes.
 Output: <cache>/<collection>/features/<backbone>__<weights>.h5 (see DESIGN.md),
@@ -45,6 +47,15 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="where images are decoded: cpu = Pillow in the worker processes; "
                              "device = JPEGs by nvJPEG on the GPU (experimental, see README); "
                              "auto = cpu for now (default: auto)")
+    parser.add_argument("--engine", default="local", choices=["local", "ray"],
+                        help="local: this machine; ray: Ray Data over a Ray cluster "
+                             "(pip install 'featbank[ray]') (default: local)")
+    parser.add_argument("--ray-address", default=None,
+                        help="Ray cluster to join, e.g. ray://head:10001 or auto "
+                             "(default: $RAY_ADDRESS, else a Ray started on this machine)")
+    parser.add_argument("--ray-actors", type=int, default=None,
+                        help="trunk actors for --engine ray (default: one per GPU in the "
+                             "cluster, one if it has none)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
 
@@ -58,6 +69,8 @@ def main(argv=None) -> None:
     config = ExtractConfig(backbones=args.backbone, weights=args.weights, cache_root=args.cache,
                            batch_size=args.batch_size, workers=args.workers, device=args.device,
                            dtype=args.dtype, precision=args.precision, decode=args.decode,
+                           engine=args.engine, ray_address=args.ray_address,
+                           ray_actors=args.ray_actors,
                            progress=not args.no_progress)
     for report in extract(collection, config):
         print(f"{report.backbone}: {report.n_rows} rows ({report.n_new} new, "

@@ -55,6 +55,9 @@ class ExtractConfig:
     # cpu: Pillow in the DataLoader workers; device: nvJPEG on the GPU (JPEGs only,
     # the rest still by Pillow). auto = cpu for now: see _decode_on_device.
     decode: str = "auto"
+    engine: str = "local"  # local: DataLoader on this machine; ray: Ray Data (extract_ray.py)
+    ray_address: str | None = None  # None: RAY_ADDRESS, else a local Ray
+    ray_actors: int | None = None  # trunk actors; None: one per GPU, or one without GPUs
     progress: bool = True
 
     def __post_init__(self):
@@ -65,9 +68,15 @@ class ExtractConfig:
             raise ValueError(f"--workers must be 0 or more, not {self.workers}")
         for option, value, choices in (("--dtype", self.dtype, ("float32", "float16")),
                                        ("--precision", self.precision, ("auto", "fp32", "bf16", "fp16")),
-                                       ("--decode", self.decode, ("auto", "cpu", "device"))):
+                                       ("--decode", self.decode, ("auto", "cpu", "device")),
+                                       ("--engine", self.engine, ("local", "ray"))):
             if value not in choices:
                 raise ValueError(f"unknown {option} {value!r}; use {', '.join(choices)}")
+        if self.ray_actors is not None and self.ray_actors < 1:
+            raise ValueError(f"--ray-actors must be at least 1, not {self.ray_actors}")
+        if self.engine == "ray" and self.decode == "device":
+            raise ValueError("--decode device is for --engine local; the Ray engine decodes "
+                             "with Pillow in its tasks")
 
 
 @dataclass
@@ -192,7 +201,7 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     choices = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
     if precision == "auto":
         if device.type != "cuda":
@@ -286,7 +295,14 @@ def extract(collection: Collection, config: ExtractConfig) -> list[ExtractReport
         done = out.done_ids()
         files[spec.name], todo[spec.name] = out, {i for i in collection.ids if i not in done}
     pending = [i for i in collection.ids if any(i in t for t in todo.values())]
-    first_batch_at = _run(collection, pending, specs, files, todo, config) if pending else None
+    first_batch_at = None
+    if pending and config.engine == "ray":
+        from .extract_ray import run_ray
+
+        first_batch_at = time.perf_counter()
+        run_ray(collection, pending, specs, files, todo, config)
+    elif pending:
+        first_batch_at = _run(collection, pending, specs, files, todo, config)
     for out in files.values():
         out.merge()
     stream = None if first_batch_at is None else time.perf_counter() - first_batch_at
@@ -301,10 +317,8 @@ def extract(collection: Collection, config: ExtractConfig) -> list[ExtractReport
 def _run(collection, pending, specs, files, todo, config: ExtractConfig) -> float | None:
     """Decode, forward and write the ``pending`` ids; returns when the first batch arrived."""
     device = resolve_device(config.device)
-    autocast = _autocast_dtype(config.precision, device)
-    geometries = list(dict.fromkeys(s.preprocess.geometry() for s in specs))
-    pres = [next(s.preprocess for s in specs if s.preprocess.geometry() == g) for g in geometries]
-    view_of = {s.name: geometries.index(s.preprocess.geometry()) for s in specs}
+    autocast = autocast_dtype(config.precision, device)
+    pres, view_of = shared_views(specs)
     runners = {s.name: TrunkRunner(s, load_trunk(s, config.weights), device, autocast) for s in specs}
     paths = [collection.path(i) for i in pending]
     loader = DataLoader(_Images(paths, pres, jpeg_bytes=_decode_on_device(config, pres)),
@@ -333,6 +347,13 @@ def _run(collection, pending, specs, files, todo, config: ExtractConfig) -> floa
     return first_batch_at
 
 
+def shared_views(specs) -> tuple[list, dict[str, int]]:
+    """One preprocessing per distinct geometry, and which of them each backbone reads."""
+    geometries = list(dict.fromkeys(s.preprocess.geometry() for s in specs))
+    pres = [next(s.preprocess for s in specs if s.preprocess.geometry() == g) for g in geometries]
+    return pres, {s.name: geometries.index(s.preprocess.geometry()) for s in specs}
+
+
 def _decode_on_device(config: ExtractConfig, pres: list) -> bool:
     """Whether JPEGs travel as bytes and are decoded on ``device`` (``--decode device``).
 
@@ -350,9 +371,7 @@ def _decode_on_device(config: ExtractConfig, pres: list) -> bool:
 
 def _submit(ids, reasons, pixels, todo, runner: TrunkRunner, out: FeatureFile) -> Callable[[], None]:
     """Queue one backbone's share of a batch; the returned call writes it as a part."""
-    need = [j for j, i in enumerate(ids) if i in todo]
-    good = [j for j in need if not reasons[j]]
-    skipped = {ids[j]: reasons[j] for j in need if reasons[j]}
+    need, good, skipped = backbone_share(ids, reasons, todo)
     if good:
         features = runner.submit(pixels if len(good) == len(ids)
                                  else pixels[device_index(good, pixels.device)])
@@ -364,6 +383,14 @@ def _submit(ids, reasons, pixels, todo, runner: TrunkRunner, out: FeatureFile) -
         if need:
             out.add_batch([ids[j] for j in good], features(), skipped)
     return write
+
+
+def backbone_share(ids: list[str], reasons: list[str],
+                   todo: set[str]) -> tuple[list[int], list[int], dict[str, str]]:
+    """Batch positions a backbone still needs, those of them decoded, and why the rest were not."""
+    need = [j for j, i in enumerate(ids) if i in todo]
+    good = [j for j in need if not reasons[j]]
+    return need, good, {ids[j]: reasons[j] for j in need if reasons[j]}
 
 
 def _report(name: str, path: Path, n_new: int, seconds: float,
