@@ -16,6 +16,8 @@ paths as the driver (a shared file system on a cluster).
 """
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 
@@ -27,8 +29,9 @@ from .images import decode_views, min_decode_size
 def run_ray(collection, pending: list[str], specs, files, todo, config) -> None:
     """Extract ``pending`` ids for ``specs`` on Ray; parts go to ``files`` (see ``extract``)."""
     ray = _ray()
-    if not ray.is_initialized():
-        ray.init(address=config.ray_address, log_to_driver=False)
+    if not ray.is_initialized():  # a one-line summary is the script's output, not Ray's INFO log
+        ray.init(address=config.ray_address, log_to_driver=False, logging_level=logging.WARNING)
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0)) if config.device != "cpu" else 0
     actors = config.ray_actors or max(1, gpus)
