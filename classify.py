@@ -11,44 +11,34 @@ Writes <cache>/<collection>/results.jsonl (one row per model), table.csv and
 table.json; fitted heads in heads/, per-class reports and confusion matrices
 (CSV and PNG) in reports/. Cells already in results.jsonl are reused.
 """
-import argparse
 import sys
 from pathlib import Path
 
-from featbank.classify import ClassifyConfig, classify
-from featbank.cli import add_collection_args, cached_collection, run
-from featbank.evaluate import build_table, load_results, to_markdown, write_table
+from featbank.cli import add_options, cached_collection, make_parser, run, split_spec
+from featbank.config import ClassifyConfig, defaults
 from featbank.heads import HEADS, HeadOptions
-from featbank.tasks import SplitSpec
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--head", default="all",
+def get_args_parser():
+    d = defaults(ClassifyConfig)
+    parser = make_parser(__doc__)
+    parser.add_argument("--head", default=d["heads"],
                         help=f"NAME[,NAME...] or all; one of {', '.join(HEADS)} (default: all)")
-    parser.add_argument("--backbone", default="all",
+    parser.add_argument("--backbone", default=d["backbones"],
                         help="backbones whose cached features to use (default: all)")
-    parser.add_argument("--weights", default="all",
+    parser.add_argument("--weights", default=d["weights"],
                         help="imagenet, random, sha256:<prefix> or all (default: all)")
-    parser.add_argument("--task", default="all", help="label column(s) or all (default: all)")
-    add_collection_args(parser, images=False)
-    parser.add_argument("--split", default="80/10/10",
-                        help="train/val/test percentages (default: 80/10/10)")
-    parser.add_argument("--min-per-class", type=int, default=None,
-                        help="classes with fewer images are left out (default: enough for "
-                             "one image in every split, 10 for 80/10/10)")
+    parser.add_argument("--task", default=d["tasks"], help="label column(s) or all (default: all)")
+    add_options(parser, "cache", "collection", "split", "seed", defaults=d)
     parser.add_argument("--normalize", default="standard", choices=["standard", "l2", "none"],
                         help="feature normalisation before the head (default: standard)")
-    parser.add_argument("--pca", type=int, default=None, help="PCA to K dimensions first")
-    parser.add_argument("--balanced", action="store_true", help="balanced class weights")
-    parser.add_argument("--train-fraction", type=float, default=1.0,
-                        help="stratified fraction of the training split to use (default: 1)")
+    parser.add_argument("--pca", type=int, default=None,
+                        help="PCA to K dimensions first (default: none)")
+    add_options(parser, "balanced", "train-fraction", defaults=d)
     parser.add_argument("--softmax-recipe", default="fast", choices=["fast", "paper"],
                         help="fast (default) or the paper's RMSprop/batch-32/patience-7 recipe")
-    parser.add_argument("--seed", type=int, default=0, help="seed of splits and heads (default: 0)")
-    parser.add_argument("--jobs", type=int, default=ClassifyConfig().jobs,
-                        help=f"cells trained in parallel (default: {ClassifyConfig().jobs})")
+    parser.add_argument("--jobs", type=int, default=d["jobs"],
+                        help=f"cells trained in parallel (default: {d['jobs']}, the CPU cores)")
     parser.add_argument("--force", action="store_true", help="recompute cells already stored")
     return parser
 
@@ -57,12 +47,14 @@ def main(argv=None) -> None:
     args = get_args_parser().parse_args(argv)
     config = ClassifyConfig(
         heads=args.head, backbones=args.backbone, weights=args.weights, tasks=args.task,
-        cache_root=args.cache,
-        split=SplitSpec.parse(args.split, seed=args.seed, min_per_class=args.min_per_class),
+        cache_root=args.cache, split=split_spec(args),
         options=HeadOptions(normalize=args.normalize, pca=args.pca, balanced=args.balanced,
                             seed=args.seed, softmax_recipe=args.softmax_recipe),
         train_fraction=args.train_fraction, jobs=args.jobs, force=args.force)
     collection = cached_collection(cache=args.cache, collection=args.collection)
+    from featbank.classify import classify
+    from featbank.evaluate import build_table, load_results, to_markdown, write_table
+
     classify(collection, config, warn=lambda m: print(m, file=sys.stderr))
     folder = Path(args.cache) / collection.name
     columns, records = build_table(load_results(folder), split_tag=config.split.tag,

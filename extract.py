@@ -16,38 +16,33 @@ Re-running skips images already in the cache; an interrupted run resumes.
 Output: <cache>/<collection>/features/<backbone>__<weights>.h5 (see DESIGN.md),
 undecodable images in <cache>/<collection>/skipped.csv.
 """
-import argparse
 import sys
 
 from featbank.backbones import available_backbones
-from featbank.cli import add_collection_args, collection_for_extraction, run
-from featbank.extract import ExtractConfig, extract
+from featbank.cli import add_options, collection_for_extraction, make_parser, run, source_of
+from featbank.config import ExtractConfig, defaults
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def get_args_parser():
+    d = defaults(ExtractConfig)
+    parser = make_parser(__doc__)
     parser.add_argument("--backbone", required=True,
                         help=f"NAME[,NAME...] or all; one of {', '.join(available_backbones())}")
-    parser.add_argument("--weights", default="imagenet",
-                        help="imagenet, random (seeded) or PATH to a state_dict (default: imagenet)")
-    add_collection_args(parser, images=True)
-    defaults = ExtractConfig(backbones=[])
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size,
-                        help=f"images per forward pass (default: {defaults.batch_size})")
-    parser.add_argument("--workers", type=int, default=defaults.workers,
-                        help=f"decoding processes, 0 = in the main process (default: {defaults.workers})")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float16"],
-                        help="storage type of the features (default: float32)")
-    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+    parser.add_argument("--weights", default=d["weights"],
+                        help="imagenet (the exact published weights the registry pins; see "
+                             "README), random (seeded) or PATH to a state_dict or a trunk "
+                             f"exported by finetune.py (default: {d['weights']})")
+    add_options(parser, "cache", "source", "batch-size", "workers", "device", defaults=d)
+    parser.add_argument("--dtype", default=d["dtype"], choices=["float32", "float16"],
+                        help=f"storage type of the features (default: {d['dtype']})")
+    parser.add_argument("--precision", default=d["precision"], choices=["auto", "fp32", "bf16", "fp16"],
                         help="compute precision; auto = bf16/fp16 autocast on a GPU when the "
                              "features stay within 1%% of fp32, else fp32 (default: auto)")
-    parser.add_argument("--decode", default="auto", choices=["auto", "cpu", "device"],
+    parser.add_argument("--decode", default=d["decode"], choices=["auto", "cpu", "device"],
                         help="where images are decoded: cpu = Pillow in the worker processes; "
                              "device = JPEGs by nvJPEG on the GPU (experimental, see README); "
                              "auto = cpu for now (default: auto)")
-    parser.add_argument("--engine", default="local", choices=["local", "ray"],
+    parser.add_argument("--engine", default=d["engine"], choices=["local", "ray"],
                         help="local: this machine; ray: Ray Data over a Ray cluster "
                              "(pip install 'featbank[ray]') (default: local)")
     parser.add_argument("--ray-address", default=None,
@@ -56,22 +51,20 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ray-actors", type=int, default=None,
                         help="trunk actors for --engine ray (default: one per GPU in the "
                              "cluster, one if it has none)")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_options(parser, "no-progress", defaults=d)
     return parser
 
 
 def main(argv=None) -> None:
     args = get_args_parser().parse_args(argv)
-    collection = collection_for_extraction(
-        cache=args.cache, collection=args.collection, images=args.images,
-        manifest=args.manifest, root=args.root, image_column=args.image_column,
-        label_columns=args.label_columns)
     config = ExtractConfig(backbones=args.backbone, weights=args.weights, cache_root=args.cache,
                            batch_size=args.batch_size, workers=args.workers, device=args.device,
                            dtype=args.dtype, precision=args.precision, decode=args.decode,
                            engine=args.engine, ray_address=args.ray_address,
-                           ray_actors=args.ray_actors,
-                           progress=not args.no_progress)
+                           ray_actors=args.ray_actors, progress=not args.no_progress)
+    collection = collection_for_extraction(**source_of(args))
+    from featbank.extract import extract  # torch: imported once the arguments are known good
+
     for report in extract(collection, config):
         print(f"{report.backbone}: {report.n_rows} rows ({report.n_new} new, "
               f"{report.n_skipped} undecodable) -> {report.path} [{report.seconds:.1f} s]")

@@ -18,55 +18,45 @@ Writes <cache>/<collection>/finetune/<run>/: history.csv, curves.png, best.pt,
 last.pt, trunk.pth (for extract.py --weights), test reports; appends the test
 metrics to results.jsonl (the "fine-tuning" column of classify.py's table).
 """
-import argparse
 import sys
 from pathlib import Path
 
 from featbank.backbones import available_backbones
-from featbank.cli import add_collection_args, cached_collection, collection_for_extraction, run
+from featbank.cli import (add_options, cached_collection, collection_for_extraction, make_parser,
+                          run, source_of, split_spec)
 from featbank.collection import save_metadata
-from featbank.finetune import FinetuneConfig, finetune
-from featbank.tasks import SplitSpec
+from featbank.config import FinetuneConfig, defaults
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    d = FinetuneConfig(backbone="", task="")
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def get_args_parser():
+    d = defaults(FinetuneConfig)
+    parser = make_parser(__doc__)
     parser.add_argument("--backbone", required=True, help=f"one of {', '.join(available_backbones())}")
     parser.add_argument("--task", required=True, help="the label column to learn")
-    parser.add_argument("--init", default=d.init,
-                        help="imagenet, random (He-uniform, from scratch) or PATH to a trunk "
-                             "state_dict or featbank checkpoint (default: imagenet)")
-    parser.add_argument("--freeze", default=d.freeze,
-                        help="none, K, trunk or last:N (default: none)")
-    parser.add_argument("--epochs", type=int, default=d.epochs,
-                        help=f"maximum epochs (default: {d.epochs})")
-    parser.add_argument("--patience", type=int, default=d.patience,
+    parser.add_argument("--init", default=d["init"],
+                        help="imagenet (the exact published weights the registry pins), random "
+                             "(He-uniform, from scratch) or PATH to a trunk state_dict, an "
+                             f"exported trunk or a featbank checkpoint (default: {d['init']})")
+    parser.add_argument("--freeze", default=d["freeze"],
+                        help=f"none, K, trunk or last:N (default: {d['freeze']})")
+    parser.add_argument("--epochs", type=int, default=d["epochs"],
+                        help=f"maximum epochs, at least 1 (default: {d['epochs']})")
+    parser.add_argument("--patience", type=int, default=d["patience"],
                         help=f"epochs without a better validation loss before stopping "
-                             f"(default: {d.patience})")
-    parser.add_argument("--optimizer", default=d.optimizer, choices=["sgd", "adam", "rmsprop"],
+                             f"(default: {d['patience']})")
+    parser.add_argument("--optimizer", default=d["optimizer"], choices=["sgd", "adam", "rmsprop"],
                         help="sgd = SGD with Nesterov momentum 0.9 (default: sgd)")
-    parser.add_argument("--lr", type=float, default=d.lr, help=f"learning rate (default: {d.lr})")
+    parser.add_argument("--lr", type=float, default=d["lr"],
+                        help=f"learning rate (default: {d['lr']:g})")
     parser.add_argument("--head-lr", type=float, default=None,
                         help="learning rate of the new head (default: --lr)")
-    parser.add_argument("--batch-size", type=int, default=d.batch_size,
-                        help=f"(default: {d.batch_size})")
+    add_options(parser, "batch-size", defaults=d)
     parser.add_argument("--image-size", type=int, default=None,
                         help="input size (default: the backbone's, e.g. 224)")
     parser.add_argument("--augment", action="store_true",
                         help="random crop and horizontal flip while training")
-    parser.add_argument("--balanced", action="store_true", help="class-balanced loss")
-    parser.add_argument("--train-fraction", type=float, default=1.0,
-                        help="stratified fraction of the training split (default: 1)")
-    parser.add_argument("--split", default="80/10/10", help="train/val/test (default: 80/10/10)")
-    parser.add_argument("--min-per-class", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=0, help="(default: 0)")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
-    parser.add_argument("--workers", type=int, default=d.workers,
-                        help=f"decoding processes (default: {d.workers})")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    add_collection_args(parser, images=True)
+    add_options(parser, "balanced", "train-fraction", "split", "seed", "device", "workers",
+                "no-progress", "cache", "source", defaults=d)
     return parser
 
 
@@ -78,16 +68,14 @@ def main(argv=None) -> None:
         head_lr=args.head_lr, batch_size=args.batch_size, image_size=args.image_size,
         augment=args.augment, balanced=args.balanced, train_fraction=args.train_fraction,
         seed=args.seed, device=args.device, workers=args.workers, cache_root=args.cache,
-        split=SplitSpec.parse(args.split, seed=args.seed, min_per_class=args.min_per_class),
-        progress=not args.no_progress)
+        split=split_spec(args), progress=not args.no_progress)
     if args.images or args.manifest:
-        collection = collection_for_extraction(
-            cache=args.cache, collection=args.collection, images=args.images,
-            manifest=args.manifest, root=args.root, image_column=args.image_column,
-            label_columns=args.label_columns)
+        collection = collection_for_extraction(**source_of(args))
         save_metadata(collection, Path(args.cache) / collection.name)
     else:
         collection = cached_collection(cache=args.cache, collection=args.collection)
+    from featbank.finetune import finetune  # torch: imported once the arguments are known good
+
     result = finetune(collection, config, log=lambda m: print(m, file=sys.stderr))
     row = result.row
     print(f"{row['backbone']} fine-tuned on {row['task']}: test top-1 {row['top1']:.3f}, "

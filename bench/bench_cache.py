@@ -23,7 +23,8 @@ import numpy as np
 import featbank.cache as cache
 from featbank.backbones import get_spec
 from featbank.collection import Collection
-from featbank.extract import ExtractConfig, extract, file_attrs
+from featbank.extract import ExtractConfig, extract
+from featbank.trunks import resolve_weights
 
 
 def add_rows(out: cache.FeatureFile, first: int, n: int, dim: int, *, step: int = 4096) -> float:
@@ -45,7 +46,10 @@ def main():
     parser.add_argument("--add", type=int, default=100)
     args = parser.parse_args()
     spec = get_spec("resnet50")
-    attrs = file_attrs(spec, "random", "float32", "bench")
+    attrs = cache.file_attrs(backbone=spec.name, feature_dim=spec.feature_dim,
+                             preprocess=spec.preprocess.attrs(),
+                             weights=resolve_weights(spec, "random").attrs(), dtype="float32",
+                             collection="bench")
     attrs["feature_dim"] = args.dim
     with tempfile.TemporaryDirectory() as root:
         path = cache.feature_path(root, "bench", spec.name, "random")

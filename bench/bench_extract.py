@@ -16,9 +16,11 @@ from pathlib import Path
 
 import torch
 
-from featbank.backbones import get_spec, load_trunk
+from featbank.backbones import get_spec
+from featbank.config import default_workers
 from featbank.collection import from_folder
 from featbank.extract import ExtractConfig, extract
+from featbank.trunks import load_trunk
 
 DEFAULT_IMAGES = Path(__file__).resolve().parents[2] / "shared/data/heritage/test"
 
@@ -54,7 +56,7 @@ def main():
     parser.add_argument("--backbones", default="squeezenet1_1,resnet50")
     parser.add_argument("--n", type=int, default=512, help="images per backbone (default: 512)")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--workers", type=int, default=ExtractConfig(backbones=[]).workers)
+    parser.add_argument("--workers", type=int, default=default_workers())
     args = parser.parse_args()
     full = from_folder(args.images, name="bench")
     step = max(1, len(full) // args.n)

@@ -30,9 +30,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from featbank.backbones import get_spec, load_trunk
+from featbank.backbones import get_spec
+from featbank.config import default_workers
 from featbank.collection import Collection, from_folder
-from featbank.extract import ExtractConfig, TrunkRunner, _collate, _device_views, _Images, extract
+from featbank.extract import ExtractConfig, _collate, _device_views, _Images, extract
+from featbank.inference import TrunkRunner
+from featbank.trunks import load_trunk
 
 
 def _synthetic_jpeg(args) -> None:
@@ -123,7 +126,7 @@ def main():
     parser.add_argument("--n", type=int, default=20000, help="synthetic images (default: 20000)")
     parser.add_argument("--size", default="500x375", help="synthetic WxH (default: 500x375)")
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--workers", type=int, default=ExtractConfig(backbones=[]).workers)
+    parser.add_argument("--workers", type=int, default=default_workers())
     parser.add_argument("--decode", default="device", choices=["device", "cpu"],
                         help="end to end with nvJPEG (device, the default) or Pillow in the "
                              "workers (cpu)")

@@ -1,15 +1,13 @@
-"""Backbone registry: name -> frozen trunk that maps a preprocessed batch to GAP vectors.
+"""Backbone registry: name -> spec of a frozen trunk that maps images to GAP vectors.
 
-Every entry is a :class:`BackboneSpec` carrying its preprocessing, so no script
-ever hard-codes an input size or normalisation. ``load_trunk(spec, weights)``
-returns a module in eval mode with gradients off: batch-norm statistics are
-fixed, which is what "frozen" must mean (Sabatelli et al.'s near-zero
-off-the-shelf ResNet50 / Inception-V3 artist scores are the symptom of BN left
-in training mode).
+Every entry is a :class:`BackboneSpec` carrying its preprocessing and the
+exact ImageNet weights that ``--weights imagenet`` means for it (a
+torchvision enum name or a timm pretrained tag), so no script hard-codes an
+input size, a normalisation or "whatever the library's default is today".
 
-Weights are ``"imagenet"`` (the real torchvision / timm loaders and their
-caches), ``"random"`` (seeded, reproducible) or a path to a state_dict of the
-trunk (loaded with ``weights_only=True``, strict on the trunk's keys).
+This module imports neither torch nor torchvision: the command-line parsers
+read the registry, and a bad name must fail in well under two seconds. The
+torch side (building, loading, freezing trunks) is :mod:`featbank.trunks`.
 """
 from __future__ import annotations
 
@@ -19,16 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import torch
-from torch import nn
-
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 RANDOM_SEED = 0
-
-
-class WeightsUnavailableError(FileNotFoundError):
-    """Pretrained weights are neither cached nor downloadable."""
 
 
 @dataclass(frozen=True)
@@ -59,93 +50,82 @@ class Preprocess:
 
 
 @dataclass(frozen=True)
+class Pretrained:
+    """The exact published weights ``imagenet`` stands for.
+
+    source : ``torchvision`` (``tag`` is the weights enum member, e.g.
+        ``IMAGENET1K_V1``) or ``timm`` (``tag`` is the pretrained tag, e.g. ``tf_in1k``).
+    model : the library's model name (``squeezenet1_1``, ``legacy_xception``).
+    """
+
+    source: str
+    model: str
+    tag: str
+
+    @property
+    def exact(self) -> str:
+        """``torchvision:squeezenet1_1.IMAGENET1K_V1``: recorded in files and results rows."""
+        return f"{self.source}:{self.model}.{self.tag}"
+
+
+@dataclass(frozen=True)
 class BackboneSpec:
-    """A registry entry. ``build(pretrained)`` returns the trunk (not yet frozen)."""
+    """A registry entry. ``build(pretrained)`` returns the trunk with fresh weights, built
+    as the pretrained model is when ``pretrained`` (not yet loaded, not yet frozen)."""
 
     name: str
     feature_dim: int
     preprocess: Preprocess
-    build: Callable[[bool], nn.Module] = field(repr=False)
+    build: Callable[[bool], object] = field(repr=False)
+    imagenet: Pretrained | None = None  # None: no published ImageNet weights
     # Keys of a full-model state_dict that the trunk drops (its classifier);
     # a checkpoint may carry them, nothing else may be extra.
     head_prefixes: tuple[str, ...] = ()
     source: str = "torchvision"
-    weights_hint: Callable[[], str] = field(repr=False, default=lambda: "")
 
 
-class GapTrunk(nn.Module):
-    """``features`` followed by global average pooling (VGG, AlexNet, SqueezeNet).
-
-    The attribute is named ``features`` so the state_dict keys are torchvision's.
-    """
-
-    def __init__(self, features: nn.Module):
-        super().__init__()
-        self.features = features
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x).mean(dim=(2, 3))
-
-
-def _torchvision_model(name: str, pretrained: bool, **kwargs) -> nn.Module:
+def _torchvision_model(name: str, pretrained: bool, pretrained_kwargs: dict, random_kwargs: dict):
     from torchvision.models import get_model
 
-    if pretrained:
-        return get_model(name, weights="DEFAULT")
-    return get_model(name, weights=None, **kwargs)
+    # Built as torchvision builds it for its weights (the Inception family then
+    # expects transform_input), without loading them: trunks.load_trunk does,
+    # from the pinned file, so a trunk-only file loads too.
+    return get_model(name, weights=None, **(pretrained_kwargs if pretrained else random_kwargs))
 
 
-def _tv_features(name: str) -> Callable[[bool], nn.Module]:
-    def build(pretrained: bool) -> nn.Module:
-        return GapTrunk(_torchvision_model(name, pretrained).features)
+def _tv_features(name: str) -> Callable[[bool], object]:
+    def build(pretrained: bool):
+        from .trunks import GapTrunk
+
+        return GapTrunk(_torchvision_model(name, pretrained, {}, {}).features)
     return build
 
 
-def _tv_pooled(name: str, **random_kwargs) -> Callable[[bool], nn.Module]:
+def _tv_pooled(name: str, pretrained_kwargs=None, **random_kwargs) -> Callable[[bool], object]:
     """Models whose forward already ends in GAP -> fc; fc becomes the identity."""
-    def build(pretrained: bool) -> nn.Module:
-        model = _torchvision_model(name, pretrained, **random_kwargs)
+    def build(pretrained: bool):
+        from torch import nn
+
+        model = _torchvision_model(name, pretrained, pretrained_kwargs or {}, random_kwargs)
         model.fc = nn.Identity()
         return model
     return build
 
 
-def _tv_hint(name: str) -> Callable[[], str]:
-    def hint() -> str:
-        from torchvision.models import get_model_weights
-
-        url = get_model_weights(name).DEFAULT.url
-        target = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
-        return f"place {url} at {target}"
-    return hint
-
-
-def _timm_build(model_name: str) -> Callable[[bool], nn.Module]:
-    def build(pretrained: bool) -> nn.Module:
+def _timm_build(model_name: str, tag: str | None) -> Callable[[bool], object]:
+    def build(pretrained: bool):
         import timm
 
-        return timm.create_model(model_name, pretrained=pretrained, num_classes=0)
+        # Pretrained: timm's own loader of the pinned tag (it converts checkpoints).
+        name = f"{model_name}.{tag}" if pretrained and tag else model_name
+        return timm.create_model(name, pretrained=pretrained, num_classes=0)
     return build
-
-
-def _timm_hint(model_name: str) -> Callable[[], str]:
-    def hint() -> str:
-        import timm
-
-        cfg = timm.models.get_pretrained_cfg(model_name)
-        if cfg is not None and cfg.hf_hub_id:
-            return (f"put the Hugging Face repo {cfg.hf_hub_id} in the HF cache "
-                    f"(HF_HOME, default ~/.cache/huggingface)")
-        if cfg is not None and cfg.url:
-            target = Path(torch.hub.get_dir()) / "checkpoints" / cfg.url.rsplit("/", 1)[-1]
-            return f"place {cfg.url} at {target}"
-        return f"timm has no pretrained weights for {model_name}"
-    return hint
 
 
 def _timm_meta(model_name: str) -> tuple[int, dict]:
     """num_features and data config without allocating weights (meta device)."""
     import timm
+    import torch
 
     with torch.device("meta"):
         model = timm.create_model(model_name, pretrained=False, num_classes=0)
@@ -153,19 +133,26 @@ def _timm_meta(model_name: str) -> tuple[int, dict]:
 
 
 def timm_spec(model_name: str, *, resize: str = "center_crop") -> BackboneSpec:
-    """Spec for any timm model, preprocessing from its pretrained config."""
+    """Spec for any timm model, preprocessing from its pretrained config.
+
+    ``imagenet`` is pinned to the model's default pretrained tag in the
+    installed timm (``legacy_xception`` -> ``tf_in1k``); the tag is recorded,
+    so a timm upgrade that changes it is refused, not mixed in.
+    """
     import timm
 
     if not timm.is_model(model_name):
         raise ValueError(f"unknown timm model {model_name!r}; see timm.list_models()")
-    dim, cfg = _timm_meta(model_name)
-    pre = Preprocess(input_size=int(cfg["input_size"][-1]), mean=tuple(cfg["mean"]),
-                     std=tuple(cfg["std"]), resize=resize,
-                     crop_pct=float(cfg.get("crop_pct", 1.0)) if resize == "center_crop" else 1.0,
-                     interpolation=cfg.get("interpolation", "bilinear"))
+    cfg = timm.models.get_pretrained_cfg(model_name)
+    tag = cfg.tag if cfg is not None and (cfg.hf_hub_id or cfg.url or cfg.file) else None
+    dim, data = _timm_meta(model_name)
+    pre = Preprocess(input_size=int(data["input_size"][-1]), mean=tuple(data["mean"]),
+                     std=tuple(data["std"]), resize=resize,
+                     crop_pct=float(data.get("crop_pct", 1.0)) if resize == "center_crop" else 1.0,
+                     interpolation=data.get("interpolation", "bilinear"))
     return BackboneSpec(name=f"timm:{model_name}", feature_dim=dim, preprocess=pre,
-                        build=_timm_build(model_name), source="timm",
-                        head_prefixes=(), weights_hint=_timm_hint(model_name))
+                        build=_timm_build(model_name, tag), source="timm",
+                        imagenet=Pretrained("timm", model_name, tag) if tag else None)
 
 
 BACKBONES: dict[str, BackboneSpec] = {}
@@ -180,23 +167,28 @@ def register(spec: BackboneSpec) -> BackboneSpec:
 
 def _register_torchvision():
     imagenet = Preprocess(input_size=224)
-    features = {"vgg19": 512, "alexnet": 256, "squeezenet1_1": 512}
-    for name, dim in features.items():
-        register(BackboneSpec(name, dim, imagenet, _tv_features(name),
-                              head_prefixes=("classifier.",), weights_hint=_tv_hint(name)))
-    register(BackboneSpec("resnet50", 2048, imagenet, _tv_pooled("resnet50"),
-                          head_prefixes=("fc.",), weights_hint=_tv_hint("resnet50")))
-    register(BackboneSpec("resnet18", 512, imagenet, _tv_pooled("resnet18"),
-                          head_prefixes=("fc.",), weights_hint=_tv_hint("resnet18")))
-    # aux classifiers off; with ImageNet weights torchvision drops them itself.
+    # The exact weights `imagenet` means: torchvision 0.29's DEFAULT for each, pinned
+    # here so that a later DEFAULT (ResNet50 went V1 -> V2 once) is a new choice, not
+    # a silent change inside one feature file or table.
+    pins = {"vgg19": "IMAGENET1K_V1", "alexnet": "IMAGENET1K_V1", "squeezenet1_1": "IMAGENET1K_V1",
+            "resnet50": "IMAGENET1K_V2", "resnet18": "IMAGENET1K_V1",
+            "googlenet": "IMAGENET1K_V1", "inception_v3": "IMAGENET1K_V1"}
+    pin = {name: Pretrained("torchvision", name, tag) for name, tag in pins.items()}
+    for name, dim in {"vgg19": 512, "alexnet": 256, "squeezenet1_1": 512}.items():
+        register(BackboneSpec(name, dim, imagenet, _tv_features(name), pin[name],
+                              head_prefixes=("classifier.",)))
+    for name in ("resnet50", "resnet18"):
+        register(BackboneSpec(name, 2048 if name == "resnet50" else 512, imagenet,
+                              _tv_pooled(name), pin[name], head_prefixes=("fc.",)))
+    # Aux classifiers off. The Google weights expect transform_input (torchvision
+    # sets it whenever it loads them).
+    google = {"transform_input": True, "aux_logits": False, "init_weights": False}
     register(BackboneSpec("googlenet", 1024, imagenet,
-                          _tv_pooled("googlenet", aux_logits=False, init_weights=True),
-                          head_prefixes=("fc.", "aux1.", "aux2."),
-                          weights_hint=_tv_hint("googlenet")))
+                          _tv_pooled("googlenet", google, aux_logits=False, init_weights=True),
+                          pin["googlenet"], head_prefixes=("fc.", "aux1.", "aux2.")))
     register(BackboneSpec("inception_v3", 2048, Preprocess(input_size=299),
-                          _tv_pooled("inception_v3", aux_logits=False, init_weights=True),
-                          head_prefixes=("fc.", "AuxLogits."),
-                          weights_hint=_tv_hint("inception_v3")))
+                          _tv_pooled("inception_v3", google, aux_logits=False, init_weights=True),
+                          pin["inception_v3"], head_prefixes=("fc.", "AuxLogits.")))
 
 
 def _register_xception():
@@ -204,8 +196,8 @@ def _register_xception():
     # Resize is "squash" like the other named entries (the paper's policy).
     pre = Preprocess(input_size=299, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
                      interpolation="bicubic")
-    register(BackboneSpec("xception", 2048, pre, _timm_build("legacy_xception"),
-                          source="timm", weights_hint=_timm_hint("legacy_xception")))
+    register(BackboneSpec("xception", 2048, pre, _timm_build("legacy_xception", "tf_in1k"),
+                          Pretrained("timm", "legacy_xception", "tf_in1k"), source="timm"))
 
 
 _register_torchvision()
@@ -227,8 +219,8 @@ def get_spec(name: str) -> BackboneSpec:
                          f"{', '.join(available_backbones())}") from None
 
 
-def resolve_names(names: str | list[str]) -> list[str]:
-    """``"vgg19,resnet50"`` or ``"all"`` -> list of registry names (validated)."""
+def check_names(names: str | list[str]) -> list[str]:
+    """``"vgg19,resnet50"`` or ``"all"`` -> registry names, checked without importing timm."""
     if isinstance(names, str):
         names = [n.strip() for n in names.split(",") if n.strip()]
     if not names:
@@ -236,8 +228,17 @@ def resolve_names(names: str | list[str]) -> list[str]:
     if "all" in names:
         return sorted(BACKBONES)
     for name in names:
-        get_spec(name)
+        if not name.startswith("timm:") or name == "timm:":
+            get_spec(name)
     return list(dict.fromkeys(names))
+
+
+def resolve_names(names: str | list[str]) -> list[str]:
+    """Like :func:`check_names`, ``timm:`` names checked against timm too."""
+    names = check_names(names)
+    for name in names:
+        get_spec(name)
+    return names
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -248,73 +249,12 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def weights_id(weights: str) -> str:
+def weights_id(weights: str, *, option: str = "--weights") -> str:
     """Provenance of the weights: ``imagenet``, ``random``, or ``sha256:<hex>`` of the file."""
     if weights in ("imagenet", "random"):
         return weights
     path = Path(weights)
     if not path.is_file():
-        raise FileNotFoundError(f"weights file {weights} not found; use --weights "
+        raise FileNotFoundError(f"weights file {weights} not found; use {option} "
                                 "imagenet, random, or the path of a state_dict")
     return "sha256:" + file_sha256(path)
-
-
-def load_trunk(spec: BackboneSpec, weights: str = "imagenet") -> nn.Module:
-    """The frozen trunk: eval mode, no gradients. Output: (B, spec.feature_dim)."""
-    if weights == "imagenet":
-        trunk = build_pretrained(spec)
-    elif weights == "random":
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(RANDOM_SEED)
-            trunk = spec.build(False)
-    else:
-        trunk = spec.build(False)
-        load_state_dict_file(trunk, weights, head_prefixes=spec.head_prefixes)
-    return freeze(trunk)
-
-
-def freeze(module: nn.Module) -> nn.Module:
-    module.eval()
-    module.requires_grad_(False)
-    return module
-
-
-def build_pretrained(spec: BackboneSpec) -> nn.Module:
-    try:
-        return spec.build(True)
-    except (OSError, ConnectionError) as err:  # URLError, HF LocalEntryNotFoundError
-        raise WeightsUnavailableError(
-            f"ImageNet weights for {spec.name} are not cached and cannot be downloaded "
-            f"({type(err).__name__}); {spec.weights_hint()}, or use --weights PATH "
-            "(a state_dict) or --weights random") from None
-
-
-def load_state_dict_file(module: nn.Module, path: str | os.PathLike, *,
-                         head_prefixes: tuple[str, ...] = ()) -> None:
-    """Load a state_dict strictly; only classifier keys (``head_prefixes``) may be extra."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"weights file {path} not found") from None
-    except Exception as err:
-        raise ValueError(f"{path} is not a PyTorch state_dict ({err})") from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):  # a featbank checkpoint
-        state = {k.removeprefix("trunk."): v for k, v in state["model"].items()
-                 if k.startswith("trunk.")}
-    if not isinstance(state, dict):
-        raise ValueError(f"{path} holds a {type(state).__name__}, not a state_dict")
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    expected = set(module.state_dict())
-    missing = sorted(expected - set(state))
-    extra = sorted(k for k in set(state) - expected if not k.startswith(head_prefixes))
-    if missing or extra:
-        raise ValueError(f"{path} does not fit this backbone: "
-                         f"{len(missing)} missing keys {missing[:3]}, "
-                         f"{len(extra)} unexpected keys {extra[:3]}")
-    try:
-        module.load_state_dict({k: state[k] for k in expected}, strict=True)
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()[-1].strip()
-        raise ValueError(f"{path} does not fit this backbone: {first}") from None

@@ -6,9 +6,15 @@ Contract (readable with plain h5py; see DESIGN.md):
 - ``ids``: (N,) UTF-8 strings (fixed length), the image path relative to the collection root;
 - ``skipped_ids`` / ``skipped_reasons``: images that could not be decoded;
 - attributes: ``backbone``, ``feature_dim``, ``weights`` (``imagenet``,
-  ``random`` or ``sha256:<hex>``), ``input_size``, ``mean``, ``std``,
+  ``random`` or ``sha256:<hex>``), ``weights_exact`` (the exact weights, e.g.
+  ``torchvision:resnet50.IMAGENET1K_V2``), ``weights_hash`` (the published
+  checkpoint hash, when there is one), ``input_size``, ``mean``, ``std``,
   ``resize``, ``crop_pct``, ``interpolation``, ``dtype``, ``collection``,
-  ``featbank_version``, ``torch_version``, ``created``.
+  ``featbank_version``, ``torch_version``, ``torchvision_version``, ``created``.
+
+This module owns the whole contract: paths, attributes, provenance checks,
+parts, shards, skipped lists (``skipped.csv``) and the listing of a
+collection's feature files. Extraction only computes vectors.
 
 Rows live in shards: ``<file>.shards/NNNNNN.h5`` each hold a block of rows
 (``features``), and the file's ``features`` is an HDF5 virtual dataset over
@@ -27,21 +33,25 @@ file (a shard that no main file names yet is deleted by the next fold).
 """
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
 import shutil
 from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+from . import __version__
 from .fileio import atomic_path, atomic_write_json
 
 # Attributes that must agree before rows from two runs may share a file.
-PROVENANCE_KEYS = ("backbone", "feature_dim", "weights", "input_size", "mean", "std",
-                   "resize", "crop_pct", "interpolation", "dtype")
+PROVENANCE_KEYS = ("backbone", "feature_dim", "weights", "weights_exact", "input_size", "mean",
+                   "std", "resize", "crop_pct", "interpolation", "dtype")
 _STR = h5py.string_dtype("utf-8")
 _CHUNK_ROWS = 1024
 MAX_SHARDS = 32
@@ -59,6 +69,27 @@ def feature_path(cache_root: str | os.PathLike, collection: str, backbone: str,
     """
     tag = weights if ":" not in weights else "sha256-" + weights.split(":", 1)[1][:12]
     return Path(cache_root) / collection / "features" / f"{safe_name(backbone)}__{safe_name(tag)}.h5"
+
+
+def file_attrs(*, backbone: str, feature_dim: int, preprocess: dict, weights: dict,
+               dtype: str, collection: str) -> dict:
+    """The attributes of a new feature file.
+
+    preprocess : ``Preprocess.attrs()``; weights : ``Weights.attrs()`` (id, exact, hash).
+    """
+    if dtype not in ("float32", "float16"):
+        raise ValueError(f"unknown storage dtype {dtype!r}; use float32 or float16")
+    return {"backbone": backbone, "feature_dim": feature_dim, **weights, **preprocess,
+            "dtype": dtype, "collection": collection, "featbank_version": __version__,
+            "torch_version": _version("torch"), "torchvision_version": _version("torchvision"),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return ""
 
 
 @dataclass
@@ -115,6 +146,16 @@ def _plain(attrs: dict) -> dict:
     return out
 
 
+def _provenance(attrs: dict, key: str):
+    """A provenance attribute; files from before ``weights_exact`` existed stand for the
+    same exact weights when their id already names them (random, a file's sha256)."""
+    if key == "weights_exact" and key not in attrs and attrs.get("weights") != "imagenet":
+        return attrs.get("weights")
+    if key == "weights_exact" and attrs.get(key, "").startswith("random"):
+        return "random"  # the seed is featbank's, fixed
+    return attrs.get(key)
+
+
 def _same(a, b) -> bool:
     if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
         return np.allclose(np.asarray(a, dtype=float), np.asarray(b, dtype=float))
@@ -144,10 +185,11 @@ class FeatureFile:
             found.append((self.parts, json.loads(provenance.read_text())))
         for where, attrs in found:
             for key in PROVENANCE_KEYS:
-                if not _same(attrs.get(key), self.attrs[key]):
+                if not _same(_provenance(attrs, key), _provenance(self.attrs, key)):
                     raise ValueError(
-                        f"{where} was written with {key}={attrs.get(key)!r}, not "
-                        f"{self.attrs[key]!r}; delete it (or use another --cache) to re-extract")
+                        f"{where} was written with {key}={_provenance(attrs, key)!r}, not "
+                        f"{_provenance(self.attrs, key)!r}; delete it (or use another --cache) "
+                        "to re-extract")
 
     def done_ids(self) -> set[str]:
         """Ids already extracted or known to be undecodable (file and parts)."""
@@ -188,7 +230,7 @@ class FeatureFile:
     def merge(self) -> int:
         """Fold pending parts into the file: one new shard plus a new main file."""
         parts = self._part_files()
-        if not parts and self.path.is_file():
+        if not parts:  # nothing to fold in; a file appears only once it holds rows
             self._drop_parts()
             return 0
         old = _Index.read(self.path) if self.path.is_file() else _Index.empty()
@@ -333,3 +375,83 @@ class _ShardWriter:
 
     def close(self) -> None:
         self.file.close()
+
+
+# -- a collection's feature files ------------------------------------------------------
+
+@dataclass(frozen=True)
+class FeatureEntry:
+    """One feature file as listed by :func:`feature_files` (attributes only, no vectors)."""
+
+    path: Path
+    backbone: str
+    weights: str
+    weights_exact: str
+    feature_dim: int
+    n_rows: int
+
+
+def feature_files(folder: Path, backbones: str = "all", weights: str = "all", *,
+                  warn=print) -> list[FeatureEntry]:
+    """The collection's feature files matching the backbone and weights filters.
+
+    A file that cannot be read or holds no rows (a failed extraction) is
+    reported through ``warn`` and left out; a named backbone with no usable
+    file is an error.
+    """
+    entries = []
+    for path in sorted((Path(folder) / "features").glob("*.h5")):
+        try:
+            with h5py.File(path, "r") as f:
+                a = _plain(dict(f.attrs))
+                _check_shards(f["features"], path)
+                entry = FeatureEntry(path, str(a["backbone"]), str(a["weights"]),
+                                     str(_provenance(a, "weights_exact") or a["weights"]),
+                                     int(a["feature_dim"]), int(f["ids"].shape[0]))
+        except (OSError, KeyError, ValueError) as err:
+            warn(f"skipping {path}: not a readable feature file ({_first_line(err)}); delete it "
+                 "and run extract.py again")
+            continue
+        if entry.n_rows == 0:
+            warn(f"skipping {path}: it holds no rows; delete it and run extract.py again")
+            continue
+        entries.append(entry)
+    if not entries:
+        raise FileNotFoundError(f"no usable feature files in {Path(folder) / 'features'}; "
+                                "run extract.py first")
+    wanted = {b.strip() for b in backbones.split(",")} - {"all"}
+    known = sorted({e.backbone for e in entries})
+    if wanted - set(known):
+        raise ValueError(f"no features of {', '.join(sorted(wanted - set(known)))} for "
+                         f"collection {Path(folder).name!r}; it has {', '.join(known)} "
+                         "(run extract.py --backbone ... first)")
+    chosen = [e for e in entries if not wanted or e.backbone in wanted]
+    if weights != "all":
+        chosen = [e for e in chosen if e.weights == weights or e.weights.startswith(weights)]
+        if not chosen:
+            raise ValueError(f"no features with weights {weights!r}; found "
+                             f"{', '.join(sorted({e.weights for e in entries}))}")
+    return chosen
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def write_skipped_list(folder: Path, missing: list[str], paths: list[Path]) -> Path:
+    """``skipped.csv``: every image of the collection that has no feature row, and why.
+
+    missing : manifest rows with no file; paths : the feature files whose
+    skipped lists to gather. Written even when empty (header only), so a user
+    can always look there.
+    """
+    rows = {ref: "listed in the manifest but no such file under the root" for ref in missing}
+    for path in paths:
+        rows.update(read_skipped(path))
+    target = Path(folder) / "skipped.csv"
+    with atomic_path(target) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["id", "reason"])
+        writer.writerows(sorted(rows.items()))
+    return target

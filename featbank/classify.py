@@ -9,108 +9,32 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
-from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from dataclasses import asdict
 from pathlib import Path
 
 import joblib
 import numpy as np
 
-from .cache import read_features, safe_name
+from .cache import FeatureEntry, feature_files, read_features, safe_name
 from .collection import Collection
-from .evaluate import append_result, load_results, metrics, write_reports
-from .heads import HeadOptions, class_scores, fit_head, make_head, n_parameters, resolve_heads
-from .tasks import Split, SplitSpec, load_or_make_split
+from .config import ClassifyConfig, identity
+from .evaluate import append_result, load_results, metrics, result_row, write_reports
+from .heads import HEADS, class_scores, fit_head, make_head, n_parameters, resolve_heads
+from .tasks import Split, SplitSpec, load_or_make_split, subsample
+
+__all__ = ["ClassifyConfig", "classify", "cell_key", "run_cell", "task_splits"]
 
 
-@dataclass
-class ClassifyConfig:
-    heads: str = "all"
-    backbones: str = "all"  # registry names, comma-separated, or all
-    weights: str = "all"  # imagenet | random | sha256:... prefix | all
-    tasks: str = "all"
-    cache_root: str = "cache"
-    split: SplitSpec = field(default_factory=SplitSpec)
-    options: HeadOptions = field(default_factory=HeadOptions)
-    train_fraction: float = 1.0
-    jobs: int = field(default_factory=lambda: os.cpu_count() or 1)
-    force: bool = False
-
-    def __post_init__(self):
-        if not 0 < self.train_fraction <= 1:
-            raise ValueError(f"--train-fraction must be in (0, 1], not {self.train_fraction}")
-
-    @property
-    def variant(self) -> str:
-        """What, besides the head, changes an off-the-shelf result."""
-        o = self.options
-        return (f"norm={o.normalize},pca={o.pca},balanced={o.balanced},"
-                f"frac={self.train_fraction},seed={o.seed},softmax={o.softmax_recipe}")
+def cell_key(collection: str, task: str, entry: FeatureEntry, head: str,
+             config: ClassifyConfig) -> str:
+    """A cell's identity: what decides its result, every identity field of the config included."""
+    return json.dumps([collection, task, entry.backbone, entry.weights_exact, entry.n_rows, head,
+                       identity(config)], sort_keys=True)
 
 
-@dataclass(frozen=True)
-class FeatureEntry:
-    path: Path
-    backbone: str
-    weights: str
-    feature_dim: int
-    n_rows: int
-
-
-def feature_files(folder: Path, backbones: str = "all", weights: str = "all") -> list[FeatureEntry]:
-    """The collection's feature files matching the backbone and weights filters."""
-    import h5py
-
-    entries = []
-    for path in sorted((folder / "features").glob("*.h5")):
-        with h5py.File(path, "r") as f:
-            a = f.attrs
-            entries.append(FeatureEntry(path, str(a["backbone"]), str(a["weights"]),
-                                        int(a["feature_dim"]), int(f["ids"].shape[0])))
-    if not entries:
-        raise FileNotFoundError(f"no feature files in {folder / 'features'}; run extract.py first")
-    wanted = {b.strip() for b in backbones.split(",")} - {"all"}
-    known = sorted({e.backbone for e in entries})
-    if wanted - set(known):
-        raise ValueError(f"no features of {', '.join(sorted(wanted - set(known)))} for "
-                         f"collection {folder.name!r}; it has {', '.join(known)} "
-                         "(run extract.py --backbone ... first)")
-    chosen = [e for e in entries if not wanted or e.backbone in wanted]
-    if weights != "all":
-        chosen = [e for e in chosen if e.weights == weights or e.weights.startswith(weights)]
-        if not chosen:
-            raise ValueError(f"no features with weights {weights!r}; found "
-                             f"{', '.join(sorted({e.weights for e in entries}))}")
-    return chosen
-
-
-def subsample(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """Indices of a stratified ``fraction`` of the rows, at least one per class (pure)."""
-    if fraction >= 1:
-        return np.arange(len(labels))
-    rng = np.random.default_rng(seed)
-    keep = []
-    for cls in np.unique(labels):
-        rows = np.flatnonzero(labels == cls)
-        keep.append(rng.choice(rows, size=max(1, round(len(rows) * fraction)), replace=False))
-    return np.sort(np.concatenate(keep))
-
-
-def ids_digest(ids) -> str:
-    """Fingerprint of a set of image ids: equal digests, identical evaluation sets."""
-    return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()
-
-
-def cell_key(collection: str, task: str, entry: FeatureEntry, head: str, variant: str,
-             split_tag: str) -> str:
-    return json.dumps([collection, task, entry.backbone, entry.weights, entry.n_rows, head,
-                       variant, split_tag])
-
-
-def _cell_stem(task: str, entry: FeatureEntry, head: str, variant: str) -> str:
-    digest = hashlib.sha256(variant.encode()).hexdigest()[:8]
+def _cell_stem(task: str, entry: FeatureEntry, head: str, config: ClassifyConfig) -> str:
+    digest = hashlib.sha256(json.dumps(identity(config), sort_keys=True).encode()).hexdigest()[:8]
     return f"{safe_name(task)}/{entry.path.stem}__{head}__{digest}"
 
 
@@ -131,29 +55,28 @@ def run_cell(*, folder: Path, collection: str, task: str, split: Split, entry: F
     tr, y_tr = tr[chosen], y_tr[chosen]
     pipeline = make_head(head, config.options)
     start = time.perf_counter()
-    fit_head(pipeline, X[tr], y_tr, X[va], y_va)
+    tuning = fit_head(pipeline, X[tr], y_tr, X[va], y_va, grid=HEADS[head].grid)
     seconds = time.perf_counter() - start
     classes = pipeline.classes_
     val = metrics(y_va, class_scores(pipeline, X[va]), classes)
     test_scores = class_scores(pipeline, X[te])
-    test = metrics(y_te, test_scores, classes)
-    stem = _cell_stem(task, entry, head, config.variant)
+    stem = _cell_stem(task, entry, head, config)
     head_path = folder / "heads" / f"{stem}.joblib"
     head_path.parent.mkdir(parents=True, exist_ok=True)
     joblib.dump(pipeline, head_path)
     write_reports(folder / "reports" / stem, y_te, classes[test_scores.argmax(1)], classes)
-    return {"collection": collection, "backbone": entry.backbone, "weights": entry.weights,
-            "task": task, "method": "off-the-shelf", "head": head, "split": "test", **test,
-            **{f"val_{k}": v for k, v in val.items()},
-            "n_train": int(len(tr)), "n_val": int(len(va)), "n_test": int(len(te)),
-            "n_classes": int(len(classes)), "feature_dim": entry.feature_dim,
-            "n_params": n_parameters(pipeline), "seconds": round(seconds, 3),
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "variant": config.variant, **{f"option_{k}": v for k, v in asdict(config.options).items()},
-            "train_fraction": config.train_fraction, "split_tag": split.spec.tag,
-            "test_ids_sha256": ids_digest(data.ids[k] for k in te),
-            "head_path": str(head_path), "features": str(entry.path),
-            "cell": cell_key(collection, task, entry, head, config.variant, split.spec.tag)}
+    return result_row(
+        collection=collection, backbone=entry.backbone, weights=entry.weights,
+        weights_exact=entry.weights_exact, task=task, method="off-the-shelf", head=head,
+        test=metrics(y_te, test_scores, classes), val=val, n_train=len(tr), n_val=len(va),
+        n_test=len(te), n_classes=len(classes), feature_dim=entry.feature_dim,
+        n_params=n_parameters(pipeline), seconds=seconds, split_tag=split.spec.tag,
+        test_ids=[data.ids[k] for k in te], cell=cell_key(collection, task, entry, head, config),
+        variant=config.variant, **{f"option_{k}": v for k, v in asdict(config.options).items()},
+        train_fraction=config.train_fraction,
+        tuned=tuning.chosen if tuning else None,
+        tuning_val_scores=tuning.scores if tuning else None,
+        head_path=str(head_path), features=str(entry.path))
 
 
 def task_splits(collection: Collection, tasks: str, spec: SplitSpec, folder: Path,
@@ -183,12 +106,11 @@ def classify(collection: Collection, config: ClassifyConfig, *, warn=print) -> l
     """Fill the grid; returns the rows computed by this call (reused cells excluded)."""
     heads = resolve_heads(config.heads)
     folder = Path(config.cache_root) / collection.name
-    entries = feature_files(folder, config.backbones, config.weights)
+    entries = feature_files(folder, config.backbones, config.weights, warn=warn)
     splits = task_splits(collection, config.tasks, config.split, folder, warn=warn)
     done = {r.get("cell") for r in load_results(folder)}
     todo = [(task, entry, head) for task in splits for entry in entries for head in heads
-            if config.force or cell_key(collection.name, task, entry, head, config.variant,
-                                        config.split.tag) not in done]
+            if config.force or cell_key(collection.name, task, entry, head, config) not in done]
     if len(todo) < len(splits) * len(entries) * len(heads):
         warn(f"reusing {len(splits) * len(entries) * len(heads) - len(todo)} cells already "
              "in results.jsonl (--force to recompute)")

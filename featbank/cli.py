@@ -1,11 +1,14 @@
-"""What the command-line scripts share: error handling and collection lookup.
+"""What the command-line scripts share: error handling, options, collection lookup.
 
 Library code raises ``ValueError`` / ``FileNotFoundError`` with a message that
 says what to do; ``run`` turns them into one line on stderr and a non-zero
-exit (set ``FEATBANK_DEBUG=1`` for the traceback).
+exit (set ``FEATBANK_DEBUG=1`` for the traceback). Options used by several
+scripts are declared here once (:func:`add_options`), with one help text.
+Nothing here imports torch: a bad argument fails in well under two seconds.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from pathlib import Path
@@ -34,27 +37,140 @@ def run(main, argv=None) -> int:
         return EXIT_BAD_INPUT
 
 
-def add_collection_args(parser, *, images: bool) -> None:
-    parser.add_argument("--cache", default="cache", help="cache root (default: ./cache)")
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``error: --batch-size: must be at least 1, not 0``)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_BAD_INPUT, f"error: {message} (see {self.prog} --help)\n")
+
+
+def make_parser(doc: str) -> Parser:
+    """The parser of a script whose module docstring is ``doc`` (first paragraph = description)."""
+    return Parser(description=doc.split("\n\n")[0], epilog="\n\n".join(doc.split("\n\n")[1:]),
+                  formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+# -- options shared by the scripts: declared once, same help, same checks ----------------
+
+def _int(low: int):
+    """argparse type: an integer of at least ``low`` (checked again by the configs)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, not {value}")
+        return value
+    parse.__name__ = "integer"
+    return parse
+
+
+def add_options(parser: argparse.ArgumentParser, *names: str, defaults: dict) -> None:
+    """Declare the shared options ``names`` with their one help text each.
+
+    defaults : field name -> default of the script's config (``config.defaults``).
+    """
+    for name in names:
+        _OPTIONS[name](parser, defaults)
+
+
+def _cache(parser, d):
+    parser.add_argument("--cache", default=d.get("cache_root", "cache"),
+                        help="cache root (default: ./cache)")
+
+
+def _collection(parser, d):
     parser.add_argument("--collection", default=None,
-                        help="collection name in the cache (default: the folder or "
-                             "manifest name when --images/--manifest is given, else the "
-                             "collection extracted last, else the built-in demo)")
-    if images:
-        source = parser.add_mutually_exclusive_group()
-        source.add_argument("--images", metavar="DIR",
-                            help="folder with one sub-folder per class (task 'label')")
-        source.add_argument("--manifest", metavar="CSV",
-                            help="CSV with an image column and label columns")
-        parser.add_argument("--root", metavar="DIR", default=None,
-                            help="folder the manifest's image paths are relative to "
-                                 "(default: the CSV's folder)")
-        parser.add_argument("--image-column", default=None,
-                            help="manifest column naming the images (default: guessed, "
-                                 "e.g. ImageId)")
-        parser.add_argument("--label-columns", default=None,
-                            help="comma-separated manifest columns to use as tasks "
-                                 "(default: every other named column)")
+                        help="collection name in the cache (default: the collection extracted "
+                             "last, else the built-in demo)")
+
+
+def _source(parser, d):
+    """--images / --manifest and the manifest's columns; --collection names the result."""
+    parser.add_argument("--collection", default=None,
+                        help="collection name in the cache (default: the folder or manifest "
+                             "name when --images/--manifest is given, else the collection "
+                             "extracted last, else the built-in demo)")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--images", metavar="DIR",
+                        help="folder with one sub-folder per class (task 'label')")
+    source.add_argument("--manifest", metavar="CSV",
+                        help="CSV with an image column and label columns")
+    parser.add_argument("--root", metavar="DIR", default=None,
+                        help="folder the manifest's image paths are relative to "
+                             "(default: the CSV's folder)")
+    parser.add_argument("--image-column", default=None,
+                        help="manifest column naming the images (default: guessed, e.g. ImageId)")
+    parser.add_argument("--label-columns", default=None,
+                        help="comma-separated manifest columns to use as tasks "
+                             "(default: every other named column)")
+
+
+def _device(parser, d):
+    parser.add_argument("--device", default=d["device"],
+                        help=f"auto, cpu, cuda or cuda:N; auto = cuda when torch sees one "
+                             f"(default: {d['device']})")
+
+
+def _workers(parser, d):
+    parser.add_argument("--workers", type=_int(0), default=d["workers"],
+                        help=f"image-decoding processes, 0 = in the main process (default: "
+                             f"{d['workers']}, one fewer than this machine's cores, at most 8)")
+
+
+def _batch_size(parser, d):
+    parser.add_argument("--batch-size", type=_int(1), default=d["batch_size"],
+                        help=f"images per forward pass (default: {d['batch_size']})")
+
+
+def _seed(parser, d):
+    parser.add_argument("--seed", type=_int(0), default=d.get("seed", 0),
+                        help="seed of the split and of everything random in training "
+                             f"(default: {d.get('seed', 0)})")
+
+
+def _split(parser, d):
+    parser.add_argument("--split", default="80/10/10",
+                        help="train/val/test percentages of each class (default: 80/10/10)")
+    parser.add_argument("--min-per-class", type=_int(3), default=None,
+                        help="classes with fewer images are left out (default: enough for one "
+                             "image in every part, 10 for 80/10/10)")
+
+
+def _train_fraction(parser, d):
+    parser.add_argument("--train-fraction", type=float, default=d["train_fraction"],
+                        help="stratified fraction of the training part to train on "
+                             f"(default: {d['train_fraction']:g})")
+
+
+def _balanced(parser, d):
+    parser.add_argument("--balanced", action="store_true",
+                        help="weigh classes inversely to their size in the loss")
+
+
+def _no_progress(parser, d):
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+_OPTIONS = {"cache": _cache, "collection": _collection, "source": _source, "device": _device,
+            "workers": _workers, "batch-size": _batch_size, "seed": _seed, "split": _split,
+            "train-fraction": _train_fraction, "balanced": _balanced,
+            "no-progress": _no_progress}
+
+
+def split_spec(args) -> "SplitSpec":
+    """The --split / --min-per-class / --seed options as a SplitSpec."""
+    from .tasks import SplitSpec
+
+    return SplitSpec.parse(args.split, seed=args.seed, min_per_class=args.min_per_class)
+
+
+def source_of(args) -> dict:
+    """The collection options as keywords of :func:`collection_for_extraction`."""
+    return {"cache": args.cache, "collection": args.collection, "images": args.images,
+            "manifest": args.manifest, "root": args.root, "image_column": args.image_column,
+            "label_columns": args.label_columns}
 
 
 def collection_for_extraction(*, cache: str, collection: str | None, images: str | None,

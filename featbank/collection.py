@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .fileio import atomic_write_json, atomic_write_text
-from .images import IMAGE_EXTENSIONS
 
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp")
 IMAGE_COLUMN_GUESSES = ("image", "imageid", "image_id", "file", "filename", "path", "id")
 
 

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import csv
 import json
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import balanced_accuracy_score, classification_report, confusion_matrix, f1_score
 
 from .fileio import atomic_write_json
+from .plots import plot_confusion
+from .tasks import ids_digest
 
 RESULT_KEYS = ("backbone", "weights", "task", "method", "head", "split", "top1", "top5",
                "balanced_accuracy", "macro_f1", "n_train", "n_test", "seconds", "created")
@@ -47,6 +50,27 @@ def metrics(y_true, scores: np.ndarray, classes) -> dict:
 
 def results_path(folder: Path) -> Path:
     return Path(folder) / "results.jsonl"
+
+
+def result_row(*, collection: str, backbone: str, weights: str, weights_exact: str, task: str,
+               method: str, head: str | None, test: dict, val: dict, n_train: int, n_val: int,
+               n_test: int, n_classes: int, feature_dim: int, n_params: int, seconds: float,
+               split_tag: str, test_ids, cell: str, **extra) -> dict:
+    """One row of the store, off the shelf or fine-tuned (the keys DESIGN.md promises).
+
+    test / val : :func:`metrics` of the test and validation parts; test_ids :
+    the ids tested on (their digest tells identical evaluation sets); cell : the
+    result's identity (a re-run of the same cell supersedes, never adds).
+    """
+    return {"collection": collection, "backbone": backbone, "weights": weights,
+            "weights_exact": weights_exact, "task": task, "method": method, "head": head,
+            "split": "test", **test, **{f"val_{k}": v for k, v in val.items()},
+            "n_train": int(n_train), "n_val": int(n_val), "n_test": int(n_test),
+            "n_classes": int(n_classes), "feature_dim": int(feature_dim),
+            "n_params": int(n_params), "seconds": round(float(seconds), 3),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "split_tag": split_tag, "test_ids_sha256": ids_digest(test_ids), **extra,
+            "cell": cell}
 
 
 def append_result(folder: Path, row: dict) -> None:
@@ -95,28 +119,6 @@ def write_reports(stem: Path, y_true, y_pred, classes) -> None:
         writer.writerow(["true \\ predicted", *classes])
         writer.writerows([cls, *row] for cls, row in zip(classes, matrix.tolist()))
     plot_confusion(matrix, classes, Path(f"{stem}_confusion.png"))
-
-
-def plot_confusion(matrix: np.ndarray, classes: list[str], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n = len(classes)
-    rates = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
-    side = min(4 + 0.35 * n, 20)
-    fig, ax = plt.subplots(figsize=(side, side))
-    image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
-    if n <= 40:  # past that, labels are unreadable; the CSV has them
-        ax.set_xticks(range(n), classes, rotation=90)
-        ax.set_yticks(range(n), classes)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    fig.colorbar(image, ax=ax, fraction=0.046, label="fraction of the true class")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 # -- the table ----------------------------------------------------------------

@@ -21,9 +21,10 @@ import logging
 import numpy as np
 import torch
 
-from .backbones import get_spec, load_trunk
-from .extract import TrunkRunner, autocast_dtype, backbone_share, resolve_device, shared_views
+from .backbones import get_spec
 from .images import decode_views, min_decode_size
+from .inference import TrunkRunner, autocast_dtype, backbone_share, resolve_device, shared_views
+from .trunks import load_trunk
 
 
 def run_ray(collection, pending: list[str], specs, files, todo, config) -> None:
@@ -88,7 +89,7 @@ class _Trunks:
         _, self.view_of = shared_views(specs)
         target = resolve_device(device)
         autocast = autocast_dtype(precision, target)
-        self.runners = {s.name: TrunkRunner(s, load_trunk(s, weights), target, autocast)
+        self.runners = {s.name: TrunkRunner(s, load_trunk(s, weights, progress=False), target, autocast)
                         for s in specs}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -20,12 +20,9 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import hashlib
 import json
-import os
 import time
-from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,53 +31,20 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from .backbones import (BackboneSpec, build_pretrained, get_spec, load_state_dict_file, weights_id)
+from .backbones import BackboneSpec, get_spec
 from .cache import safe_name
-from .classify import ids_digest, subsample
 from .collection import Collection
-from .evaluate import append_result, metrics, write_reports
-from .extract import resolve_device
+from .config import FinetuneConfig, digest, identity
+from .evaluate import append_result, load_results, metrics, result_row, write_reports
 from .fileio import atomic_path, atomic_write_json
 from .images import decode_views, min_decode_size, normalize
-from .tasks import Split, SplitSpec, load_or_make_split
+from .inference import resolve_device, training_autocast
+from .plots import plot_history
+from .tasks import Split, balanced_weights, load_or_make_split, subsample
+from .trunks import (NORM_LAYERS, Weights, build_pretrained, export_trunk, load_state_dict_file,
+                     resolve_weights, stages)
 
-NORM_LAYERS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)
-
-
-@dataclass
-class FinetuneConfig:
-    backbone: str
-    task: str
-    init: str = "imagenet"  # imagenet | random (He-uniform) | PATH
-    freeze: str = "none"  # none | K | trunk | last:N
-    epochs: int = 100  # at most; early stopping usually ends sooner
-    patience: int = 7
-    optimizer: str = "sgd"  # sgd (Nesterov) | adam | rmsprop
-    lr: float = 1e-3
-    head_lr: float | None = None  # None = lr
-    batch_size: int = 32
-    image_size: int | None = None  # None = the backbone's input size
-    augment: bool = False  # random crop + horizontal flip (Cetinic et al.)
-    balanced: bool = False  # class-balanced loss
-    train_fraction: float = 1.0
-    seed: int = 0
-    device: str = "auto"
-    workers: int = field(default_factory=lambda: max(1, min(8, (os.cpu_count() or 2) - 1)))
-    cache_root: str = "cache"
-    split: SplitSpec = field(default_factory=SplitSpec)
-    progress: bool = True
-
-    # Settings that do not change the result, left out of the run's identity.
-    _RUNTIME = ("epochs", "device", "workers", "cache_root", "progress")
-
-    def __post_init__(self):
-        if not 0 < self.train_fraction <= 1:
-            raise ValueError(f"--train-fraction must be in (0, 1], not {self.train_fraction}")
-
-    def identity(self, init_id: str) -> dict:
-        settings = {k: v for k, v in asdict(self).items() if k not in self._RUNTIME}
-        settings.update(init=init_id, split=self.split.tag)
-        return settings
+__all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "apply_freeze", "frozen_count"]
 
 
 # -- the model ------------------------------------------------------------------
@@ -106,23 +70,6 @@ class FineTuneNet(nn.Module):
         for module in self.frozen:  # frozen stages keep their batch-norm statistics
             module.eval()
         return self
-
-
-def stages(trunk: nn.Module) -> list[list[nn.Module]]:
-    """The trunk's parameterised top-level units in forward order (norm layers join the previous)."""
-    module = trunk
-    while True:
-        units = [c for c in module.children() if next(c.parameters(), None) is not None]
-        if len(units) != 1:
-            break
-        module = units[0]
-    grouped: list[list[nn.Module]] = []
-    for unit in units:
-        if isinstance(unit, NORM_LAYERS) and grouped:
-            grouped[-1].append(unit)
-        else:
-            grouped.append([unit])
-    return grouped
 
 
 def frozen_count(freeze: str, n_stages: int) -> int:
@@ -163,17 +110,17 @@ def he_uniform_(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-def build_trunk(spec: BackboneSpec, init: str, seed: int) -> nn.Module:
+def build_trunk(spec: BackboneSpec, init: str, seed: int, *, progress: bool = True) -> nn.Module:
     """A trainable trunk: ImageNet, He-uniform random, or loaded from a state_dict / checkpoint."""
     if init == "imagenet":
-        return build_pretrained(spec)
+        return build_pretrained(spec, option="--init", progress=progress)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         trunk = spec.build(False)
         if init == "random":
             he_uniform_(trunk)
             return trunk
-    load_state_dict_file(trunk, init, head_prefixes=spec.head_prefixes)
+    load_state_dict_file(trunk, init, spec=spec)
     return trunk
 
 
@@ -223,12 +170,6 @@ def _inputs(views, pre, device):
     return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
 
 
-def _autocast(device):
-    enabled = device.type == "cuda"
-    dtype = torch.bfloat16 if enabled and torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast(device.type, dtype=dtype, enabled=enabled)
-
-
 def train_one_epoch(model, loader, optimizer, loss_fn, pre, device, scaler, bar=None) -> dict:
     model.train()
     total, correct, seen = 0.0, 0, 0
@@ -236,7 +177,7 @@ def train_one_epoch(model, loader, optimizer, loss_fn, pre, device, scaler, bar=
         if not ok.all():
             views, targets = views[ok], targets[ok]
         targets = targets.to(device, non_blocking=True)
-        with _autocast(device):
+        with training_autocast(device):
             logits = model(_inputs(views, pre, device))
             loss = loss_fn(logits.float(), targets)
         optimizer.zero_grad(set_to_none=True)
@@ -259,7 +200,7 @@ def evaluate(model, loader, loss_fn, pre, device) -> tuple[dict, np.ndarray, np.
     for views, targets, ok in loader:
         views, targets = views[ok], targets[ok]
         targets = targets.to(device)
-        with _autocast(device):
+        with training_autocast(device):
             logits = model(_inputs(views, pre, device)).float()
         total += loss_fn(logits, targets).item() * len(targets)
         scores.append(logits.cpu().numpy())
@@ -321,8 +262,9 @@ class _Run:
     collection: Collection
     split: Split
     folder: Path  # <cache>/<collection>/finetune/<run>
-    digest: str  # identity of the settings: a checkpoint resumes only the same run
-    init_id: str
+    settings: dict  # identity(config), the init as its exact weights
+    digest: str  # of the settings: a checkpoint resumes only the same run
+    init: Weights
     model: FineTuneNet
     optimizer: torch.optim.Optimizer
     loss_fn: nn.Module
@@ -334,7 +276,15 @@ class _Run:
     def checkpoint(self, epoch: int, best_loss: float, waited: int, history: list) -> None:
         _atomic_save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                       "epoch": epoch, "best_loss": best_loss, "waited": waited,
-                      "history": history, "identity": self.digest}, self.folder / "last.pt")
+                      "history": history, "identity": self.digest, **self.description()},
+                     self.folder / "last.pt")
+
+    def description(self) -> dict:
+        """What a checkpoint or exported trunk says about itself (plain values only)."""
+        return {"backbone": self.spec.name, "feature_dim": self.spec.feature_dim,
+                "preprocess": dataclasses.asdict(self.pre), "parent_weights": self.init.exact,
+                "collection": self.collection.name, "task": self.config.task,
+                "classes": list(self.split.classes), "settings": self.settings}
 
     def fit(self) -> tuple[list[dict], int]:
         """Train until early stopping (or ``epochs``), resuming a checkpoint of this run.
@@ -353,7 +303,8 @@ class _Run:
             history.append({"epoch": 0, "train_loss": None, "train_acc": None,
                             "val_loss": val["loss"], "val_acc": val["acc"], "seconds": 0.0})
             best_loss = val["loss"]
-            _atomic_save({"model": self.model.state_dict()}, self.folder / "best.pt")
+            _atomic_save({"model": self.model.state_dict(), **self.description()},
+                             self.folder / "best.pt")
         resumed_from = epoch
         scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
         while epoch < c.epochs and waited < c.patience:
@@ -370,7 +321,8 @@ class _Run:
                             "val_acc": val["acc"], "seconds": round(time.perf_counter() - t0, 2)})
             if val["loss"] < best_loss:
                 best_loss, waited = val["loss"], 0
-                _atomic_save({"model": self.model.state_dict()}, self.folder / "best.pt")
+                _atomic_save({"model": self.model.state_dict(), **self.description()},
+                             self.folder / "best.pt")
             else:
                 waited += 1
             self.checkpoint(epoch, best_loss, waited, history)
@@ -383,7 +335,7 @@ class _Run:
         """Restore the best weights, export the trunk, return the test row."""
         best = torch.load(self.folder / "best.pt", map_location="cpu", weights_only=True)
         self.model.load_state_dict(best["model"])
-        torch.save(self.model.trunk.state_dict(), self.folder / "trunk.pth")  # extract --weights
+        export_trunk(self.model.trunk, self.folder / "trunk.pth", **self.description())
         classes = np.array(self.split.classes)
         results, outputs = {}, {}
         for part in ("val", "test"):
@@ -397,71 +349,81 @@ class _Run:
 
     def _row(self, results: dict, history: list[dict]) -> dict:
         c, data = self.config, self.data
-        return {"collection": self.collection.name, "backbone": self.spec.name,
-                "weights": self.init_id, "task": c.task, "method": "fine-tuning", "head": None,
-                "split": "test", **results["test"],
-                **{f"val_{k}": v for k, v in results["val"].items()},
-                "n_train": len(data["train"]), "n_val": len(data["val"]),
-                "n_test": len(data["test"]), "n_classes": len(self.split.classes),
-                "feature_dim": self.spec.feature_dim,
-                "n_params": sum(p.numel() for p in self.model.parameters()),
-                "seconds": round(sum(h["seconds"] for h in history), 2),
-                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "freeze": c.freeze, "init": c.init, "epochs_run": history[-1]["epoch"],
-                "best_epoch": min(history, key=lambda h: h["val_loss"])["epoch"],
-                "split_tag": self.split.spec.tag,
-                "test_ids_sha256": ids_digest(data["test"].ids),
-                "trunk_path": str(self.folder / "trunk.pth"), "run": str(self.folder),
-                "cell": json.dumps([self.collection.name, c.task, self.spec.name, self.init_id,
-                                    "fine-tuning", self.digest])}
+        return result_row(
+            collection=self.collection.name, backbone=self.spec.name, weights=self.init.id,
+            weights_exact=self.init.exact, task=c.task, method="fine-tuning", head=None,
+            test=results["test"], val=results["val"], n_train=len(data["train"]),
+            n_val=len(data["val"]), n_test=len(data["test"]), n_classes=len(self.split.classes),
+            feature_dim=self.spec.feature_dim,
+            n_params=sum(p.numel() for p in self.model.parameters()),
+            seconds=sum(h["seconds"] for h in history), split_tag=self.split.spec.tag,
+            test_ids=data["test"].ids,
+            cell=json.dumps([self.collection.name, c.task, self.spec.name, self.init.exact,
+                             "fine-tuning", self.digest]),
+            freeze=c.freeze, init=c.init, epochs_run=history[-1]["epoch"],
+            best_epoch=min(history, key=lambda h: h["val_loss"])["epoch"],
+            trunk_path=str(self.folder / "trunk.pth"), run=str(self.folder))
 
 
 def _prepare(collection: Collection, config: FinetuneConfig, log) -> _Run:
-    """Resolve the settings, build the model, optimizer and datasets of a run."""
+    """Resolve the settings, build the model, optimizer and datasets of a run.
+
+    The run folder is made last: a run that fails before training leaves nothing.
+    """
+    device = resolve_device(config.device)
     spec = get_spec(config.backbone)
-    init_id = weights_id(config.init)
+    init = resolve_weights(spec, config.init, option="--init")
     cache_folder = Path(config.cache_root) / collection.name
     split = load_or_make_split(collection, config.task, config.split, cache_folder)
-    identity = config.identity(init_id)
-    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
-    folder = cache_folder / "finetune" / f"{safe_name(config.task)}__{safe_name(spec.name)}__{digest}"
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(folder / "config.json", {**asdict(config), "identity": identity})
+    # Random and file inits keep their id (unchanged run folders); imagenet is pinned.
+    settings = {**identity(config), "init": init.exact if init.id == "imagenet" else init.id}
+    run_digest = digest(settings)
+    folder = cache_folder / "finetune" / f"{safe_name(config.task)}__{safe_name(spec.name)}__{run_digest}"
     pre = spec.preprocess if config.image_size is None else \
         dataclasses.replace(spec.preprocess, input_size=config.image_size)
-    device = resolve_device(config.device)
     torch.manual_seed(config.seed)
-    model = FineTuneNet(build_trunk(spec, config.init, config.seed), spec.feature_dim,
-                        len(split.classes))
+    model = FineTuneNet(build_trunk(spec, config.init, config.seed, progress=config.progress),
+                        spec.feature_dim, len(split.classes))
     n_frozen = apply_freeze(model, config.freeze)
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
     data = _datasets(collection, split, split.classes, pre, config)
-    weights = _class_weights(data["train"].targets, len(split.classes)) if config.balanced else None
+    weights = (torch.from_numpy(balanced_weights(np.array(data["train"].targets),
+                                                 len(split.classes)))
+               if config.balanced else None)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(folder / "config.json", {**asdict(config), "identity": settings})
     log(f"{spec.name} on {collection.name}/{config.task}: {len(split.classes)} classes, "
         f"{len(data['train'])}/{len(data['val'])}/{len(data['test'])} train/val/test images, "
         f"{n_frozen} of {len(stages(model.trunk))} stages frozen; run folder {folder}")
     return _Run(config=config, spec=spec, collection=collection, split=split, folder=folder,
-                digest=digest, init_id=init_id, model=model,
+                settings=settings, digest=run_digest, init=init, model=model,
                 optimizer=make_optimizer(model, config),
                 loss_fn=nn.CrossEntropyLoss(weight=weights).to(device), data=data, pre=pre,
                 device=device, log=log)
 
 
 def finetune(collection: Collection, config: FinetuneConfig, *, log=print) -> FinetuneResult:
-    """Train (or resume), test the best-validation-loss weights, export the trunk."""
+    """Train (or resume), test the best-validation-loss weights, export the trunk.
+
+    A run whose cell is already in the store and that trains nothing new adds no row.
+    """
     run = _prepare(collection, config, log)
     history, resumed_from = run.fit()
+    if history[-1]["epoch"] > config.epochs:
+        log(f"this run already trained {history[-1]['epoch']} epochs, more than --epochs "
+            f"{config.epochs}; its result stands (other settings start a new run)")
     write_history(run.folder, history)
     row = run.test_and_export(history)
-    append_result(Path(config.cache_root) / collection.name, row)
+    folder = Path(config.cache_root) / collection.name
+    stored = [r for r in load_results(folder) if r.get("cell") == row["cell"]
+              and r.get("epochs_run") == row["epochs_run"]]
+    if stored:
+        row = stored[-1]
+    else:
+        append_result(folder, row)
     return FinetuneResult(run.folder, row, history, resumed_from)
-
-
-def _class_weights(targets: list[int], n_classes: int) -> torch.Tensor:
-    counts = np.bincount(targets, minlength=n_classes).astype(np.float32)
-    return torch.from_numpy(len(targets) / (n_classes * np.maximum(counts, 1)))
 
 
 def _resume(path: Path, model, optimizer, digest: str) -> dict:
@@ -478,25 +440,8 @@ def _resume(path: Path, model, optimizer, digest: str) -> dict:
 
 def write_history(run_dir: Path, history: list[dict]) -> None:
     """``history.csv`` and ``curves.png`` (loss and accuracy per epoch)."""
-    with open(run_dir / "history.csv", "w", newline="") as fh:
+    with atomic_path(run_dir / "history.csv") as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(history[-1]))
         writer.writeheader()
         writer.writerows(history)
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, what in zip(axes, ("loss", "acc")):
-        for part in ("train", "val"):
-            points = [(h["epoch"], h[f"{part}_{what}"]) for h in history
-                      if h[f"{part}_{what}"] is not None]
-            if points:
-                ax.plot(*zip(*points), marker="o", label=part)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("accuracy" if what == "acc" else "cross-entropy")
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(run_dir / "curves.png", dpi=100)
-    plt.close(fig)
+    plot_history(history, run_dir / "curves.png")

@@ -3,30 +3,25 @@
 Every head is ``Pipeline([normalize, pca, head])`` built from shared options
 (:class:`HeadOptions`), so ``clone``, ``get_params``, grid search and joblib
 persistence work for all of them, the torch softmax head included. Adding a
-head is one ``@register_head`` function.
+head is one ``@register_head`` function; its ``grid`` names the
+hyper-parameters chosen on the saved split's validation part.
 
-Heads that can use the saved split's validation part say so with
-``accepts_validation = True`` (softmax: early stopping; svm: choosing C);
-:func:`fit_head` gives it to them after the pipeline's own transforms.
+:func:`fit_head` is the one place where that choice happens, for every head
+that tunes: ``GridSearchCV`` over a ``PredefinedSplit`` (fit on the training
+part, score on the validation part) searches the whole pipeline, so it stays
+right when normalisation or PCA change; the chosen pipeline is then refitted
+on the training part only. Heads that use validation data themselves
+(softmax: early stopping) say so with ``accepts_validation = True``.
+
+This module imports scikit-learn and torch only when a head is built, so the
+command-line parsers can list the heads cheaply.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.decomposition import PCA
-from sklearn.ensemble import RandomForestClassifier
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import train_test_split
-from sklearn.neighbors import KNeighborsClassifier
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import Normalizer, StandardScaler
-from sklearn.svm import LinearSVC
-from sklearn.utils.validation import check_is_fitted
-
-from .softmax import SoftmaxClassifier
 
 NORMALIZATIONS = ("standard", "l2", "none")
 
@@ -53,96 +48,61 @@ class HeadOptions:
         return "balanced" if self.balanced else None
 
 
-class ValidatedLinearSVC(ClassifierMixin, BaseEstimator):
-    """Linear SVM whose C is the one scoring best on validation data.
+@dataclass(frozen=True)
+class HeadEntry:
+    """A registry entry: ``factory(options)`` -> unfitted estimator; ``grid``: parameter ->
+    values chosen on validation data."""
 
-    Trained on the training data only; ``X_val`` / ``y_val`` choose C (a
-    stratified ``validation_fraction`` of the training data when absent).
-    """
-
-    accepts_validation = True
-
-    def __init__(self, Cs=(1e-3, 1e-2, 1e-1, 1.0), class_weight=None, validation_fraction=0.1,
-                 max_iter=5000, random_state=0):
-        self.Cs = Cs
-        self.class_weight = class_weight
-        self.validation_fraction = validation_fraction
-        self.max_iter = max_iter
-        self.random_state = random_state
-
-    def fit(self, X, y, X_val=None, y_val=None):
-        if X_val is None:
-            X, X_val, y, y_val = train_test_split(X, y, test_size=self.validation_fraction,
-                                                  random_state=self.random_state)
-        self.val_scores_ = {}
-        best = None
-        # liblinear's dual solver is much faster unless samples far outnumber features
-        # (1,124 x 512 heritage features: 1.9 s instead of 44 s at C=1).
-        dual = np.shape(X)[0] < 10 * np.shape(X)[1]
-        for C in self.Cs:
-            model = LinearSVC(C=C, dual=dual, class_weight=self.class_weight,
-                              max_iter=self.max_iter, random_state=self.random_state).fit(X, y)
-            self.val_scores_[C] = model.score(X_val, y_val)
-            if best is None or self.val_scores_[C] > self.val_scores_[best[0]]:
-                best = (C, model)
-        self.C_, self.estimator_ = best
-        self.classes_ = self.estimator_.classes_
-        self.n_features_in_ = self.estimator_.n_features_in_
-        return self
-
-    @property
-    def coef_(self):
-        return self.estimator_.coef_
-
-    @property
-    def intercept_(self):
-        return self.estimator_.intercept_
-
-    def decision_function(self, X):
-        check_is_fitted(self, "estimator_")
-        return self.estimator_.decision_function(X)
-
-    def predict(self, X):
-        check_is_fitted(self, "estimator_")
-        return self.estimator_.predict(X)
+    factory: Callable[[HeadOptions], object]
+    grid: dict[str, tuple] = field(default_factory=dict)
 
 
-HEADS: dict[str, Callable[[HeadOptions], BaseEstimator]] = {}
+HEADS: dict[str, HeadEntry] = {}
 
 
-def register_head(name: str):
-    def decorator(factory: Callable[[HeadOptions], BaseEstimator]):
+def register_head(name: str, *, grid: dict[str, tuple] | None = None):
+    def decorator(factory: Callable[[HeadOptions], object]):
         if name in HEADS:
             raise ValueError(f"head {name!r} is already registered")
-        HEADS[name] = factory
+        HEADS[name] = HeadEntry(factory, dict(grid or {}))
         return factory
     return decorator
 
 
 @register_head("softmax")
 def _softmax(o: HeadOptions):
+    from .softmax import SoftmaxClassifier
+
     return SoftmaxClassifier(recipe=o.softmax_recipe, class_weight=o.class_weight,
                              random_state=o.seed)
 
 
-@register_head("svm")
+@register_head("svm", grid={"C": (1e-3, 1e-2, 1e-1, 1.0)})
 def _svm(o: HeadOptions):
-    return ValidatedLinearSVC(class_weight=o.class_weight, random_state=o.seed)
+    from .svm import LinearSVM
+
+    return LinearSVM(class_weight=o.class_weight, random_state=o.seed)
 
 
 @register_head("rf")
 def _rf(o: HeadOptions):
+    from sklearn.ensemble import RandomForestClassifier
+
     return RandomForestClassifier(n_estimators=300, class_weight=o.class_weight,
                                   random_state=o.seed, n_jobs=1)
 
 
 @register_head("logreg")
 def _logreg(o: HeadOptions):
+    from sklearn.linear_model import LogisticRegression
+
     return LogisticRegression(max_iter=2000, class_weight=o.class_weight, random_state=o.seed)
 
 
 @register_head("knn")
 def _knn(o: HeadOptions):
+    from sklearn.neighbors import KNeighborsClassifier
+
     return KNeighborsClassifier(n_neighbors=10, metric="cosine", weights="distance",
                                 algorithm="brute")
 
@@ -160,26 +120,67 @@ def resolve_heads(names: str | list[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def make_head(name: str, options: HeadOptions = HeadOptions()) -> Pipeline:
+def make_head(name: str, options: HeadOptions = HeadOptions()):
     """An unfitted pipeline: normalisation, optional PCA, then the head."""
+    from sklearn.decomposition import PCA
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import Normalizer, StandardScaler
+
     [name] = resolve_heads([name])
     scaler = {"standard": StandardScaler(), "l2": Normalizer(), "none": "passthrough"}
     pca = PCA(n_components=options.pca, random_state=options.seed) if options.pca else "passthrough"
     return Pipeline([("normalize", scaler[options.normalize]), ("pca", pca),
-                     ("head", HEADS[name](options))])
+                     ("head", HEADS[name].factory(options))])
 
 
-def fit_head(pipeline: Pipeline, X, y, X_val=None, y_val=None) -> Pipeline:
-    """Fit; a head that accepts validation data gets X_val through the same transforms."""
+@dataclass
+class Tuning:
+    """What :func:`fit_head` chose: the head's parameters and every candidate's val score."""
+
+    chosen: dict
+    scores: list[tuple[dict, float]]
+
+
+def fit_head(pipeline, X, y, X_val=None, y_val=None, *, grid: dict | None = None) -> Tuning | None:
+    """Fit ``pipeline`` on (X, y), choosing ``grid`` (head parameter -> values) first.
+
+    X : array of shape (n_train, n_features); X_val : (n_val, n_features) or None.
+    With validation data, each grid point is fitted on (X, y) and scored
+    (accuracy) on (X_val, y_val) through the whole pipeline; without it
+    (no saved split), by 3-fold cross-validation on (X, y). The best point is
+    then refitted on (X, y) alone. A head that accepts validation data gets
+    X_val through the pipeline's own transforms. Returns the choice, or None
+    when there was nothing to choose.
+    """
+    tuning = _choose(pipeline, grid, X, y, X_val, y_val) if grid else None
     head = pipeline[-1]
     if X_val is None or not getattr(head, "accepts_validation", False):
-        return pipeline.fit(X, y)
-    front = pipeline[:-1]  # shares its steps with ``pipeline``
-    head.fit(front.fit_transform(X, y), y, X_val=front.transform(X_val), y_val=y_val)
-    return pipeline
+        pipeline.fit(X, y)
+    else:
+        front = pipeline[:-1]  # shares its steps with ``pipeline``
+        head.fit(front.fit_transform(X, y), y, X_val=front.transform(X_val), y_val=y_val)
+    return tuning
 
 
-def n_parameters(pipeline: Pipeline) -> int:
+def _choose(pipeline, grid: dict, X, y, X_val, y_val) -> Tuning:
+    from sklearn.model_selection import GridSearchCV, PredefinedSplit
+
+    params = {f"head__{k}": list(v) for k, v in grid.items()}
+    if X_val is None:
+        cv, X_all, y_all = 3, X, y
+    else:  # -1: never a test fold (always fitted on); 0: the one test fold
+        cv = PredefinedSplit(np.r_[np.full(len(X), -1), np.zeros(len(X_val), dtype=int)])
+        X_all, y_all = np.concatenate([X, X_val]), np.concatenate([y, y_val])
+    search = GridSearchCV(pipeline, params, cv=cv, refit=False, n_jobs=1, error_score="raise")
+    search.fit(X_all, y_all)
+    pipeline.set_params(**search.best_params_)
+    strip = lambda p: {k.removeprefix("head__"): v for k, v in p.items()}  # noqa: E731
+    return Tuning(chosen=strip(search.best_params_),
+                  scores=[(strip(p), float(s)) for p, s in
+                          zip(search.cv_results_["params"], search.cv_results_["mean_test_score"])])
+
+
+def n_parameters(pipeline) -> int:
     """Learned numbers in the fitted head (weights and biases, tree nodes, stored samples)."""
     head = pipeline[-1]
     if hasattr(head, "coef_"):
@@ -191,7 +192,7 @@ def n_parameters(pipeline: Pipeline) -> int:
     raise ValueError(f"cannot count the parameters of {type(head).__name__}")
 
 
-def class_scores(pipeline: Pipeline, X) -> np.ndarray:
+def class_scores(pipeline, X) -> np.ndarray:
     """(n_samples, n_classes) scores in ``pipeline.classes_`` order, for top-k."""
     if hasattr(pipeline, "predict_proba"):  # False when the head has none
         return pipeline.predict_proba(X)

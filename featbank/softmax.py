@@ -31,6 +31,8 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.model_selection import train_test_split
 from sklearn.utils.validation import check_array, check_is_fitted, check_X_y
 
+from .tasks import balanced_weights
+
 RECIPES = {
     "paper": {"optimizer": "rmsprop", "lr": 1e-3, "batch_size": 32, "patience": 7,
               "max_epochs": 200, "checks_per_epoch": 1, "min_steps_per_epoch": 1, "tol": 0.0},
@@ -117,8 +119,7 @@ class SoftmaxClassifier(ClassifierMixin, BaseEstimator):
             return None
         if self.class_weight != "balanced":
             raise ValueError(f"class_weight must be None or 'balanced', not {self.class_weight!r}")
-        counts = np.bincount(y_index, minlength=len(self.classes_)).astype(np.float32)
-        return torch.from_numpy(len(y_index) / (len(counts) * np.maximum(counts, 1)))
+        return torch.from_numpy(balanced_weights(y_index, len(self.classes_)))
 
     def decision_function(self, X):
         check_is_fitted(self, "coef_")

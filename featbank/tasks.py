@@ -9,6 +9,7 @@ et al.); what was dropped is recorded beside the split.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -162,3 +163,29 @@ def _read_split(path: Path, task: str, spec: SplitSpec) -> Split:
     dropped = json.loads(report_path.read_text())["dropped_classes"] if report_path.is_file() else {}
     return Split(task, [r["id"] for r in rows], [r["label"] for r in rows],
                  [r["split"] for r in rows], dropped, spec)
+
+
+# -- what every stage does with a split -------------------------------------------
+
+def subsample(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Indices of a stratified ``fraction`` of the rows, at least one per class (pure)."""
+    if fraction >= 1:
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    keep = []
+    for cls in np.unique(labels):
+        rows = np.flatnonzero(labels == cls)
+        keep.append(rng.choice(rows, size=max(1, round(len(rows) * fraction)), replace=False))
+    return np.sort(np.concatenate(keep))
+
+
+def ids_digest(ids) -> str:
+    """Fingerprint of a set of image ids: equal digests, identical evaluation sets."""
+    return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()
+
+
+def balanced_weights(targets: np.ndarray, n_classes: int) -> np.ndarray:
+    """Class weights inversely proportional to class sizes, ``n / (k * count)``
+    (scikit-learn's ``class_weight="balanced"``); targets are class indices (pure)."""
+    counts = np.bincount(targets, minlength=n_classes).astype(np.float32)
+    return (len(targets) / (n_classes * np.maximum(counts, 1))).astype(np.float32)

@@ -1,10 +1,14 @@
+import shutil
+import subprocess
+import sys
+
 import torch
 import pytest
 
 from featbank import backbones
-from featbank.backbones import (BACKBONES, BackboneSpec, WeightsUnavailableError, get_spec,
-                                load_state_dict_file, load_trunk, register, resolve_names,
-                                weights_id)
+from featbank.backbones import BACKBONES, get_spec, register, resolve_names, weights_id
+from featbank.trunks import (TRUNK_FORMAT, WeightsUnavailableError, cached_checkpoint,
+                             export_trunk, load_state_dict_file, load_trunk, resolve_weights)
 from conftest import SQUEEZENET, needs_squeezenet
 
 
@@ -76,7 +80,7 @@ def test_trunk_only_squeezenet_file_loads_strictly():
 
 def test_state_dict_path_strict_on_trunk_keys(tmp_path):
     spec = get_spec("resnet18")
-    full = backbones._torchvision_model("resnet18", False).state_dict()
+    full = backbones._torchvision_model("resnet18", False, {}, {}).state_dict()
     torch.save(full, tmp_path / "full.pth")  # with fc.* keys: allowed extras
     load_trunk(spec, str(tmp_path / "full.pth"))
     partial = {k: v for k, v in full.items() if not k.startswith("layer4")}
@@ -87,7 +91,7 @@ def test_state_dict_path_strict_on_trunk_keys(tmp_path):
     with pytest.raises(ValueError, match="unexpected keys.*bogus"):
         load_trunk(spec, str(tmp_path / "extra.pth"))
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="not a PyTorch state_dict"):
+    with pytest.raises(ValueError, match="junk.pth is not a readable PyTorch state_dict"):
         load_trunk(spec, str(tmp_path / "junk.pth"))
 
 
@@ -104,16 +108,83 @@ def test_missing_weights_file():
         weights_id("/nonexistent/weights.pth")
 
 
-def test_offline_imagenet_names_the_file_and_alternatives(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    spec = get_spec("squeezenet1_1")
+def test_imagenet_is_pinned_to_exact_published_weights():
+    pins = {n: s.imagenet.exact for n, s in BACKBONES.items()}
+    assert pins["resnet50"] == "torchvision:resnet50.IMAGENET1K_V2"
+    assert pins["squeezenet1_1"] == "torchvision:squeezenet1_1.IMAGENET1K_V1"
+    assert pins["xception"] == "timm:legacy_xception.tf_in1k"
+    w = resolve_weights(get_spec("squeezenet1_1"), "imagenet")  # offline: nothing downloaded
+    assert (w.id, w.exact, w.published_hash) == \
+        ("imagenet", "torchvision:squeezenet1_1.IMAGENET1K_V1", "sha256:b8a52dc0")
+    assert resolve_weights(get_spec("vgg19"), "random").exact == "random:seed0"
 
-    def offline(pretrained):
-        import urllib.error
+
+def test_registry_and_parsers_import_without_torch():
+    code = ("import sys, featbank.backbones, featbank.collection, featbank.cache, featbank.cli, "
+            "featbank.config, featbank.heads; print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def _offline(monkeypatch):
+    import urllib.error
+
+    def refuse(url, dst, hash_prefix=None, progress=True):
         raise urllib.error.URLError("Name or service not known")
+    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
 
-    offline_spec = BackboneSpec(spec.name, spec.feature_dim, spec.preprocess, offline,
-                                weights_hint=spec.weights_hint)
+
+def test_offline_imagenet_names_the_file_and_alternatives(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    _offline(monkeypatch)
     with pytest.raises(WeightsUnavailableError,
-                       match=r"squeezenet1_1-b8a52dc0\.pth.*--weights PATH.*--weights random"):
-        load_trunk(offline_spec, "imagenet")
+                       match=r"squeezenet1_1-b8a52dc0\.pth.*--init PATH.*--init random"):
+        load_trunk(get_spec("squeezenet1_1"), "imagenet", option="--init")
+    captured = capsys.readouterr()
+    assert "Downloading" not in captured.out + captured.err
+    assert not list(tmp_path.rglob("*.pth*"))  # no partial download left behind
+
+
+@needs_squeezenet
+def test_cached_imagenet_file_loads_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    _offline(monkeypatch)
+    spec = get_spec("squeezenet1_1")
+    url = "https://download.pytorch.org/models/squeezenet1_1-b8a52dc0.pth"
+    target = cached_checkpoint(url)
+    assert target == tmp_path / "hub" / "checkpoints" / "squeezenet1_1-b8a52dc0.pth"
+    target.parent.mkdir(parents=True)
+    shutil.copy(SQUEEZENET, target)  # trunk-only: the classifier keys may be absent
+    trunk = load_trunk(spec, "imagenet")
+    expected = load_trunk(spec, str(SQUEEZENET))
+    assert all(torch.equal(a, b) for a, b in zip(trunk.state_dict().values(),
+                                                   expected.state_dict().values()))
+
+
+@needs_squeezenet
+def test_truncated_cached_file_is_named_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    _offline(monkeypatch)
+    target = tmp_path / "hub" / "checkpoints" / "squeezenet1_1-b8a52dc0.pth"
+    target.parent.mkdir(parents=True)
+    target.write_bytes(SQUEEZENET.read_bytes()[:100_000])
+    with pytest.raises(ValueError, match=r"squeezenet1_1-b8a52dc0\.pth is not a readable.*"
+                                         r"weights cache: delete it"):
+        load_trunk(get_spec("squeezenet1_1"), "imagenet")
+    torch.save({"features.0.weight": torch.zeros(1)}, target)  # keys missing
+    with pytest.raises(ValueError, match=r"squeezenet1_1-b8a52dc0\.pth does not fit squeezenet1_1"):
+        load_trunk(get_spec("squeezenet1_1"), "imagenet")
+
+
+def test_exported_trunk_describes_itself_and_loads(tmp_path):
+    spec = get_spec("squeezenet1_1")
+    trunk = load_trunk(spec, "random")
+    export_trunk(trunk, tmp_path / "trunk.pth", backbone=spec.name, classes=["a", "b"])
+    saved = torch.load(tmp_path / "trunk.pth", weights_only=True)
+    assert saved["format"] == TRUNK_FORMAT and saved["classes"] == ["a", "b"]
+    again = load_trunk(spec, str(tmp_path / "trunk.pth"))
+    assert all(torch.equal(a, b) for a, b in zip(trunk.state_dict().values(),
+                                                   again.state_dict().values()))
+    assert not list(tmp_path.glob("*.tmp"))
+    with pytest.raises(ValueError, match="is a squeezenet1_1 trunk, not alexnet"):
+        load_trunk(get_spec("alexnet"), str(tmp_path / "trunk.pth"))

@@ -45,8 +45,31 @@ def test_merge_appends_and_ignores_rows_already_merged(tmp_path):
     assert data.ids == ["x", "w"] and data.features[0].tolist() == [1, 1, 1]
 
 
+def _one_row(path, attrs=ATTRS):
+    out = FeatureFile(path, attrs)
+    out.add_batch(["x"], np.ones((1, 3), np.float32))
+    out.merge()
+
+
+def test_a_file_appears_only_when_it_holds_rows(tmp_path):
+    assert FeatureFile(tmp_path / "f.h5", ATTRS).merge() == 0
+    assert not (tmp_path / "f.h5").exists()
+
+
+def test_other_exact_weights_are_never_mixed_in(tmp_path):
+    pinned = {**ATTRS, "weights": "imagenet", "weights_exact": "torchvision:toy.IMAGENET1K_V1"}
+    _one_row(tmp_path / "f.h5", pinned)
+    with pytest.raises(ValueError, match="weights_exact='torchvision:toy.IMAGENET1K_V1'.*V2"):
+        FeatureFile(tmp_path / "f.h5", {**pinned, "weights_exact": "torchvision:toy.IMAGENET1K_V2"}
+                    ).check_compatible()
+    FeatureFile(tmp_path / "f.h5", pinned).check_compatible()
+    # A file from before weights_exact: random and file weights were exact already.
+    _one_row(tmp_path / "old.h5")
+    FeatureFile(tmp_path / "old.h5", {**ATTRS, "weights_exact": "random:seed0"}).check_compatible()
+
+
 def test_other_provenance_is_never_mixed_in(tmp_path):
-    FeatureFile(tmp_path / "f.h5", ATTRS).merge()
+    _one_row(tmp_path / "f.h5")
     with pytest.raises(ValueError, match="input_size=8.*delete it"):
         FeatureFile(tmp_path / "f.h5", {**ATTRS, "input_size": 224}).check_compatible()
     with pytest.raises(ValueError, match="weights"):

@@ -2,11 +2,12 @@ import joblib
 import numpy as np
 import pytest
 
-from featbank.cache import read_features
-from featbank.classify import ClassifyConfig, classify, feature_files, subsample
+from featbank.cache import feature_files, read_features
+from featbank.classify import ClassifyConfig, classify
 from featbank.collection import load_metadata
 from featbank.evaluate import RESULT_KEYS, load_results
 from featbank.heads import HeadOptions
+from featbank.tasks import subsample
 from conftest import write_toy_cache
 
 

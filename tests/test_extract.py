@@ -102,8 +102,18 @@ def test_float16_storage_and_no_silent_mixing(tmp_path, image_folder):
         extract(from_folder(image_folder), _config(tmp_path, dtype="float32"))
 
 
-def test_bad_settings(tmp_path, image_folder):
-    with pytest.raises(ValueError, match="unknown device"):
-        extract(from_folder(image_folder), _config(tmp_path, device="tpu"))
-    with pytest.raises(ValueError, match="unknown backbone"):
-        extract(from_folder(image_folder), _config(tmp_path, backbones="nope"))
+def test_bad_settings_fail_when_the_config_is_built(tmp_path):
+    for bad, match in [({"device": "tpu"}, "unknown --device 'tpu'"),
+                       ({"backbones": "nope"}, "unknown backbone"),
+                       ({"batch_size": 0}, "--batch-size must be at least 1"),
+                       ({"workers": -1}, "--workers must be at least 0"),
+                       ({"dtype": "int8"}, "unknown --dtype")]:
+        with pytest.raises(ValueError, match=match):
+            _config(tmp_path, **bad)
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
+def test_missing_gpu_is_an_error_even_when_nothing_is_left_to_do(tmp_path, image_folder):
+    extract(from_folder(image_folder), _config(tmp_path))
+    with pytest.raises(ValueError, match="no CUDA device"):
+        extract(from_folder(image_folder), _config(tmp_path, device="cuda"))

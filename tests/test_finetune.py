@@ -5,13 +5,15 @@ import pytest
 import torch
 
 import featbank.finetune as ft
-from featbank.backbones import BACKBONES, get_spec, load_trunk
+from featbank.backbones import BACKBONES, get_spec
 from featbank.classify import ClassifyConfig, classify
 from featbank.collection import from_folder
 from featbank.evaluate import build_table, load_results
 from featbank.extract import ExtractConfig, extract
 from featbank.finetune import (FineTuneNet, FinetuneConfig, apply_freeze, finetune, frozen_count,
-                               he_uniform_, stages)
+                               he_uniform_)
+from featbank.tasks import SplitSpec
+from featbank.trunks import load_trunk, stages
 from conftest import make_image
 
 SCENARIOS = ["none", "1", "2", "last:3", "last:1"]  # Cetinic et al.'s five
@@ -29,7 +31,7 @@ def folder20(tmp_path):
 def _config(tmp_path, **kw):
     settings = dict(backbone="squeezenet1_1", task="label", init="random", epochs=2,
                     image_size=48, batch_size=8, workers=0, cache_root=str(tmp_path / "cache"),
-                    progress=False, split=ft.SplitSpec(min_per_class=3))
+                    progress=False, split=SplitSpec(min_per_class=3))
     settings.update(kw)
     return FinetuneConfig(**settings)
 
@@ -100,6 +102,10 @@ def test_finetune_outputs_and_exported_trunk(tmp_path, folder20):
     [row] = load_results(tmp_path / "cache" / "art")
     assert row["method"] == "fine-tuning" and row["weights"] == "random" and row["n_test"] == 2
     trunk = load_trunk(get_spec("squeezenet1_1"), str(run / "trunk.pth"))
+    exported = torch.load(run / "trunk.pth", weights_only=True)
+    assert exported["backbone"] == "squeezenet1_1" and exported["classes"] == ["icon", "vase"]
+    assert exported["task"] == "label" and exported["parent_weights"] == "random:seed0"
+    assert exported["preprocess"]["input_size"] == 48 and exported["feature_dim"] == 512
     best = torch.load(run / "best.pt", weights_only=True)["model"]
     assert torch.equal(trunk.state_dict()["features.0.weight"], best["trunk.features.0.weight"])
     load_trunk(get_spec("squeezenet1_1"), str(run / "best.pt"))  # a checkpoint loads too
@@ -125,8 +131,8 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, folder20, monkeypa
     for key in ("top1", "top5", "balanced_accuracy", "macro_f1", "val_top1"):
         assert resumed.row[key] == clean.row[key]
     assert [h["val_loss"] for h in resumed.history] == [h["val_loss"] for h in clean.history]
-    a = torch.load(clean.folder / "trunk.pth", weights_only=True)
-    b = torch.load(resumed.folder / "trunk.pth", weights_only=True)
+    a = torch.load(clean.folder / "trunk.pth", weights_only=True)["state_dict"]
+    b = torch.load(resumed.folder / "trunk.pth", weights_only=True)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -141,7 +147,7 @@ def test_fine_tuning_column_beside_the_heads(tmp_path, folder20):
     collection = from_folder(folder20)
     extract(collection, ExtractConfig(backbones="squeezenet1_1", weights="random",
                                       cache_root=str(tmp_path / "cache"), workers=0, progress=False))
-    spec = ft.SplitSpec(min_per_class=3)
+    spec = SplitSpec(min_per_class=3)
     classify(collection, ClassifyConfig(heads="logreg", cache_root=str(tmp_path / "cache"),
                                         split=spec, jobs=1), warn=lambda m: None)
     finetune(collection, _config(tmp_path, epochs=1), log=lambda m: None)
@@ -154,11 +160,23 @@ def test_fine_tuning_column_beside_the_heads(tmp_path, folder20):
 
 def test_bad_settings(tmp_path, folder20):
     collection = from_folder(folder20)
-    with pytest.raises(ValueError, match="--freeze"):
-        finetune(collection, _config(tmp_path, freeze="most"), log=lambda m: None)
+    for bad, match in [({"freeze": "most"}, "--freeze"), ({"optimizer": "lion"}, "unknown --optimizer"),
+                       ({"epochs": 0}, "--epochs must be at least 1"),
+                       ({"epochs": -1}, "--epochs must be at least 1"),
+                       ({"patience": 0}, "--patience"), ({"lr": 0.0}, "--lr must be positive"),
+                       ({"device": "gpu"}, "unknown --device"), ({"backbone": "all"}, "one backbone")]:
+        with pytest.raises(ValueError, match=match):
+            _config(tmp_path, **bad)
     with pytest.raises(ValueError, match="unknown task"):
         finetune(collection, _config(tmp_path, task="genre"), log=lambda m: None)
     with pytest.raises(FileNotFoundError, match="not found"):
         finetune(collection, _config(tmp_path, init="nope.pth"), log=lambda m: None)
-    with pytest.raises(ValueError, match="unknown optimizer"):
-        finetune(collection, _config(tmp_path, optimizer="lion"), log=lambda m: None)
+    assert not (tmp_path / "cache" / "art" / "finetune").exists()  # nothing trained, no run folder
+
+
+def test_rerun_of_a_finished_run_adds_no_row(tmp_path, folder20):
+    collection = from_folder(folder20)
+    first = finetune(collection, _config(tmp_path, epochs=1), log=lambda m: None)
+    again = finetune(collection, _config(tmp_path, epochs=1), log=lambda m: None)
+    assert again.resumed_from == 1 and again.row == first.row
+    assert len(load_results(tmp_path / "cache" / "art")) == 1

@@ -6,8 +6,8 @@ from sklearn.base import clone
 from sklearn.datasets import make_blobs
 from sklearn.model_selection import GridSearchCV
 
-from featbank.heads import (HEADS, HeadOptions, ValidatedLinearSVC, class_scores, fit_head,
-                            make_head, n_parameters, register_head, resolve_heads)
+from featbank.heads import (HEADS, HeadOptions, class_scores, fit_head, make_head, n_parameters,
+                            register_head, resolve_heads)
 from featbank.softmax import SoftmaxClassifier, _stalled
 
 
@@ -21,7 +21,8 @@ def _toy(seed=0):
 def test_every_head_known_answer_clone_and_pickle(name):
     X, y = _toy()
     head = make_head(name, HeadOptions(seed=1))
-    fitted = fit_head(clone(head), X[:200], y[:200], X[200:250], y[200:250])
+    fitted = clone(head)
+    fit_head(fitted, X[:200], y[:200], X[200:250], y[200:250], grid=HEADS[name].grid)
     assert fitted.score(X[250:], y[250:]) >= 0.95
     again = pickle.loads(pickle.dumps(fitted))
     assert np.array_equal(again.predict(X[250:]), fitted.predict(X[250:]))
@@ -35,7 +36,8 @@ def test_every_head_known_answer_clone_and_pickle(name):
                                      HeadOptions(normalize="none", balanced=True)])
 def test_shared_options(options):
     X, y = _toy(seed=2)
-    fitted = fit_head(make_head("logreg", options), X[:250], y[:250])
+    fitted = make_head("logreg", options)
+    fit_head(fitted, X[:250], y[:250])
     assert fitted.score(X[250:], y[250:]) >= 0.9
     if options.pca:
         assert fitted["pca"].n_components_ == 5
@@ -101,10 +103,40 @@ def test_softmax_errors():
         SoftmaxClassifier().predict(X)
 
 
-def test_svm_picks_c_on_validation():
-    X, y = _toy(seed=5)
-    svm = ValidatedLinearSVC().fit(X[:200], y[:200], X_val=X[200:], y_val=y[200:])
-    assert svm.C_ in svm.Cs and set(svm.val_scores_) == set(svm.Cs)
+def _noisy(seed):
+    """Overlapping classes in 40-d: how much to regularise matters, and train != val."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, 300)
+    X = rng.normal(size=(300, 40)) + 0.6 * np.eye(3, 40)[y] * rng.normal(1, 1, (300, 1))
+    return X.astype(np.float32), np.array(["a", "b", "c"])[y]
+
+
+@pytest.mark.parametrize("normalize", ["standard", "l2"])
+def test_svm_c_is_chosen_on_the_validation_part_through_the_whole_pipeline(normalize):
+    X, y = _noisy(seed=5)
+    (X_tr, y_tr), (X_va, y_va) = (X[:120], y[:120]), (X[120:], y[120:])
+    options = HeadOptions(normalize=normalize, pca=20)
+    grid = HEADS["svm"].grid
+    # What the choice must be: each C's pipeline fitted on train alone, scored on val.
+    expected = {C: clone(make_head("svm", options)).set_params(head__C=C).fit(X_tr, y_tr)
+                .score(X_va, y_va) for C in grid["C"]}
+    assert len(set(expected.values())) > 1  # the choice matters on this data
+    pipeline = make_head("svm", options)
+    tuning = fit_head(pipeline, X_tr, y_tr, X_va, y_va, grid=grid)
+    best = max(grid["C"], key=lambda C: (expected[C], -grid["C"].index(C)))
+    assert tuning.chosen == {"C": best} and pipeline[-1].C == best
+    assert {s["C"]: v for s, v in tuning.scores} == pytest.approx(expected)
+    # Refitted on the training part only, not on train + val.
+    reference = clone(make_head("svm", options)).set_params(head__C=best).fit(X_tr, y_tr)
+    assert np.allclose(pipeline[-1].coef_, reference[-1].coef_)
+    assert pipeline["normalize"].__class__ is reference["normalize"].__class__
+
+
+def test_without_validation_data_the_grid_uses_cross_validation():
+    X, y = _noisy(seed=6)
+    pipeline = make_head("svm")
+    tuning = fit_head(pipeline, X, y, grid=HEADS["svm"].grid)
+    assert tuning.chosen["C"] in HEADS["svm"].grid["C"] and len(tuning.scores) == 4
 
 
 def test_unknown_and_duplicate_heads():

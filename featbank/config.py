@@ -1,0 +1,200 @@
+"""The settings of each stage, checked when they are built (no torch imported).
+
+Configuration flows one way: command line -> one of these dataclasses -> the
+stage, which saves it beside what it made. Every value is checked in
+``__post_init__``, whatever there is left to do, so a complete cache never
+hides a bad option. A field declared with ``runtime()`` does not change
+results (where to write, how many processes, progress bars); every other
+field is part of a result's identity (:func:`identity`), so a new option is
+part of the identity unless someone decides otherwise.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+
+from .backbones import check_names
+from .heads import HeadOptions, resolve_heads
+from .tasks import SplitSpec
+
+
+def defaults(config_class) -> dict:
+    """Field name -> default value of a config class (for help texts)."""
+    out = {}
+    for f in dataclasses.fields(config_class):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
+
+
+def runtime(default=dataclasses.MISSING, *, default_factory=dataclasses.MISSING):
+    """A field that does not change results, left out of :func:`identity`."""
+    return field(default=default, default_factory=default_factory, metadata={"identity": False})
+
+
+def identity(config) -> dict:
+    """The fields that decide a result (nested dataclasses as dicts, a split as its tag)."""
+    out = {}
+    for f in dataclasses.fields(config):
+        if f.metadata.get("identity", True):
+            value = getattr(config, f.name)
+            if isinstance(value, SplitSpec):
+                value = value.tag
+            elif dataclasses.is_dataclass(value):
+                value = dataclasses.asdict(value)
+            out[f.name] = value
+    return out
+
+
+def digest(value, length: int = 10) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:length]
+
+
+def default_workers() -> int:
+    """Decoding processes: one fewer than the CPU cores (the main process feeds the model), 1-8."""
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+def check_device_name(device: str) -> str:
+    """auto, cpu, cuda or cuda:N; whether CUDA is there is checked when the stage starts."""
+    if device not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", device):
+        raise ValueError(f"unknown --device {device!r}; use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def _at_least(option: str, value, low) -> None:
+    if value is None or value < low:
+        raise ValueError(f"{option} must be at least {low}, not {value}")
+
+
+def _choice(option: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"unknown {option} {value!r}; use {', '.join(map(str, choices))}")
+
+
+def _fraction(option: str, value: float) -> None:
+    if not 0 < value <= 1:
+        raise ValueError(f"{option} must be in (0, 1], not {value}")
+
+
+@dataclass
+class ExtractConfig:
+    """The settings of one extraction run (saved beside its output)."""
+
+    backbones: str | list[str] = runtime("all")  # "vgg19,resnet50", "all" or a list
+    weights: str = "imagenet"  # imagenet | random | PATH
+    cache_root: str = runtime("cache")
+    batch_size: int = runtime(32)
+    workers: int = runtime(default_factory=default_workers)
+    device: str = runtime("auto")
+    dtype: str = "float32"
+    precision: str = "auto"
+    # cpu: Pillow in the DataLoader workers; device: nvJPEG on the GPU (JPEGs only,
+    # the rest still by Pillow). auto = cpu for now (see extract._decode_on_device).
+    decode: str = runtime("auto")
+    engine: str = runtime("local")  # local: this machine; ray: Ray Data (extract_ray.py)
+    ray_address: str | None = runtime(None)  # None: RAY_ADDRESS, else a local Ray
+    ray_actors: int | None = runtime(None)  # trunk actors; None: one per GPU, else one
+    progress: bool = runtime(True)
+
+    def __post_init__(self):
+        self.backbones = check_names(self.backbones)
+        _at_least("--batch-size", self.batch_size, 1)
+        _at_least("--workers", self.workers, 0)
+        check_device_name(self.device)
+        _choice("--dtype", self.dtype, ("float32", "float16"))
+        _choice("--precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
+        _choice("--decode", self.decode, ("auto", "cpu", "device"))
+        _choice("--engine", self.engine, ("local", "ray"))
+        if self.ray_actors is not None:
+            _at_least("--ray-actors", self.ray_actors, 1)
+        if self.engine == "ray" and self.decode == "device":
+            raise ValueError("--decode device is for --engine local; the Ray engine decodes "
+                             "with Pillow in its tasks")
+
+
+@dataclass
+class ClassifyConfig:
+    """Which cells to fill (heads x feature files x tasks) and how each is trained."""
+
+    heads: str = runtime("all")
+    backbones: str = runtime("all")  # registry names, comma-separated, or all
+    weights: str = runtime("all")  # imagenet | random | sha256:... prefix | all
+    tasks: str = runtime("all")
+    cache_root: str = runtime("cache")
+    split: SplitSpec = field(default_factory=SplitSpec)
+    options: HeadOptions = field(default_factory=HeadOptions)
+    train_fraction: float = 1.0
+    jobs: int = runtime(default_factory=lambda: os.cpu_count() or 1)
+    force: bool = runtime(False)
+
+    def __post_init__(self):
+        resolve_heads(self.heads)
+        _at_least("--seed", self.split.seed, 0)
+        _fraction("--train-fraction", self.train_fraction)
+        _at_least("--jobs", self.jobs, 1)
+
+    @property
+    def variant(self) -> str:
+        """What, besides the head, the feature file and the split, decides a cell's result."""
+        settings = {k: v for k, v in identity(self).items() if k != "split"}
+        flat = {**settings.pop("options"), **settings}
+        return ",".join(f"{k}={v}" for k, v in flat.items())
+
+
+FREEZE_SYNTAX = re.compile(r"none|trunk|last:[1-9]\d*|\d+")
+
+
+@dataclass
+class FinetuneConfig:
+    """One fine-tuning run. Defaults: Sabatelli et al. (see featbank.finetune)."""
+
+    backbone: str
+    task: str
+    init: str = "imagenet"  # imagenet | random (He-uniform) | PATH
+    freeze: str = "none"  # none | K | trunk | last:N
+    # At most; early stopping usually ends sooner. Not part of the identity: a run
+    # started again with more epochs continues where it stopped.
+    epochs: int = runtime(100)
+    patience: int = 7
+    optimizer: str = "sgd"  # sgd (Nesterov) | adam | rmsprop
+    lr: float = 1e-3
+    head_lr: float | None = None  # None = lr
+    batch_size: int = 32
+    image_size: int | None = None  # None = the backbone's input size
+    augment: bool = False  # random crop + horizontal flip (Cetinic et al.)
+    balanced: bool = False  # class-balanced loss
+    train_fraction: float = 1.0
+    seed: int = 0
+    device: str = runtime("auto")
+    workers: int = runtime(default_factory=default_workers)
+    cache_root: str = runtime("cache")
+    split: SplitSpec = field(default_factory=SplitSpec)
+    progress: bool = runtime(True)
+
+    def __post_init__(self):
+        if self.backbone == "all" or "," in self.backbone:
+            raise ValueError(f"--backbone {self.backbone!r}: fine-tuning takes one backbone")
+        check_names([self.backbone])
+        _at_least("--epochs", self.epochs, 1)
+        _at_least("--patience", self.patience, 1)
+        _at_least("--batch-size", self.batch_size, 1)
+        _at_least("--workers", self.workers, 0)
+        _at_least("--seed", self.seed, 0)
+        if self.image_size is not None:
+            _at_least("--image-size", self.image_size, 32)
+        for option, value in (("--lr", self.lr), ("--head-lr", self.head_lr)):
+            if value is not None and not value > 0:
+                raise ValueError(f"{option} must be positive, not {value}")
+        _choice("--optimizer", self.optimizer, ("sgd", "adam", "rmsprop"))
+        if not FREEZE_SYNTAX.fullmatch(str(self.freeze).strip()):
+            raise ValueError(f"--freeze {self.freeze!r}: use none, trunk, last:N (train the last "
+                             "N units, the head counting as one) or K (freeze the first K stages)")
+        _fraction("--train-fraction", self.train_fraction)
+        check_device_name(self.device)
