@@ -7,7 +7,7 @@ SHARED_WEIGHTS := ../shared/weights/squeezenet1_1-imagenet.pth
 # (no machine here can download weights), random weights otherwise.
 DEMO_WEIGHTS ?= $(if $(wildcard $(SHARED_WEIGHTS)),$(SHARED_WEIGHTS),random)
 
-.PHONY: install demo test bench clean-cache
+.PHONY: install demo test test-fast bench clean-cache
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ demo: install
 
 test: install
 	$(PY) -m pytest
+
+# Everything but the subprocess and Ray tests (marked slow): about a minute.
+test-fast: install
+	$(PY) -m pytest -m "not slow"
 
 bench: install
 	$(PY) bench/bench_extract.py

@@ -6,6 +6,8 @@ import pytest
 from featbank.evaluate import RESULT_KEYS
 from conftest import assert_one_line_error, HERITAGE, SQUEEZENET, needs_heritage, needs_squeezenet, write_toy_cache
 
+pytestmark = pytest.mark.slow  # subprocesses or a Ray instance: make test-fast skips these
+
 
 
 @pytest.fixture

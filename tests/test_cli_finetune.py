@@ -9,6 +9,8 @@ import pytest
 
 from conftest import assert_one_line_error, HERITAGE, REPO, SQUEEZENET, make_image, needs_heritage, needs_squeezenet, script_env
 
+pytestmark = pytest.mark.slow  # subprocesses or a Ray instance: make test-fast skips these
+
 
 
 @pytest.fixture
@@ -32,6 +34,10 @@ def test_bad_input(run_script, art):
                                "--images", art), "unknown backbone")
     assert_one_line_error(run_script("finetune.py", "--backbone", "squeezenet1_1", "--task", "label",
                                "--images", art, "--init", "missing.pth"), "not found")
+    for epochs in ("0", "-1"):
+        assert_one_line_error(run_script("finetune.py", *BASE, "--task", "label", "--images", art,
+                                         "--epochs", epochs), "--epochs must be at least 1")
+    assert not (art.parent / "cache" / "art" / "finetune").exists()  # no empty run folders
 
 
 def _run(tmp_path, cache, art):
@@ -60,6 +66,17 @@ def test_killed_in_second_epoch_resumes_to_the_same_metrics(tmp_path, art):
     assert "resuming after epoch 1" in again.stderr
     assert again.stdout.split(": test top-1")[1].split(";")[0] == \
         clean.stdout.split(": test top-1")[1].split(";")[0]
+    rows = (tmp_path / "killed" / "art" / "results.jsonl").read_text().splitlines()
+    finished = _run(tmp_path, "killed", art)  # a finished run again: nothing new, no new row
+    assert finished.returncode == 0 and finished.stdout == again.stdout
+    assert (tmp_path / "killed" / "art" / "results.jsonl").read_text().splitlines() == rows
+    [trunk] = (tmp_path / "killed").glob("art/finetune/*/trunk.pth")
+    extracted = subprocess.run([sys.executable, str(REPO / "extract.py"), "--backbone",
+                                "squeezenet1_1", "--weights", str(trunk), "--images", str(art),
+                                "--cache", "killed", "--workers", "0", "--no-progress"],
+                               cwd=tmp_path, env=script_env(), capture_output=True, text=True,
+                               timeout=300)
+    assert extracted.returncode == 0 and "24 rows" in extracted.stdout, extracted.stderr
 
 
 @needs_heritage

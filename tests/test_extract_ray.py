@@ -11,6 +11,8 @@ from featbank.cache import read_features  # noqa: E402
 from featbank.collection import from_folder  # noqa: E402
 from featbank.extract import ExtractConfig, extract  # noqa: E402
 
+pytestmark = pytest.mark.slow  # subprocesses or a Ray instance: make test-fast skips these
+
 
 @pytest.fixture(scope="module", autouse=True)
 def local_ray():

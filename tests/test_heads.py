@@ -32,16 +32,31 @@ def test_every_head_known_answer_clone_and_pickle(name):
     assert clone(head).get_params()["head"].get_params() == head.get_params()["head"].get_params()
 
 
-@pytest.mark.parametrize("options", [HeadOptions(normalize="l2"), HeadOptions(pca=5),
-                                     HeadOptions(normalize="none", balanced=True)])
-def test_shared_options(options):
+def test_shared_options_reach_the_fitted_pipeline():
     X, y = _toy(seed=2)
-    fitted = make_head("logreg", options)
-    fit_head(fitted, X[:250], y[:250])
-    assert fitted.score(X[250:], y[250:]) >= 0.9
-    if options.pca:
-        assert fitted["pca"].n_components_ == 5
-        assert n_parameters(fitted) == 5 * 4 + 4
+    l2 = make_head("logreg", HeadOptions(normalize="l2"))
+    fit_head(l2, X[:250], y[:250])
+    assert np.allclose(np.linalg.norm(l2[:-1].transform(X[250:]), axis=1), 1)
+    assert l2.score(X[250:], y[250:]) >= 0.9
+    pca = make_head("logreg", HeadOptions(pca=5))
+    fit_head(pca, X[:250], y[:250])
+    assert pca["pca"].n_components_ == 5 and n_parameters(pca) == 5 * 4 + 4
+    raw = make_head("logreg", HeadOptions(normalize="none"))
+    fit_head(raw, X[:250], y[:250])
+    assert raw["normalize"] == "passthrough"
+
+
+@pytest.mark.parametrize("name", ["logreg", "softmax", "svm"])
+def test_balanced_weights_change_what_is_learned(name):
+    rng = np.random.default_rng(0)  # a rare class overlapping a common one
+    X = np.r_[rng.normal(0, 1, (300, 2)), rng.normal(1, 1, (15, 2))].astype(np.float32)
+    y = np.array(["common"] * 300 + ["rare"] * 15)
+    predicted = {}
+    for balanced in (False, True):
+        pipeline = make_head(name, HeadOptions(balanced=balanced))
+        fit_head(pipeline, X, y)
+        predicted[balanced] = np.mean(pipeline.predict(X) == "rare")
+    assert predicted[True] > 2 * predicted[False]
 
 
 def test_softmax_in_grid_search():
