@@ -57,7 +57,8 @@ def main(argv=None) -> None:
 
     classify(collection, config, warn=lambda m: print(m, file=sys.stderr))
     folder = Path(args.cache) / collection.name
-    columns, records = build_table(load_results(folder), split_tag=config.split.tag,
+    rows = load_results(folder, warn=lambda m: print(m, file=sys.stderr))
+    columns, records = build_table(rows, split_tag=config.split.tag,
                                    variant=config.variant)
     print(to_markdown(columns, records))
     csv_path, _ = write_table(folder, columns, records)

@@ -68,6 +68,10 @@ def main(argv=None) -> None:
     for report in extract(collection, config):
         print(f"{report.backbone}: {report.n_rows} rows ({report.n_new} new, "
               f"{report.n_skipped} undecodable) -> {report.path} [{report.seconds:.1f} s]")
+    if collection.ignored:
+        print(f"{collection.ignored} hidden or system files ignored (.DS_Store, Thumbs.db, "
+              "__MACOSX/, dotfiles); undecodable files are listed in "
+              f"{config.cache_root}/{collection.name}/skipped.csv")
 
 
 if __name__ == "__main__":

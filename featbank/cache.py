@@ -24,6 +24,11 @@ rewrites only the small main file (ids, skipped lists, the virtual layout),
 never the vectors already stored; past ``MAX_SHARDS`` shards they are joined
 into one.
 
+Concurrency: a run that writes a file holds its lock (``<file>.lock``, the
+``filelock`` package) from reading what is done to the last fold, so a second
+run on the same file waits, then finds the work done; rows are never
+computed twice into one file, and parts never collide.
+
 Crash safety: while extracting, every finished batch is written as an ``.npz``
 part in ``<file>.parts/`` (written to a temporary name, then renamed, so a
 part is whole or absent). Parts are folded in by writing a new shard, then a
@@ -203,6 +208,12 @@ class FeatureFile:
                 done.update(data["ids"].tolist())
                 done.update(data["skipped_ids"].tolist())
         return done
+
+    @property
+    def lock_path(self) -> Path:
+        """This file's lock (``<file>.lock``): one writer at a time, across processes."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        return self.path.with_name(self.path.name + ".lock")
 
     def _part_files(self) -> list[Path]:
         return sorted(self.parts.glob("*.npz")) if self.parts.is_dir() else []

@@ -20,6 +20,7 @@ from .cache import FeatureEntry, feature_files, read_features, safe_name
 from .collection import Collection
 from .config import ClassifyConfig, identity
 from .evaluate import append_result, load_results, metrics, result_row, write_reports
+from .fileio import atomic_path
 from .heads import HEADS, class_scores, fit_head, make_head, n_parameters, resolve_heads
 from .tasks import Split, SplitSpec, load_or_make_split, subsample
 
@@ -63,7 +64,8 @@ def run_cell(*, folder: Path, collection: str, task: str, split: Split, entry: F
     stem = _cell_stem(task, entry, head, config)
     head_path = folder / "heads" / f"{stem}.joblib"
     head_path.parent.mkdir(parents=True, exist_ok=True)
-    joblib.dump(pipeline, head_path)
+    with atomic_path(head_path) as tmp:
+        joblib.dump(pipeline, tmp)
     write_reports(folder / "reports" / stem, y_te, classes[test_scores.argmax(1)], classes)
     return result_row(
         collection=collection, backbone=entry.backbone, weights=entry.weights,
@@ -120,7 +122,10 @@ def classify(collection: Collection, config: ClassifyConfig, *, warn=print) -> l
     for row in jobs(joblib.delayed(run_cell)(folder=folder, collection=collection.name, task=t,
                                              split=splits[t], entry=e, head=h, config=config)
                     for t, e, h in todo):
-        append_result(folder, row)
+        if not append_result(folder, row, replace=config.force):
+            warn(f"{row['task']} / {row['backbone']} / {row['head']}: another run stored this "
+                 "cell meanwhile; its row is kept")
+            continue
         new.append(row)
         warn(f"{row['task']} / {row['backbone']} / {row['head']}: test top-1 {row['top1']:.3f} "
              f"({row['seconds']:.1f} s)")

@@ -20,7 +20,13 @@ from pathlib import Path
 
 from .fileio import atomic_write_json, atomic_write_text
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp")
+# Extensions a manifest may leave out (an extension-less reference is looked up
+# with these). Folders are read by content: every file there is an image or a
+# row of skipped.csv with the reason it is not one.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp", ".gif")
+# What operating systems and archivers leave in folders; never images, never listed.
+LITTER_FILES = {".ds_store", "thumbs.db", "ehthumbs.db", "desktop.ini", "icon\r"}
+LITTER_DIRS = {"__macosx", "$recycle.bin", "system volume information"}
 IMAGE_COLUMN_GUESSES = ("image", "imageid", "image_id", "file", "filename", "path", "id")
 
 
@@ -34,6 +40,7 @@ class Collection:
     labels: dict[str, list[str | None]] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)  # manifest rows with no file
     source: str = ""
+    ignored: int = 0  # hidden files and OS litter left out of a folder scan
 
     def __post_init__(self):
         self.root = Path(self.root)
@@ -65,31 +72,49 @@ def default_name(path: str | os.PathLike) -> str:
 
 
 def _is_image(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not is_litter(path.name)
+
+
+def is_litter(name: str) -> bool:
+    """Hidden files and folders, and what OSes and archivers leave behind."""
+    return name.startswith(".") or name.lower() in LITTER_FILES or name.lower() in LITTER_DIRS
 
 
 def from_folder(root: str | os.PathLike, *, name: str | None = None,
                 task: str = "label") -> Collection:
-    """One sub-folder per class (nested folders belong to their top-level class)."""
+    """One sub-folder per class (nested folders belong to their top-level class).
+
+    Every file is an image id, whatever its extension: extraction decides by
+    content (a JPEG named .png, a GIF, a file with no extension) and lists
+    what is not an image in skipped.csv. Hidden files and OS litter
+    (.DS_Store, Thumbs.db, __MACOSX/) are left out and counted in ``ignored``.
+    Symbolic links to folders are not followed, so a loop cannot hang a scan.
+    """
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {root} does not exist")
-    ids, labels = [], []
-    for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    ids, labels, ignored = [], [], 0
+    for class_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        if is_litter(class_dir.name):
+            ignored += sum(len(files) for _, _, files in os.walk(class_dir))
+            continue
         for dirpath, dirnames, filenames in os.walk(class_dir):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            ignored += sum(len(files) for d in dirnames if is_litter(d)
+                           for _, _, files in os.walk(Path(dirpath) / d))
+            dirnames[:] = sorted(d for d in dirnames if not is_litter(d))
             for filename in sorted(filenames):
-                path = Path(dirpath) / filename
-                if _is_image(path):
-                    ids.append(path.relative_to(root).as_posix())
-                    labels.append(class_dir.name)
+                if is_litter(filename):
+                    ignored += 1
+                    continue
+                ids.append((Path(dirpath) / filename).relative_to(root).as_posix())
+                labels.append(class_dir.name)
     if not ids:
         raise ValueError(f"no images found in {root}: expected one sub-folder per class "
-                         f"holding {', '.join(IMAGE_EXTENSIONS)} files")
+                         "holding image files")
     order = sorted(range(len(ids)), key=ids.__getitem__)
     return Collection(name=check_name(name or default_name(root)), root=root,
                       ids=[ids[i] for i in order], labels={task: [labels[i] for i in order]},
-                      source=f"folder:{root}")
+                      source=f"folder:{root}", ignored=ignored)
 
 
 def clean_label(value: str | None) -> str | None:
@@ -185,7 +210,8 @@ def save_metadata(collection: Collection, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     meta = {"name": collection.name, "root": str(collection.root.resolve()),
             "source": collection.source, "n_images": len(collection),
-            "tasks": collection.tasks, "n_missing": len(collection.missing)}
+            "tasks": collection.tasks, "n_missing": len(collection.missing),
+            "n_ignored": collection.ignored}
     atomic_write_json(folder / "collection.json", meta)
     rows = [["id", *collection.tasks]]
     rows += [[i, *[(collection.labels[t][k] or "") for t in collection.tasks]]

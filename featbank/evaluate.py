@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import balanced_accuracy_score, classification_report, confusion_matrix, f1_score
 
-from .fileio import atomic_write_json
+from .fileio import atomic_path, atomic_write_json, hold_lock
 from .plots import plot_confusion
 from .tasks import ids_digest
 
@@ -73,29 +74,97 @@ def result_row(*, collection: str, backbone: str, weights: str, weights_exact: s
             "cell": cell}
 
 
-def append_result(folder: Path, row: dict) -> None:
-    """Append one model's row (a single write of one line)."""
+def store_lock(folder: Path):
+    """The store's lock (``results.jsonl.lock``), held: every writer holds it."""
+    path = results_path(folder)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return hold_lock(str(path) + ".lock")
+
+
+def append_result(folder: Path, row: dict, *, replace: bool = False) -> bool:
+    """Store one model's row, whole, under the lock; returns whether it was stored.
+
+    A cell is stored once: a row whose ``cell`` is already there adds nothing,
+    unless ``replace`` (``--force``), which swaps the old row for it. A write
+    that fails (disk full, read-only cache) raises ``OSError`` with one line,
+    and the store is left as it was.
+    """
     missing = [k for k in RESULT_KEYS if k not in row]
     if missing:
         raise AssertionError(f"result row lacks {missing}")
     path = results_path(folder)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    line = (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
+    with store_lock(folder):
+        stored = [r for r in load_results(folder) if r.get("cell") == row["cell"]]
+        if stored and not replace:
+            return False
+        if stored:
+            _rewrite_without(path, row["cell"], line)
+        else:
+            _append_whole(path, line)
+    return True
 
 
-def load_results(folder: Path) -> list[dict]:
-    """Every row of the store; a torn last line (a killed writer) is ignored."""
+def _append_whole(path: Path, line: bytes) -> None:
+    """One row at the end; a torn last line (a killed writer) is closed first, so it
+    stays one damaged line and never swallows this row."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            line = b"\n" + line
+        try:
+            written = 0
+            while written < len(line):
+                written += os.write(fd, line[written:])
+            os.fsync(fd)
+        except OSError as err:
+            os.ftruncate(fd, size)  # nothing half-written stays behind
+            raise OSError(err.errno, f"cannot write {path} ({err.strerror or err}); this row "
+                                     "was not stored, the rows before it are intact") from None
+    finally:
+        os.close(fd)
+
+
+def _rewrite_without(path: Path, cell: str, line: bytes) -> None:
+    kept = [raw for raw in path.read_bytes().splitlines(keepends=True)
+            if _cell_of(raw) != cell]
+    kept = [raw if raw.endswith(b"\n") else raw + b"\n" for raw in kept]
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(b"".join(kept) + line)
+
+
+def _cell_of(raw: bytes) -> str | None:
+    try:
+        return json.loads(raw).get("cell")
+    except (ValueError, AttributeError):
+        return None
+
+
+def load_results(folder: Path, *, warn=None) -> list[dict]:
+    """Every row of the store; a damaged line (half-written, or edited by hand) is
+    skipped and, with ``warn``, reported with its line number."""
     path = results_path(folder)
     if not path.is_file():
         return []
     rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
+    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
             continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict):
+                raise ValueError(f"a JSON {type(row).__name__}, not an object")
+            rows.append(row)
+        except ValueError as err:
+            if warn is not None:
+                warn(f"{path}:{number}: damaged line skipped ({_first_line(err)})")
     return rows
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 # -- per-model reports --------------------------------------------------------

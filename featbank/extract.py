@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -28,7 +29,7 @@ from .collection import Collection, save_metadata
 from .config import ExtractConfig
 from .devicedecode import (decode_jpegs, device_decodable, device_index, device_resizable,
                            resize_views)
-from .fileio import atomic_write_json
+from .fileio import atomic_write_json, hold_lock
 from .images import decode_views, min_decode_size
 from .inference import TrunkRunner, autocast_dtype, backbone_share, resolve_device, shared_views
 from .trunks import load_trunk, resolve_weights
@@ -157,18 +158,33 @@ def extract(collection: Collection, config: ExtractConfig) -> list[ExtractReport
     weights = {s.name: resolve_weights(s, config.weights) for s in specs}
     folder = Path(config.cache_root) / collection.name
     save_metadata(collection, folder)
-    started = time.perf_counter()
-    files, todo = {}, {}
+    files = {}
     for spec in specs:
         attrs = file_attrs(backbone=spec.name, feature_dim=spec.feature_dim,
                            preprocess=spec.preprocess.attrs(), weights=weights[spec.name].attrs(),
                            dtype=config.dtype, collection=collection.name)
-        out = FeatureFile(feature_path(config.cache_root, collection.name, spec.name,
-                                       weights[spec.name].id), attrs)
+        files[spec.name] = FeatureFile(feature_path(config.cache_root, collection.name, spec.name,
+                                                    weights[spec.name].id), attrs)
+    with ExitStack() as held:
+        for out in sorted(files.values(), key=lambda f: f.path):  # one order: no deadlock
+            held.enter_context(hold_lock(out.lock_path, on_wait=lambda o=out: tqdm.write(
+                f"waiting for another run that is writing {o.path}")))
+        reports = _extract_locked(collection, config, specs, files, device)
+    atomic_write_json(folder / "extract_config.json",
+                      {**asdict(config), "weights_exact": {n: w.exact for n, w in weights.items()}})
+    write_skipped_list(folder, collection.missing, [f.path for f in files.values() if f.path.is_file()])
+    return reports
+
+
+def _extract_locked(collection, config: ExtractConfig, specs, files: dict, device):
+    started = time.perf_counter()
+    todo = {}
+    for spec in specs:
+        out = files[spec.name]
         out.check_compatible()
         out.merge()  # parts left by an interrupted run
         done = out.done_ids()
-        files[spec.name], todo[spec.name] = out, {i for i in collection.ids if i not in done}
+        todo[spec.name] = {i for i in collection.ids if i not in done}
     pending = [i for i in collection.ids if any(i in t for t in todo.values())]
     first_batch_at = None
     if pending and config.engine == "ray":
@@ -181,9 +197,6 @@ def extract(collection: Collection, config: ExtractConfig) -> list[ExtractReport
     for out in files.values():
         out.merge()
     stream = None if first_batch_at is None else time.perf_counter() - first_batch_at
-    atomic_write_json(folder / "extract_config.json",
-                      {**asdict(config), "weights_exact": {n: w.exact for n, w in weights.items()}})
-    write_skipped_list(folder, collection.missing, [out.path for out in files.values()])
     seconds = time.perf_counter() - started
     return [_report(spec.name, files[spec.name].path, len(todo[spec.name]), seconds, stream)
             for spec in specs]
@@ -255,6 +268,8 @@ def _submit(ids, reasons, pixels, todo, runner: TrunkRunner, out: FeatureFile) -
 
 def _report(name: str, path: Path, n_new: int, seconds: float,
             stream_seconds: float | None) -> ExtractReport:
-    return ExtractReport(backbone=name, path=path, n_rows=count_rows(path), n_new=n_new,
-                         n_skipped=len(read_skipped(path)), seconds=seconds,
+    exists = path.is_file()
+    return ExtractReport(backbone=name, path=path, n_rows=count_rows(path) if exists else 0,
+                         n_new=n_new, n_skipped=len(read_skipped(path)) if exists else 0,
+                         seconds=seconds,
                          stream_seconds=stream_seconds)

@@ -1,12 +1,15 @@
 """Whole-or-absent file writes: write a temporary sibling, then rename it over the target.
 
 A reader (or a run resumed after a kill) sees the old file or the new one,
-never half of one: ``os.replace`` is atomic on one filesystem.
+never half of one: ``os.replace`` is atomic on one filesystem. Each writer's
+temporary name is its own (process id and a random part), so two processes
+writing the same file never write into one temporary file.
 """
 from __future__ import annotations
 
 import json
 import os
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -15,12 +18,29 @@ from pathlib import Path
 def atomic_path(path: str | os.PathLike):
     """Yield a temporary path to write; it replaces ``path`` when the block ends cleanly."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
     try:
         yield tmp
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def hold_lock(path: str | os.PathLike, *, on_wait=None):
+    """Acquire the inter-process lock file ``path`` (the ``filelock`` package).
+
+    Returns a context manager that releases it. When another process holds
+    it, ``on_wait()`` is called once, then this one waits its turn.
+    """
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(path))
+    try:
+        return lock.acquire(timeout=0)
+    except Timeout:
+        if on_wait is not None:
+            on_wait()
+        return lock.acquire()
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -36,7 +36,7 @@ from .cache import safe_name
 from .collection import Collection
 from .config import FinetuneConfig, digest, identity
 from .evaluate import append_result, load_results, metrics, result_row, write_reports
-from .fileio import atomic_path, atomic_write_json
+from .fileio import atomic_path, atomic_write_json, hold_lock
 from .images import decode_views, min_decode_size, normalize
 from .inference import resolve_device, training_autocast
 from .plots import plot_history
@@ -410,6 +410,14 @@ def finetune(collection: Collection, config: FinetuneConfig, *, log=print) -> Fi
     A run whose cell is already in the store and that trains nothing new adds no row.
     """
     run = _prepare(collection, config, log)
+    # One process trains a run at a time: a second one with the same settings waits,
+    # then resumes from the first's last checkpoint (usually: nothing left to train).
+    waiting = f"another process is training {run.folder.name} with these settings; waiting"
+    with hold_lock(f"{run.folder}.lock", on_wait=lambda: log(waiting)):
+        return _train_and_test(run, collection, config, log)
+
+
+def _train_and_test(run: _Run, collection: Collection, config: FinetuneConfig, log) -> FinetuneResult:
     history, resumed_from = run.fit()
     if history[-1]["epoch"] > config.epochs:
         log(f"this run already trained {history[-1]['epoch']} epochs, more than --epochs "
@@ -421,8 +429,8 @@ def finetune(collection: Collection, config: FinetuneConfig, *, log=print) -> Fi
               and r.get("epochs_run") == row["epochs_run"]]
     if stored:
         row = stored[-1]
-    else:
-        append_result(folder, row)
+    else:  # a run continued with more epochs supersedes its cell's row
+        append_result(folder, row, replace=True)
     return FinetuneResult(run.folder, row, history, resumed_from)
 
 

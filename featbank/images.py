@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 
 import numpy as np
 import torch
@@ -34,11 +35,15 @@ def load_rgb(path, *, min_size: int | None = None) -> Image.Image:
         as both sides stay at least ``min_size`` pixels.
     """
     try:
+        if os.path.getsize(path) == 0:
+            raise DecodeError("empty file (0 bytes)")
         with Image.open(path) as im:
             if min_size and im.format == "JPEG":
                 im.draft("RGB", (min_size, min_size))
             im.load()
             return _to_rgb(ImageOps.exif_transpose(im))
+    except DecodeError:
+        raise
     except FileNotFoundError:
         raise DecodeError("file not found") from None
     except Image.DecompressionBombError as err:

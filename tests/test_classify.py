@@ -1,3 +1,4 @@
+import h5py
 import joblib
 import numpy as np
 import pytest
@@ -90,3 +91,19 @@ def test_subsample_is_stratified_and_keeps_every_class():
     labels = np.array(["a"] * 40 + ["b"] * 3)
     rows = subsample(labels, 0.25, seed=0)
     assert (labels[rows] == "a").sum() == 10 and (labels[rows] == "b").sum() == 1
+
+
+def test_unusable_feature_files_are_named_and_skipped(tmp_path):
+    folder = write_toy_cache(tmp_path)
+    (folder / "features" / "vgg19__imagenet.h5").write_bytes(b"half a file")
+    with h5py.File(folder / "features" / "alexnet__sha256-000000000000.h5", "w") as f:
+        f.create_dataset("ids", shape=(0,), dtype=h5py.string_dtype())
+        f.create_dataset("features", shape=(0, 4), dtype="f4")
+        f.attrs.update(backbone="alexnet", weights="sha256:0", feature_dim=4)
+    notes = []
+    rows = classify(load_metadata(folder), _config(tmp_path, heads="logreg"), warn=notes.append)
+    assert {(r["backbone"], r["weights"]) for r in rows} == {("resnet18", "random"),
+                                                             ("alexnet", "random")}
+    named = [n for n in notes if n.startswith("skipping")]
+    assert len(named) == 2 and "vgg19__imagenet.h5: not a readable feature file" in named[1]
+    assert "holds no rows" in named[0]

@@ -1,4 +1,6 @@
+import errno
 import json
+import os
 
 import numpy as np
 import pytest
@@ -64,3 +66,41 @@ def test_reports(tmp_path):
     lines = (tmp_path / "r" / "cell_confusion.csv").read_text().splitlines()
     assert lines[1:] == ["a,1,0", "b,1,1"]
     assert "b,1.0000,0.5000" in (tmp_path / "r" / "cell_per_class.csv").read_text()
+
+
+def test_a_cell_is_stored_once_and_force_replaces_it(tmp_path):
+    assert append_result(tmp_path, _row(top1=0.5))
+    assert not append_result(tmp_path, _row(top1=0.9))  # the same cell again: nothing added
+    assert append_result(tmp_path, _row(cell="c2"))
+    assert append_result(tmp_path, _row(top1=0.7), replace=True)
+    rows = load_results(tmp_path)
+    assert sorted((r["cell"], r["top1"]) for r in rows) == [("c1", 0.7), ("c2", 0.5)]
+
+
+def test_damaged_lines_are_reported_with_their_number_and_skipped(tmp_path):
+    append_result(tmp_path, _row())
+    with open(tmp_path / "results.jsonl", "a") as fh:
+        fh.write('{"backbone": "vgg19", "top1": 0.\n[1, 2]\n{"half": ')  # edited, then torn
+    notes = []
+    assert [r["cell"] for r in load_results(tmp_path, warn=notes.append)] == ["c1"]
+    assert [n.split(": ")[0].rsplit(":", 1)[1] for n in notes] == ["2", "3", "4"]
+    append_result(tmp_path, _row(cell="c2"))  # after a torn last line: a line of its own
+    assert [r["cell"] for r in load_results(tmp_path)] == ["c1", "c2"]
+    columns, records = build_table(load_results(tmp_path), split_tag="t", variant="v")
+    assert records and "svm" in columns
+
+
+def test_a_full_disk_leaves_the_store_as_it_was(tmp_path, monkeypatch):
+    append_result(tmp_path, _row())
+    before = (tmp_path / "results.jsonl").read_bytes()
+    real_write = os.write
+
+    def disk_fills(fd, data):
+        real_write(fd, data[: len(data) // 2])  # half a row lands, then the disk is full
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(os, "write", disk_fills)
+    with pytest.raises(OSError, match="No space left on device.*rows before it are intact") as err:
+        append_result(tmp_path, _row(cell="c2"))
+    assert len(str(err.value).splitlines()) == 1
+    monkeypatch.setattr(os, "write", real_write)
+    assert (tmp_path / "results.jsonl").read_bytes() == before

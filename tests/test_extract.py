@@ -117,3 +117,47 @@ def test_missing_gpu_is_an_error_even_when_nothing_is_left_to_do(tmp_path, image
     extract(from_folder(image_folder), _config(tmp_path))
     with pytest.raises(ValueError, match="no CUDA device"):
         extract(from_folder(image_folder), _config(tmp_path, device="cuda"))
+
+
+def test_every_file_is_a_row_or_a_listed_reason(tmp_path):
+    """The issue's folder: 3 JPEGs, a palette GIF, a text file and an empty .jpg -> 4 rows."""
+    from PIL import Image
+
+    root = tmp_path / "museum"
+    for k in range(3):
+        make_image(root / "vases" / f"{k}.jpg", seed=k)
+    Image.fromarray(np.arange(48 * 40, dtype=np.uint8).reshape(40, 48) % 7 * 30).convert(
+        "P", palette=Image.Palette.ADAPTIVE).save(root / "vases" / "anim.gif")
+    (root / "vases" / "notes.txt").write_text("catalogue notes")
+    (root / "vases" / "empty.jpg").write_bytes(b"")
+    make_image(root / "icons" / "jpeg_named.png", seed=9, fmt="JPEG")  # by content, not name
+    make_image(root / "icons" / "no_extension", seed=10, fmt="PNG")
+    make_image(root / "icons" / "plain.jpg", seed=11)
+    for litter in (".DS_Store", "Thumbs.db", ".hidden.jpg", "__MACOSX/vases/._0.jpg"):
+        (root / "vases" / litter).parent.mkdir(parents=True, exist_ok=True)
+        (root / "vases" / litter).write_bytes(b"\0\1")
+    (root / "icons" / "loop").symlink_to(root / "icons")  # never followed: no hang
+    collection = from_folder(root)
+    assert collection.ignored == 4 and "vases/notes.txt" in collection.ids
+    [report] = extract(collection, _config(tmp_path))
+    assert report.n_rows == 7 and report.n_skipped == 2
+    assert set(read_features(report.path).ids) == {
+        "vases/0.jpg", "vases/1.jpg", "vases/2.jpg", "vases/anim.gif",
+        "icons/jpeg_named.png", "icons/no_extension", "icons/plain.jpg"}
+    with open(tmp_path / "cache/museum/skipped.csv") as fh:
+        reasons = {r["id"]: r["reason"] for r in csv.DictReader(fh)}
+    assert reasons.keys() == {"vases/notes.txt", "vases/empty.jpg"}
+    assert reasons["vases/empty.jpg"] == "empty file (0 bytes)"
+    assert "cannot identify image file" in reasons["vases/notes.txt"]
+
+
+def test_skipped_csv_is_always_written_with_its_header(tmp_path, image_folder):
+    extract(from_folder(image_folder), _config(tmp_path))
+    assert (tmp_path / "cache/images/skipped.csv").read_text().splitlines() == ["id,reason"]
+
+
+def test_a_failed_extraction_leaves_no_feature_file(tmp_path, image_folder):
+    (tmp_path / "bad.pth").write_bytes(b"not weights")
+    with pytest.raises(ValueError, match="bad.pth is not a readable PyTorch state_dict"):
+        extract(from_folder(image_folder), _config(tmp_path, weights=str(tmp_path / "bad.pth")))
+    assert not list((tmp_path / "cache/images/features").glob("*.h5"))

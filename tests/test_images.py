@@ -53,7 +53,7 @@ def test_large_jpeg_is_drafted_but_never_below_the_asked_size(tmp_path):
     assert load_rgb(path).size == (2000, 1200)
 
 
-@pytest.mark.parametrize("content,match", [(b"", "cannot identify"), (b"not an image", "cannot identify")])
+@pytest.mark.parametrize("content,match", [(b"", "empty file"), (b"not an image", "cannot identify")])
 def test_undecodable_files_raise_decode_error(tmp_path, content, match):
     (tmp_path / "bad.jpg").write_bytes(content)
     with pytest.raises(DecodeError, match=match):
