@@ -228,7 +228,7 @@ def check_names(names: str | list[str]) -> list[str]:
     if "all" in names:
         return sorted(BACKBONES)
     for name in names:
-        if not name.startswith("timm:") or name == "timm:":
+        if not name.startswith("timm:"):
             get_spec(name)
     return list(dict.fromkeys(names))
 
@@ -237,7 +237,8 @@ def resolve_names(names: str | list[str]) -> list[str]:
     """Like :func:`check_names`, ``timm:`` names checked against timm too."""
     names = check_names(names)
     for name in names:
-        get_spec(name)
+        if name.startswith("timm:"):
+            get_spec(name)
     return names
 
 

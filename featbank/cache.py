@@ -52,7 +52,7 @@ import h5py
 import numpy as np
 
 from . import __version__
-from .fileio import atomic_path, atomic_write_json
+from .fileio import atomic_path, atomic_write_json, first_line
 
 # Attributes that must agree before rows from two runs may share a file.
 PROVENANCE_KEYS = ("backbone", "feature_dim", "weights", "weights_exact", "input_size", "mean",
@@ -420,7 +420,7 @@ def feature_files(folder: Path, backbones: str = "all", weights: str = "all", *,
                                      str(_provenance(a, "weights_exact") or a["weights"]),
                                      int(a["feature_dim"]), int(f["ids"].shape[0]))
         except (OSError, KeyError, ValueError) as err:
-            warn(f"skipping {path}: not a readable feature file ({_first_line(err)}); delete it "
+            warn(f"skipping {path}: not a readable feature file ({first_line(err)}); delete it "
                  "and run extract.py again")
             continue
         if entry.n_rows == 0:
@@ -443,11 +443,6 @@ def feature_files(folder: Path, backbones: str = "all", weights: str = "all", *,
             raise ValueError(f"no features with weights {weights!r}; found "
                              f"{', '.join(sorted({e.weights for e in entries}))}")
     return chosen
-
-
-def _first_line(err: Exception) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def write_skipped_list(folder: Path, missing: list[str], paths: list[Path]) -> Path:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import balanced_accuracy_score, classification_report, confusion_matrix, f1_score
 
-from .fileio import atomic_path, atomic_write_json, hold_lock
+from .fileio import atomic_path, atomic_write_json, first_line, hold_lock
 from .plots import plot_confusion
 from .tasks import ids_digest
 
@@ -158,13 +158,8 @@ def load_results(folder: Path, *, warn=None) -> list[dict]:
             rows.append(row)
         except ValueError as err:
             if warn is not None:
-                warn(f"{path}:{number}: damaged line skipped ({_first_line(err)})")
+                warn(f"{path}:{number}: damaged line skipped ({first_line(err)})")
     return rows
-
-
-def _first_line(err: Exception) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 # -- per-model reports --------------------------------------------------------

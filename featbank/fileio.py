@@ -26,6 +26,12 @@ def atomic_path(path: str | os.PathLike):
         tmp.unlink(missing_ok=True)
 
 
+def first_line(err: Exception) -> str:
+    """The first line of an error's message (its type when it has none), for one-line reports."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def hold_lock(path: str | os.PathLike, *, on_wait=None):
     """Acquire the inter-process lock file ``path`` (the ``filelock`` package).
 

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .backbones import RANDOM_SEED, BackboneSpec, weights_id
-from .fileio import atomic_path
+from .fileio import atomic_path, first_line
 
 NORM_LAYERS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)
 TRUNK_FORMAT = "featbank-trunk/1"
@@ -153,8 +153,7 @@ def build_pretrained(spec: BackboneSpec, *, option: str = "--weights",
             f"{spec.imagenet.model}.{spec.imagenet.tag} in the HF cache (HF_HOME), "
             f"or use {option} PATH (a state_dict) or {option} random") from None
     except RuntimeError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"cached ImageNet weights of {spec.name} do not load ({first}); "
+        raise ValueError(f"cached ImageNet weights of {spec.name} do not load ({first_line(err)}); "
                          f"delete them to download again, or use {option} PATH or random") from None
 
 
@@ -195,8 +194,7 @@ def load_state_dict_file(module: nn.Module, path: str | os.PathLike, *,
     except FileNotFoundError:
         raise FileNotFoundError(f"weights file {path} not found") from None
     except Exception as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise ValueError(f"{path} is not a readable PyTorch state_dict ({first})") from None
+        raise ValueError(f"{path} is not a readable PyTorch state_dict ({first_line(err)})") from None
     meta = {}
     if isinstance(state, dict) and state.get("format") == TRUNK_FORMAT:
         meta = {k: v for k, v in state.items() if k != "state_dict"}

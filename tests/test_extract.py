@@ -2,6 +2,7 @@ import csv
 
 import numpy as np
 import pytest
+import torch
 
 import featbank.images as images
 from featbank.cache import FeatureFile, read_features
@@ -112,7 +113,7 @@ def test_bad_settings_fail_when_the_config_is_built(tmp_path):
             _config(tmp_path, **bad)
 
 
-@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_missing_gpu_is_an_error_even_when_nothing_is_left_to_do(tmp_path, image_folder):
     extract(from_folder(image_folder), _config(tmp_path))
     with pytest.raises(ValueError, match="no CUDA device"):
