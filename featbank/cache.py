@@ -8,7 +8,8 @@ Contract (readable with plain h5py; see DESIGN.md):
 - attributes: ``backbone``, ``feature_dim``, ``weights`` (``imagenet``,
   ``random`` or ``sha256:<hex>``), ``weights_exact`` (the exact weights, e.g.
   ``torchvision:resnet50.IMAGENET1K_V2``), ``weights_hash`` (the published
-  checkpoint hash, when there is one), ``input_size``, ``mean``, ``std``,
+  checkpoint hash, when there is one), ``weights_source`` (a weights file's
+  path when extracted, else empty), ``input_size``, ``mean``, ``std``,
   ``resize``, ``crop_pct``, ``interpolation``, ``dtype``, ``collection``,
   ``featbank_version``, ``torch_version``, ``torchvision_version``, ``created``.
 

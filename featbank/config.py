@@ -198,3 +198,95 @@ class FinetuneConfig:
                              "N units, the head counting as one) or K (freeze the first K stages)")
         _fraction("--train-fraction", self.train_fraction)
         check_device_name(self.device)
+
+
+# -- analysis (analyze.py) ---------------------------------------------------------------
+
+def _one_backbone(name: str) -> str:
+    if not name or name == "all" or "," in name or "+" in name:
+        raise ValueError(f"--backbone {name!r}: this analysis takes one backbone")
+    check_names([name])
+    return name
+
+
+@dataclass
+class RetrieveConfig:
+    """Similarity retrieval: test images query the train and validation images (cosine)."""
+
+    backbone: str
+    task: str | None = None  # None only with queries
+    weights: str = "all"  # imagenet | random | sha256:<prefix>; all = the only file there is
+    k: int = 10
+    queries: list[str] = field(default_factory=list)  # image files to look up instead
+    weights_file: str | None = runtime(None)  # the weights file, when the cache lost its path
+    sheet: int = runtime(8)  # queries shown on the contact sheet
+    split: SplitSpec = field(default_factory=SplitSpec)
+    device: str = runtime("cpu")
+    cache_root: str = runtime("cache")
+    progress: bool = runtime(True)
+
+    def __post_init__(self):
+        _one_backbone(self.backbone)
+        _at_least("--k", self.k, 1)
+        _at_least("--sheet", self.sheet, 0)
+        check_device_name(self.device)
+        if self.task is None and not self.queries:
+            raise ValueError("retrieve needs --task (test images query the rest) or --query IMAGE")
+
+
+@dataclass
+class CkaConfig:
+    """Linear CKA between feature files, on the ids they share."""
+
+    features: list[str]
+    debiased: bool = False
+    cache_root: str = runtime("cache")
+    progress: bool = runtime(True)
+
+    def __post_init__(self):
+        if len(self.features) < 2:
+            raise ValueError("--features needs at least two feature files (a file may be given "
+                             "twice)")
+        for path in self.features:
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"feature file {path} not found")
+
+
+MAP_METHODS = ("auto", "umap", "tsne")
+
+
+@dataclass
+class MapConfig:
+    """A 2-D map of one feature file, coloured by a task."""
+
+    backbone: str
+    task: str
+    weights: str = "all"
+    method: str = "auto"  # auto: UMAP when umap-learn is installed, else t-SNE
+    max_points: int = 5000  # a seeded, class-stratified sample beyond this
+    seed: int = 0
+    cache_root: str = runtime("cache")
+    progress: bool = runtime(True)
+
+    def __post_init__(self):
+        _one_backbone(self.backbone)
+        _choice("--method", self.method, MAP_METHODS)
+        _at_least("--max-points", self.max_points, 10)
+        _at_least("--seed", self.seed, 0)
+
+
+EXPORT_FORMATS = ("npy", "parquet")
+
+
+@dataclass
+class ExportConfig:
+    """Features with ids and labels, for other tools."""
+
+    backbone: str
+    weights: str = "all"
+    format: str = "npy"
+    cache_root: str = runtime("cache")
+
+    def __post_init__(self):
+        _one_backbone(self.backbone)
+        _choice("--format", self.format, EXPORT_FORMATS)

@@ -55,3 +55,45 @@ def plot_history(history: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def plot_similarity(matrix: np.ndarray, names: list[str], title: str, path: Path) -> None:
+    """A symmetric similarity matrix in [0, 1] (CKA), each cell annotated."""
+    plt = pyplot()
+    side = 2.5 + 0.9 * len(names)
+    fig, ax = plt.subplots(figsize=(side + 1.5, side))
+    image = ax.imshow(matrix, vmin=0, vmax=1, cmap="viridis")
+    ax.set_xticks(range(len(names)), names, rotation=40, ha="right", fontsize=8)
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    for i in range(len(names)):
+        for j in range(len(names)):
+            ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=8,
+                    color="black" if matrix[i, j] > 0.6 else "white")
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=120)
+    plt.close(fig)
+
+
+def plot_map(xy: np.ndarray, labels: np.ndarray, title: str, path: Path, *,
+             max_legend: int = 20) -> None:
+    """A 2-D map (n, 2), one colour per label; past ``max_legend`` labels the rarest are grey."""
+    plt = pyplot()
+    names, counts = np.unique(labels.astype(str), return_counts=True)
+    shown = list(names[np.argsort(-counts, kind="stable")][:max_legend])
+    colors = plt.get_cmap("tab20" if len(shown) > 10 else "tab10")
+    fig, ax = plt.subplots(figsize=(9, 7))
+    rest = ~np.isin(labels.astype(str), shown)
+    if rest.any():
+        ax.scatter(*xy[rest].T, s=6, c="lightgrey", label=f"other ({rest.sum()})")
+    for k, name in enumerate(sorted(shown)):
+        where = labels.astype(str) == name
+        ax.scatter(*xy[where].T, s=8, color=colors(k % colors.N), label=name)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, markerscale=2, loc="center left", bbox_to_anchor=(1, 0.5))
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=110)
+    plt.close(fig)

@@ -57,15 +57,18 @@ class Weights:
         ``timm:legacy_xception.tf_in1k``, ``random:seed0`` or the file's ``sha256:<hex>``.
     published_hash : the checkpoint hash its publisher gives (torchvision's
         sha256 prefix in the file name), else None.
+    source : for a weights file, its absolute path when extracted (a hint for
+        rebuilding the trunk later, e.g. ``analyze.py retrieve --query``).
     """
 
     id: str
     exact: str
     published_hash: str | None = None
+    source: str = ""
 
     def attrs(self) -> dict:
         return {"weights": self.id, "weights_exact": self.exact,
-                "weights_hash": self.published_hash or ""}
+                "weights_hash": self.published_hash or "", "weights_source": self.source}
 
 
 def resolve_weights(spec: BackboneSpec, weights: str, *, option: str = "--weights") -> Weights:
@@ -74,7 +77,7 @@ def resolve_weights(spec: BackboneSpec, weights: str, *, option: str = "--weight
     if wid == "random":
         return Weights(wid, f"random:seed{RANDOM_SEED}")
     if wid != "imagenet":
-        return Weights(wid, wid)
+        return Weights(wid, wid, source=str(Path(weights).resolve()))
     if spec.imagenet is None:
         raise ValueError(f"{spec.name} has no published ImageNet weights; use {option} PATH "
                          "(a state_dict) or random")

@@ -1,0 +1,65 @@
+"""Linear CKA between feature files (Kornblith et al. 2019; used by Gonthier et al.).
+
+Every pair of files is compared on the image ids they share, rows aligned by
+id. The matrix goes to JSON (key ``cka``) with a heatmap beside it.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from ..cache import read_features
+from ..config import CkaConfig, digest
+from ..fileio import atomic_path, atomic_write_json
+from ..plots import plot_similarity
+from .common import output_folder, progress_bar
+from .similarity import cka_matrix
+
+
+def cka(config: CkaConfig, *, warn=print) -> dict:
+    """CKA between every pair of ``config.features``; writes JSON and a heatmap PNG."""
+    started = time.perf_counter()
+    sets = [read_features(path) for path in config.features]
+    shared = set(sets[0].ids)
+    for path, data in zip(config.features[1:], sets[1:]):
+        if not shared & set(data.ids):
+            raise ValueError(f"{Path(config.features[0]).name} and {Path(path).name} have no "
+                             "image ids in common; compare files of one collection")
+        shared &= set(data.ids)
+    ids = [i for i in sets[0].ids if i in shared]
+    for path, data in zip(config.features, sets):
+        if len(data.ids) > len(ids):
+            warn(f"{Path(path).name}: {len(data.ids) - len(ids)} of its {len(data.ids)} rows are "
+                 "not in every file and are left out")
+    matrices = []
+    for data in sets:
+        row = {image_id: k for k, image_id in enumerate(data.ids)}
+        matrices.append(data.features[[row[i] for i in ids]])
+    matrix = cka_matrix(matrices, debiased=config.debiased, progress=progress_bar(config.progress))
+    names = _names(config.features, sets)
+    collection = str(sets[0].attrs.get("collection") or Path(config.features[0]).parent.parent.name)
+    folder = output_folder(config.cache_root, collection, "cka")
+    stem = "cka__" + digest([str(Path(p).resolve()) for p in config.features] + [config.debiased], 8)
+    report = {"command": "cka", "collection": collection, "names": names,
+              "features": [str(p) for p in config.features],
+              "weights_exact": [str(d.attrs.get("weights_exact", d.attrs.get("weights"))) for d in sets],
+              "estimator": "debiased linear CKA" if config.debiased else "linear CKA",
+              "n_shared_ids": len(ids), "cka": matrix.round(6).tolist(),
+              "settings": asdict(config), "seconds": round(time.perf_counter() - started, 3),
+              "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    with atomic_path(folder / f"{stem}.png") as tmp:
+        plot_similarity(matrix, names, f"{report['estimator']} ({len(ids)} images)", tmp)
+    report["heatmap"] = str(folder / f"{stem}.png")
+    atomic_write_json(folder / f"{stem}.json", report)
+    report["json"] = str(folder / f"{stem}.json")
+    return report
+
+
+def _names(paths: list[str], sets) -> list[str]:
+    """``backbone@weights`` per file; the file name where two would read the same."""
+    names = [f"{d.attrs.get('backbone')}@{str(d.attrs.get('weights'))[:19]}" for d in sets]
+    return [name if names.count(name) == 1 else Path(path).stem for name, path in zip(names, paths)]

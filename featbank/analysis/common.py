@@ -1,0 +1,107 @@
+"""What every analysis shares: its output folder, the one feature file it reads,
+labels aligned with feature rows, thumbnails and small HTML pages.
+"""
+from __future__ import annotations
+
+import hashlib
+import html
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from ..backbones import check_names
+from ..cache import FeatureEntry, FeatureSet, feature_files, read_features
+from ..collection import Collection
+from ..fileio import atomic_path
+
+THUMB_SIZE = 112
+
+
+def output_folder(cache_root: str | Path, collection: str, command: str) -> Path:
+    """``<cache>/<collection>/analysis/<command>/``, made if needed."""
+    folder = Path(cache_root) / collection / "analysis" / command
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def progress_bar(enabled: bool):
+    """``bar(iterable, desc=...)``: tqdm on stderr when enabled, the iterable itself otherwise."""
+    if not enabled:
+        return lambda iterable, **_: iterable
+    from tqdm.auto import tqdm
+
+    return lambda iterable, **kw: tqdm(iterable, leave=False, **kw)
+
+
+def single_feature_file(cache_root: str | Path, collection: str, backbone: str, weights: str,
+                        *, warn=print) -> FeatureEntry:
+    """The one feature file of ``backbone`` with ``weights`` (``all``: the only one there is)."""
+    check_names([backbone])  # an unknown name is a registry error, not a missing file
+    entries = feature_files(Path(cache_root) / collection, backbone, weights, warn=warn)
+    if len(entries) > 1:
+        raise ValueError(f"{backbone} has features with weights "
+                         f"{', '.join(e.weights[:19] for e in entries)}; pick one with --weights")
+    return entries[0]
+
+
+def task_labels(collection: Collection, task: str, ids: list[str]) -> np.ndarray:
+    """Labels of ``task`` for ``ids`` (object array; None where unlabelled)."""
+    if task not in collection.labels:
+        raise ValueError(f"unknown task {task!r}; collection {collection.name!r} has "
+                         f"{', '.join(collection.tasks) or 'no tasks'}")
+    by_id = dict(zip(collection.ids, collection.labels[task]))
+    return np.array([by_id.get(i) for i in ids], dtype=object)
+
+
+def read_entry(entry: FeatureEntry) -> FeatureSet:
+    data = read_features(entry.path)
+    data.features = data.features.astype(np.float32, copy=False)
+    return data
+
+
+def describe(entry: FeatureEntry) -> dict:
+    """The settings of a feature file that a result depends on (for the JSON outputs)."""
+    return {"backbone": entry.backbone, "weights": entry.weights,
+            "weights_exact": entry.weights_exact, "features": str(entry.path),
+            "feature_dim": entry.feature_dim, "n_rows": entry.n_rows}
+
+
+def file_stem(entry: FeatureEntry) -> str:
+    return entry.path.stem
+
+
+# -- pictures ---------------------------------------------------------------------------
+
+def thumbnail(path: Path, size: int = THUMB_SIZE) -> Image.Image:
+    """An RGB thumbnail filling ``size`` x ``size`` at its aspect ratio; a grey square when it cannot be read."""
+    try:
+        with Image.open(path) as im:
+            im.draft("RGB", (size, size))  # JPEG: decode at a reduced scale
+            im = ImageOps.exif_transpose(im).convert("RGB")
+            return ImageOps.contain(im, (size, size))  # small images are scaled up
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return Image.new("RGB", (size, size), (128, 128, 128))
+
+
+def thumbnail_files(images: dict[str, Path], folder: Path, *, size: int = THUMB_SIZE,
+                    progress=lambda it, **_: it) -> dict[str, str]:
+    """Write a JPEG thumbnail of each image (key -> file) under ``folder/thumbs``, kept
+    between runs; returns key -> its path relative to ``folder``, for HTML pages there."""
+    thumbs = folder / "thumbs"
+    thumbs.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for key, path in progress(list(images.items()), desc="thumbnails", unit="img"):
+        name = hashlib.sha1(f"{Path(path).resolve()}\0{size}".encode()).hexdigest()[:16] + ".jpg"
+        target = thumbs / name
+        if not target.is_file():
+            with atomic_path(target) as tmp:
+                thumbnail(Path(path), size).save(tmp, format="JPEG", quality=85)
+        out[key] = f"thumbs/{name}"
+    return out
+
+
+def html_page(title: str, body: str, style: str = "") -> str:
+    return (f"<!doctype html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}"
+            f"</title>\n<style>body{{font-family:sans-serif;margin:1.5em}}{style}</style>"
+            f"</head>\n<body>\n<h1>{html.escape(title)}</h1>\n{body}\n</body></html>\n")
