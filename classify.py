@@ -5,6 +5,8 @@ Examples:
     python classify.py --head svm,softmax --backbone squeezenet1_1 --task label
     python classify.py --head softmax --softmax-recipe paper --collection test
     python classify.py --head logreg --normalize l2 --pca 128 --train-fraction 0.25
+    python classify.py --head logreg --backbone "resnet50@imagenet+vgg19@imagenet"
+    python classify.py --head softmax --backbone resnet50,vgg19,xception --ensemble
 
 Every head, backbone and fine-tuning run reads the same saved split of a task.
 Writes <cache>/<collection>/results.jsonl (one row per model), table.csv and
@@ -25,7 +27,9 @@ def get_args_parser():
     parser.add_argument("--head", default=d["heads"],
                         help=f"NAME[,NAME...] or all; one of {', '.join(HEADS)} (default: all)")
     parser.add_argument("--backbone", default=d["backbones"],
-                        help="backbones whose cached features to use (default: all)")
+                        help="backbones whose cached features to use, comma-separated; A@W+B@W "
+                             "concatenates two feature files (W: imagenet, random or a sha256 "
+                             "prefix) (default: all)")
     parser.add_argument("--weights", default=d["weights"],
                         help="imagenet, random, sha256:<prefix> or all (default: all)")
     parser.add_argument("--task", default=d["tasks"], help="label column(s) or all (default: all)")
@@ -40,6 +44,9 @@ def get_args_parser():
     parser.add_argument("--jobs", type=int, default=d["jobs"],
                         help=f"cells trained in parallel (default: {d['jobs']}, the CPU cores)")
     parser.add_argument("--force", action="store_true", help="recompute cells already stored")
+    parser.add_argument("--ensemble", action="store_true",
+                        help="also average each head's probabilities across the backbones given "
+                             "(rows with method 'ensemble', table column '<head> ensemble')")
     return parser
 
 
@@ -50,7 +57,8 @@ def main(argv=None) -> None:
         cache_root=args.cache, split=split_spec(args),
         options=HeadOptions(normalize=args.normalize, pca=args.pca, balanced=args.balanced,
                             seed=args.seed, softmax_recipe=args.softmax_recipe),
-        train_fraction=args.train_fraction, jobs=args.jobs, force=args.force)
+        train_fraction=args.train_fraction, jobs=args.jobs, force=args.force,
+        ensemble=args.ensemble)
     collection = cached_collection(cache=args.cache, collection=args.collection)
     from featbank.classify import classify
     from featbank.evaluate import build_table, load_results, to_markdown, write_table

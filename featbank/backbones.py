@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -259,3 +260,47 @@ def weights_id(weights: str, *, option: str = "--weights") -> str:
         raise FileNotFoundError(f"weights file {weights} not found; use {option} "
                                 "imagenet, random, or the path of a state_dict")
     return "sha256:" + file_sha256(path)
+
+
+# -- feature selections: "A@W+B@W,C" ------------------------------------------------
+
+Part = tuple[str, "str | None"]  # (backbone, weights filter or None)
+
+
+def parse_weights_filter(text: str) -> str:
+    """``imagenet``, ``random``, ``sha256:<hex prefix>`` or a bare hex prefix -> a filter."""
+    text = text.strip()
+    if text in ("imagenet", "random", "all"):
+        return text
+    digits = text.removeprefix("sha256:")
+    if re.fullmatch(r"[0-9a-fA-F]{4,64}", digits):
+        return "sha256:" + digits.lower()
+    raise ValueError(f"weights {text!r}: use imagenet, random or a sha256 prefix "
+                     "(sha256:6701bb3d0ded)")
+
+
+def parse_selection(text: str) -> list[tuple[Part, ...]]:
+    """``"A@W+B,C"`` -> ``[(("A", "W"), ("B", None)), (("C", None),)]``; ``all`` -> ``[]``.
+
+    Each comma-separated item is one feature source; ``+`` joins feature files
+    into one (their vectors concatenated on the ids they share); ``@W`` picks
+    a backbone's file by weights (else ``--weights`` does).
+    """
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise ValueError(f"no backbone given; choose from {', '.join(available_backbones())}")
+    if "all" in items:
+        if len(items) > 1:
+            raise ValueError(f"--backbone {text!r}: 'all' stands alone")
+        return []
+    selection = []
+    for item in items:
+        parts = []
+        for part in item.split("+"):
+            name, at, weights = part.strip().partition("@")
+            check_names([name])
+            parts.append((name, parse_weights_filter(weights) if at else None))
+        if len(parts) != len(set(parts)):
+            raise ValueError(f"--backbone {item!r} names the same features twice")
+        selection.append(tuple(parts))
+    return selection

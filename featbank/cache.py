@@ -446,6 +446,103 @@ def feature_files(folder: Path, backbones: str = "all", weights: str = "all", *,
     return chosen
 
 
+@dataclass(frozen=True)
+class FeatureSource:
+    """What a head trains on: one feature file, or several read as one (``A+B``), their
+    vectors concatenated on the ids they all hold, in the first file's order."""
+
+    parts: tuple[FeatureEntry, ...]
+
+    @property
+    def backbone(self) -> str:
+        return "+".join(p.backbone for p in self.parts)
+
+    @property
+    def weights(self) -> str:
+        return "+".join(p.weights for p in self.parts)
+
+    @property
+    def weights_exact(self) -> str:
+        return "+".join(p.weights_exact for p in self.parts)
+
+    @property
+    def feature_dim(self) -> int:
+        return sum(p.feature_dim for p in self.parts)
+
+    @property
+    def n_rows(self) -> int | tuple[int, ...]:
+        """Rows of the file (of each file, for a combination): part of a result's identity."""
+        return self.parts[0].n_rows if len(self.parts) == 1 else tuple(p.n_rows for p in self.parts)
+
+    @property
+    def stem(self) -> str:
+        return "+".join(p.path.stem for p in self.parts)
+
+    @property
+    def paths(self) -> str:
+        return " + ".join(str(p.path) for p in self.parts)
+
+    def read(self) -> FeatureSet:
+        sets = [read_features(p.path) for p in self.parts]
+        if len(sets) == 1:
+            return sets[0]
+        shared = set.intersection(*(set(s.ids) for s in sets))
+        if not shared:
+            raise ValueError(f"{' and '.join(p.path.name for p in self.parts)} have no image ids "
+                             "in common; combine features of one collection")
+        ids = [i for i in sets[0].ids if i in shared]
+        blocks = []
+        for data in sets:
+            row = {image_id: k for k, image_id in enumerate(data.ids)}
+            blocks.append(data.features[[row[i] for i in ids]].astype(np.float32, copy=False))
+        skipped = {k: v for data in sets for k, v in data.skipped.items()}
+        attrs = {"backbone": self.backbone, "weights": self.weights,
+                 "weights_exact": self.weights_exact, "feature_dim": self.feature_dim}
+        return FeatureSet(ids=ids, features=np.concatenate(blocks, axis=1), attrs=attrs,
+                          skipped=skipped)
+
+
+def select_features(folder: Path, selection: str = "all", weights: str = "all", *,
+                    warn=print) -> list[FeatureSource]:
+    """The feature sources ``--backbone`` names (see ``backbones.parse_selection``).
+
+    A single backbone stands for each of its files that ``weights`` admits; each
+    part of a combination ``A+B`` must name exactly one file (``A@imagenet``).
+    """
+    from .backbones import parse_selection
+
+    parsed = parse_selection(selection)
+    names = sorted({name for item in parsed for name, _ in item}) or ["all"]
+    entries = feature_files(folder, ",".join(names), "all", warn=warn)
+    if not parsed:
+        return [FeatureSource((e,)) for e in _admitted(entries, weights, "all")]
+    sources = []
+    for item in parsed:
+        matches = [_admitted([e for e in entries if e.backbone == name], w or weights, name)
+                   for name, w in item]
+        if len(item) == 1:
+            sources += [FeatureSource((e,)) for e in matches[0]]
+            continue
+        for (name, _), found in zip(item, matches):
+            if len(found) > 1:
+                raise ValueError(f"{name} has feature files with weights "
+                                 f"{', '.join(e.weights[:19] for e in found)}; name one in the "
+                                 f"combination, e.g. {name}@{found[0].weights[:19]}")
+        sources.append(FeatureSource(tuple(found[0] for found in matches)))
+    return list(dict.fromkeys(sources))
+
+
+def _admitted(entries: list[FeatureEntry], weights: str, name: str) -> list[FeatureEntry]:
+    if weights == "all":
+        return entries
+    chosen = [e for e in entries if e.weights == weights or e.weights.startswith(weights)]
+    if not chosen:
+        raise ValueError(f"no {'' if name == 'all' else name + ' '}features with weights "
+                         f"{weights!r}; found "
+                         f"{', '.join(sorted({e.weights[:19] for e in entries}))}")
+    return chosen
+
+
 def write_skipped_list(folder: Path, missing: list[str], paths: list[Path]) -> Path:
     """``skipped.csv``: every image of the collection that has no feature row, and why.
 

@@ -16,27 +16,29 @@ from pathlib import Path
 import joblib
 import numpy as np
 
-from .cache import FeatureEntry, feature_files, read_features, safe_name
+from .cache import FeatureSource, safe_name, select_features
 from .collection import Collection
 from .config import ClassifyConfig, identity
-from .evaluate import append_result, load_results, metrics, result_row, write_reports
+from .evaluate import (append_result, latest_rows, load_results, metrics, result_row,
+                       write_reports)
 from .fileio import atomic_path
 from .heads import HEADS, class_scores, fit_head, make_head, n_parameters, resolve_heads
 from .tasks import Split, SplitSpec, load_or_make_split, subsample
 
-__all__ = ["ClassifyConfig", "classify", "cell_key", "run_cell", "task_splits"]
+__all__ = ["ClassifyConfig", "classify", "cell_key", "ensemble_key", "run_cell", "run_ensemble",
+           "task_splits"]
 
 
-def cell_key(collection: str, task: str, entry: FeatureEntry, head: str,
+def cell_key(collection: str, task: str, entry: FeatureSource, head: str,
              config: ClassifyConfig) -> str:
     """A cell's identity: what decides its result, every identity field of the config included."""
     return json.dumps([collection, task, entry.backbone, entry.weights_exact, entry.n_rows, head,
                        identity(config)], sort_keys=True)
 
 
-def _cell_stem(task: str, entry: FeatureEntry, head: str, config: ClassifyConfig) -> str:
+def _cell_stem(task: str, entry: FeatureSource, head: str, config: ClassifyConfig) -> str:
     digest = hashlib.sha256(json.dumps(identity(config), sort_keys=True).encode()).hexdigest()[:8]
-    return f"{safe_name(task)}/{entry.path.stem}__{head}__{digest}"
+    return f"{safe_name(task)}/{entry.stem}__{head}__{digest}"
 
 
 def _rows(split: Split, part: str, index: dict[str, int]):
@@ -45,10 +47,10 @@ def _rows(split: Split, part: str, index: dict[str, int]):
     return np.array([index[ids[k]] for k in keep], dtype=int), np.array([labels[k] for k in keep])
 
 
-def run_cell(*, folder: Path, collection: str, task: str, split: Split, entry: FeatureEntry,
+def run_cell(*, folder: Path, collection: str, task: str, split: Split, entry: FeatureSource,
              head: str, config: ClassifyConfig) -> dict:
     """Train one head on one feature file and task; returns its results row."""
-    data = read_features(entry.path)
+    data = entry.read()
     X = data.features.astype(np.float32, copy=False)
     index = {image_id: k for k, image_id in enumerate(data.ids)}
     (tr, y_tr), (va, y_va), (te, y_te) = (_rows(split, p, index) for p in ("train", "val", "test"))
@@ -78,7 +80,7 @@ def run_cell(*, folder: Path, collection: str, task: str, split: Split, entry: F
         train_fraction=config.train_fraction,
         tuned=tuning.chosen if tuning else None,
         tuning_val_scores=tuning.scores if tuning else None,
-        head_path=str(head_path), features=str(entry.path))
+        head_path=str(head_path), features=entry.paths)
 
 
 def task_splits(collection: Collection, tasks: str, spec: SplitSpec, folder: Path,
@@ -108,7 +110,11 @@ def classify(collection: Collection, config: ClassifyConfig, *, warn=print) -> l
     """Fill the grid; returns the rows computed by this call (reused cells excluded)."""
     heads = resolve_heads(config.heads)
     folder = Path(config.cache_root) / collection.name
-    entries = feature_files(folder, config.backbones, config.weights, warn=warn)
+    entries = select_features(folder, config.backbones, config.weights, warn=warn)
+    if config.ensemble and len(entries) < 2:
+        raise ValueError(f"--ensemble needs at least two feature sources, found "
+                         f"{len(entries)}; name them, e.g. --backbone resnet50,vgg19 or "
+                         "squeezenet1_1@imagenet,squeezenet1_1@random")
     splits = task_splits(collection, config.tasks, config.split, folder, warn=warn)
     done = {r.get("cell") for r in load_results(folder)}
     todo = [(task, entry, head) for task in splits for entry in entries for head in heads
@@ -129,4 +135,90 @@ def classify(collection: Collection, config: ClassifyConfig, *, warn=print) -> l
         new.append(row)
         warn(f"{row['task']} / {row['backbone']} / {row['head']}: test top-1 {row['top1']:.3f} "
              f"({row['seconds']:.1f} s)")
+    if config.ensemble:
+        new += _ensembles(folder, collection.name, splits, entries, heads, config, warn)
     return new
+
+
+# -- ensembles: one head's probabilities averaged across feature sources ------------------
+
+def ensemble_key(collection: str, task: str, entries: list[FeatureSource], head: str,
+                 config: ClassifyConfig) -> str:
+    return json.dumps(["ensemble", *(json.loads(cell_key(collection, task, e, head, config))
+                                     for e in entries)], sort_keys=True)
+
+
+def _ensembles(folder: Path, collection: str, splits: dict[str, Split],
+               entries: list[FeatureSource], heads: list[str], config: ClassifyConfig,
+               warn) -> list[dict]:
+    """An ensemble row per task x head, from the member cells already in the store."""
+    stored = {r.get("cell"): r for r in latest_rows(load_results(folder))}
+    new = []
+    for task, head in ((t, h) for t in splits for h in heads):
+        key = ensemble_key(collection, task, entries, head, config)
+        if key in stored and not config.force:
+            continue
+        members = [stored.get(cell_key(collection, task, e, head, config)) for e in entries]
+        if None in members or not all(Path(m["head_path"]).is_file() for m in members):
+            raise FileNotFoundError(f"a member of the {task} / {head} ensemble has no stored "
+                                    "head; run classify.py again with --force")
+        row = run_ensemble(collection=collection, task=task, split=splits[task],
+                           entries=entries, members=members, head=head, config=config, key=key)
+        if append_result(folder, row, replace=config.force):
+            new.append(row)
+            warn(f"{task} / {row['backbone']} / {head} ensemble: test top-1 {row['top1']:.3f} "
+                 f"(members: {', '.join(format(m['top1'], '.3f') for m in members)})")
+    return new
+
+
+def run_ensemble(*, collection: str, task: str, split: Split, entries: list[FeatureSource],
+                 members: list[dict], head: str, config: ClassifyConfig, key: str) -> dict:
+    """Average the fitted member heads' class probabilities on the ids every member has.
+
+    Heads without probabilities (svm) contribute the softmax of their decision
+    scores. Returns the ensemble's results row.
+    """
+    start = time.perf_counter()
+    models = []
+    for entry, member in zip(entries, members):
+        data = entry.read()
+        models.append((joblib.load(member["head_path"]), data.features,
+                       {image_id: k for k, image_id in enumerate(data.ids)}))
+    classes = np.array(sorted(set().union(*(m[0].classes_ for m in models))), dtype=object)
+
+    def averaged(part: str):
+        ids, labels = split.select(part)
+        keep = [k for k, i in enumerate(ids) if all(i in index for _, _, index in models)]
+        total = np.zeros((len(keep), len(classes)))
+        for pipeline, features, index in models:
+            rows = [index[ids[k]] for k in keep]
+            columns = np.searchsorted(classes, pipeline.classes_)
+            total[:, columns] += _probabilities(pipeline, features[rows])
+        return [ids[k] for k in keep], np.array([labels[k] for k in keep]), total / len(models)
+
+    _, y_va, p_va = averaged("val")
+    test_ids, y_te, p_te = averaged("test")
+    seconds = sum(m["seconds"] for m in members) + time.perf_counter() - start
+    scores = "probabilities" if all(hasattr(m[0], "predict_proba") for m in models) else \
+        "softmax of decision scores where a head has no probabilities"
+    return result_row(
+        collection=collection, backbone="+".join(e.backbone for e in entries),
+        weights="+".join(e.weights for e in entries),
+        weights_exact="+".join(e.weights_exact for e in entries), task=task, method="ensemble",
+        head=head, test=metrics(y_te, p_te, classes), val=metrics(y_va, p_va, classes),
+        n_train=max(m["n_train"] for m in members), n_val=len(y_va), n_test=len(y_te),
+        n_classes=len(classes), feature_dim=sum(e.feature_dim for e in entries),
+        n_params=sum(m["n_params"] for m in members), seconds=seconds,
+        split_tag=split.spec.tag, test_ids=test_ids, cell=key, variant=config.variant,
+        members=[{"backbone": m["backbone"], "weights": m["weights"], "top1": m["top1"]}
+                 for m in members],
+        member_top1=[m["top1"] for m in members], ensemble_scores=scores,
+        features=" | ".join(e.paths for e in entries))
+
+
+def _probabilities(pipeline, X) -> np.ndarray:
+    if hasattr(pipeline, "predict_proba"):
+        return pipeline.predict_proba(X)
+    scores = class_scores(pipeline, X)
+    scores = np.exp(scores - scores.max(axis=1, keepdims=True))
+    return scores / scores.sum(axis=1, keepdims=True)

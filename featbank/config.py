@@ -17,7 +17,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from .backbones import check_names
+from .backbones import check_names, parse_selection
 from .heads import HeadOptions, resolve_heads
 from .tasks import SplitSpec
 
@@ -124,7 +124,8 @@ class ClassifyConfig:
     """Which cells to fill (heads x feature files x tasks) and how each is trained."""
 
     heads: str = runtime("all")
-    backbones: str = runtime("all")  # registry names, comma-separated, or all
+    # "all", or comma-separated sources: a backbone, or files joined "A@W+B@W" (concatenated)
+    backbones: str = runtime("all")
     weights: str = runtime("all")  # imagenet | random | sha256:... prefix | all
     tasks: str = runtime("all")
     cache_root: str = runtime("cache")
@@ -133,9 +134,12 @@ class ClassifyConfig:
     train_fraction: float = 1.0
     jobs: int = runtime(default_factory=lambda: os.cpu_count() or 1)
     force: bool = runtime(False)
+    # also average each head's probabilities across the sources (rows with method "ensemble")
+    ensemble: bool = runtime(False)
 
     def __post_init__(self):
         resolve_heads(self.heads)
+        parse_selection(self.backbones)
         _at_least("--seed", self.split.seed, 0)
         _fraction("--train-fraction", self.train_fraction)
         _at_least("--jobs", self.jobs, 1)

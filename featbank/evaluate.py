@@ -197,25 +197,28 @@ def latest_rows(rows: list[dict]) -> list[dict]:
 
 def build_table(rows: list[dict], *, split_tag: str | None = None,
                 variant: str | None = None) -> tuple[list[str], list[dict]]:
-    """Rows task x backbone x weights; a column per head (test top-1), plus fine-tuning.
+    """Rows task x backbone x weights; a column per head (test top-1), per head ensemble
+    (``--ensemble``: the row of the backbones it averages), plus fine-tuning.
 
     Only results on ``split_tag`` and with the off-the-shelf ``variant`` given count.
     Returns (columns, records).
     """
     rows = [r for r in latest_rows(rows) if r.get("split") == "test"
             and (split_tag is None or r.get("split_tag") == split_tag)]
-    shelf = [r for r in rows if r["method"] == "off-the-shelf"
+    shelf = [r for r in rows if r["method"] in ("off-the-shelf", "ensemble")
              and (variant is None or r.get("variant") == variant)]
     tuned = [r for r in rows if r["method"] == "fine-tuning"]
-    heads = list(dict.fromkeys(r["head"] for r in shelf))
+    column_of = {"off-the-shelf": "{head}", "ensemble": "{head} ensemble",
+                 "fine-tuning": "fine-tuning"}
+    heads = list(dict.fromkeys(column_of[r["method"]].format(head=r["head"]) for r in
+                               sorted(shelf, key=lambda r: r["method"] == "ensemble")))
     records: dict[tuple, dict] = {}
     for r in shelf + tuned:
         key = (r["task"], r["backbone"], r["weights"])
         record = records.setdefault(key, {"task": r["task"], "backbone": r["backbone"],
                                           "weights": r["weights"], "dim": r.get("feature_dim")})
-        column = r["head"] if r["method"] == "off-the-shelf" else "fine-tuning"
-        record[column] = r["top1"]
-        if r.get("head") == "softmax":
+        record[column_of[r["method"]].format(head=r["head"])] = r["top1"]
+        if r.get("head") == "softmax" and r["method"] == "off-the-shelf":
             record["softmax params"] = r.get("n_params")
     columns = ["task", "backbone", "weights", "dim", *heads]
     if tuned:
@@ -230,8 +233,8 @@ def _cell(value) -> str:
         return ""
     if isinstance(value, float):
         return f"{value:.3f}"
-    if isinstance(value, str) and value.startswith("sha256:"):
-        return value[:19]  # enough to tell weights files apart
+    if isinstance(value, str) and "sha256:" in value:  # enough to tell weights files apart
+        return "+".join(part[:19] for part in value.split("+"))
     return str(value)
 
 
