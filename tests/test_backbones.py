@@ -188,3 +188,16 @@ def test_exported_trunk_describes_itself_and_loads(tmp_path):
     assert not list(tmp_path.glob("*.tmp"))
     with pytest.raises(ValueError, match="is a squeezenet1_1 trunk, not alexnet"):
         load_trunk(get_spec("alexnet"), str(tmp_path / "trunk.pth"))
+
+
+def test_feature_selections_parse_without_torch():
+    from featbank.backbones import parse_selection
+
+    assert parse_selection("all") == []
+    assert parse_selection("vgg19@imagenet+resnet50@6701BB3D, alexnet") == [
+        (("vgg19", "imagenet"), ("resnet50", "sha256:6701bb3d")), (("alexnet", None),)]
+    assert parse_selection("resnet50@sha256:abcd") == [(("resnet50", "sha256:abcd"),)]
+    for bad, message in [("vgg19@", "sha256 prefix"), ("nope+vgg19", "unknown backbone"),
+                         ("vgg19+vgg19", "twice"), ("", "no backbone")]:
+        with pytest.raises(ValueError, match=message):
+            parse_selection(bad)

@@ -107,3 +107,76 @@ def test_unusable_feature_files_are_named_and_skipped(tmp_path):
     named = [n for n in notes if n.startswith("skipping")]
     assert len(named) == 2 and "vgg19__imagenet.h5: not a readable feature file" in named[1]
     assert "holds no rows" in named[0]
+
+
+def _extra_file(cache, backbone, weights, keep):
+    """Another feature file of the toy collection: resnet18's vectors for the rows ``keep``."""
+    from featbank.cache import FeatureFile, feature_path
+
+    data = read_features(cache / "toy" / "features" / "resnet18__random.h5")
+    out = FeatureFile(feature_path(cache, "toy", backbone, weights),
+                      {**data.attrs, "backbone": backbone, "weights": weights,
+                       "weights_exact": weights})
+    out.add_batch([data.ids[k] for k in keep], data.features[keep] * 2 + 1)
+    out.merge()
+    return out.path
+
+
+def test_combined_backbones_concatenate_on_shared_ids(tmp_path):
+    folder = write_toy_cache(tmp_path)
+    _extra_file(tmp_path, "vgg19", "random", keep=list(range(0, 60, 2)))
+    [row] = classify(load_metadata(folder), _config(tmp_path, heads="logreg",
+                                                    backbones="resnet18+vgg19"),
+                     warn=lambda m: None)
+    assert row["backbone"] == "resnet18+vgg19" and row["weights"] == "random+random"
+    assert row["feature_dim"] == 64 and joblib.load(row["head_path"]).n_features_in_ == 64
+    assert row["n_test"] + row["n_val"] + row["n_train"] == 30  # only the ids both files hold
+    assert row["top1"] >= 0.9 and "resnet18__random.h5 + " in row["features"]
+
+
+def test_combination_parts_must_each_name_one_file(tmp_path):
+    folder = write_toy_cache(tmp_path)
+    _extra_file(tmp_path, "resnet18", "sha256:" + "ab12" * 16, keep=list(range(60)))
+    collection = load_metadata(folder)
+    with pytest.raises(ValueError, match="name one in the combination"):
+        classify(collection, _config(tmp_path, heads="logreg", backbones="resnet18+alexnet"))
+    rows = classify(collection, _config(tmp_path, heads="logreg",
+                                        backbones="resnet18@ab12+alexnet,resnet18@random"),
+                    warn=lambda m: None)
+    assert sorted((r["backbone"], r["weights"]) for r in rows) == [
+        ("resnet18", "random"), ("resnet18+alexnet", "sha256:" + "ab12" * 16 + "+random")]
+    for bad, message in [("resnet18@zz", "sha256 prefix"), ("resnet18+resnet18", "twice"),
+                         ("resnet18+nope", "unknown backbone"), ("all,resnet18", "stands alone")]:
+        with pytest.raises(ValueError, match=message):
+            _config(tmp_path, backbones=bad)
+
+
+def test_ensemble_averages_member_probabilities(tmp_path):
+    from featbank.heads import class_scores
+
+    folder = write_toy_cache(tmp_path)
+    collection = load_metadata(folder)
+    config = _config(tmp_path, heads="logreg", backbones="resnet18,alexnet", ensemble=True)
+    rows = classify(collection, config, warn=lambda m: None)
+    [ensemble] = [r for r in rows if r["method"] == "ensemble"]
+    members = [r for r in rows if r["method"] == "off-the-shelf"]
+    assert ensemble["backbone"] == "resnet18+alexnet" and ensemble["head"] == "logreg"
+    assert ensemble["member_top1"] == [m["top1"] for m in members]
+    assert ensemble["test_ids_sha256"] == members[0]["test_ids_sha256"]
+    # the same number from the stored member heads, by hand
+    split_ids = [r["test_ids_sha256"] for r in members]
+    assert len(set(split_ids)) == 1
+    from featbank.tasks import load_or_make_split
+    split = load_or_make_split(collection, "style", config.split, folder)
+    ids, labels = split.select("test")
+    total = 0
+    for member in members:
+        data = read_features(member["features"])
+        pipeline = joblib.load(member["head_path"])
+        total = total + class_scores(pipeline, data.features[[data.ids.index(i) for i in ids]])
+    predicted = pipeline.classes_[np.argmax(total, axis=1)]
+    assert ensemble["top1"] == pytest.approx(np.mean(predicted == np.array(labels)))
+    assert classify(collection, config, warn=lambda m: None) == []  # stored once
+    with pytest.raises(ValueError, match="at least two feature sources"):
+        classify(collection, _config(tmp_path, heads="logreg", backbones="alexnet",
+                                     ensemble=True))

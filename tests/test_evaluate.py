@@ -104,3 +104,13 @@ def test_a_full_disk_leaves_the_store_as_it_was(tmp_path, monkeypatch):
     assert len(str(err.value).splitlines()) == 1
     monkeypatch.setattr(os, "write", real_write)
     assert (tmp_path / "results.jsonl").read_bytes() == before
+
+
+def test_combinations_and_ensembles_share_a_row_with_their_own_columns():
+    both = dict(backbone="vgg19+resnet50", weights="sha256:" + "ab" * 32 + "+random")
+    rows = [_row(head="svm", top1=0.7, cell="a", **both),
+            _row(head="svm", method="ensemble", top1=0.75, cell="b", **both)]
+    columns, records = build_table(rows, split_tag="t", variant="v")
+    assert columns == ["task", "backbone", "weights", "dim", "svm", "svm ensemble"]
+    assert records[0]["svm"] == 0.7 and records[0]["svm ensemble"] == 0.75
+    assert "| sha256:abababababab+random |" in to_markdown(columns, records)
