@@ -17,12 +17,14 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 install: $(VENV)/.installed
 
 # The main job on the built-in demo collection: extract, fine-tune briefly,
-# then the paper-style table (off-the-shelf heads and the fine-tuning column).
+# then the paper-style table (off-the-shelf heads and the fine-tuning column),
+# then similarity retrieval with a contact sheet.
 demo: install
 	$(PY) extract.py --backbone squeezenet1_1 --weights $(DEMO_WEIGHTS) --collection demo
 	$(PY) finetune.py --backbone squeezenet1_1 --task material --init $(DEMO_WEIGHTS) \
 		--epochs 3 --image-size 112 --collection demo --no-progress
 	$(PY) classify.py --head all --collection demo
+	$(PY) analyze.py retrieve --backbone squeezenet1_1 --task type --collection demo --no-progress
 
 test: install
 	$(PY) -m pytest
@@ -36,6 +38,7 @@ bench: install
 	$(PY) bench/bench_softmax.py --scale 0.1
 	$(PY) bench/bench_finetune.py
 	$(PY) bench/bench_cache.py
+	$(PY) bench/bench_retrieval.py --scale 0.1
 	$(PY) bench/bench_gpu.py
 
 clean-cache:
