@@ -162,7 +162,8 @@ def _provenance(attrs: dict, key: str):
     return attrs.get(key)
 
 
-def _same(a, b) -> bool:
+def same_attr(a, b) -> bool:
+    """Two attribute values agree (sequences to float tolerance)."""
     if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
         return np.allclose(np.asarray(a, dtype=float), np.asarray(b, dtype=float))
     return a == b
@@ -191,7 +192,7 @@ class FeatureFile:
             found.append((self.parts, json.loads(provenance.read_text())))
         for where, attrs in found:
             for key in PROVENANCE_KEYS:
-                if not _same(_provenance(attrs, key), _provenance(self.attrs, key)):
+                if not same_attr(_provenance(attrs, key), _provenance(self.attrs, key)):
                     raise ValueError(
                         f"{where} was written with {key}={_provenance(attrs, key)!r}, not "
                         f"{_provenance(self.attrs, key)!r}; delete it (or use another --cache) "
@@ -438,12 +439,7 @@ def feature_files(folder: Path, backbones: str = "all", weights: str = "all", *,
                          f"collection {Path(folder).name!r}; it has {', '.join(known)} "
                          "(run extract.py --backbone ... first)")
     chosen = [e for e in entries if not wanted or e.backbone in wanted]
-    if weights != "all":
-        chosen = [e for e in chosen if e.weights == weights or e.weights.startswith(weights)]
-        if not chosen:
-            raise ValueError(f"no features with weights {weights!r}; found "
-                             f"{', '.join(sorted({e.weights for e in entries}))}")
-    return chosen
+    return _admitted(chosen, weights, "all")
 
 
 @dataclass(frozen=True)
@@ -486,20 +482,35 @@ class FeatureSource:
         sets = [read_features(p.path) for p in self.parts]
         if len(sets) == 1:
             return sets[0]
-        shared = set.intersection(*(set(s.ids) for s in sets))
-        if not shared:
-            raise ValueError(f"{' and '.join(p.path.name for p in self.parts)} have no image ids "
-                             "in common; combine features of one collection")
-        ids = [i for i in sets[0].ids if i in shared]
-        blocks = []
-        for data in sets:
-            row = {image_id: k for k, image_id in enumerate(data.ids)}
-            blocks.append(data.features[[row[i] for i in ids]].astype(np.float32, copy=False))
+        ids, blocks = align_on_ids(sets, [p.path.name for p in self.parts])
+        blocks = [b.astype(np.float32, copy=False) for b in blocks]
         skipped = {k: v for data in sets for k, v in data.skipped.items()}
         attrs = {"backbone": self.backbone, "weights": self.weights,
                  "weights_exact": self.weights_exact, "feature_dim": self.feature_dim}
         return FeatureSet(ids=ids, features=np.concatenate(blocks, axis=1), attrs=attrs,
                           skipped=skipped)
+
+
+def align_on_ids(sets: list[FeatureSet], names: list[str]) -> tuple[list[str], list[np.ndarray]]:
+    """The ids every set holds (in the first set's order) and each set's rows for them.
+
+    names : the sets' file names, for the error when two share no id.
+    """
+    shared = set(sets[0].ids)
+    for name, data in zip(names[1:], sets[1:]):
+        if not shared & set(data.ids):
+            raise ValueError(f"{names[0]} and {name} have no image ids in common; use feature "
+                             "files of one collection")
+        shared &= set(data.ids)
+    if not shared:
+        raise ValueError(f"{', '.join(names)} have no image id in all of them; use feature files "
+                         "of one collection")
+    ids = [i for i in sets[0].ids if i in shared]
+    blocks = []
+    for data in sets:
+        row = {image_id: k for k, image_id in enumerate(data.ids)}
+        blocks.append(data.features[[row[i] for i in ids]])
+    return ids, blocks
 
 
 def select_features(folder: Path, selection: str = "all", weights: str = "all", *,

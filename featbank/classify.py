@@ -16,7 +16,7 @@ from pathlib import Path
 import joblib
 import numpy as np
 
-from .cache import FeatureSource, safe_name, select_features
+from .cache import FeatureSet, FeatureSource, safe_name, select_features
 from .collection import Collection
 from .config import ClassifyConfig, identity
 from .evaluate import (append_result, latest_rows, load_results, metrics, result_row,
@@ -153,6 +153,7 @@ def _ensembles(folder: Path, collection: str, splits: dict[str, Split],
                warn) -> list[dict]:
     """An ensemble row per task x head, from the member cells already in the store."""
     stored = {r.get("cell"): r for r in latest_rows(load_results(folder))}
+    sets: list = []  # the members' features, read once for every task and head
     new = []
     for task, head in ((t, h) for t in splits for h in heads):
         key = ensemble_key(collection, task, entries, head, config)
@@ -162,8 +163,10 @@ def _ensembles(folder: Path, collection: str, splits: dict[str, Split],
         if None in members or not all(Path(m["head_path"]).is_file() for m in members):
             raise FileNotFoundError(f"a member of the {task} / {head} ensemble has no stored "
                                     "head; run classify.py again with --force")
+        sets = sets or [e.read() for e in entries]
         row = run_ensemble(collection=collection, task=task, split=splits[task],
-                           entries=entries, members=members, head=head, config=config, key=key)
+                           entries=entries, sets=sets, members=members, head=head,
+                           config=config, key=key)
         if append_result(folder, row, replace=config.force):
             new.append(row)
             warn(f"{task} / {row['backbone']} / {head} ensemble: test top-1 {row['top1']:.3f} "
@@ -172,16 +175,17 @@ def _ensembles(folder: Path, collection: str, splits: dict[str, Split],
 
 
 def run_ensemble(*, collection: str, task: str, split: Split, entries: list[FeatureSource],
-                 members: list[dict], head: str, config: ClassifyConfig, key: str) -> dict:
+                 sets: list[FeatureSet], members: list[dict], head: str,
+                 config: ClassifyConfig, key: str) -> dict:
     """Average the fitted member heads' class probabilities on the ids every member has.
 
-    Heads without probabilities (svm) contribute the softmax of their decision
-    scores. Returns the ensemble's results row.
+    sets : each entry's features (``entry.read()``), read once by the caller for
+    every task and head. Heads without probabilities (svm) contribute the
+    softmax of their decision scores. Returns the ensemble's results row.
     """
     start = time.perf_counter()
     models = []
-    for entry, member in zip(entries, members):
-        data = entry.read()
+    for data, member in zip(sets, members):
         models.append((joblib.load(member["head_path"]), data.features,
                        {image_id: k for k, image_id in enumerate(data.ids)}))
     classes = np.array(sorted(set().union(*(m[0].classes_ for m in models))), dtype=object)

@@ -55,6 +55,10 @@ class Collection:
     def path(self, image_id: str) -> Path:
         return self.root / image_id
 
+    def labels_by_id(self) -> dict[str, dict[str, str | None]]:
+        """task -> {image id -> label}: labels of rows in another order than ``ids``."""
+        return {task: dict(zip(self.ids, column)) for task, column in self.labels.items()}
+
     def __len__(self) -> int:
         return len(self.ids)
 

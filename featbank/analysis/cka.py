@@ -10,9 +10,7 @@ from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
-
-from ..cache import read_features
+from ..cache import align_on_ids, read_features
 from ..config import CkaConfig, digest
 from ..fileio import atomic_path, atomic_write_json
 from ..plots import plot_similarity
@@ -24,21 +22,11 @@ def cka(config: CkaConfig, *, warn=print) -> dict:
     """CKA between every pair of ``config.features``; writes JSON and a heatmap PNG."""
     started = time.perf_counter()
     sets = [read_features(path) for path in config.features]
-    shared = set(sets[0].ids)
-    for path, data in zip(config.features[1:], sets[1:]):
-        if not shared & set(data.ids):
-            raise ValueError(f"{Path(config.features[0]).name} and {Path(path).name} have no "
-                             "image ids in common; compare files of one collection")
-        shared &= set(data.ids)
-    ids = [i for i in sets[0].ids if i in shared]
+    ids, matrices = align_on_ids(sets, [Path(p).name for p in config.features])
     for path, data in zip(config.features, sets):
         if len(data.ids) > len(ids):
             warn(f"{Path(path).name}: {len(data.ids) - len(ids)} of its {len(data.ids)} rows are "
                  "not in every file and are left out")
-    matrices = []
-    for data in sets:
-        row = {image_id: k for k, image_id in enumerate(data.ids)}
-        matrices.append(data.features[[row[i] for i in ids]])
     matrix = cka_matrix(matrices, debiased=config.debiased, progress=progress_bar(config.progress))
     names = _names(config.features, sets)
     collection = str(sets[0].attrs.get("collection") or Path(config.features[0]).parent.parent.name)

@@ -50,7 +50,7 @@ def task_labels(collection: Collection, task: str, ids: list[str]) -> np.ndarray
     if task not in collection.labels:
         raise ValueError(f"unknown task {task!r}; collection {collection.name!r} has "
                          f"{', '.join(collection.tasks) or 'no tasks'}")
-    by_id = dict(zip(collection.ids, collection.labels[task]))
+    by_id = collection.labels_by_id()[task]
     return np.array([by_id.get(i) for i in ids], dtype=object)
 
 
@@ -65,10 +65,6 @@ def describe(entry: FeatureEntry) -> dict:
     return {"backbone": entry.backbone, "weights": entry.weights,
             "weights_exact": entry.weights_exact, "features": str(entry.path),
             "feature_dim": entry.feature_dim, "n_rows": entry.n_rows}
-
-
-def file_stem(entry: FeatureEntry) -> str:
-    return entry.path.stem
 
 
 # -- pictures ---------------------------------------------------------------------------

@@ -27,8 +27,7 @@ def export(collection: Collection, config: ExportConfig, *, warn=print) -> dict:
     if config.format == "parquet":
         _require_pyarrow()
     data = read_entry(entry)
-    by_task = {t: dict(zip(collection.ids, c)) for t, c in collection.labels.items()}
-    labels = {t: [by_task[t].get(i) for i in data.ids] for t in collection.tasks}
+    labels = {t: [by_id.get(i) for i in data.ids] for t, by_id in collection.labels_by_id().items()}
     folder = output_folder(config.cache_root, collection.name, "export")
     stem = entry.path.stem
     if config.format == "npy":

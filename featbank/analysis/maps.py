@@ -56,11 +56,12 @@ def make_map(collection: Collection, config: MapConfig, *, warn=print) -> dict:
         plot_map(xy, labels[rows], f"{entry.backbone} ({entry.weights[:19]}), {method}, "
                  f"coloured by {config.task}", tmp)
     report["png"] = str(folder / f"{stem}.png")
-    report["points_csv"] = str(_write_points(folder / f"{stem}.csv", ids, xy, collection))
+    by_task = collection.labels_by_id()
+    report["points_csv"] = str(_write_points(folder / f"{stem}.csv", ids, xy, by_task))
     thumbs = thumbnail_files({i: collection.path(i) for i in ids}, folder, size=96,
                              progress=progress_bar(config.progress))
     report["html"] = str(_write_html(folder / f"{stem}.html", ids, xy, labels[rows], thumbs,
-                                     collection, report))
+                                     by_task, collection.name, report))
     report["seconds"] = round(time.perf_counter() - started, 3)
     report["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     atomic_write_json(folder / f"{stem}.json", report)
@@ -138,16 +139,15 @@ def _silhouette(xy: np.ndarray, labels: np.ndarray) -> float | None:
     return float(silhouette_score(xy, labels, sample_size=min(len(labels), 5000), random_state=0))
 
 
-def _write_points(path, ids, xy, collection: Collection):
+def _write_points(path, ids, xy, by_task: dict):
     import csv
 
     with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["id", "x", "y", *collection.tasks])
-        labels = {t: dict(zip(collection.ids, c)) for t, c in collection.labels.items()}
+        writer.writerow(["id", "x", "y", *by_task])
         for image_id, (x, y) in zip(ids, xy):
             writer.writerow([image_id, f"{x:.4f}", f"{y:.4f}",
-                             *(labels[t].get(image_id) or "" for t in collection.tasks)])
+                             *(by_id.get(image_id) or "" for by_id in by_task.values())])
     return path
 
 
@@ -168,7 +168,7 @@ document.querySelectorAll('circle').forEach(c => {
 """
 
 
-def _write_html(path, ids, xy, labels, thumbs, collection: Collection, report: dict):
+def _write_html(path, ids, xy, labels, thumbs, by_task: dict, name: str, report: dict):
     """An SVG scatter; hovering a point shows its thumbnail and every task's label."""
     import colorsys
 
@@ -178,7 +178,6 @@ def _write_html(path, ids, xy, labels, thumbs, collection: Collection, report: d
     names = sorted(set(labels))
     color = {n: "#%02x%02x%02x" % tuple(int(255 * v) for v in colorsys.hsv_to_rgb(
         k / max(1, len(names)), 0.75, 0.85)) for k, n in enumerate(names)}
-    by_task = {t: dict(zip(collection.ids, c)) for t, c in collection.labels.items()}
     points = [{"id": i, "t": thumbs[i], "l": {t: by_task[t].get(i) for t in by_task}} for i in ids]
     circles = "".join(f"<circle cx='{x:.1f}' cy='{y:.1f}' r='3.5' fill='{color[lab]}' "
                       f"data-k='{k}'/>" for k, ((x, y), lab) in enumerate(zip(scaled, labels)))
@@ -193,5 +192,5 @@ def _write_html(path, ids, xy, labels, thumbs, collection: Collection, report: d
             + json.dumps(points).replace("</", "<\\/") + ";" + _SCRIPT + "</script>")
     style = ("#tip{position:absolute;display:none;background:#fff;border:1px solid #888;"
              "padding:4px;font-size:12px;pointer-events:none}circle:hover{stroke:#000}")
-    atomic_write_text(path, html_page(f"Map: {collection.name}", body, style))
+    atomic_write_text(path, html_page(f"Map: {name}", body, style))
     return path

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..cache import FeatureEntry, safe_name
+from ..cache import FeatureEntry, safe_name, same_attr
 from ..collection import Collection
 from ..config import RetrieveConfig
 from ..fileio import atomic_path, atomic_write_json, atomic_write_text
@@ -55,8 +55,8 @@ def retrieve(collection: Collection, config: RetrieveConfig, *, warn=print) -> d
                                 data.features[[row[i] for i in queries]], config.k,
                                 progress=progress_bar(config.progress))
     relevant = y_gallery[found] == y_query[:, None]
-    classes, counts = np.unique(y_gallery, return_counts=True)
-    n_relevant = np.array([dict(zip(classes, counts)).get(y, 0) for y in y_query])
+    per_label = dict(zip(*np.unique(y_gallery, return_counts=True)))
+    n_relevant = np.array([per_label.get(y, 0) for y in y_query])
     precision = precision_at_k(relevant)
     ap = average_precision_at_k(relevant, n_relevant)
     per_class = {str(c): {"precision_at_k": float(precision[y_query == c].mean()),
@@ -116,7 +116,7 @@ def lookup(collection: Collection, config: RetrieveConfig, *, warn=print) -> dic
                          resolve_device(config.device), None)
     vectors = runner.submit(torch.stack(views))()
     found, similarity = nearest(data.features, vectors, config.k)
-    labels = {task: dict(zip(collection.ids, column)) for task, column in collection.labels.items()}
+    labels = collection.labels_by_id()
     results = [{"image": str(path), "neighbours": [
         {"id": data.ids[g], "similarity": float(s),
          "labels": {t: labels[t].get(data.ids[g]) for t in labels}}
@@ -147,9 +147,7 @@ def _check_preprocess(entry: FeatureEntry, now: dict, stored: dict) -> None:
     """Queries must be preprocessed as the file's images were."""
     for key, value in now.items():
         was = stored.get(key, value)
-        numeric = isinstance(value, (list, tuple, int, float))
-        if not (np.allclose(np.asarray(was, float), np.asarray(value, float)) if numeric
-                else was == value):
+        if not same_attr(was, value):
             raise ValueError(f"{entry.path.name} was extracted with {key}={was!r}, but "
                              f"{entry.backbone} now preprocesses with {value!r}; re-extract it")
 
