@@ -1,4 +1,5 @@
-"""Analyse a collection's cached features: retrieval, CKA, 2-D maps, export.
+"""Analyse a collection: retrieval, CKA, 2-D maps and export on cached features;
+layers, top images and saliency maps inside the networks.
 
 Examples:
     python analyze.py retrieve --backbone squeezenet1_1 --task label --k 10
@@ -6,19 +7,25 @@ Examples:
     python analyze.py cka --features cache/test/features/*.h5
     python analyze.py map --backbone squeezenet1_1 --task label
     python analyze.py export --backbone squeezenet1_1 --format parquet
+    python analyze.py layers --backbone resnet50 --weights imagenet --compare cache/wikiart/finetune/RUN
+    python analyze.py top-images --backbone resnet50 --weights imagenet --compare RUN --k 9
+    python analyze.py saliency --run cache/wikiart/finetune/RUN --method gradcam --n 8 --sanity
 
 Each sub-command writes a JSON file with its figures and settings, plus
 pictures, to <cache>/<collection>/analysis/<sub-command>/, and prints where.
---weights picks among a backbone's feature files (imagenet, random or a
-sha256 prefix); it may be left out when there is only one.
+For retrieve, map and export, --weights picks among a backbone's feature
+files (imagenet, random or a sha256 prefix); it may be left out when there is
+only one. For layers, top-images and saliency, --weights and --compare name a
+trunk: imagenet, random, a weights file or a fine-tuning run folder.
 """
 import json
 import sys
 
 from featbank.backbones import available_backbones
 from featbank.cli import Parser, add_options, cached_collection, make_parser, run, split_spec
-from featbank.config import (EXPORT_FORMATS, MAP_METHODS, CkaConfig, ExportConfig, MapConfig,
-                             RetrieveConfig, defaults)
+from featbank.config import (EXPORT_FORMATS, LINEAR_HEADS, MAP_METHODS, SALIENCY_METHODS,
+                             CkaConfig, ExportConfig, LayersConfig, MapConfig, RetrieveConfig,
+                             SaliencyConfig, TopImagesConfig, defaults)
 
 
 def _features_options(parser, d, *, task_required: bool) -> None:
@@ -77,6 +84,63 @@ def get_args_parser() -> Parser:
     _features_options(export, d, task_required=None)
     export.add_argument("--format", default=d["format"], choices=EXPORT_FORMATS,
                         help="npy (features, ids, labels.csv) or parquet (default: npy)")
+
+    trunk_help = "imagenet, random, a weights file or a fine-tuning run folder"
+    d = defaults(LayersConfig)
+    layers = commands.add_parser("layers", help="per stage: relative weight distance and CKA "
+                                 "between two trunks (what fine-tuning changed)")
+    layers.add_argument("--backbone", required=True,
+                        help=f"one of {', '.join(available_backbones())}")
+    layers.add_argument("--weights", required=True, help=trunk_help)
+    layers.add_argument("--compare", required=True, help=f"the other trunk: {trunk_help}")
+    layers.add_argument("--n", type=int, default=d["n"],
+                        help=f"collection images for CKA, a seeded sample (default: {d['n']})")
+    add_options(layers, "cache", "collection", "seed", "batch-size", "workers", "device",
+                "no-progress", defaults=d)
+
+    d = defaults(TopImagesConfig)
+    top = commands.add_parser("top-images", help="each channel's most activating images: class "
+                              "entropy, and overlap between two trunks")
+    top.add_argument("--backbone", required=True,
+                     help=f"one of {', '.join(available_backbones())}")
+    top.add_argument("--weights", required=True, help=trunk_help)
+    top.add_argument("--compare", default=None, help=f"a second trunk: {trunk_help}")
+    top.add_argument("--stage", default=d["stage"],
+                     help="last (default: the vectors the feature cache holds), a number from "
+                          "1 (nearest the input) or a stage name")
+    top.add_argument("--k", type=int, default=d["k"], help=f"images per channel (default: {d['k']})")
+    top.add_argument("--task", default=None,
+                     help="label column for the class entropy (default: the first)")
+    top.add_argument("--n", type=int, default=d["n"],
+                     help="images run through the trunks when the feature cache cannot serve "
+                          f"(default: {d['n']}; 0 = all)")
+    add_options(top, "cache", "collection", "seed", "batch-size", "workers", "device",
+                "no-progress", defaults=d)
+
+    d = defaults(SaliencyConfig)
+    sal = commands.add_parser("saliency", help="saliency maps (Grad-CAM, VisualBackProp, "
+                              "integrated gradients) of a fine-tuned run or a linear head")
+    sal.add_argument("--run", default=None, help="a fine-tuning run folder (trunk.pth, best.pt)")
+    sal.add_argument("--backbone", default=None,
+                     help="or a trunk (with --weights, --task and --head): "
+                          f"one of {', '.join(available_backbones())}")
+    sal.add_argument("--weights", default=d["weights"], help=f"{trunk_help} (default: imagenet)")
+    sal.add_argument("--task", default=None, help="the task the stored head was trained on")
+    sal.add_argument("--head", default=None, choices=LINEAR_HEADS,
+                     help="the off-the-shelf head classify.py stored")
+    sal.add_argument("--method", default=d["method"], choices=SALIENCY_METHODS,
+                     help="gradcam, vbp (VisualBackProp) or ig (integrated gradients); "
+                          f"default: {d['method']}")
+    sal.add_argument("--n", type=int, default=d["n"],
+                     help=f"test images of the task's split, a seeded sample (default: {d['n']})")
+    sal.add_argument("--images", nargs="+", default=[], metavar="IMAGE",
+                     help="image files or collection ids instead of test images")
+    sal.add_argument("--sanity", action="store_true",
+                     help="model-randomisation test (Adebayo et al. 2018): rank correlation "
+                          "with the maps of a re-initialised copy")
+    sal.add_argument("--steps", type=int, default=d["steps"],
+                     help=f"integrated gradients: steps on the path (default: {d['steps']})")
+    add_options(sal, "cache", "collection", "split", "seed", "device", "no-progress", defaults=d)
     return parser
 
 
@@ -102,10 +166,35 @@ def main(argv=None) -> None:
         config = MapConfig(backbone=args.backbone, task=args.task, weights=args.weights,
                            method=args.method, max_points=args.max_points, seed=args.seed,
                            cache_root=args.cache, progress=not args.no_progress)
+    elif args.command == "layers":
+        config = LayersConfig(backbone=args.backbone, weights=args.weights, compare=args.compare,
+                              n=args.n, seed=args.seed, batch_size=args.batch_size,
+                              workers=args.workers, device=args.device, cache_root=args.cache,
+                              progress=not args.no_progress)
+    elif args.command == "top-images":
+        config = TopImagesConfig(backbone=args.backbone, weights=args.weights,
+                                 compare=args.compare, stage=args.stage, k=args.k, task=args.task,
+                                 n=args.n, seed=args.seed, batch_size=args.batch_size,
+                                 workers=args.workers, device=args.device, cache_root=args.cache,
+                                 progress=not args.no_progress)
+    elif args.command == "saliency":
+        if args.run and args.collection is None:  # the run's own collection and cache
+            from pathlib import Path
+
+            folder = Path(args.run).resolve()
+            if (folder.parents[1] / "collection.json").is_file():
+                args.cache, args.collection = str(folder.parents[2]), folder.parents[1].name
+        config = SaliencyConfig(method=args.method, run=args.run, backbone=args.backbone,
+                                weights=args.weights, task=args.task, head=args.head, n=args.n,
+                                images=args.images, sanity=args.sanity, steps=args.steps,
+                                seed=args.seed, split=split_spec(args), device=args.device,
+                                cache_root=args.cache, progress=not args.no_progress)
     else:
         config = ExportConfig(backbone=args.backbone, weights=args.weights, format=args.format,
                               cache_root=args.cache)
     collection = cached_collection(cache=args.cache, collection=args.collection)
+    if args.command in ("layers", "top-images", "saliency"):
+        return _inside(args.command, collection, config, say)
     if args.command == "retrieve" and config.queries:
         from featbank.analysis.retrieve import lookup
 
@@ -137,6 +226,44 @@ def main(argv=None) -> None:
     report = export(collection, config, warn=say)
     print(f"{report['n_rows']} rows x {report['feature_dim']} -> " + ", ".join(report["files"]))
     return _done(report, [])
+
+
+def _inside(command: str, collection, config, say) -> None:
+    """layers, top-images and saliency: the analyses that run the networks."""
+    if command == "layers":
+        from featbank.analysis.layers import layers
+
+        report = layers(collection, config, warn=say)
+        print(f"{report['backbone']}: {report['label']} vs {report['compare_label']} on "
+              f"{report['n_images']} images")
+        print(f"{'stage':<28} {'weight distance':>15} {'CKA':>6}")
+        for s in report["stages"]:
+            cka = "-" if s["cka"] is None else f"{s['cka']:.3f}"
+            print(f"{s['name'][:28]:<28} {s['weight_distance']:>15.3g} {cka:>6}")
+        return _done(report, ["png"])
+    if command == "top-images":
+        from featbank.analysis.top_images import top_images
+
+        report = top_images(collection, config, warn=say)
+        line = (f"{report['stage']}: {report['channels']} channels, top {report['k']} of "
+                f"{report['n_images']} images ({report['source']}); class entropy "
+                f"{report['entropy']['mean']:.3f} bits (random images: "
+                f"{report['label_entropy']:.3f})")
+        if "overlap" in report:
+            line += (f"; with {report['compare_label']}: entropy "
+                     f"{report['entropy_compare']['mean']:.3f}, top-{report['k']} overlap "
+                     f"{report['overlap']['mean']:.3f}")
+        print(line)
+        return _done(report, ["png"])
+    from featbank.analysis.saliency import saliency
+
+    report = saliency(collection, config, warn=say)
+    line = (f"{report['method']} maps of {report['n_images']} images ({report['source']}, "
+            f"{report['backbone']}, task {report['task']}; accuracy {report['accuracy']:.2f})")
+    if "sanity_rank_correlation" in report:
+        line += f"; sanity rank correlation {report['sanity_rank_correlation']:.3f}"
+    print(line)
+    return _done(report, ["png"])
 
 
 def _done(report: dict, pictures: list[str]) -> None:

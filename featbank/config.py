@@ -294,3 +294,112 @@ class ExportConfig:
     def __post_init__(self):
         _one_backbone(self.backbone)
         _choice("--format", self.format, EXPORT_FORMATS)
+
+
+def _network_weights(option: str, value: str) -> None:
+    """imagenet, random, or a path (a weights file or run folder, checked when loaded)."""
+    if not value or value == "all":
+        raise ValueError(f"{option} {value!r}: name the trunk's weights: imagenet, random, a "
+                         "weights file or a fine-tuning run folder")
+
+
+@dataclass
+class LayersConfig:
+    """Stage-by-stage weight distance and CKA between two trunks of one architecture."""
+
+    backbone: str
+    weights: str  # imagenet | random | weights file | run folder
+    compare: str
+    n: int = 500  # collection images (seeded sample)
+    seed: int = 0
+    batch_size: int = runtime(32)
+    workers: int = runtime(default_factory=default_workers)
+    device: str = runtime("auto")
+    cache_root: str = runtime("cache")
+    progress: bool = runtime(True)
+
+    def __post_init__(self):
+        _one_backbone(self.backbone)
+        _network_weights("--weights", self.weights)
+        _network_weights("--compare", self.compare)
+        _at_least("--n", self.n, 4)
+        _at_least("--seed", self.seed, 0)
+        _at_least("--batch-size", self.batch_size, 1)
+        _at_least("--workers", self.workers, 0)
+        check_device_name(self.device)
+
+
+@dataclass
+class TopImagesConfig:
+    """The collection images that activate each channel of a stage most."""
+
+    backbone: str
+    weights: str
+    compare: str | None = None
+    stage: str = "last"  # last | a number from 1 | a stage name
+    k: int = 9
+    task: str | None = None  # None: the collection's first task
+    n: int = 1000  # images run through the trunk when the feature cache cannot serve (0 = all)
+    seed: int = 0
+    batch_size: int = runtime(32)
+    workers: int = runtime(default_factory=default_workers)
+    device: str = runtime("auto")
+    cache_root: str = runtime("cache")
+    progress: bool = runtime(True)
+
+    def __post_init__(self):
+        _one_backbone(self.backbone)
+        _network_weights("--weights", self.weights)
+        if self.compare is not None:
+            _network_weights("--compare", self.compare)
+        _at_least("--k", self.k, 1)
+        _at_least("--n", self.n, 0)
+        _at_least("--seed", self.seed, 0)
+        _at_least("--batch-size", self.batch_size, 1)
+        _at_least("--workers", self.workers, 0)
+        check_device_name(self.device)
+
+
+SALIENCY_METHODS = ("gradcam", "vbp", "ig")
+LINEAR_HEADS = ("softmax", "logreg", "svm")
+
+
+@dataclass
+class SaliencyConfig:
+    """Saliency maps of a fine-tuned run, or of a trunk with a stored linear head."""
+
+    method: str = "gradcam"  # gradcam | vbp (VisualBackProp) | ig (integrated gradients)
+    run: str | None = None  # a fine-tuning run folder
+    backbone: str | None = None  # or: a trunk ...
+    weights: str = "imagenet"
+    task: str | None = None  # ... with the head classify.py stored for this task
+    head: str | None = None
+    n: int = 8  # test images (seeded sample) when no images are given
+    images: list[str] = field(default_factory=list)
+    sanity: bool = False  # Adebayo et al.'s model-randomisation test
+    steps: int = 32  # integrated gradients: points on the path
+    seed: int = 0
+    split: SplitSpec = field(default_factory=SplitSpec)
+    device: str = runtime("auto")
+    cache_root: str = runtime("cache")
+    progress: bool = runtime(True)
+
+    def __post_init__(self):
+        _choice("--method", self.method, SALIENCY_METHODS)
+        if self.run is not None:
+            if self.backbone or self.head:
+                raise ValueError("saliency takes --run RUN, or --backbone with --task and "
+                                 "--head, not both")
+        else:
+            if not (self.backbone and self.task and self.head):
+                raise ValueError("saliency needs --run RUN (a fine-tuning run folder), or "
+                                 "--backbone, --task and --head (a stored off-the-shelf head)")
+            _one_backbone(self.backbone)
+            _network_weights("--weights", self.weights)
+            if self.head not in LINEAR_HEADS:
+                raise ValueError(f"--head {self.head!r}: saliency needs a linear head "
+                                 f"({', '.join(LINEAR_HEADS)})")
+        _at_least("--n", self.n, 1)
+        _at_least("--steps", self.steps, 2)
+        _at_least("--seed", self.seed, 0)
+        check_device_name(self.device)

@@ -97,3 +97,50 @@ def plot_map(xy: np.ndarray, labels: np.ndarray, title: str, path: Path, *,
     fig.tight_layout()
     fig.savefig(path, format="png", dpi=110)
     plt.close(fig)
+
+
+def plot_layers(stages: list[dict], path: Path, *, title: str) -> Path:
+    """Relative weight distance and CKA per stage (``stages``: layers' rows), input to output."""
+    plt = pyplot()
+    x = np.arange(len(stages))
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(6, 0.5 * len(stages) + 3), 6),
+                                      sharex=True)
+    top.plot(x, [s["weight_distance"] for s in stages], marker="o", color="tab:red")
+    top.set_ylabel("||θ₂ − θ|| / ||θ||")
+    top.set_ylim(bottom=0)
+    cka = [np.nan if s["cka"] is None else s["cka"] for s in stages]
+    bottom.plot(x, cka, marker="o", color="tab:blue")
+    bottom.set_ylabel("linear CKA")
+    bottom.set_ylim(0, 1.05)
+    bottom.set_xticks(x, [s["name"] for s in stages], rotation=60, ha="right", fontsize=7)
+    bottom.set_xlabel("stage (input → output)")
+    top.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_image_grid(rows: list[tuple[str, list[tuple[np.ndarray, str]]]], path: Path, *,
+                    title: str, cell: float = 1.6) -> Path:
+    """Rows of pictures: each row a (row title, [(H x W x 3 uint8 image, caption)]) pair."""
+    plt = pyplot()
+    columns = max(len(items) for _, items in rows)
+    height = cell * len(rows) + 0.6
+    fig, axes = plt.subplots(len(rows), columns, squeeze=False,
+                             figsize=(cell * columns + 1.2, height))
+    for r, (row_title, items) in enumerate(rows):
+        for c in range(columns):
+            ax = axes[r][c]
+            ax.axis("off")
+            if c < len(items):
+                image, caption = items[c]
+                ax.imshow(image)
+                ax.set_title(caption, fontsize=6)
+        axes[r][0].text(-0.08, 0.5, row_title, transform=axes[r][0].transAxes, rotation=90,
+                        ha="right", va="center", fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / height))
+    fig.savefig(path, format="png", dpi=110)
+    plt.close(fig)
+    return path

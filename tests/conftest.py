@@ -94,3 +94,29 @@ def write_toy_cache(cache: Path, name: str = "toy", backbones=(("resnet18", 32),
         out.add_batch(ids, X)
         out.merge()
     return folder
+
+
+def image_collection(cache: Path, name: str = "art", classes=("icon", "vase"), per_class: int = 12,
+                     size=(48, 48)):
+    """A cached collection of generated images (no features): ``<cache>/<name>``."""
+    from featbank.collection import from_folder, save_metadata
+
+    root = cache.parent / f"{name}_images"
+    for c, cls in enumerate(classes):
+        for k in range(per_class):
+            make_image(root / cls / f"{k}.png", seed=100 * c + k, size=size)
+    collection = from_folder(root, name=name)
+    save_metadata(collection, cache / name)
+    return collection
+
+
+def tiny_run(cache: Path, collection, **settings) -> Path:
+    """A squeezenet1_1 fine-tuned from random weights for one epoch at 48 px; its run folder."""
+    from featbank.finetune import FinetuneConfig, finetune
+    from featbank.tasks import SplitSpec
+
+    config = dict(backbone="squeezenet1_1", task="label", init="random", epochs=1, image_size=48,
+                  batch_size=8, workers=0, cache_root=str(cache), progress=False,
+                  split=SplitSpec(min_per_class=3))
+    config.update(settings)
+    return finetune(collection, FinetuneConfig(**config), log=lambda m: None).folder

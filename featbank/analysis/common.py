@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from ..backbones import check_names
-from ..cache import FeatureEntry, FeatureSet, feature_files, read_features
+from ..cache import FeatureEntry, FeatureSet, feature_files, read_features, safe_name
 from ..collection import Collection
 from ..fileio import atomic_path
 
@@ -23,6 +23,11 @@ def output_folder(cache_root: str | Path, collection: str, command: str) -> Path
     folder = Path(cache_root) / collection / "analysis" / command
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+def file_label(label: str) -> str:
+    """A network's label (``sha256:…``, a run folder's name) as part of a file name."""
+    return safe_name(label.replace(":", "-"))[:40]
 
 
 def progress_bar(enabled: bool):

@@ -1,0 +1,348 @@
+"""Where a classifier looks: saliency maps over test images (Sabatelli et al. §5).
+
+The classifier is a fine-tuned run (its trunk and head), or a trunk with the
+linear head ``classify.py`` stored for a task, turned into torch layers. Methods:
+
+- ``gradcam``: Grad-CAM (Selvaraju et al. 2017) on the last stage, by captum;
+- ``ig``: integrated gradients (Sundararajan et al. 2017) from a black image, by
+  captum; the map is the absolute attribution summed over colour channels;
+- ``vbp``: VisualBackProp (Bojarski et al. 2016), the seed paper's method, which
+  no maintained library implements: see :func:`visual_backprop`.
+
+Maps explain the predicted class (VisualBackProp explains no class: it is
+class-agnostic by design). ``--sanity`` runs the model-randomisation test of
+Adebayo et al. 2018: the same maps from a copy whose every layer is
+re-initialised; the mean Spearman rank correlation between the two is low
+when the maps depend on what the model learned.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..collection import Collection
+from ..config import SaliencyConfig
+from ..evaluate import load_results
+from ..fileio import atomic_path, atomic_write_json
+from ..images import decode_views, normalize
+from ..inference import resolve_device
+from ..plots import plot_image_grid
+from ..tasks import load_or_make_split
+from .common import file_label, output_folder
+from .networks import Network, Stage, load_network, load_run, named_stages, sample_ids
+
+CHUNK = 8  # images per attribution call
+ALPHA = 0.5  # heat-map opacity on the overlays
+
+
+class Classifier(nn.Module):
+    """trunk -> GAP vector -> head -> logits."""
+
+    def __init__(self, trunk: nn.Module, head: nn.Module):
+        super().__init__()
+        self.trunk, self.head = trunk, head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.trunk(x))
+
+
+class L2Normalize(nn.Module):
+    """scikit-learn's ``Normalizer()`` (unit L2 norm per row) as a torch layer."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x, dim=1)
+
+
+def head_to_torch(pipeline) -> nn.Module:
+    """A stored linear head (``Pipeline([normalize, pca, head])``) as torch layers.
+
+    Everything after an L2 normalisation is affine (standardisation, PCA, a
+    linear head), so it is read off the pipeline exactly: its scores at 0 give
+    the bias, at each unit vector a column of the weight. The map is checked
+    on random inputs; a head that is not linear is refused.
+    """
+    from sklearn.preprocessing import Normalizer
+
+    first = pipeline.steps[0][1]
+    normalise = isinstance(first, Normalizer)
+    rest = pipeline[1:] if normalise else pipeline
+    if not hasattr(rest, "decision_function"):
+        raise ValueError(f"the stored {type(pipeline[-1]).__name__} head has no linear scores")
+    d = next(step.n_features_in_ for _, step in pipeline.steps
+             if step not in (None, "passthrough"))
+    scores = _scores(rest, np.vstack([np.zeros(d), np.eye(d)]))
+    bias, weight = scores[0], (scores[1:] - scores[0]).T
+    probe = np.random.default_rng(0).normal(size=(16, d))
+    if normalise:
+        probe /= np.linalg.norm(probe, axis=1, keepdims=True)
+    expected = _scores(rest, probe)
+    if not np.allclose(probe @ weight.T + bias, expected, rtol=1e-3,
+                       atol=1e-3 * max(1.0, np.abs(expected).max())):
+        raise ValueError(f"the stored {type(pipeline[-1]).__name__} head is not linear")
+    linear = nn.Linear(d, weight.shape[0])
+    with torch.no_grad():
+        linear.weight.copy_(torch.from_numpy(weight))
+        linear.bias.copy_(torch.from_numpy(bias))
+    return nn.Sequential(L2Normalize(), linear) if normalise else linear
+
+
+def _scores(pipeline, X: np.ndarray) -> np.ndarray:
+    scores = np.asarray(pipeline.decision_function(X.astype(np.float32)), dtype=np.float64)
+    return np.column_stack([-scores, scores]) if scores.ndim == 1 else scores
+
+
+def stored_head(collection: Collection, config: SaliencyConfig, network: Network):
+    """The head ``classify.py`` stored for this task, backbone, weights and head name."""
+    import joblib
+
+    folder = Path(config.cache_root) / collection.name
+    rows = [r for r in load_results(folder)
+            if r.get("method") == "off-the-shelf" and r.get("head") == config.head
+            and r.get("task") == config.task and r.get("backbone") == network.spec.name
+            and r.get("weights") == network.weights.id and r.get("head_path")]
+    if not rows:
+        raise FileNotFoundError(
+            f"no stored {config.head} head for task {config.task!r} on {network.spec.name} "
+            f"({network.weights.id[:19]}); run classify.py --head {config.head} --backbone "
+            f"{network.spec.name} --task {config.task} first")
+    path = Path(rows[-1]["head_path"])
+    if not path.is_file():
+        raise FileNotFoundError(f"stored head {path} is gone; run classify.py --force again")
+    return joblib.load(path)
+
+
+# -- maps -------------------------------------------------------------------------------------
+
+def visual_backprop(trunk: nn.Module, stage_list: list[Stage], x: torch.Tensor) -> torch.Tensor:
+    """VisualBackProp (Bojarski et al. 2016, §2): (B, 3, S, S) -> (B, S, S) maps.
+
+    The feature maps of every stage (the paper's layers; after ReLU, so
+    clamped at 0) are averaged over channels. From the deepest, each averaged
+    map is scaled up to the size of the one before by a deconvolution whose
+    weights are all 1 (bias 0) and multiplied point-wise with it; the last
+    product is scaled up to the input. The paper's deconvolution takes the
+    kernel and stride of the layer between the two maps; between stages that
+    may hold several layers, the stride here is the size ratio and the kernel
+    twice the stride, which covers every output pixel equally (an odd kernel
+    leaves a checkerboard), with a bilinear resize for the pixel or two that
+    padding leaves over.
+    """
+    averaged = []
+
+    def hook(module, inputs, output):
+        if output.dim() == 4:
+            mean = output.detach().clamp(min=0).mean(dim=1, keepdim=True)
+            # Scaled per image (the product is normalised at the end): no underflow.
+            averaged.append(mean / mean.amax(dim=(2, 3), keepdim=True).clamp(min=1e-12))
+
+    handles = [s.modules[-1].register_forward_hook(hook) for s in stage_list]
+    try:
+        with torch.no_grad():
+            trunk(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not averaged:
+        raise ValueError("VisualBackProp needs convolutional feature maps; this trunk has none")
+    mask = averaged[-1]
+    for previous in reversed(averaged[:-1]):
+        mask = _deconvolve(mask, previous.shape[-2:]) * previous
+    return _deconvolve(mask, x.shape[-2:])[:, 0]
+
+
+def _deconvolve(mask: torch.Tensor, size) -> torch.Tensor:
+    """Scale (B, 1, h, w) up to ``size`` with an all-ones transposed convolution."""
+    h, w = mask.shape[-2:]
+    if (h, w) == tuple(size):
+        return mask
+    stride = max(1, round(size[0] / h))
+    if stride > 1:
+        kernel = torch.ones(1, 1, 2 * stride, 2 * stride, device=mask.device, dtype=mask.dtype)
+        mask = F.conv_transpose2d(mask, kernel, stride=stride, padding=stride // 2)
+    if tuple(mask.shape[-2:]) != tuple(size):
+        mask = F.interpolate(mask, size=tuple(size), mode="bilinear", align_corners=False)
+    return mask
+
+
+def saliency_maps(model: Classifier, stage_list: list[Stage], x: torch.Tensor,
+                  targets: torch.Tensor, method: str, *, steps: int = 32) -> np.ndarray:
+    """(B, 3, S, S) normalised inputs -> (B, S, S) maps in [0, 1], one per image."""
+    if method == "vbp":
+        maps = visual_backprop(model.trunk, stage_list, x)
+    else:
+        try:
+            from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam
+        except ImportError:
+            raise ImportError("Grad-CAM and integrated gradients use captum: pip install "
+                              "captum (or pip install -e '.[analysis]')") from None
+        x = x.clone().requires_grad_(True)
+        if method == "gradcam":
+            cam = LayerGradCam(model, stage_list[-1].modules[-1]).attribute(
+                x, target=targets, relu_attributions=True)
+            maps = LayerAttribution.interpolate(cam, tuple(x.shape[-2:]),
+                                                interpolate_mode="bilinear")[:, 0]
+        else:
+            attributions = IntegratedGradients(model).attribute(
+                x, baselines=torch.zeros_like(x), target=targets, n_steps=steps,
+                internal_batch_size=min(steps, 16))
+            maps = attributions.abs().sum(dim=1)
+    maps = maps.detach().float().cpu().numpy()
+    low = maps.min(axis=(1, 2), keepdims=True)
+    span = maps.max(axis=(1, 2), keepdims=True) - low
+    return np.where(span > 0, (maps - low) / np.where(span > 0, span, 1), 0.0)
+
+
+def randomised(model: Classifier, seed: int) -> Classifier:
+    """A copy with every layer re-initialised (Adebayo et al.'s full model randomisation)."""
+    copied = copy.deepcopy(model).cpu()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for module in copied.modules():
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+    return copied.eval().requires_grad_(False)
+
+
+def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's rank correlation of two maps; a constant map ranks nothing: 0."""
+    from scipy.stats import spearmanr
+
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        return 0.0
+    return float(spearmanr(a.ravel(), b.ravel()).statistic)
+
+
+def overlay(view: np.ndarray, heat: np.ndarray) -> np.ndarray:
+    """(S, S, 3) uint8 image with a (S, S) map in [0, 1] blended over it (jet)."""
+    from matplotlib import colormaps
+
+    colours = colormaps["jet"](heat)[..., :3] * 255
+    return (view * (1 - ALPHA) + colours * ALPHA).astype(np.uint8)
+
+
+# -- the command -----------------------------------------------------------------------------
+
+def saliency(collection: Collection, config: SaliencyConfig, *, warn=print) -> dict:
+    started = time.perf_counter()
+    device = resolve_device(config.device)
+    if config.run:
+        network = load_run(config.run, progress=config.progress)
+        head, classes = network.head, network.classes
+        task, split_spec, source = network.task, network.split or config.split, "fine-tuned run"
+    else:
+        network = load_network(config.backbone, config.weights, progress=config.progress)
+        pipeline = stored_head(collection, config, network)
+        head, classes = head_to_torch(pipeline), [str(c) for c in pipeline.classes_]
+        task, split_spec, source = config.task, config.split, f"off-the-shelf {config.head}"
+    if task not in collection.labels:
+        raise ValueError(f"the classifier's task {task!r} is not a task of collection "
+                         f"{collection.name!r} ({', '.join(collection.tasks) or 'none'})")
+    keys, paths, truths = _images(collection, config, task, split_spec)
+    pre = network.preprocess
+    views = []
+    for key, path in zip(keys, paths):
+        [view], reason = decode_views(path, [pre])
+        if reason:
+            raise ValueError(f"image {key} cannot be read: {reason}")
+        views.append(view)
+    views = torch.stack(views)
+    model = Classifier(network.trunk, head).eval().requires_grad_(False)
+    models = {"trained": model}
+    if config.sanity:
+        models["randomised"] = randomised(model, config.seed)
+    batches = [normalize(views[k:k + CHUNK], pre) for k in range(0, len(views), CHUNK)]
+    model.to(device)
+    with torch.no_grad():
+        probabilities = torch.cat([torch.softmax(model(x.to(device)).float(), dim=1).cpu()
+                                   for x in batches])
+    targets = probabilities.argmax(1)
+    maps = {}
+    for name, m in models.items():
+        m.to(device)
+        stage_list = named_stages(m.trunk)
+        maps[name] = np.concatenate([
+            saliency_maps(m, stage_list, x.to(device), targets[k * CHUNK:(k + 1) * CHUNK].to(device),
+                          config.method, steps=config.steps) for k, x in enumerate(batches)])
+        m.cpu()
+    probabilities, predicted = probabilities.numpy(), targets.numpy()
+    folder = output_folder(config.cache_root, collection.name, "saliency")
+    stem = (f"{file_label(network.label)}__{config.method}" if config.run else
+            f"{file_label(task)}__{network.spec.name}__{file_label(network.label)}__{config.head}"
+            f"__{config.method}")
+    (folder / stem).mkdir(exist_ok=True)
+    results, grid = [], []
+    for k, key in enumerate(keys):
+        view = views[k].permute(1, 2, 0).numpy()
+        picture = overlay(view, maps["trained"][k])
+        out = folder / stem / f"{k:03d}__{file_label(Path(key).stem)}.png"
+        _save_png(out, np.concatenate([view, picture], axis=1))
+        item = {"image": key, "true": truths[k], "predicted": classes[predicted[k]],
+                "probability": float(probabilities[k, predicted[k]]), "overlay": str(out)}
+        row = [(view, f"true: {str(truths[k])[:18]}"),
+               (picture, f"pred: {classes[predicted[k]][:14]} ({item['probability']:.2f})")]
+        if config.sanity:
+            item["rank_correlation"] = rank_correlation(maps["trained"][k], maps["randomised"][k])
+            row.append((overlay(view, maps["randomised"][k]),
+                        f"randomised (ρ = {item['rank_correlation']:.2f})"))
+        results.append(item)
+        grid.append((Path(key).name[:18], row))
+    report = {
+        "command": "saliency", "collection": collection.name, "method": config.method,
+        "source": source, "run": config.run, "backbone": network.spec.name,
+        "weights": network.weights.id, "weights_exact": network.weights.exact, "head": config.head,
+        "task": task, "classes": classes, "target": "none (class-agnostic)"
+        if config.method == "vbp" else "predicted class", "n_images": len(keys),
+        "accuracy": float(np.mean([r["true"] == r["predicted"] for r in results])),
+        "images": results, "settings": {**asdict(config), "split": split_spec.tag}}
+    if config.sanity:
+        report["sanity_test"] = "full model randomisation (Adebayo et al. 2018)"
+        report["sanity_rank_correlation"] = float(np.mean([r["rank_correlation"] for r in results]))
+    report["png"] = str(plot_image_grid(
+        grid, folder / f"{stem}_grid.png", cell=2.0,
+        title=f"{config.method}: {network.spec.name} ({source}), {task}"))
+    report["seconds"] = round(time.perf_counter() - started, 3)
+    report["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    atomic_write_json(folder / f"{stem}.json", report)
+    report["json"] = str(folder / f"{stem}.json")
+    return report
+
+
+def _images(collection: Collection, config: SaliencyConfig, task: str, split_spec):
+    """(keys, paths, true labels): the images given, else a seeded sample of the test part."""
+    labels = collection.labels_by_id()[task]
+    if config.images:
+        keys, paths, truths = [], [], []
+        root = collection.root.resolve()
+        for image in config.images:
+            path = Path(image)
+            if not path.is_file():
+                path = collection.path(image)  # an id of the collection
+            if not path.is_file():
+                raise FileNotFoundError(f"image {image} not found (a file, or an id of "
+                                        f"collection {collection.name!r})")
+            resolved = path.resolve()
+            key = resolved.relative_to(root).as_posix() if resolved.is_relative_to(root) else str(path)
+            keys.append(key)
+            paths.append(path)
+            truths.append(labels.get(key) or "?")
+        return keys, paths, truths
+    split = load_or_make_split(collection, task, split_spec, Path(config.cache_root) / collection.name)
+    test_ids, test_labels = split.select("test")
+    chosen = sample_ids(list(range(len(test_ids))), config.n, config.seed)
+    return ([test_ids[k] for k in chosen], [collection.path(test_ids[k]) for k in chosen],
+            [test_labels[k] for k in chosen])
+
+
+def _save_png(path: Path, array: np.ndarray) -> None:
+    from PIL import Image
+
+    with atomic_path(path) as tmp:
+        Image.fromarray(array).save(tmp, format="PNG")
