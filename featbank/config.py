@@ -390,6 +390,9 @@ class SaliencyConfig:
             if self.backbone or self.head:
                 raise ValueError("saliency takes --run RUN, or --backbone with --task and "
                                  "--head, not both")
+            if not os.path.isfile(os.path.join(self.run, "trunk.pth")):
+                raise FileNotFoundError(f"--run {self.run}: the folder has no trunk.pth "
+                                        "(finetune.py writes it when a run ends)")
         else:
             if not (self.backbone and self.task and self.head):
                 raise ValueError("saliency needs --run RUN (a fine-tuning run folder), or "

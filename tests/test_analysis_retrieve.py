@@ -2,7 +2,6 @@
 of image files through the trunk that made the cache."""
 import json
 
-import numpy as np
 import pytest
 from PIL import Image
 

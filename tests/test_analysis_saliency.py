@@ -129,6 +129,8 @@ def test_maps_of_a_trunk_with_a_stored_head_and_images_given(art):
 def test_settings_are_checked():
     with pytest.raises(ValueError, match="unknown --method 'cam'"):
         SaliencyConfig(method="cam", run="r")
+    with pytest.raises(FileNotFoundError, match="the folder has no trunk.pth"):
+        SaliencyConfig(run="no/such/run")
     with pytest.raises(ValueError, match="needs --run RUN"):
         SaliencyConfig(backbone="squeezenet1_1")
     with pytest.raises(ValueError, match="saliency needs a linear head"):

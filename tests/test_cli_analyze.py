@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from conftest import HERITAGE, SQUEEZENET, assert_one_line_error, needs_heritage, \
-    needs_squeezenet, write_toy_cache
+from conftest import HERITAGE, SQUEEZENET, assert_one_line_error, image_collection, \
+    needs_heritage, needs_squeezenet, tiny_run, write_toy_cache
 
 pytestmark = pytest.mark.slow
 
@@ -85,3 +85,70 @@ def test_heritage_retrieval_imagenet_beats_random(run_script, tmp_path):
     [report] = (tmp_path / "cache" / "heritage" / "analysis" / "cka").glob("*.json")
     matrix = json.loads(report.read_text())["cka"]
     assert matrix[0][1] == pytest.approx(1.0, abs=1e-4) and matrix[1][2] < 0.8
+
+
+def test_network_analyses_bad_input_is_one_line(run_script, tmp_path):
+    cache = tmp_path / "cache"
+    run = tiny_run(cache, image_collection(cache))
+    common = ["--cache", str(cache), "--collection", "art", "--device", "cpu"]
+    torch_save_resnet = tmp_path / "resnet18.pth"
+    import torch
+    from featbank.backbones import get_spec
+
+    torch.save(get_spec("resnet18").build(False).state_dict(), torch_save_resnet)
+    cases = [
+        (["saliency", "--run", str(tmp_path)], "has no trunk.pth"),
+        (["saliency", "--run", str(run), "--method", "cam"], "invalid choice: 'cam'"),
+        (["saliency", "--backbone", "squeezenet1_1", "--task", "label", "--head", "logreg"],
+         "no stored logreg head"),
+        (["top-images", "--backbone", "squeezenet1_1", "--weights", "random", "--stage", "99"],
+         "unknown --stage '99'"),
+        (["layers", "--backbone", "squeezenet1_1", "--weights", str(run), "--compare",
+          str(torch_save_resnet)], "does not fit squeezenet1_1"),
+        (["layers", "--backbone", "resnet18", "--weights", "random", "--compare", str(run)],
+         "is a squeezenet1_1 trunk, not resnet18"),
+    ]
+    for args, message in cases:
+        extra = [] if args[0] == "saliency" and "--run" in args else common
+        assert_one_line_error(run_script("analyze.py", *args, *extra), message)
+
+
+@needs_heritage
+@needs_squeezenet
+def test_heritage_layers_top_images_and_saliency_of_a_fine_tuned_squeezenet(run_script, tmp_path):
+    """The issue's acceptance with the real SqueezeNet trunk and a briefly fine-tuned copy
+    (one epoch on 5 heritage classes)."""
+    from featbank.collection import from_folder, save_metadata
+
+    cache = tmp_path / "cache"
+    full = from_folder(HERITAGE / "test", name="heritage")
+    classes = ["altar", "column", "gargoyle", "stained_glass", "vault"]
+    keep = [k for k, y in enumerate(full.labels["label"]) if y in classes]
+    collection = type(full)(name="heritage", root=full.root, ids=[full.ids[k] for k in keep],
+                            labels={"label": [full.labels["label"][k] for k in keep]})
+    save_metadata(collection, cache / "heritage")
+    run = tiny_run(cache, collection, init=str(SQUEEZENET), image_size=None, batch_size=16)
+    common = ["--cache", str(cache), "--collection", "heritage", "--no-progress",
+              "--device", "cpu"]
+
+    def report(*args):
+        result = run_script("analyze.py", *args, *common, timeout=600)
+        assert result.returncode == 0, result.stderr
+        return json.loads(open(result.stderr.strip().splitlines()[-1].split(": ", 1)[1]
+                               .split(", ")[0]).read())
+
+    same = report("layers", "--backbone", "squeezenet1_1", "--weights", SQUEEZENET,
+                  "--compare", SQUEEZENET, "--n", "100")
+    assert all(s["weight_distance"] <= 1e-6 and abs(s["cka"] - 1) <= 1e-3
+               for s in same["stages"])
+    tuned = report("layers", "--backbone", "squeezenet1_1", "--weights", SQUEEZENET,
+                   "--compare", run, "--n", "100")
+    assert any(s["weight_distance"] > 0 for s in tuned["stages"])
+    assert all(0 <= s["cka"] <= 1 for s in tuned["stages"])
+    top = report("top-images", "--backbone", "squeezenet1_1", "--weights", SQUEEZENET,
+                 "--compare", run, "--n", "200")
+    assert 0 <= top["overlap"]["mean"] <= 1 and len(top["overlap"]["per_channel"]) == 512
+    assert top["entropy"]["mean"] < top["label_entropy"]  # ImageNet channels prefer classes
+    maps = report("saliency", "--run", run, "--method", "gradcam", "--n", "8", "--sanity")
+    assert maps["n_images"] == 8 and maps["sanity_rank_correlation"] < 0.9
+    assert all(open(i["overlay"], "rb").read(4) == b"\x89PNG" for i in maps["images"])

@@ -50,7 +50,8 @@ def layers(collection: Collection, config: LayersConfig, *, warn=print) -> dict:
                      "n_params": sum(p.numel() for p in a.parameters()),
                      "channels": None if xa is None else int(xa.shape[1])})
     folder = output_folder(config.cache_root, collection.name, "layers")
-    stem = f"{first.spec.name}__{file_label(first.label)}__vs__{file_label(second.label)}__n{len(kept_a)}"
+    stem = (f"{first.spec.name}__{file_label(first.label)}__vs__{file_label(second.label)}"
+            f"__n{len(kept_a)}")
     report = {
         "command": "layers", "collection": collection.name, "backbone": first.spec.name,
         "weights": first.weights.id, "weights_exact": first.weights.exact, "label": first.label,

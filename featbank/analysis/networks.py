@@ -51,7 +51,7 @@ def load_network(backbone: str, weights: str, *, option: str = "--weights",
                  progress: bool = True) -> Network:
     """``weights``: imagenet, random, a weights file (state_dict, checkpoint, exported
     trunk) or a fine-tuning run folder. A file of another backbone is refused."""
-    source = _trunk_file(weights, option) if weights not in ("imagenet", "random") else weights
+    source = trunk_source(weights, option)
     spec = get_spec(backbone)
     resolved = resolve_weights(spec, source, option=option)
     trunk = load_trunk(spec, source, option=option, progress=progress)
@@ -91,6 +91,12 @@ def load_run(run: str, *, progress: bool = True) -> Network:
         split = json.loads(config.read_text()).get("split")
         network.split = SplitSpec(**split) if isinstance(split, dict) else None
     return network
+
+
+def trunk_source(weights: str, option: str = "--weights") -> str:
+    """What ``load_trunk`` takes for ``weights``: imagenet, random, or a file (a run
+    folder's ``trunk.pth``); resolving it costs nothing."""
+    return weights if weights in ("imagenet", "random") else _trunk_file(weights, option)
 
 
 def _trunk_file(weights: str, option: str) -> str:
@@ -212,7 +218,8 @@ def image_views(paths: list[Path], pre: Preprocess, *, batch_size: int = 32, wor
 def stage_activations(network: Network, collection: Collection, ids: list[str],
                       chosen: list[Stage], *, device: torch.device, batch_size: int = 32,
                       workers: int = 0, progress: Callable = lambda it, **_: it,
-                      preprocess: Preprocess | None = None) -> tuple[list[str], list[np.ndarray | None]]:
+                      preprocess: Preprocess | None = None
+                      ) -> tuple[list[str], list[np.ndarray | None]]:
     """Pooled outputs of the ``chosen`` stages for the images ``ids`` that decode.
 
     Returns (kept ids, one (n_kept, C) float32 array per stage, None for a
@@ -226,7 +233,9 @@ def stage_activations(network: Network, collection: Collection, ids: list[str],
     current: dict[int, torch.Tensor] = {}
 
     def hook(index):
-        return lambda module, inputs, output: current.__setitem__(index, pooled(output).float().cpu())
+        def keep(module, inputs, output):
+            current[index] = pooled(output).float().cpu()
+        return keep
 
     handles = [s.modules[-1].register_forward_hook(hook(s.index)) for s in chosen
                if s.index != last.index]

@@ -37,7 +37,7 @@ from ..inference import resolve_device
 from ..plots import plot_image_grid
 from ..tasks import load_or_make_split
 from .common import file_label, output_folder
-from .networks import Network, Stage, load_network, load_run, named_stages, sample_ids
+from .networks import Stage, load_network, load_run, named_stages, sample_ids, trunk_source
 
 CHUNK = 8  # images per attribution call
 ALPHA = 0.5  # heat-map opacity on the overlays
@@ -99,20 +99,25 @@ def _scores(pipeline, X: np.ndarray) -> np.ndarray:
     return np.column_stack([-scores, scores]) if scores.ndim == 1 else scores
 
 
-def stored_head(collection: Collection, config: SaliencyConfig, network: Network):
-    """The head ``classify.py`` stored for this task, backbone, weights and head name."""
+def stored_head(collection: Collection, config: SaliencyConfig):
+    """The head ``classify.py`` stored for this task, backbone, weights and head name
+    (found before any trunk is built or downloaded)."""
     import joblib
 
+    from ..backbones import get_spec
+    from ..trunks import resolve_weights
+
+    weights = resolve_weights(get_spec(config.backbone), trunk_source(config.weights)).id
     folder = Path(config.cache_root) / collection.name
     rows = [r for r in load_results(folder)
             if r.get("method") == "off-the-shelf" and r.get("head") == config.head
-            and r.get("task") == config.task and r.get("backbone") == network.spec.name
-            and r.get("weights") == network.weights.id and r.get("head_path")]
+            and r.get("task") == config.task and r.get("backbone") == config.backbone
+            and r.get("weights") == weights and r.get("head_path")]
     if not rows:
         raise FileNotFoundError(
-            f"no stored {config.head} head for task {config.task!r} on {network.spec.name} "
-            f"({network.weights.id[:19]}); run classify.py --head {config.head} --backbone "
-            f"{network.spec.name} --task {config.task} first")
+            f"no stored {config.head} head for task {config.task!r} on {config.backbone} "
+            f"({weights[:19]}); run classify.py --head {config.head} --backbone "
+            f"{config.backbone} --task {config.task} first")
     path = Path(rows[-1]["head_path"])
     if not path.is_file():
         raise FileNotFoundError(f"stored head {path} is gone; run classify.py --force again")
@@ -238,8 +243,8 @@ def saliency(collection: Collection, config: SaliencyConfig, *, warn=print) -> d
         head, classes = network.head, network.classes
         task, split_spec, source = network.task, network.split or config.split, "fine-tuned run"
     else:
+        pipeline = stored_head(collection, config)
         network = load_network(config.backbone, config.weights, progress=config.progress)
-        pipeline = stored_head(collection, config, network)
         head, classes = head_to_torch(pipeline), [str(c) for c in pipeline.classes_]
         task, split_spec, source = config.task, config.split, f"off-the-shelf {config.head}"
     if task not in collection.labels:
@@ -269,8 +274,8 @@ def saliency(collection: Collection, config: SaliencyConfig, *, warn=print) -> d
         m.to(device)
         stage_list = named_stages(m.trunk)
         maps[name] = np.concatenate([
-            saliency_maps(m, stage_list, x.to(device), targets[k * CHUNK:(k + 1) * CHUNK].to(device),
-                          config.method, steps=config.steps) for k, x in enumerate(batches)])
+            saliency_maps(m, stage_list, x.to(device), y.to(device), config.method,
+                          steps=config.steps) for x, y in zip(batches, targets.split(CHUNK))])
         m.cpu()
     probabilities, predicted = probabilities.numpy(), targets.numpy()
     folder = output_folder(config.cache_root, collection.name, "saliency")
@@ -329,12 +334,14 @@ def _images(collection: Collection, config: SaliencyConfig, task: str, split_spe
                 raise FileNotFoundError(f"image {image} not found (a file, or an id of "
                                         f"collection {collection.name!r})")
             resolved = path.resolve()
-            key = resolved.relative_to(root).as_posix() if resolved.is_relative_to(root) else str(path)
+            inside = resolved.is_relative_to(root)
+            key = resolved.relative_to(root).as_posix() if inside else str(path)
             keys.append(key)
             paths.append(path)
             truths.append(labels.get(key) or "?")
         return keys, paths, truths
-    split = load_or_make_split(collection, task, split_spec, Path(config.cache_root) / collection.name)
+    folder = Path(config.cache_root) / collection.name
+    split = load_or_make_split(collection, task, split_spec, folder)
     test_ids, test_labels = split.select("test")
     chosen = sample_ids(list(range(len(test_ids))), config.n, config.seed)
     return ([test_ids[k] for k in chosen], [collection.path(test_ids[k]) for k in chosen],

@@ -79,7 +79,8 @@ def top_images(collection: Collection, config: TopImagesConfig, *, warn=print) -
         order = np.argsort(overlap, kind="stable")
     folder = output_folder(config.cache_root, collection.name, "top-images")
     names = "__vs__".join(file_label(n.label) for n in networks)
-    stem = f"{file_label(task)}__{config.backbone}__{names}__{file_label(stage.name)}__k{config.k}__n{len(ids)}"
+    stem = (f"{file_label(task)}__{config.backbone}__{names}__{file_label(stage.name)}"
+            f"__k{config.k}__n{len(ids)}")
     report["png"] = str(_grid(folder / f"{stem}.png", collection, ids, y, tops, networks,
                               order[:SHOWN_CHANNELS], report))
     report["seconds"] = round(time.perf_counter() - started, 3)
