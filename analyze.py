@@ -40,6 +40,21 @@ def _features_options(parser, d, *, task_required: bool) -> None:
     add_options(parser, "cache", "collection", defaults=d)
 
 
+TRUNK_HELP = "imagenet, random, a weights file or a fine-tuning run folder"
+
+
+def _trunk_options(parser, d, *, compare_required: bool) -> None:
+    """Two trunks of one backbone, run over collection images (layers, top-images)."""
+    parser.add_argument("--backbone", required=True,
+                        help=f"one of {', '.join(available_backbones())}")
+    parser.add_argument("--weights", required=True, help=TRUNK_HELP)
+    parser.add_argument("--compare", required=compare_required, default=None,
+                        help=f"{'the other' if compare_required else 'a second'} trunk: "
+                             f"{TRUNK_HELP}")
+    add_options(parser, "cache", "collection", "seed", "batch-size", "workers", "device",
+                "no-progress", defaults=d)
+
+
 def get_args_parser() -> Parser:
     parser = make_parser(__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
@@ -85,26 +100,17 @@ def get_args_parser() -> Parser:
     export.add_argument("--format", default=d["format"], choices=EXPORT_FORMATS,
                         help="npy (features, ids, labels.csv) or parquet (default: npy)")
 
-    trunk_help = "imagenet, random, a weights file or a fine-tuning run folder"
     d = defaults(LayersConfig)
     layers = commands.add_parser("layers", help="per stage: relative weight distance and CKA "
                                  "between two trunks (what fine-tuning changed)")
-    layers.add_argument("--backbone", required=True,
-                        help=f"one of {', '.join(available_backbones())}")
-    layers.add_argument("--weights", required=True, help=trunk_help)
-    layers.add_argument("--compare", required=True, help=f"the other trunk: {trunk_help}")
+    _trunk_options(layers, d, compare_required=True)
     layers.add_argument("--n", type=int, default=d["n"],
                         help=f"collection images for CKA, a seeded sample (default: {d['n']})")
-    add_options(layers, "cache", "collection", "seed", "batch-size", "workers", "device",
-                "no-progress", defaults=d)
 
     d = defaults(TopImagesConfig)
     top = commands.add_parser("top-images", help="each channel's most activating images: class "
                               "entropy, and overlap between two trunks")
-    top.add_argument("--backbone", required=True,
-                     help=f"one of {', '.join(available_backbones())}")
-    top.add_argument("--weights", required=True, help=trunk_help)
-    top.add_argument("--compare", default=None, help=f"a second trunk: {trunk_help}")
+    _trunk_options(top, d, compare_required=False)
     top.add_argument("--stage", default=d["stage"],
                      help="last (default: the vectors the feature cache holds), a number from "
                           "1 (nearest the input) or a stage name")
@@ -114,8 +120,6 @@ def get_args_parser() -> Parser:
     top.add_argument("--n", type=int, default=d["n"],
                      help="images run through the trunks when the feature cache cannot serve "
                           f"(default: {d['n']}; 0 = all)")
-    add_options(top, "cache", "collection", "seed", "batch-size", "workers", "device",
-                "no-progress", defaults=d)
 
     d = defaults(SaliencyConfig)
     sal = commands.add_parser("saliency", help="saliency maps (Grad-CAM, VisualBackProp, "
@@ -124,7 +128,7 @@ def get_args_parser() -> Parser:
     sal.add_argument("--backbone", default=None,
                      help="or a trunk (with --weights, --task and --head): "
                           f"one of {', '.join(available_backbones())}")
-    sal.add_argument("--weights", default=d["weights"], help=f"{trunk_help} (default: imagenet)")
+    sal.add_argument("--weights", default=d["weights"], help=f"{TRUNK_HELP} (default: imagenet)")
     sal.add_argument("--task", default=None, help="the task the stored head was trained on")
     sal.add_argument("--head", default=None, choices=LINEAR_HEADS,
                      help="the off-the-shelf head classify.py stored")

@@ -303,15 +303,13 @@ def _network_weights(option: str, value: str) -> None:
                          "weights file or a fine-tuning run folder")
 
 
-@dataclass
-class LayersConfig:
-    """Stage-by-stage weight distance and CKA between two trunks of one architecture."""
+@dataclass(kw_only=True)
+class _TrunkPass:
+    """What the analyses that run collection images through trunks share (keyword-only)."""
 
     backbone: str
     weights: str  # imagenet | random | weights file | run folder
-    compare: str
-    n: int = 500  # collection images (seeded sample)
-    seed: int = 0
+    seed: int = 0  # of the image sample
     batch_size: int = runtime(32)
     workers: int = runtime(default_factory=default_workers)
     device: str = runtime("auto")
@@ -321,43 +319,41 @@ class LayersConfig:
     def __post_init__(self):
         _one_backbone(self.backbone)
         _network_weights("--weights", self.weights)
-        _network_weights("--compare", self.compare)
-        _at_least("--n", self.n, 4)
         _at_least("--seed", self.seed, 0)
         _at_least("--batch-size", self.batch_size, 1)
         _at_least("--workers", self.workers, 0)
         check_device_name(self.device)
 
 
-@dataclass
-class TopImagesConfig:
+@dataclass(kw_only=True)
+class LayersConfig(_TrunkPass):
+    """Stage-by-stage weight distance and CKA between two trunks of one architecture."""
+
+    compare: str
+    n: int = 500  # collection images (seeded sample)
+
+    def __post_init__(self):
+        super().__post_init__()
+        _network_weights("--compare", self.compare)
+        _at_least("--n", self.n, 4)
+
+
+@dataclass(kw_only=True)
+class TopImagesConfig(_TrunkPass):
     """The collection images that activate each channel of a stage most."""
 
-    backbone: str
-    weights: str
     compare: str | None = None
     stage: str = "last"  # last | a number from 1 | a stage name
     k: int = 9
     task: str | None = None  # None: the collection's first task
     n: int = 1000  # images run through the trunk when the feature cache cannot serve (0 = all)
-    seed: int = 0
-    batch_size: int = runtime(32)
-    workers: int = runtime(default_factory=default_workers)
-    device: str = runtime("auto")
-    cache_root: str = runtime("cache")
-    progress: bool = runtime(True)
 
     def __post_init__(self):
-        _one_backbone(self.backbone)
-        _network_weights("--weights", self.weights)
+        super().__post_init__()
         if self.compare is not None:
             _network_weights("--compare", self.compare)
         _at_least("--k", self.k, 1)
         _at_least("--n", self.n, 0)
-        _at_least("--seed", self.seed, 0)
-        _at_least("--batch-size", self.batch_size, 1)
-        _at_least("--workers", self.workers, 0)
-        check_device_name(self.device)
 
 
 SALIENCY_METHODS = ("gradcam", "vbp", "ig")
