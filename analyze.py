@@ -262,8 +262,9 @@ def _inside(command: str, collection, config, say) -> None:
     from featbank.analysis.saliency import saliency
 
     report = saliency(collection, config, warn=say)
+    accuracy = "" if report["accuracy"] is None else f"; accuracy {report['accuracy']:.2f}"
     line = (f"{report['method']} maps of {report['n_images']} images ({report['source']}, "
-            f"{report['backbone']}, task {report['task']}; accuracy {report['accuracy']:.2f})")
+            f"{report['backbone']}, task {report['task']}{accuracy})")
     if "sanity_rank_correlation" in report:
         line += f"; sanity rank correlation {report['sanity_rank_correlation']:.3f}"
     print(line)

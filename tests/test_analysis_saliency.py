@@ -105,7 +105,7 @@ def test_maps_of_a_fine_tuned_run(art, method):
     assert json.loads(open(report["json"]).read())["method"] == method
 
 
-def test_maps_of_a_trunk_with_a_stored_head_and_images_given(art):
+def test_maps_of_a_trunk_with_a_stored_head_and_images_given(art, tmp_path):
     cache, collection, _ = art
     extract(collection, ExtractConfig(backbones="squeezenet1_1", weights="random",
                                       cache_root=str(cache), workers=0, device="cpu",
@@ -121,6 +121,11 @@ def test_maps_of_a_trunk_with_a_stored_head_and_images_given(art):
     assert [i["image"] for i in report["images"]] == ["vase/3.png", "icon/1.png"]
     assert [i["true"] for i in report["images"]] == ["vase", "icon"]
     assert report["source"] == "off-the-shelf logreg" and "sanity_rank_correlation" not in report
+    outside = tmp_path / "outside.png"
+    outside.write_bytes(collection.path("vase/3.png").read_bytes())
+    config.images = [str(outside)]
+    report = saliency(collection, config)
+    assert report["images"][0]["true"] is None and report["accuracy"] is None
     with pytest.raises(FileNotFoundError, match="no stored svm head for task 'label'"):
         saliency(collection, SaliencyConfig(backbone="squeezenet1_1", weights="random",
                                             task="label", head="svm", cache_root=str(cache)))

@@ -236,20 +236,11 @@ def overlay(view: np.ndarray, heat: np.ndarray) -> np.ndarray:
 # -- the command -----------------------------------------------------------------------------
 
 def saliency(collection: Collection, config: SaliencyConfig, *, warn=print) -> dict:
+    """Maps of ``config``'s classifier over test images (or the images given); writes PNG
+    overlays, a grid and JSON, returns the JSON."""
     started = time.perf_counter()
     device = resolve_device(config.device)
-    if config.run:
-        network = load_run(config.run, progress=config.progress)
-        head, classes = network.head, network.classes
-        task, split_spec, source = network.task, network.split or config.split, "fine-tuned run"
-    else:
-        pipeline = stored_head(collection, config)
-        network = load_network(config.backbone, config.weights, progress=config.progress)
-        head, classes = head_to_torch(pipeline), [str(c) for c in pipeline.classes_]
-        task, split_spec, source = config.task, config.split, f"off-the-shelf {config.head}"
-    if task not in collection.labels:
-        raise ValueError(f"the classifier's task {task!r} is not a task of collection "
-                         f"{collection.name!r} ({', '.join(collection.tasks) or 'none'})")
+    network, model, classes, task, split_spec, source = _classifier(collection, config)
     keys, paths, truths = _images(collection, config, task, split_spec)
     pre = network.preprocess
     views = []
@@ -259,7 +250,6 @@ def saliency(collection: Collection, config: SaliencyConfig, *, warn=print) -> d
             raise ValueError(f"image {key} cannot be read: {reason}")
         views.append(view)
     views = torch.stack(views)
-    model = Classifier(network.trunk, head).eval().requires_grad_(False)
     models = {"trained": model}
     if config.sanity:
         models["randomised"] = randomised(model, config.seed)
@@ -291,7 +281,7 @@ def saliency(collection: Collection, config: SaliencyConfig, *, warn=print) -> d
         _save_png(out, np.concatenate([view, picture], axis=1))
         item = {"image": key, "true": truths[k], "predicted": classes[predicted[k]],
                 "probability": float(probabilities[k, predicted[k]]), "overlay": str(out)}
-        row = [(view, f"true: {str(truths[k])[:18]}"),
+        row = [(view, f"true: {str(truths[k] or '?')[:18]}"),
                (picture, f"pred: {classes[predicted[k]][:14]} ({item['probability']:.2f})")]
         if config.sanity:
             item["rank_correlation"] = rank_correlation(maps["trained"][k], maps["randomised"][k])
@@ -305,7 +295,8 @@ def saliency(collection: Collection, config: SaliencyConfig, *, warn=print) -> d
         "weights": network.weights.id, "weights_exact": network.weights.exact, "head": config.head,
         "task": task, "classes": classes, "target": "none (class-agnostic)"
         if config.method == "vbp" else "predicted class", "n_images": len(keys),
-        "accuracy": float(np.mean([r["true"] == r["predicted"] for r in results])),
+        # over the images whose label is known (images given from outside have none)
+        "accuracy": _accuracy(results),
         "images": results, "settings": {**asdict(config), "split": split_spec.tag}}
     if config.sanity:
         report["sanity_test"] = "full model randomisation (Adebayo et al. 2018)"
@@ -318,6 +309,29 @@ def saliency(collection: Collection, config: SaliencyConfig, *, warn=print) -> d
     atomic_write_json(folder / f"{stem}.json", report)
     report["json"] = str(folder / f"{stem}.json")
     return report
+
+
+def _classifier(collection: Collection, config: SaliencyConfig):
+    """(network, trunk + head as one module, classes, task, split, what it is)."""
+    if config.run:
+        network = load_run(config.run, progress=config.progress)
+        head, classes = network.head, network.classes
+        task, split_spec, source = network.task, network.split or config.split, "fine-tuned run"
+    else:
+        pipeline = stored_head(collection, config)
+        network = load_network(config.backbone, config.weights, progress=config.progress)
+        head, classes = head_to_torch(pipeline), [str(c) for c in pipeline.classes_]
+        task, split_spec, source = config.task, config.split, f"off-the-shelf {config.head}"
+    if task not in collection.labels:
+        raise ValueError(f"the classifier's task {task!r} is not a task of collection "
+                         f"{collection.name!r} ({', '.join(collection.tasks) or 'none'})")
+    model = Classifier(network.trunk, head).eval().requires_grad_(False)
+    return network, model, classes, task, split_spec, source
+
+
+def _accuracy(results: list[dict]) -> float | None:
+    known = [r["true"] == r["predicted"] for r in results if r["true"] is not None]
+    return float(np.mean(known)) if known else None
 
 
 def _images(collection: Collection, config: SaliencyConfig, task: str, split_spec):
@@ -338,7 +352,7 @@ def _images(collection: Collection, config: SaliencyConfig, task: str, split_spe
             key = resolved.relative_to(root).as_posix() if inside else str(path)
             keys.append(key)
             paths.append(path)
-            truths.append(labels.get(key) or "?")
+            truths.append(labels.get(key))  # None: not an image of the collection
         return keys, paths, truths
     folder = Path(config.cache_root) / collection.name
     split = load_or_make_split(collection, task, split_spec, folder)
