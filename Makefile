@@ -29,7 +29,7 @@ demo: install
 test: install
 	$(PY) -m pytest
 
-# Everything but the subprocess and Ray tests (marked slow): about a minute.
+# Everything but the subprocess and Ray tests (marked slow): about two minutes.
 test-fast: install
 	$(PY) -m pytest -m "not slow"
 
