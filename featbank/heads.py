@@ -196,5 +196,10 @@ def class_scores(pipeline, X) -> np.ndarray:
     """(n_samples, n_classes) scores in ``pipeline.classes_`` order, for top-k."""
     if hasattr(pipeline, "predict_proba"):  # False when the head has none
         return pipeline.predict_proba(X)
+    return decision_scores(pipeline, X)
+
+
+def decision_scores(pipeline, X) -> np.ndarray:
+    """(n_samples, n_classes) decision scores; a binary head's one score s becomes (-s, s)."""
     scores = pipeline.decision_function(X)
     return scores if scores.ndim == 2 else np.column_stack([-scores, scores])

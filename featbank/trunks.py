@@ -108,6 +108,14 @@ def cached_checkpoint(url: str) -> Path:
 def load_trunk(spec: BackboneSpec, weights: str = "imagenet", *, option: str = "--weights",
                progress: bool = True) -> nn.Module:
     """The frozen trunk: eval mode, no gradients. Output: (B, spec.feature_dim)."""
+    return load_described_trunk(spec, weights, option=option, progress=progress)[0]
+
+
+def load_described_trunk(spec: BackboneSpec, weights: str = "imagenet", *,
+                         option: str = "--weights", progress: bool = True) -> tuple[nn.Module, dict]:
+    """The frozen trunk and what its weights file says about itself (see
+    :func:`read_weights_file`; empty for imagenet and random)."""
+    description = {}
     if weights == "imagenet":
         trunk = build_pretrained(spec, option=option, progress=progress)
     elif weights == "random":
@@ -116,8 +124,8 @@ def load_trunk(spec: BackboneSpec, weights: str = "imagenet", *, option: str = "
             trunk = spec.build(False)
     else:
         trunk = spec.build(False)
-        load_state_dict_file(trunk, weights, spec=spec)
-    return freeze(trunk)
+        description = load_state_dict_file(trunk, weights, spec=spec)
+    return freeze(trunk), description
 
 
 def freeze(module: nn.Module) -> nn.Module:
@@ -183,14 +191,13 @@ def _fetch(spec: BackboneSpec, url: str, *, option: str, progress: bool) -> Path
     return path
 
 
-def load_state_dict_file(module: nn.Module, path: str | os.PathLike, *,
-                         spec: BackboneSpec | None = None) -> dict:
-    """Load weights strictly; only the classifier keys of ``spec`` may be extra.
+def read_weights_file(path: str | os.PathLike) -> tuple[dict, dict]:
+    """(the trunk's state_dict, what the file says about itself) of a weights file.
 
-    ``path`` holds a state_dict, a featbank checkpoint (``model``: ``trunk.*``
-    keys) or an exported trunk (``state_dict`` plus what it describes). An
-    exported trunk of another backbone is refused. Returns the file's
-    description (empty for a plain state_dict).
+    The file holds a plain state_dict (no description), an exported trunk
+    (``format``, ``state_dict`` and its description: backbone, preprocess,
+    classes, ...) or a featbank checkpoint (``model`` with ``trunk.*`` and
+    ``head.*`` keys, beside the same description).
     """
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -198,18 +205,31 @@ def load_state_dict_file(module: nn.Module, path: str | os.PathLike, *,
         raise FileNotFoundError(f"weights file {path} not found") from None
     except Exception as err:
         raise ValueError(f"{path} is not a readable PyTorch state_dict ({first_line(err)})") from None
-    meta = {}
+    description = {}
     if isinstance(state, dict) and state.get("format") == TRUNK_FORMAT:
-        meta = {k: v for k, v in state.items() if k != "state_dict"}
-        if spec is not None and meta.get("backbone") not in (None, spec.name):
-            raise ValueError(f"{path} is a {meta['backbone']} trunk, not {spec.name}")
+        description = {k: v for k, v in state.items() if k != "state_dict"}
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if isinstance(state, dict) and isinstance(state.get("model"), dict):  # a featbank checkpoint
+        description = {k: v for k, v in state.items() if k not in ("model", "optimizer")}
         state = {k.removeprefix("trunk."): v for k, v in state["model"].items()
                  if k.startswith("trunk.")}
     if not isinstance(state, dict):
         raise ValueError(f"{path} holds a {type(state).__name__}, not a state_dict")
+    return state, description
+
+
+def load_state_dict_file(module: nn.Module, path: str | os.PathLike, *,
+                         spec: BackboneSpec | None = None) -> dict:
+    """Load weights strictly; only the classifier keys of ``spec`` may be extra.
+
+    ``path`` is any file :func:`read_weights_file` reads. An exported trunk of
+    another backbone is refused. Returns the file's description.
+    """
+    state, description = read_weights_file(path)
+    if (spec is not None and description.get("format") == TRUNK_FORMAT
+            and description.get("backbone") not in (None, spec.name)):
+        raise ValueError(f"{path} is a {description['backbone']} trunk, not {spec.name}")
     state = {k.removeprefix("module."): v for k, v in state.items()}
     expected = set(module.state_dict())
     head_prefixes = spec.head_prefixes if spec is not None else ()
@@ -225,7 +245,7 @@ def load_state_dict_file(module: nn.Module, path: str | os.PathLike, *,
         first = str(err).strip().splitlines()[-1].strip()
         raise ValueError(f"{path} does not fit {spec.name if spec else 'this backbone'}: "
                          f"{first}") from None
-    return meta
+    return description
 
 
 def export_trunk(trunk: nn.Module, path: str | os.PathLike, **description) -> None:

@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from ..backbones import check_names
-from ..cache import FeatureEntry, FeatureSet, feature_files, read_features, safe_name
+from ..cache import FeatureEntry, FeatureSet, feature_files, read_features, safe_name, same_attr
 from ..collection import Collection
 from ..fileio import atomic_path
 
@@ -57,6 +57,16 @@ def task_labels(collection: Collection, task: str, ids: list[str]) -> np.ndarray
                          f"{', '.join(collection.tasks) or 'no tasks'}")
     by_id = collection.labels_by_id()[task]
     return np.array([by_id.get(i) for i in ids], dtype=object)
+
+
+def preprocess_change(stored: dict, now: dict) -> tuple[str, object, object] | None:
+    """The first preprocessing attribute (key, stored, now) a feature file recorded
+    otherwise than ``now`` (``Preprocess.attrs()``); None when the images were made alike."""
+    for key, value in now.items():
+        was = stored.get(key, value)
+        if not same_attr(was, value):
+            return key, was, value
+    return None
 
 
 def read_entry(entry: FeatureEntry) -> FeatureSet:

@@ -23,7 +23,7 @@ from ..backbones import BackboneSpec, Preprocess, get_spec
 from ..collection import Collection
 from ..images import decode_views, normalize
 from ..tasks import SplitSpec
-from ..trunks import Weights, load_trunk, resolve_weights, stages
+from ..trunks import Weights, load_described_trunk, read_weights_file, resolve_weights, stages
 
 LAST = "last"
 
@@ -54,8 +54,7 @@ def load_network(backbone: str, weights: str, *, option: str = "--weights",
     source = trunk_source(weights, option)
     spec = get_spec(backbone)
     resolved = resolve_weights(spec, source, option=option)
-    trunk = load_trunk(spec, source, option=option, progress=progress)
-    description = _description(source) if source not in ("imagenet", "random") else {}
+    trunk, description = load_described_trunk(spec, source, option=option, progress=progress)
     preprocess = _preprocess(description.get("preprocess")) or spec.preprocess
     label = weights if weights in ("imagenet", "random") else _label(weights)
     return Network(spec, trunk, resolved, preprocess, label)
@@ -66,7 +65,7 @@ def load_run(run: str, *, progress: bool = True) -> Network:
     classes, task and split."""
     folder = Path(run)
     trunk_file = _trunk_file(run, "--run")
-    description = _description(trunk_file)
+    _, description = read_weights_file(trunk_file)
     if not description.get("backbone") or not description.get("classes"):
         raise ValueError(f"{trunk_file} does not say which backbone and classes it has; "
                          "is it from finetune.py?")
@@ -111,14 +110,6 @@ def _trunk_file(weights: str, option: str) -> str:
         raise FileNotFoundError(f"{option} {weights}: no such weights file or run folder "
                                 "(use imagenet, random, a weights file or a run folder)")
     return str(path)
-
-
-def _description(path: str) -> dict:
-    """What an exported trunk or checkpoint says about itself (empty for a plain state_dict)."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict):
-        return {}
-    return {k: v for k, v in state.items() if k not in ("state_dict", "model", "optimizer")}
 
 
 def _preprocess(stored: dict | None) -> Preprocess | None:

@@ -20,13 +20,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..cache import FeatureEntry, safe_name, same_attr
+from ..cache import FeatureEntry, safe_name
 from ..collection import Collection
 from ..config import RetrieveConfig
 from ..fileio import atomic_path, atomic_write_json, atomic_write_text
 from ..tasks import load_or_make_split
-from .common import (THUMB_SIZE, describe, html_page, output_folder, progress_bar, read_entry,
-                     single_feature_file, thumbnail, thumbnail_files)
+from .common import (THUMB_SIZE, describe, html_page, output_folder, preprocess_change,
+                     progress_bar, read_entry, single_feature_file, thumbnail, thumbnail_files)
 from .similarity import average_precision_at_k, nearest, precision_at_k
 
 SHOWN = 10  # neighbours per query on a contact sheet
@@ -101,7 +101,11 @@ def lookup(collection: Collection, config: RetrieveConfig, *, warn=print) -> dic
                                 config.weights, warn=warn)
     data = read_entry(entry)
     spec = get_spec(entry.backbone)
-    _check_preprocess(entry, spec.preprocess.attrs(), data.attrs)
+    change = preprocess_change(data.attrs, spec.preprocess.attrs())
+    if change:  # queries must be preprocessed as the file's images were
+        key, was, now = change
+        raise ValueError(f"{entry.path.name} was extracted with {key}={was!r}, but "
+                         f"{entry.backbone} now preprocesses with {now!r}; re-extract it")
     views = []
     for path in config.queries:
         if not Path(path).is_file():
@@ -141,15 +145,6 @@ def _settings(config: RetrieveConfig) -> dict:
     settings = asdict(config)
     settings["split"] = config.split.tag
     return settings
-
-
-def _check_preprocess(entry: FeatureEntry, now: dict, stored: dict) -> None:
-    """Queries must be preprocessed as the file's images were."""
-    for key, value in now.items():
-        was = stored.get(key, value)
-        if not same_attr(was, value):
-            raise ValueError(f"{entry.path.name} was extracted with {key}={was!r}, but "
-                             f"{entry.backbone} now preprocesses with {value!r}; re-extract it")
 
 
 def _trunk_weights(entry: FeatureEntry, attrs: dict, weights_file: str | None) -> str:

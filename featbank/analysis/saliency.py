@@ -32,6 +32,7 @@ from ..collection import Collection
 from ..config import SaliencyConfig
 from ..evaluate import load_results
 from ..fileio import atomic_path, atomic_write_json
+from ..heads import decision_scores
 from ..images import decode_views, normalize
 from ..inference import resolve_device
 from ..plots import plot_image_grid
@@ -95,8 +96,7 @@ def head_to_torch(pipeline) -> nn.Module:
 
 
 def _scores(pipeline, X: np.ndarray) -> np.ndarray:
-    scores = np.asarray(pipeline.decision_function(X.astype(np.float32)), dtype=np.float64)
-    return np.column_stack([-scores, scores]) if scores.ndim == 1 else scores
+    return np.asarray(decision_scores(pipeline, X.astype(np.float32)), dtype=np.float64)
 
 
 def stored_head(collection: Collection, config: SaliencyConfig):

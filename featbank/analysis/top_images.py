@@ -13,17 +13,16 @@ from __future__ import annotations
 import time
 from dataclasses import asdict
 from datetime import datetime, timezone
-from pathlib import Path
 
 import numpy as np
 
-from ..cache import FeatureEntry, feature_files, same_attr
 from ..collection import Collection
 from ..config import TopImagesConfig
 from ..fileio import atomic_write_json
 from ..inference import resolve_device
 from ..plots import plot_image_grid
-from .common import file_label, output_folder, progress_bar, read_entry, thumbnail
+from .common import (file_label, output_folder, preprocess_change, progress_bar, read_entry,
+                     single_feature_file, thumbnail)
 from .networks import Network, load_network, pick_stage, sample_ids, stage_activations
 
 SHOWN_CHANNELS = 8
@@ -95,15 +94,14 @@ def _cached(collection, config, networks: list[Network], stage, label: dict, war
     made with the preprocessing used here; else (None, None, None)."""
     if stage.index != len(networks[0].stages):
         return None, None, None
-    entries = []
-    for network in networks:
-        entry = _feature_file(collection, config.cache_root, network)
-        if entry is None:
-            return None, None, None
-        entries.append(entry)
+    try:
+        entries = [single_feature_file(config.cache_root, collection.name, n.spec.name,
+                                       n.weights.id, warn=lambda m: None) for n in networks]
+    except (FileNotFoundError, ValueError):  # no such file, or not one
+        return None, None, None
     sets = [read_entry(e) for e in entries]
     wanted = networks[0].preprocess.attrs()
-    if any(not same_attr(s.attrs.get(k, v), v) for s in sets for k, v in wanted.items()):
+    if any(preprocess_change(s.attrs, wanted) for s in sets):
         return None, None, None
     shared = set.intersection(*(set(s.ids) for s in sets))
     ids = [i for i in sets[0].ids if i in shared and i in label]
@@ -111,16 +109,6 @@ def _cached(collection, config, networks: list[Network], stage, label: dict, war
         return None, None, None
     rows = [{i: k for k, i in enumerate(s.ids)} for s in sets]
     return ids, [s.features[[r[i] for i in ids]] for s, r in zip(sets, rows)], "feature cache"
-
-
-def _feature_file(collection, cache_root, network: Network) -> FeatureEntry | None:
-    try:
-        entries = feature_files(Path(cache_root) / collection.name, network.spec.name,
-                                network.weights.id, warn=lambda m: None)
-    except (FileNotFoundError, ValueError):
-        return None
-    exact = [e for e in entries if e.weights == network.weights.id]
-    return exact[0] if len(exact) == 1 else None
 
 
 def _top_k(x: np.ndarray, k: int) -> np.ndarray:
