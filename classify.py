@@ -61,7 +61,7 @@ def main(argv=None) -> None:
         ensemble=args.ensemble)
     collection = cached_collection(cache=args.cache, collection=args.collection)
     from featbank.classify import classify
-    from featbank.evaluate import build_table, load_results, to_markdown, write_table
+    from featbank.evaluate import build_table, load_results, table_notes, to_markdown, write_table
 
     classify(collection, config, warn=lambda m: print(m, file=sys.stderr))
     folder = Path(args.cache) / collection.name
@@ -69,6 +69,9 @@ def main(argv=None) -> None:
     columns, records = build_table(rows, split_tag=config.split.tag,
                                    variant=config.variant)
     print(to_markdown(columns, records))
+    notes = table_notes(columns, records)
+    if notes:
+        print("\nChosen on the validation split:\n" + "\n".join(f"- {n}" for n in notes))
     csv_path, _ = write_table(folder, columns, records)
     print(f"\ntest top-1; results in {folder / 'results.jsonl'}, table in {csv_path} and .json",
           file=sys.stderr)

@@ -58,7 +58,7 @@ def run_cell(*, folder: Path, collection: str, task: str, split: Split, entry: F
     tr, y_tr = tr[chosen], y_tr[chosen]
     pipeline = make_head(head, config.options)
     start = time.perf_counter()
-    tuning = fit_head(pipeline, X[tr], y_tr, X[va], y_va, grid=HEADS[head].grid)
+    tuning = fit_head(pipeline, X[tr], y_tr, X[va], y_va, grid=HEADS[head].grid_for(config.options))
     seconds = time.perf_counter() - start
     classes = pipeline.classes_
     val = metrics(y_va, class_scores(pipeline, X[va]), classes)

@@ -217,7 +217,10 @@ def build_table(rows: list[dict], *, split_tag: str | None = None,
         key = (r["task"], r["backbone"], r["weights"])
         record = records.setdefault(key, {"task": r["task"], "backbone": r["backbone"],
                                           "weights": r["weights"], "dim": r.get("feature_dim")})
-        record[column_of[r["method"]].format(head=r["head"])] = r["top1"]
+        column = column_of[r["method"]].format(head=r["head"])
+        record[column] = r["top1"]
+        if r.get("tuned"):
+            record.setdefault("chosen", {})[column] = r["tuned"]
         if r.get("head") == "softmax" and r["method"] == "off-the-shelf":
             record["softmax params"] = r.get("n_params")
     columns = ["task", "backbone", "weights", "dim", *heads]
@@ -236,6 +239,21 @@ def _cell(value) -> str:
     if isinstance(value, str) and "sha256:" in value:  # enough to tell weights files apart
         return "+".join(part[:19] for part in value.split("+"))
     return str(value)
+
+
+def table_notes(columns: list[str], records: list[dict]) -> list[str]:
+    """One line per table row whose heads chose hyper-parameters on validation:
+    ``label / vgg19 / imagenet: svm C=0.1, knn n_neighbors=5``."""
+    notes = []
+    for r in records:
+        chosen = r.get("chosen") or {}
+        parts = [f"{column} " + ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                                          for k, v in chosen[column].items())
+                 for column in columns if column in chosen]
+        if parts:
+            notes.append(f"{r['task']} / {r['backbone']} / {_cell(r['weights'])}: "
+                         + ", ".join(parts))
+    return notes
 
 
 def to_markdown(columns: list[str], records: list[dict]) -> str:

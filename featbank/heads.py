@@ -51,25 +51,35 @@ class HeadOptions:
 @dataclass(frozen=True)
 class HeadEntry:
     """A registry entry: ``factory(options)`` -> unfitted estimator; ``grid``: parameter ->
-    values chosen on validation data."""
+    values chosen on validation data, or a function of the options that gives them."""
 
     factory: Callable[[HeadOptions], object]
-    grid: dict[str, tuple] = field(default_factory=dict)
+    grid: dict[str, tuple] | Callable[[HeadOptions], dict] = field(default_factory=dict)
+
+    def grid_for(self, options: HeadOptions) -> dict[str, tuple]:
+        return dict(self.grid(options) if callable(self.grid) else self.grid)
 
 
 HEADS: dict[str, HeadEntry] = {}
 
 
-def register_head(name: str, *, grid: dict[str, tuple] | None = None):
+def register_head(name: str, *, grid=None):
     def decorator(factory: Callable[[HeadOptions], object]):
         if name in HEADS:
             raise ValueError(f"head {name!r} is already registered")
-        HEADS[name] = HeadEntry(factory, dict(grid or {}))
+        HEADS[name] = HeadEntry(factory, grid if callable(grid) else dict(grid or {}))
         return factory
     return decorator
 
 
-@register_head("softmax")
+# Grids run from the weakest regularisation to the strongest: the first point is a full
+# fit, and each later one continues from the one before (see featbank.linear).
+SOFTMAX_ALPHAS = (0.0, 1e-4, 1e-3, 1e-2)
+C_GRID = (1.0, 0.1, 0.01, 0.001)
+
+
+@register_head("softmax", grid=lambda o: {"alpha": SOFTMAX_ALPHAS} if o.softmax_recipe == "fast"
+               else {})  # the paper's recipe is its exact settings: nothing to tune
 def _softmax(o: HeadOptions):
     from .softmax import SoftmaxClassifier
 
@@ -77,7 +87,7 @@ def _softmax(o: HeadOptions):
                              random_state=o.seed)
 
 
-@register_head("svm", grid={"C": (1e-3, 1e-2, 1e-1, 1.0)})
+@register_head("svm", grid={"C": C_GRID})
 def _svm(o: HeadOptions):
     from .svm import LinearSVM
 
@@ -92,19 +102,18 @@ def _rf(o: HeadOptions):
                                   random_state=o.seed, n_jobs=1)
 
 
-@register_head("logreg")
+@register_head("logreg", grid={"C": C_GRID})
 def _logreg(o: HeadOptions):
-    from sklearn.linear_model import LogisticRegression
+    from .logreg import LogisticHead
 
-    return LogisticRegression(max_iter=2000, class_weight=o.class_weight, random_state=o.seed)
+    return LogisticHead(class_weight=o.class_weight, random_state=o.seed)
 
 
-@register_head("knn")
+@register_head("knn", grid={"n_neighbors": (1, 3, 5, 10, 20, 40)})
 def _knn(o: HeadOptions):
-    from sklearn.neighbors import KNeighborsClassifier
+    from .knn import CosineKNN
 
-    return KNeighborsClassifier(n_neighbors=10, metric="cosine", weights="distance",
-                                algorithm="brute")
+    return CosineKNN()
 
 
 def resolve_heads(names: str | list[str]) -> list[str]:
@@ -146,18 +155,28 @@ def fit_head(pipeline, X, y, X_val=None, y_val=None, *, grid: dict | None = None
 
     X : array of shape (n_train, n_features); X_val : (n_val, n_features) or None.
     With validation data, each grid point is fitted on (X, y) and scored
-    (accuracy) on (X_val, y_val) through the whole pipeline; without it
-    (no saved split), by 3-fold cross-validation on (X, y). The best point is
-    then refitted on (X, y) alone. A head that accepts validation data gets
-    X_val through the pipeline's own transforms. Returns the choice, or None
-    when there was nothing to choose.
+    (accuracy) on (X_val, y_val) through the whole pipeline. A head with a
+    ``fit_path`` method (the linear heads, knn) does that itself for its one
+    parameter, on transforms fitted once, warm-starting each point from the
+    one before and ending fitted at the best; any other head goes through
+    ``GridSearchCV``, and the best point is then refitted on (X, y) alone.
+    Without validation data (no saved split), ``GridSearchCV`` with 3-fold
+    cross-validation on (X, y) chooses. A head that accepts validation data
+    gets X_val through the pipeline's own transforms. Returns the choice, or
+    None when there was nothing to choose.
     """
-    tuning = _choose(pipeline, grid, X, y, X_val, y_val) if grid else None
     head = pipeline[-1]
+    front = pipeline[:-1]  # shares its steps with ``pipeline``
+    if grid and X_val is not None and len(grid) == 1 and hasattr(head, "fit_path"):
+        [(name, values)] = grid.items()
+        scores = head.fit_path(front.fit_transform(X, y), y, front.transform(X_val), y_val,
+                               name, list(values))
+        return Tuning(chosen={name: head.get_params()[name]},
+                      scores=[({name: v}, float(s)) for v, s in scores])
+    tuning = _choose(pipeline, grid, X, y, X_val, y_val) if grid else None
     if X_val is None or not getattr(head, "accepts_validation", False):
         pipeline.fit(X, y)
     else:
-        front = pipeline[:-1]  # shares its steps with ``pipeline``
         head.fit(front.fit_transform(X, y), y, X_val=front.transform(X_val), y_val=y_val)
     return tuning
 
@@ -183,12 +202,12 @@ def _choose(pipeline, grid: dict, X, y, X_val, y_val) -> Tuning:
 def n_parameters(pipeline) -> int:
     """Learned numbers in the fitted head (weights and biases, tree nodes, stored samples)."""
     head = pipeline[-1]
+    if hasattr(head, "n_stored_"):
+        return head.n_stored_
     if hasattr(head, "coef_"):
         return int(np.size(head.coef_) + np.size(head.intercept_))
     if hasattr(head, "estimators_"):
         return int(sum(tree.tree_.node_count for tree in head.estimators_))
-    if hasattr(head, "_fit_X"):
-        return int(np.size(head._fit_X))
     raise ValueError(f"cannot count the parameters of {type(head).__name__}")
 
 

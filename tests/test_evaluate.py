@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from featbank.evaluate import (RESULT_KEYS, append_result, build_table, load_results, metrics,
-                               to_markdown, top_k_accuracy, write_reports, write_table)
+                               table_notes, to_markdown, top_k_accuracy, write_reports, write_table)
 
 
 def test_top_k_known_answer():
@@ -45,15 +45,18 @@ def test_store_appends_and_survives_a_torn_line(tmp_path):
 
 
 def test_table_has_a_column_per_head_and_fine_tuning(tmp_path):
-    rows = [_row(), _row(head="softmax", top1=0.6, cell="c2", n_params=1234),
-            _row(head="svm", top1=0.7, cell="c1"),  # newer row of the same cell wins
+    rows = [_row(), _row(head="softmax", top1=0.6, cell="c2", n_params=1234,
+                         tuned={"alpha": 0.0001}),
+            _row(head="svm", top1=0.7, cell="c1", tuned={"C": 0.1}),  # newer row of the same cell wins
             _row(method="fine-tuning", head=None, top1=0.8, cell="c3"),
             _row(head="svm", top1=0.1, cell="c4", variant="other")]
     columns, records = build_table(rows, split_tag="t", variant="v")
     assert columns == ["task", "backbone", "weights", "dim", "svm", "softmax", "fine-tuning",
                        "softmax params"]
     assert records == [{"task": "type", "backbone": "vgg19", "weights": "imagenet", "dim": 512,
-                        "svm": 0.7, "softmax": 0.6, "softmax params": 1234, "fine-tuning": 0.8}]
+                        "svm": 0.7, "softmax": 0.6, "softmax params": 1234, "fine-tuning": 0.8,
+                        "chosen": {"svm": {"C": 0.1}, "softmax": {"alpha": 0.0001}}}]
+    assert table_notes(columns, records) == ["type / vgg19 / imagenet: svm C=0.1, softmax alpha=0.0001"]
     assert "| type | vgg19 | imagenet | 512 | 0.700 | 0.600 | 0.800 | 1234 |" in to_markdown(columns, records)
     csv_path, json_path = write_table(tmp_path, columns, records)
     assert json.loads(json_path.read_text())["rows"][0]["fine-tuning"] == 0.8

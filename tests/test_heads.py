@@ -8,7 +8,8 @@ from sklearn.model_selection import GridSearchCV
 
 from featbank.heads import (HEADS, HeadOptions, class_scores, fit_head, make_head, n_parameters,
                             register_head, resolve_heads)
-from featbank.softmax import SoftmaxClassifier, _stalled
+from featbank.linear import _stalled
+from featbank.softmax import SoftmaxClassifier
 
 
 def _toy(seed=0):
@@ -22,7 +23,7 @@ def test_every_head_known_answer_clone_and_pickle(name):
     X, y = _toy()
     head = make_head(name, HeadOptions(seed=1))
     fitted = clone(head)
-    fit_head(fitted, X[:200], y[:200], X[200:250], y[200:250], grid=HEADS[name].grid)
+    fit_head(fitted, X[:200], y[:200], X[200:250], y[200:250], grid=HEADS[name].grid_for(HeadOptions()))
     assert fitted.score(X[250:], y[250:]) >= 0.95
     again = pickle.loads(pickle.dumps(fitted))
     assert np.array_equal(again.predict(X[250:]), fitted.predict(X[250:]))
@@ -109,7 +110,7 @@ def test_stall_rule_ends_plateaus_not_slow_declines():
 
 def test_softmax_errors():
     X, y = _toy()
-    with pytest.raises(ValueError, match="unknown softmax recipe"):
+    with pytest.raises(ValueError, match="unknown SoftmaxClassifier recipe"):
         SoftmaxClassifier(recipe="slow").fit(X, y)
     with pytest.raises(ValueError, match="two classes"):
         SoftmaxClassifier().fit(X, ["a"] * len(X))
@@ -131,7 +132,7 @@ def test_svm_c_is_chosen_on_the_validation_part_through_the_whole_pipeline(norma
     X, y = _noisy(seed=5)
     (X_tr, y_tr), (X_va, y_va) = (X[:120], y[:120]), (X[120:], y[120:])
     options = HeadOptions(normalize=normalize, pca=20)
-    grid = HEADS["svm"].grid
+    grid = HEADS["svm"].grid_for(HeadOptions())
     # What the choice must be: each C's pipeline fitted on train alone, scored on val.
     expected = {C: clone(make_head("svm", options)).set_params(head__C=C).fit(X_tr, y_tr)
                 .score(X_va, y_va) for C in grid["C"]}
@@ -150,8 +151,8 @@ def test_svm_c_is_chosen_on_the_validation_part_through_the_whole_pipeline(norma
 def test_without_validation_data_the_grid_uses_cross_validation():
     X, y = _noisy(seed=6)
     pipeline = make_head("svm")
-    tuning = fit_head(pipeline, X, y, grid=HEADS["svm"].grid)
-    assert tuning.chosen["C"] in HEADS["svm"].grid["C"] and len(tuning.scores) == 4
+    tuning = fit_head(pipeline, X, y, grid=HEADS["svm"].grid_for(HeadOptions()))
+    assert tuning.chosen["C"] in HEADS["svm"].grid_for(HeadOptions())["C"] and len(tuning.scores) == 4
 
 
 def test_unknown_and_duplicate_heads():
