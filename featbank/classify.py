@@ -79,6 +79,8 @@ def run_cell(*, folder: Path, collection: str, task: str, split: Split, entry: F
         variant=config.variant, **{f"option_{k}": v for k, v in asdict(config.options).items()},
         train_fraction=config.train_fraction,
         tuned=tuning.chosen if tuning else None,
+        head_engine=getattr(pipeline[-1], "engine_", None),
+        head_settings=getattr(pipeline[-1], "settings_", None),
         tuning_val_scores=tuning.scores if tuning else None,
         head_path=str(head_path), features=entry.paths)
 

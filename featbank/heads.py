@@ -96,10 +96,9 @@ def _svm(o: HeadOptions):
 
 @register_head("rf")
 def _rf(o: HeadOptions):
-    from sklearn.ensemble import RandomForestClassifier
+    from .forest import Forest
 
-    return RandomForestClassifier(n_estimators=300, class_weight=o.class_weight,
-                                  random_state=o.seed, n_jobs=1)
+    return Forest(class_weight=o.class_weight, random_state=o.seed)
 
 
 @register_head("logreg", grid={"C": C_GRID})

@@ -114,6 +114,7 @@ class TorchLinear(ClassifierMixin, BaseEstimator):
         settings = self._settings()
         torch.manual_seed(self.random_state)
         layer = torch.nn.Linear(X.shape[1], len(self.classes_))
+        _start_at_the_priors(layer, self.loss, y_index)
         trainer = _Trainer(layer, torch.from_numpy(X), torch.from_numpy(y_index),
                            torch.from_numpy(X_val), torch.from_numpy(y_val_index),
                            loss=self.loss, weights=self._class_weights(y_index),
@@ -208,6 +209,25 @@ def loss_value(loss: str, scores, y, weights=None, reduction: str = "mean"):
         w = weights[y]
         return (per * w).sum() if reduction == "sum" else (per * w).sum() / w.sum()
     return per.sum() if reduction == "sum" else per.mean()
+
+
+@torch.no_grad()
+def _start_at_the_priors(layer, loss: str, y_index: np.ndarray) -> None:
+    """One-vs-rest losses start with the biases of the best constant model (each class
+    scored by its share of the training data); otherwise they spend epochs moving a
+    thousand biases from 0 towards -1 at the optimiser's pace (36 epochs instead of
+    11.5 for the squared hinge at 10 % of the Rijksmuseum material shapes). The
+    multinomial loss keeps torch's initialisation: starting it at the log priors
+    stopped it earlier and 1 to 2 points lower on the same data."""
+    if loss == "multinomial":
+        return
+    prior = np.bincount(y_index, minlength=layer.out_features) / len(y_index)
+    prior = np.clip(prior, 1e-6, 1 - 1e-6)
+    if loss == "logistic":
+        bias = np.log(prior / (1 - prior))
+    else:  # argmin_s of p (1 - s)^2 + (1 - p) (1 + s)^2 on [-1, 1]
+        bias = 2 * prior - 1
+    layer.bias.copy_(torch.from_numpy(bias.astype(np.float32)))
 
 
 def _optimizer(name: str, params, lr: float):

@@ -28,6 +28,10 @@ def test_grid_rows_follow_the_contract(tmp_path):
         assert row["top1"] >= 0.9 and row["n_test"] == 6 and row["n_train"] == 48
         pipeline = joblib.load(row["head_path"])
         assert list(pipeline.classes_) == ["baroque", "cubism", "gothic"]
+        # chosen on validation, and the stored head is the chosen one
+        [(name, value)] = row["tuned"].items()
+        assert pipeline[-1].get_params()[name] == value
+        assert row["head_engine"] == ("sklearn" if row["head"] == "logreg" else None)
     assert len(load_results(folder)) == 4
     assert len(list((folder / "reports" / "style").glob("*_confusion.png"))) == 4
 

@@ -1,0 +1,110 @@
+"""Every head on one synthetic full-scale cell per Rijksmuseum task, tuning included.
+
+    python bench/bench_grid.py                      # full scale (~100k x 2048 a task)
+    python bench/bench_grid.py --scale 0.05         # 5 % of the images, a quick run
+    python bench/bench_grid.py --scale 0.1 --reference   # also scikit-learn's slow solvers
+
+The features are bench_softmax.py's (GAP-like, Zipf class sizes, material 206,
+type 1,054, artist 1,196 classes), split 80/10/10 by featbank's stratified
+split. Each head is featbank's registry pipeline (standardise -> head) fitted
+by ``featbank.heads.fit_head`` with the registry's grid, chosen on the
+validation part, exactly as ``classify.py`` does. Every head x task runs in
+a fresh process, so each line's peak memory is its own (the features
+included). One line per head x task: seconds (fit and tuning), validation
+and test top-1, the value chosen, the engine, peak memory. The last line
+estimates the whole off-the-shelf grid for 4 backbones (every cell as large
+as these 2048-d ones; 512-d backbones are cheaper) against the 30-minute goal.
+
+``--reference`` adds scikit-learn's own solvers for the same cells, for the
+accuracy comparison: LogisticRegression (lbfgs) and LinearSVC tuned over the
+same C grid, and a 300-tree random forest (scikit-learn's default settings).
+They take hours at full scale; run them at 10 %.
+"""
+import argparse
+import multiprocessing
+import resource
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_softmax import TASKS, synthetic_features  # noqa: E402
+
+REFERENCES = {"logreg (sklearn)": ("logreg", {"head__engine": "sklearn"}),
+              "svm (sklearn)": ("svm", {"head__engine": "sklearn"}),
+              "rf (300 trees)": ("rf", "default-forest")}
+
+
+def run_cell(task: str, n: int, head: str, seed: int) -> dict:
+    """One head on one task, in its own process: returns its line's figures."""
+    import numpy as np
+
+    from featbank.heads import HEADS, HeadOptions, fit_head, make_head
+    from featbank.tasks import SplitSpec, stratified_parts
+
+    X, y = synthetic_features(n, TASKS[task], seed=seed)
+    parts = stratified_parts(y, SplitSpec(seed=seed))
+    tr, va, te = (parts == p for p in ("train", "val", "test"))
+    name, change = REFERENCES.get(head, (head, None))
+    options = HeadOptions(seed=seed)
+    pipeline = make_head(name, options)
+    if change == "default-forest":
+        from sklearn.ensemble import RandomForestClassifier
+        pipeline.steps[-1] = ("head", RandomForestClassifier(n_estimators=300, n_jobs=-1,
+                                                             random_state=seed))
+    elif change:
+        pipeline.set_params(**change)
+    start = time.perf_counter()
+    tuning = fit_head(pipeline, X[tr], y[tr], X[va], y[va], grid=HEADS[name].grid_for(options))
+    seconds = time.perf_counter() - start
+    fitted = pipeline[-1]
+    return {"task": task, "head": head, "n": len(y), "classes": TASKS[task], "seconds": seconds,
+            "val": float(np.mean(pipeline.predict(X[va]) == y[va])),
+            "test": float(np.mean(pipeline.predict(X[te]) == y[te])),
+            "chosen": ", ".join(f"{k}={v:g}" for k, v in tuning.chosen.items()) if tuning else "",
+            "engine": getattr(fitted, "engine_", ""),
+            "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20}
+
+
+def main():
+    from featbank.heads import resolve_heads
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scale", type=float, default=1.0,
+                        help="fraction of the ~100k images to generate (default: 1.0)")
+    parser.add_argument("--tasks", default=",".join(TASKS))
+    parser.add_argument("--heads", default="all", help="heads to time (default: all)")
+    parser.add_argument("--reference", action="store_true",
+                        help="also time scikit-learn's solvers and the default forest")
+    parser.add_argument("--backbones", type=int, default=4,
+                        help="backbones in the estimated grid (default: 4)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    ours = resolve_heads(args.heads)
+    heads = ours + [r for r, (name, _) in REFERENCES.items() if args.reference and name in ours]
+    print(f"{'task':<10}{'n':>8}{'classes':>8}  {'head':<18}{'seconds':>9}{'val':>7}{'test':>7}"
+          f"  {'chosen':<16}{'engine':<9}{'peak GB':>8}", flush=True)
+    total = {}
+    spawn = multiprocessing.get_context("spawn")
+    for task in args.tasks.split(","):
+        for head in heads:
+            # a fresh process per cell: its peak memory is its own
+            with ProcessPoolExecutor(1, mp_context=spawn) as pool:
+                r = pool.submit(run_cell, task, int(100_000 * args.scale), head, args.seed).result()
+            print(f"{task:<10}{r['n']:>8}{r['classes']:>8}  {head:<18}{r['seconds']:>9.1f}"
+                  f"{r['val']:>7.3f}{r['test']:>7.3f}  {r['chosen']:<16}{r['engine']:<9}"
+                  f"{r['peak_gb']:>8.2f}", flush=True)
+            if head in ours:
+                total[task, head] = r["seconds"]
+    minutes = args.backbones * sum(total.values()) / 60
+    slowest = max(total, key=total.get)
+    print(f"estimated grid, {args.backbones} backbones x {len(set(t for t, _ in total))} tasks x "
+          f"{len(set(h for _, h in total))} heads at scale {args.scale:g}: {minutes:.1f} min "
+          f"(goal at full scale: 30 min or less); slowest cell {slowest[1]} on {slowest[0]}, "
+          f"{total[slowest]:.0f} s (goal: 300 s or less)")
+
+
+if __name__ == "__main__":
+    main()
