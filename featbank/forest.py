@@ -10,7 +10,7 @@ levels deep, and 300 trees at full scale would take days on 2 cores.
 This head grows 100 trees, each on a bootstrap sample of at most
 ``max_samples`` images, with scikit-learn's other defaults (sqrt(d)
 features a node, leaves split to purity). Where the work of a tree, images
-a tree x classes, is above ``large`` (a thousand classes and more), it grows
+a tree x classes, is above ``large`` (10,000 images and 100 classes), it grows
 50 trees that try log2(d) features a node and keep at least 5 images a leaf:
 every node stores a value per class, and 100 trees with leaves of 3 held
 4.4 GB at 5 % of the artist task. ``settings_`` records what was used. On heritage/test (1,124 training
@@ -30,7 +30,7 @@ class Forest(ClassifierMixin, BaseEstimator):
     """``RandomForestClassifier`` with a cap on each tree's images and lighter trees when
     classes are many (see the module's docstring)."""
 
-    def __init__(self, n_estimators=100, max_samples=10_000, large=5e6, class_weight=None,
+    def __init__(self, n_estimators=100, max_samples=10_000, large=1e6, class_weight=None,
                  n_jobs=-1, random_state=0):
         self.n_estimators = n_estimators
         self.max_samples = max_samples

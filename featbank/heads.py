@@ -74,7 +74,7 @@ def register_head(name: str, *, grid=None):
 
 # Grids run from the weakest regularisation to the strongest: the first point is a full
 # fit, and each later one continues from the one before (see featbank.linear).
-SOFTMAX_ALPHAS = (0.0, 1e-4, 1e-3, 1e-2)
+SOFTMAX_ALPHAS = (0.0, 1e-4, 1e-3, 1e-2, 1e-1)
 C_GRID = (1.0, 0.1, 0.01, 0.001)
 
 
