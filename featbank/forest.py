@@ -23,10 +23,11 @@ from __future__ import annotations
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.ensemble import RandomForestClassifier
-from sklearn.utils.validation import check_is_fitted
+
+from .wrapped import WrappedEstimator
 
 
-class Forest(ClassifierMixin, BaseEstimator):
+class Forest(WrappedEstimator, ClassifierMixin, BaseEstimator):
     """``RandomForestClassifier`` with a cap on each tree's images and lighter trees when
     classes are many (see the module's docstring)."""
 
@@ -46,23 +47,12 @@ class Forest(ClassifierMixin, BaseEstimator):
         self.settings_ = {"n_estimators": min(self.n_estimators, 50) if large else self.n_estimators,
                           "max_samples": per_tree, "max_features": "log2" if large else "sqrt",
                           "min_samples_leaf": 5 if large else 1}
-        self.estimator_ = RandomForestClassifier(
+        return self._wrap(RandomForestClassifier(
             n_estimators=self.settings_["n_estimators"], max_samples=per_tree / n,
             max_features=self.settings_["max_features"],
             min_samples_leaf=self.settings_["min_samples_leaf"], class_weight=self.class_weight,
-            n_jobs=self.n_jobs, random_state=self.random_state).fit(X, y)
-        self.classes_ = self.estimator_.classes_
-        self.n_features_in_ = self.estimator_.n_features_in_
-        return self
+            n_jobs=self.n_jobs, random_state=self.random_state).fit(X, y))
 
     @property
     def estimators_(self):
         return self.estimator_.estimators_
-
-    def predict_proba(self, X):
-        check_is_fitted(self, "estimator_")
-        return self.estimator_.predict_proba(X)
-
-    def predict(self, X):
-        check_is_fitted(self, "estimator_")
-        return self.estimator_.predict(X)

@@ -11,10 +11,11 @@ from __future__ import annotations
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.neighbors import KNeighborsClassifier
-from sklearn.utils.validation import check_is_fitted
+
+from .wrapped import WrappedEstimator
 
 
-class CosineKNN(ClassifierMixin, BaseEstimator):
+class CosineKNN(WrappedEstimator, ClassifierMixin, BaseEstimator):
     """k nearest neighbours by cosine distance (brute force), votes weighted by 1 / distance."""
 
     def __init__(self, n_neighbors=10):
@@ -25,10 +26,7 @@ class CosineKNN(ClassifierMixin, BaseEstimator):
                                     algorithm="brute")
 
     def fit(self, X, y):
-        self.estimator_ = self._estimator(self.n_neighbors).fit(X, y)
-        self.classes_ = self.estimator_.classes_
-        self.n_features_in_ = self.estimator_.n_features_in_
-        return self
+        return self._wrap(self._estimator(self.n_neighbors).fit(X, y))
 
     def fit_path(self, X, y, X_val, y_val, name="n_neighbors", values=(10,)):
         """Score each k in ``values`` on (X_val, y_val) from one neighbour search; keep the
@@ -49,14 +47,6 @@ class CosineKNN(ClassifierMixin, BaseEstimator):
         self.estimator_.set_params(n_neighbors=best)
         self.n_neighbors = best
         return scores
-
-    def predict_proba(self, X):
-        check_is_fitted(self, "estimator_")
-        return self.estimator_.predict_proba(X)
-
-    def predict(self, X):
-        check_is_fitted(self, "estimator_")
-        return self.estimator_.predict(X)
 
     @property
     def n_stored_(self) -> int:

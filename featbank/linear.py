@@ -46,6 +46,7 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_array, check_is_fitted, check_X_y
 
 from .tasks import balanced_weights
+from .wrapped import WrappedEstimator
 
 RECIPES = {
     "paper": {"optimizer": "rmsprop", "lr": 1e-3, "batch_size": 32, "patience": 7,
@@ -331,19 +332,17 @@ class _Trainer:
         return history
 
 
-class EngineSwitch(ClassifierMixin, BaseEstimator):
+class EngineSwitch(WrappedEstimator, ClassifierMixin, BaseEstimator):
     """Base of heads with a scikit-learn solver below :data:`TORCH_ABOVE` and the torch
     engine above it, both tuned over ``C`` (``alpha = 1 / (C * n_samples)`` in torch).
 
     Subclasses set ``torch_loss`` and build the scikit-learn estimator in
-    ``_sklearn(n_samples, n_features)``; ``engine`` is "auto", "sklearn" or "torch".
+    ``_sklearn(n_samples, n_features)``, and ``has_probabilities`` where the loss
+    gives them; ``engine`` is "auto", "sklearn" or "torch".
     """
 
     accepts_validation = True
     torch_loss = "logistic"
-
-    def _sklearn(self, n_samples: int, n_features: int):
-        raise NotImplementedError
 
     def _engine(self, X, y) -> str:
         if self.engine not in ("auto", "sklearn", "torch"):
@@ -385,9 +384,7 @@ class EngineSwitch(ClassifierMixin, BaseEstimator):
                     best = (c, score, copy.deepcopy(estimator))
             best, _, estimator = best
         self.C = best
-        self.estimator_ = estimator
-        self.classes_ = estimator.classes_
-        self.n_features_in_ = estimator.n_features_in_
+        self._wrap(estimator)
         return scores
 
     @property
@@ -401,8 +398,4 @@ class EngineSwitch(ClassifierMixin, BaseEstimator):
     def decision_function(self, X):
         check_is_fitted(self, "estimator_")
         return self.estimator_.decision_function(X)
-
-    def predict(self, X):
-        check_is_fitted(self, "estimator_")
-        return self.estimator_.predict(X)
 

@@ -12,7 +12,6 @@ the saved validation split by :func:`featbank.heads.fit_head`.
 from __future__ import annotations
 
 from sklearn.linear_model import LogisticRegression
-from sklearn.utils.validation import check_is_fitted
 
 from .linear import EngineSwitch
 
@@ -37,7 +36,3 @@ class LogisticHead(EngineSwitch):
         return LogisticRegression(C=self.C, max_iter=self.max_iter, warm_start=True,
                                   class_weight=self.class_weight,
                                   random_state=self.random_state)
-
-    def predict_proba(self, X):
-        check_is_fitted(self, "estimator_")
-        return self.estimator_.predict_proba(X)

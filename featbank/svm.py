@@ -22,6 +22,7 @@ class LinearSVM(EngineSwitch):
     """
 
     torch_loss = "squared_hinge"
+    has_probabilities = False
 
     def __init__(self, C=1.0, class_weight=None, max_iter=5000, engine="auto", random_state=0):
         self.C = C
