@@ -61,7 +61,8 @@ def main(argv=None) -> None:
         ensemble=args.ensemble)
     collection = cached_collection(cache=args.cache, collection=args.collection)
     from featbank.classify import classify
-    from featbank.evaluate import build_table, load_results, table_notes, to_markdown, write_table
+    from featbank.evaluate import (TABLE_LEGEND, build_table, load_results, table_notes,
+                                   to_markdown, write_table)
 
     classify(collection, config, warn=lambda m: print(m, file=sys.stderr))
     folder = Path(args.cache) / collection.name
@@ -69,6 +70,7 @@ def main(argv=None) -> None:
     columns, records = build_table(rows, split_tag=config.split.tag,
                                    variant=config.variant)
     print(to_markdown(columns, records))
+    print(f"\n{TABLE_LEGEND}")
     notes = table_notes(columns, records)
     if notes:
         print("\nChosen on the validation split:\n" + "\n".join(f"- {n}" for n in notes))

@@ -162,6 +162,23 @@ def _provenance(attrs: dict, key: str):
     return attrs.get(key)
 
 
+def weights_label(wid: str, exact: str, description: dict | None = None,
+                  source: str = "") -> str:
+    """Readable weights for tables: ``imagenet IMAGENET1K_V1``, ``random``, ``θ̂ <run>
+    (<collection>/<task>)`` for a trunk fine-tuned by featbank, else ``file <name>
+    (sha256:<12 hex>)``."""
+    if wid == "imagenet":
+        return f"imagenet {exact.rsplit('.', 1)[-1]}" if exact and exact != "imagenet" else wid
+    if wid == "random":
+        return "random"
+    description = description or {}
+    if description.get("collection") and description.get("task"):
+        run = Path(source).parent.name if source else wid[:19]
+        return f"θ̂ {run} ({description['collection']}/{description['task']})"
+    name = f"file {Path(source).name} " if source else ""
+    return f"{name}({wid[:19]})" if name else wid[:19]
+
+
 def same_attr(a, b) -> bool:
     """Two attribute values agree (sequences to float tolerance)."""
     if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
@@ -402,6 +419,7 @@ class FeatureEntry:
     weights_exact: str
     feature_dim: int
     n_rows: int
+    weights_label: str = ""  # readable, for tables (trunks.weights_label)
 
 
 def feature_files(folder: Path, backbones: str = "all", weights: str = "all", *,
@@ -418,9 +436,10 @@ def feature_files(folder: Path, backbones: str = "all", weights: str = "all", *,
             with h5py.File(path, "r") as f:
                 a = _plain(dict(f.attrs))
                 _check_shards(f["features"], path)
-                entry = FeatureEntry(path, str(a["backbone"]), str(a["weights"]),
-                                     str(_provenance(a, "weights_exact") or a["weights"]),
-                                     int(a["feature_dim"]), int(f["ids"].shape[0]))
+                exact = str(_provenance(a, "weights_exact") or a["weights"])
+                entry = FeatureEntry(path, str(a["backbone"]), str(a["weights"]), exact,
+                                     int(a["feature_dim"]), int(f["ids"].shape[0]),
+                                     str(a.get("weights_label") or weights_label(a["weights"], exact)))
         except (OSError, KeyError, ValueError) as err:
             warn(f"skipping {path}: not a readable feature file ({first_line(err)}); delete it "
                  "and run extract.py again")
@@ -460,6 +479,10 @@ class FeatureSource:
     @property
     def weights_exact(self) -> str:
         return "+".join(p.weights_exact for p in self.parts)
+
+    @property
+    def weights_label(self) -> str:
+        return " + ".join(p.weights_label for p in self.parts)
 
     @property
     def feature_dim(self) -> int:

@@ -19,7 +19,7 @@ import numpy as np
 from .cache import FeatureSet, FeatureSource, safe_name, select_features
 from .collection import Collection
 from .config import ClassifyConfig, identity
-from .evaluate import (append_result, latest_rows, load_results, metrics, result_row,
+from .evaluate import (append_result, hits, latest_rows, load_results, metrics, result_row,
                        write_reports)
 from .fileio import atomic_path
 from .heads import HEADS, class_scores, fit_head, make_head, n_parameters, resolve_heads
@@ -71,11 +71,13 @@ def run_cell(*, folder: Path, collection: str, task: str, split: Split, entry: F
     write_reports(folder / "reports" / stem, y_te, classes[test_scores.argmax(1)], classes)
     return result_row(
         collection=collection, backbone=entry.backbone, weights=entry.weights,
-        weights_exact=entry.weights_exact, task=task, method="off-the-shelf", head=head,
-        test=metrics(y_te, test_scores, classes), val=val, n_train=len(tr), n_val=len(va),
-        n_test=len(te), n_classes=len(classes), feature_dim=entry.feature_dim,
-        n_params=n_parameters(pipeline), seconds=seconds, split_tag=split.spec.tag,
-        test_ids=[data.ids[k] for k in te], cell=cell_key(collection, task, entry, head, config),
+        weights_exact=entry.weights_exact, weights_label=entry.weights_label, task=task,
+        method="off-the-shelf", head=head,
+        test=metrics(y_te, test_scores, classes, ci=True, seed=split.spec.seed), val=val,
+        n_train=len(tr), n_val=len(va), n_test=len(te), n_classes=len(classes),
+        feature_dim=entry.feature_dim, n_params=n_parameters(pipeline), seconds=seconds,
+        split_tag=split.spec.tag, test_ids=[data.ids[k] for k in te],
+        test_hits=hits(y_te, test_scores, classes), cell=cell_key(collection, task, entry, head, config),
         variant=config.variant, **{f"option_{k}": v for k, v in asdict(config.options).items()},
         train_fraction=config.train_fraction,
         tuned=tuning.chosen if tuning else None,
@@ -210,12 +212,15 @@ def run_ensemble(*, collection: str, task: str, split: Split, entries: list[Feat
     return result_row(
         collection=collection, backbone="+".join(e.backbone for e in entries),
         weights="+".join(e.weights for e in entries),
-        weights_exact="+".join(e.weights_exact for e in entries), task=task, method="ensemble",
-        head=head, test=metrics(y_te, p_te, classes), val=metrics(y_va, p_va, classes),
+        weights_exact="+".join(e.weights_exact for e in entries),
+        weights_label=" + ".join(e.weights_label for e in entries), task=task, method="ensemble",
+        head=head, test=metrics(y_te, p_te, classes, ci=True, seed=split.spec.seed),
+        val=metrics(y_va, p_va, classes),
         n_train=max(m["n_train"] for m in members), n_val=len(y_va), n_test=len(y_te),
         n_classes=len(classes), feature_dim=sum(e.feature_dim for e in entries),
         n_params=sum(m["n_params"] for m in members), seconds=seconds,
-        split_tag=split.spec.tag, test_ids=test_ids, cell=key, variant=config.variant,
+        split_tag=split.spec.tag, test_ids=test_ids, test_hits=hits(y_te, p_te, classes),
+        cell=key, variant=config.variant,
         members=[{"backbone": m["backbone"], "weights": m["weights"], "top1": m["top1"]}
                  for m in members],
         member_top1=[m["top1"] for m in members], ensemble_scores=scores,

@@ -18,6 +18,8 @@ from sklearn.metrics import balanced_accuracy_score, classification_report, conf
 
 from .fileio import atomic_path, atomic_write_json, first_line, hold_lock
 from .plots import plot_confusion
+from .cache import weights_label
+from .stats import accuracy_ci, map_ci, mcnemar_p, mean_average_precision, pack_hits, unpack_hits
 from .tasks import ids_digest
 
 RESULT_KEYS = ("backbone", "weights", "task", "method", "head", "split", "top1", "top5",
@@ -36,15 +38,48 @@ def top_k_accuracy(y_true, scores: np.ndarray, classes, k: int) -> float:
     return float(np.mean((classes[top] == np.asarray(y_true)[:, None]).any(axis=1)))
 
 
-def metrics(y_true, scores: np.ndarray, classes) -> dict:
-    """top1, top5, balanced_accuracy and macro_f1 of class scores (n_samples, n_classes)."""
+def hits(y_true, scores: np.ndarray, classes) -> np.ndarray:
+    """Per row, whether the highest score names its class (multi-label: one of its classes).
+
+    y_true : labels (n,), or for a multi-label task a 0/1 matrix (n, n_classes)
+    whose columns follow ``classes``.
+    """
     y_true = np.asarray(y_true)
-    y_pred = np.asarray(classes)[scores.argmax(axis=1)]
-    return {"top1": float(np.mean(y_pred == y_true)),
-            "top5": top_k_accuracy(y_true, scores, classes, 5),
-            "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
-            "macro_f1": float(f1_score(y_true, y_pred, average="macro", labels=np.unique(y_true),
-                                       zero_division=0))}
+    if y_true.ndim == 2:
+        return y_true[np.arange(len(y_true)), scores.argmax(axis=1)].astype(bool)
+    return np.asarray(classes)[scores.argmax(axis=1)] == y_true
+
+
+def metrics(y_true, scores: np.ndarray, classes, *, ci: bool = False, seed: int = 0) -> dict:
+    """top1, top5, balanced_accuracy and macro_f1 of class scores (n_samples, n_classes).
+
+    A multi-label task (``y_true`` a 0/1 matrix, see :func:`hits`) adds ``mAP``
+    (macro average precision over the classes present; the per-class AP is in
+    the reports, :func:`write_reports`); its top-k counts a row right when one of its classes is among the
+    k highest scores, and balanced accuracy and F1 (single-label measures) are
+    None. ``ci`` adds 95 % bootstrap intervals ``top1_ci`` (and ``mAP_ci``).
+    """
+    y_true = np.asarray(y_true)
+    right = hits(y_true, scores, classes)
+    if y_true.ndim == 2:
+        k = min(5, y_true.shape[1])
+        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        out = {"top1": float(right.mean()),
+               "top5": float(np.take_along_axis(y_true, top, axis=1).any(axis=1).mean()),
+               "balanced_accuracy": None, "macro_f1": None,
+               "mAP": mean_average_precision(y_true, scores)[0]}
+        if ci:
+            out["mAP_ci"] = map_ci(y_true, scores, seed=seed)
+    else:
+        y_pred = np.asarray(classes)[scores.argmax(axis=1)]
+        out = {"top1": float(right.mean()),
+               "top5": top_k_accuracy(y_true, scores, classes, 5),
+               "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
+               "macro_f1": float(f1_score(y_true, y_pred, average="macro",
+                                          labels=np.unique(y_true), zero_division=0))}
+    if ci:
+        out["top1_ci"] = accuracy_ci(right, seed=seed)
+    return out
 
 
 # -- the results store --------------------------------------------------------
@@ -56,13 +91,19 @@ def results_path(folder: Path) -> Path:
 def result_row(*, collection: str, backbone: str, weights: str, weights_exact: str, task: str,
                method: str, head: str | None, test: dict, val: dict, n_train: int, n_val: int,
                n_test: int, n_classes: int, feature_dim: int, n_params: int, seconds: float,
-               split_tag: str, test_ids, cell: str, **extra) -> dict:
+               split_tag: str, test_ids, test_hits, cell: str, **extra) -> dict:
     """One row of the store, off the shelf or fine-tuned (the keys DESIGN.md promises).
 
-    test / val : :func:`metrics` of the test and validation parts; test_ids :
-    the ids tested on (their digest tells identical evaluation sets); cell : the
-    result's identity (a re-run of the same cell supersedes, never adds).
+    test / val : :func:`metrics` of the test and validation parts (test with
+    ``ci=True``); test_ids : the ids tested on (their digest tells identical
+    evaluation sets); test_hits : :func:`hits` of those ids, stored in sorted-id
+    order (``test_correct``) so that two rows on one test set can be paired
+    (McNemar's test in the table); cell : the result's identity (a re-run of the
+    same cell supersedes, never adds).
     """
+    test_ids = list(test_ids)
+    order = sorted(range(len(test_ids)), key=test_ids.__getitem__)
+
     return {"collection": collection, "backbone": backbone, "weights": weights,
             "weights_exact": weights_exact, "task": task, "method": method, "head": head,
             "split": "test", **test, **{f"val_{k}": v for k, v in val.items()},
@@ -70,7 +111,8 @@ def result_row(*, collection: str, backbone: str, weights: str, weights_exact: s
             "n_classes": int(n_classes), "feature_dim": int(feature_dim),
             "n_params": int(n_params), "seconds": round(float(seconds), 3),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "split_tag": split_tag, "test_ids_sha256": ids_digest(test_ids), **extra,
+            "split_tag": split_tag, "test_ids_sha256": ids_digest(test_ids),
+            "test_correct": pack_hits(np.asarray(test_hits, dtype=bool)[order]), **extra,
             "cell": cell}
 
 
@@ -164,10 +206,23 @@ def load_results(folder: Path, *, warn=None) -> list[dict]:
 
 # -- per-model reports --------------------------------------------------------
 
-def write_reports(stem: Path, y_true, y_pred, classes) -> None:
-    """``<stem>_per_class.csv``, ``<stem>_confusion.csv`` and ``<stem>_confusion.png``."""
+def write_reports(stem: Path, y_true, y_pred, classes, scores: np.ndarray | None = None) -> None:
+    """``<stem>_per_class.csv``, ``<stem>_confusion.csv`` and ``<stem>_confusion.png``.
+
+    A multi-label task (``y_true`` a 0/1 matrix, ``scores`` its class scores)
+    has no confusion matrix: its per-class file gives each class's average
+    precision and number of positives.
+    """
     stem.parent.mkdir(parents=True, exist_ok=True)
     classes = [str(c) for c in classes]
+    if np.ndim(y_true) == 2:
+        per_class = mean_average_precision(np.asarray(y_true), scores)[1]
+        with open(f"{stem}_per_class.csv", "w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["class", "average_precision", "positives"])
+            for cls, ap, n in zip(classes, per_class, np.asarray(y_true).sum(axis=0)):
+                writer.writerow([cls, "" if np.isnan(ap) else f"{ap:.4f}", int(n)])
+        return
     report = classification_report(y_true, y_pred, labels=classes, output_dict=True,
                                    zero_division=0)
     with open(f"{stem}_per_class.csv", "w", newline="", encoding="utf-8") as fh:
@@ -195,40 +250,116 @@ def latest_rows(rows: list[dict]) -> list[dict]:
     return list(latest.values())
 
 
-def build_table(rows: list[dict], *, split_tag: str | None = None,
+SIGNIFICANCE = 0.05  # McNemar's exact test, for the table's marks
+TABLE_LEGEND = ("Test top-1 (mAP for multi-label tasks) ± half the 95 % bootstrap interval "
+                "(over --repeats: mean ± standard deviation); in bold, the cells of a row not "
+                "significantly worse than its best (McNemar's exact test, p >= 0.05).")
+
+# Settings that change a cell's result, as a column label shows them when they are not
+# the default: row key -> (default, how to write it).
+_SETTINGS = {"option_normalize": ("standard", "{}"), "option_pca": (None, "pca {}"),
+             "option_balanced": (False, "balanced"),
+             "option_softmax_recipe": ("fast", "{} recipe"),
+             "train_fraction": (1.0, lambda v: f"train {100 * v:g}%"),
+             "freeze": ("none", "freeze {}")}
+
+
+def column_label(row: dict) -> str:
+    """The table column of a row: its head (or fine-tuning) and every non-default setting,
+    e.g. ``logreg (l2, pca 128, train 25%)``."""
+    name = {"off-the-shelf": "{head}", "ensemble": "{head} ensemble",
+            "fine-tuning": "fine-tuning"}[row["method"]].format(head=row.get("head"))
+    settings = []
+    for key, (default, text) in _SETTINGS.items():
+        value = row.get(key, default)
+        if value != default:
+            settings.append(text(value) if callable(text) else text.format(value))
+    return f"{name} ({', '.join(settings)})" if settings else name
+
+
+def row_weights(row: dict) -> str:
+    """Readable weights of a row (rows from before ``weights_label`` get one made up)."""
+    if row.get("weights_label"):
+        return row["weights_label"]
+    return " + ".join(weights_label(w, e) for w, e in
+                      zip(row["weights"].split("+"), row.get("weights_exact", row["weights"]).split("+")))
+
+
+def score_of(row: dict) -> tuple[str, float, list | None]:
+    """(metric, value, 95 % interval) a table shows for a row: mAP for multi-label tasks."""
+    return ("mAP", row["mAP"], row.get("mAP_ci")) if row.get("mAP") is not None else \
+        ("top1", row["top1"], row.get("top1_ci"))
+
+
+def build_table(rows: list[dict], *, split_tag: str | list[str] | None = None,
                 variant: str | None = None) -> tuple[list[str], list[dict]]:
-    """Rows task x backbone x weights; a column per head (test top-1), per head ensemble
+    """Rows task x backbone x weights; a column per head and its settings, per head ensemble
     (``--ensemble``: the row of the backbones it averages), plus fine-tuning.
 
-    Only results on ``split_tag`` and with the off-the-shelf ``variant`` given count.
-    Returns (columns, records).
+    Only results on ``split_tag`` (several: the seeded splits of ``--repeats``)
+    and with the off-the-shelf ``variant`` given count. A cell shows test top-1
+    (mAP for a multi-label task) with, in ``spread``, the half-width of its 95 %
+    bootstrap interval, or over repeats the mean and the standard deviation.
+    ``marked`` lists the cells of a row not significantly worse than its best
+    (:func:`mark_cells`). Returns (columns, records).
     """
+    tags = [split_tag] if isinstance(split_tag, str) else split_tag
     rows = [r for r in latest_rows(rows) if r.get("split") == "test"
-            and (split_tag is None or r.get("split_tag") == split_tag)]
-    shelf = [r for r in rows if r["method"] in ("off-the-shelf", "ensemble")
-             and (variant is None or r.get("variant") == variant)]
-    tuned = [r for r in rows if r["method"] == "fine-tuning"]
-    column_of = {"off-the-shelf": "{head}", "ensemble": "{head} ensemble",
-                 "fine-tuning": "fine-tuning"}
-    heads = list(dict.fromkeys(column_of[r["method"]].format(head=r["head"]) for r in
-                               sorted(shelf, key=lambda r: r["method"] == "ensemble")))
-    records: dict[tuple, dict] = {}
-    for r in shelf + tuned:
+            and (tags is None or r.get("split_tag") in tags)]
+    rows = [r for r in rows if r["method"] == "fine-tuning"
+            or (r["method"] in ("off-the-shelf", "ensemble")
+                and (variant is None or r.get("variant") == variant))]
+    order = {"off-the-shelf": 0, "ensemble": 1, "fine-tuning": 2}
+    heads = list(dict.fromkeys(column_label(r) for r in sorted(rows, key=lambda r: order[r["method"]])))
+    grouped: dict[tuple, dict[str, list[dict]]] = {}
+    for r in rows:
         key = (r["task"], r["backbone"], r["weights"])
-        record = records.setdefault(key, {"task": r["task"], "backbone": r["backbone"],
-                                          "weights": r["weights"], "dim": r.get("feature_dim")})
-        column = column_of[r["method"]].format(head=r["head"])
-        record[column] = r["top1"]
-        if r.get("tuned"):
-            record.setdefault("chosen", {})[column] = r["tuned"]
-        if r.get("head") == "softmax" and r["method"] == "off-the-shelf":
-            record["softmax params"] = r.get("n_params")
-    columns = ["task", "backbone", "weights", "dim", *heads]
-    if tuned:
-        columns.append("fine-tuning")
-    if "softmax" in heads:
-        columns.append("softmax params")
-    return columns, [records[k] for k in sorted(records)]
+        grouped.setdefault(key, {}).setdefault(column_label(r), []).append(r)
+    records = []
+    for key in sorted(grouped):
+        cells = grouped[key]
+        first = next(iter(cells.values()))[0]
+        metric = score_of(first)[0]
+        record = {"task": key[0] + (" (mAP)" if metric == "mAP" else ""), "backbone": key[1],
+                  "weights": row_weights(first), "dim": first.get("feature_dim"),
+                  "spread": {}, "repeats": {}}
+        for column, members in cells.items():
+            values = [score_of(m)[1] for m in members]
+            record[column] = float(np.mean(values))
+            record["repeats"][column] = len(members)
+            if len(members) > 1:
+                record["spread"][column] = float(np.std(values, ddof=1))
+            elif score_of(members[0])[2]:
+                low, high = score_of(members[0])[2]
+                record["spread"][column] = (high - low) / 2
+            if members[0].get("tuned"):
+                record.setdefault("chosen", {})[column] = members[0]["tuned"]
+        record["marked"] = mark_cells({c: min(m, key=lambda r: r["split_tag"])
+                                       for c, m in cells.items()}) if metric == "top1" else []
+        records.append(record)
+    return ["task", "backbone", "weights", "dim", *heads], records
+
+
+def mark_cells(cells: dict[str, dict]) -> list[str]:
+    """The columns whose row is not significantly worse than the best one's: the best,
+    and those McNemar's exact test (paired hits on the same test images) cannot tell
+    from it at ``SIGNIFICANCE``. Rows without stored hits, or on other test images,
+    are not compared (and not marked)."""
+    paired = {c: r for c, r in cells.items() if r.get("test_correct")}
+    if not paired:
+        return []
+    best_column = max(paired, key=lambda c: paired[c]["top1"])
+    best = paired[best_column]
+    n = best["n_test"]
+    best_hits = unpack_hits(best["test_correct"], n)
+    marked = []
+    for column, row in paired.items():
+        if row.get("test_ids_sha256") != best.get("test_ids_sha256"):
+            continue
+        if column == best_column or \
+                mcnemar_p(best_hits, unpack_hits(row["test_correct"], n)) >= SIGNIFICANCE:
+            marked.append(column)
+    return marked
 
 
 def _cell(value) -> str:
@@ -236,8 +367,6 @@ def _cell(value) -> str:
         return ""
     if isinstance(value, float):
         return f"{value:.3f}"
-    if isinstance(value, str) and "sha256:" in value:  # enough to tell weights files apart
-        return "+".join(part[:19] for part in value.split("+"))
     return str(value)
 
 
@@ -251,14 +380,20 @@ def table_notes(columns: list[str], records: list[dict]) -> list[str]:
                                           for k, v in chosen[column].items())
                  for column in columns if column in chosen]
         if parts:
-            notes.append(f"{r['task']} / {r['backbone']} / {_cell(r['weights'])}: "
-                         + ", ".join(parts))
+            notes.append(f"{r['task']} / {r['backbone']} / {r['weights']}: " + ", ".join(parts))
     return notes
 
 
 def to_markdown(columns: list[str], records: list[dict]) -> str:
+    """The table as Markdown: ``0.914 ± 0.046``, in bold where ``marked``."""
+    def text(record: dict, column: str) -> str:
+        value = _cell(record.get(column))
+        if column in record.get("spread", {}):
+            value += f" ± {record['spread'][column]:.3f}"
+        return f"**{value}**" if column in record.get("marked", ()) else value
+
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_cell(r.get(c)) for c in columns) + " |" for r in records]
+    lines += ["| " + " | ".join(text(r, c) for c in columns) + " |" for r in records]
     return "\n".join(lines)
 
 

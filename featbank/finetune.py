@@ -193,11 +193,14 @@ def train_one_epoch(model, loader, optimizer, loss_fn, pre, device, scaler, bar=
 
 
 @torch.inference_mode()
-def evaluate(model, loader, loss_fn, pre, device) -> tuple[dict, np.ndarray, np.ndarray]:
-    """Mean loss and accuracy; plus (scores (n, C), targets (n,)) of the decodable images."""
+def evaluate(model, loader, loss_fn, pre, device
+             ) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
+    """Mean loss and accuracy; scores (n, C) and targets (n,) of the decodable images, in
+    the loader's order; and which of the loader's images those are (boolean mask)."""
     model.eval()
-    scores, targets_all, total = [], [], 0.0
+    scores, targets_all, masks, total = [], [], [], 0.0
     for views, targets, ok in loader:
+        masks.append(np.asarray(ok))
         views, targets = views[ok], targets[ok]
         targets = targets.to(device)
         with training_autocast(device):
@@ -207,7 +210,8 @@ def evaluate(model, loader, loss_fn, pre, device) -> tuple[dict, np.ndarray, np.
         targets_all.append(targets.cpu().numpy())
     scores, targets = np.concatenate(scores), np.concatenate(targets_all)
     return ({"loss": total / max(len(targets), 1),
-             "acc": float((scores.argmax(1) == targets).mean())}, scores, targets)
+             "acc": float((scores.argmax(1) == targets).mean())}, scores, targets,
+            np.concatenate(masks))
 
 
 def make_optimizer(model: FineTuneNet, config: FinetuneConfig) -> torch.optim.Optimizer:
@@ -299,7 +303,7 @@ class _Run:
             self.log(f"resuming after epoch {epoch}")
         val_loader = _loader(self.data["val"], c, shuffle=False, epoch=0, device=device)
         if not history:
-            val, _, _ = evaluate(self.model, val_loader, self.loss_fn, self.pre, device)
+            val, *_ = evaluate(self.model, val_loader, self.loss_fn, self.pre, device)
             history.append({"epoch": 0, "train_loss": None, "train_acc": None,
                             "val_loss": val["loss"], "val_acc": val["acc"], "seconds": 0.0})
             best_loss = val["loss"]
@@ -316,7 +320,7 @@ class _Run:
                       desc=f"epoch {epoch}", leave=False) as bar:
                 train = train_one_epoch(self.model, loader, self.optimizer, self.loss_fn,
                                         self.pre, device, scaler, bar)
-            val, _, _ = evaluate(self.model, val_loader, self.loss_fn, self.pre, device)
+            val, *_ = evaluate(self.model, val_loader, self.loss_fn, self.pre, device)
             history.append({"epoch": epoch, **train, "val_loss": val["loss"],
                             "val_acc": val["acc"], "seconds": round(time.perf_counter() - t0, 2)})
             if val["loss"] < best_loss:
@@ -341,23 +345,30 @@ class _Run:
         for part in ("val", "test"):
             loader = _loader(self.data[part], self.config, shuffle=False, epoch=0,
                              device=self.device)
-            _, scores, targets = evaluate(self.model, loader, self.loss_fn, self.pre, self.device)
-            results[part] = metrics(classes[targets], scores, classes)
+            _, scores, targets, decodable = evaluate(self.model, loader, self.loss_fn, self.pre,
+                                                     self.device)
+            results[part] = metrics(classes[targets], scores, classes, ci=part == "test",
+                                    seed=self.split.spec.seed)
             outputs[part] = (classes[targets], classes[scores.argmax(1)])
         write_reports(self.folder / "test", *outputs["test"], classes)
-        return self._row(results, history)
+        tested = [i for i, ok in zip(self.data["test"].ids, decodable) if ok]
+        return self._row(results, history, tested, outputs["test"][0] == outputs["test"][1])
 
-    def _row(self, results: dict, history: list[dict]) -> dict:
+
+
+    def _row(self, results: dict, history: list[dict], test_ids: list[str],
+             test_hits: np.ndarray) -> dict:
         c, data = self.config, self.data
         return result_row(
             collection=self.collection.name, backbone=self.spec.name, weights=self.init.id,
-            weights_exact=self.init.exact, task=c.task, method="fine-tuning", head=None,
+            weights_exact=self.init.exact, weights_label=self.init.attrs()["weights_label"],
+            task=c.task, method="fine-tuning", head=None,
             test=results["test"], val=results["val"], n_train=len(data["train"]),
             n_val=len(data["val"]), n_test=len(data["test"]), n_classes=len(self.split.classes),
             feature_dim=self.spec.feature_dim,
             n_params=sum(p.numel() for p in self.model.parameters()),
             seconds=sum(h["seconds"] for h in history), split_tag=self.split.spec.tag,
-            test_ids=data["test"].ids,
+            test_ids=test_ids, test_hits=test_hits,
             cell=json.dumps([self.collection.name, c.task, self.spec.name, self.init.exact,
                              "fine-tuning", self.digest]),
             freeze=c.freeze, init=c.init, epochs_run=history[-1]["epoch"],

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .backbones import RANDOM_SEED, BackboneSpec, weights_id
+from .cache import weights_label
 from .fileio import atomic_path, first_line
 
 NORM_LAYERS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)
@@ -65,10 +66,12 @@ class Weights:
     exact: str
     published_hash: str | None = None
     source: str = ""
+    label: str = ""  # what tables show: see weights_label
 
     def attrs(self) -> dict:
         return {"weights": self.id, "weights_exact": self.exact,
-                "weights_hash": self.published_hash or "", "weights_source": self.source}
+                "weights_hash": self.published_hash or "", "weights_source": self.source,
+                "weights_label": self.label or weights_label(self.id, self.exact)}
 
 
 def resolve_weights(spec: BackboneSpec, weights: str, *, option: str = "--weights") -> Weights:
@@ -77,7 +80,13 @@ def resolve_weights(spec: BackboneSpec, weights: str, *, option: str = "--weight
     if wid == "random":
         return Weights(wid, f"random:seed{RANDOM_SEED}")
     if wid != "imagenet":
-        return Weights(wid, wid, source=str(Path(weights).resolve()))
+        source = str(Path(weights).resolve())
+        try:
+            description = read_weights_file(weights, mmap=True)[1]
+        except (OSError, ValueError):
+            description = {}  # loading the trunk reports what is wrong with the file
+        return Weights(wid, wid, source=source,
+                       label=weights_label(wid, wid, description, source))
     if spec.imagenet is None:
         raise ValueError(f"{spec.name} has no published ImageNet weights; use {option} PATH "
                          "(a state_dict) or random")
@@ -191,16 +200,17 @@ def _fetch(spec: BackboneSpec, url: str, *, option: str, progress: bool) -> Path
     return path
 
 
-def read_weights_file(path: str | os.PathLike) -> tuple[dict, dict]:
+def read_weights_file(path: str | os.PathLike, *, mmap: bool = False) -> tuple[dict, dict]:
     """(the trunk's state_dict, what the file says about itself) of a weights file.
 
     The file holds a plain state_dict (no description), an exported trunk
     (``format``, ``state_dict`` and its description: backbone, preprocess,
     classes, ...) or a featbank checkpoint (``model`` with ``trunk.*`` and
-    ``head.*`` keys, beside the same description).
+    ``head.*`` keys, beside the same description). ``mmap`` maps the tensors
+    instead of reading them (enough for the description).
     """
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except FileNotFoundError:
         raise FileNotFoundError(f"weights file {path} not found") from None
     except Exception as err:

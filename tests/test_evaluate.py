@@ -51,13 +51,13 @@ def test_table_has_a_column_per_head_and_fine_tuning(tmp_path):
             _row(method="fine-tuning", head=None, top1=0.8, cell="c3"),
             _row(head="svm", top1=0.1, cell="c4", variant="other")]
     columns, records = build_table(rows, split_tag="t", variant="v")
-    assert columns == ["task", "backbone", "weights", "dim", "svm", "softmax", "fine-tuning",
-                       "softmax params"]
+    assert columns == ["task", "backbone", "weights", "dim", "svm", "softmax", "fine-tuning"]
     assert records == [{"task": "type", "backbone": "vgg19", "weights": "imagenet", "dim": 512,
-                        "svm": 0.7, "softmax": 0.6, "softmax params": 1234, "fine-tuning": 0.8,
+                        "svm": 0.7, "softmax": 0.6, "fine-tuning": 0.8, "spread": {},
+                        "repeats": {"svm": 1, "softmax": 1, "fine-tuning": 1}, "marked": [],
                         "chosen": {"svm": {"C": 0.1}, "softmax": {"alpha": 0.0001}}}]
     assert table_notes(columns, records) == ["type / vgg19 / imagenet: svm C=0.1, softmax alpha=0.0001"]
-    assert "| type | vgg19 | imagenet | 512 | 0.700 | 0.600 | 0.800 | 1234 |" in to_markdown(columns, records)
+    assert "| type | vgg19 | imagenet | 512 | 0.700 | 0.600 | 0.800 |" in to_markdown(columns, records)
     csv_path, json_path = write_table(tmp_path, columns, records)
     assert json.loads(json_path.read_text())["rows"][0]["fine-tuning"] == 0.8
     assert csv_path.read_text().splitlines()[0].startswith("task,backbone")
@@ -116,4 +116,64 @@ def test_combinations_and_ensembles_share_a_row_with_their_own_columns():
     columns, records = build_table(rows, split_tag="t", variant="v")
     assert columns == ["task", "backbone", "weights", "dim", "svm", "svm ensemble"]
     assert records[0]["svm"] == 0.7 and records[0]["svm ensemble"] == 0.75
-    assert "| sha256:abababababab+random |" in to_markdown(columns, records)
+    assert "| sha256:abababababab + random |" in to_markdown(columns, records)
+
+
+def test_labels_say_what_differs_from_the_default_cell():
+    rows = [_row(option_pca=128, train_fraction=0.25, option_normalize="l2", cell="a",
+                 weights_exact="torchvision:vgg19.IMAGENET1K_V1"),
+            _row(method="fine-tuning", head=None, freeze="trunk", cell="b",
+                 weights_label="θ̂ label__vgg19__1a2b (paintings/genre)")]
+    columns, records = build_table(rows, split_tag="t", variant="v")
+    assert columns[4:] == ["svm (l2, pca 128, train 25%)", "fine-tuning (freeze trunk)"]
+    assert records[0]["weights"] == "imagenet IMAGENET1K_V1"  # the first row of the record names it
+
+
+def _hits_row(column_hits, **kw):
+    from featbank.stats import pack_hits
+
+    hits = np.array(column_hits, dtype=bool)
+    return _row(top1=float(hits.mean()), n_test=len(hits), test_correct=pack_hits(hits),
+                test_ids_sha256="same", top1_ci=[hits.mean() - 0.05, hits.mean() + 0.05], **kw)
+
+
+def test_cells_not_significantly_worse_than_the_best_are_marked():
+    n = 200
+    best = np.ones(n, dtype=bool)
+    best[:20] = False  # 0.90
+    close = best.copy()
+    close[20:24] = False  # 0.88: 4 discordant images, p = 0.125
+    far = best.copy()
+    far[20:60] = False  # 0.70: 40 discordant, p ~ 1e-12
+    rows = [_hits_row(best, head="logreg", cell="a"), _hits_row(close, head="svm", cell="b"),
+            _hits_row(far, head="knn", cell="c"),
+            _hits_row(close, head="rf", cell="d") | {"test_ids_sha256": "other"}]
+    columns, records = build_table(rows, split_tag="t", variant="v")
+    assert sorted(records[0]["marked"]) == ["logreg", "svm"]
+    table = to_markdown(columns, records)
+    assert "**0.900 ± 0.050**" in table and "| 0.700 ± 0.050 |" in table
+
+
+def test_repeats_show_mean_and_standard_deviation():
+    rows = [_row(top1=v, split_tag=f"s{k}", cell=f"c{k}", top1_ci=[v - 0.1, v + 0.1])
+            for k, v in enumerate((0.5, 0.6, 0.7))]
+    columns, records = build_table(rows, split_tag=["s0", "s1", "s2"], variant="v")
+    assert records[0]["svm"] == pytest.approx(0.6)
+    assert records[0]["spread"]["svm"] == pytest.approx(0.1)  # sample standard deviation
+    assert records[0]["repeats"]["svm"] == 3
+
+
+def test_multi_label_metrics_and_reports(tmp_path):
+    from sklearn.metrics import average_precision_score
+
+    rng = np.random.default_rng(0)
+    Y = (rng.random((60, 4)) < 0.3).astype(int)
+    Y[0] = 1  # every class has a positive
+    scores = Y + rng.normal(0, 0.8, Y.shape)
+    m = metrics(Y, scores, ["a", "b", "c", "d"], ci=True)
+    assert m["mAP"] == pytest.approx(average_precision_score(Y, scores, average="macro"))
+    assert m["mAP_ci"][0] < m["mAP"] < m["mAP_ci"][1]
+    assert m["top1"] == pytest.approx(np.mean(Y[np.arange(60), scores.argmax(1)]))
+    write_reports(tmp_path / "cell", Y, None, ["a", "b", "c", "d"], scores)
+    lines = (tmp_path / "cell_per_class.csv").read_text().splitlines()
+    assert lines[0] == "class,average_precision,positives" and len(lines) == 5
