@@ -44,6 +44,9 @@ def get_args_parser():
     parser.add_argument("--jobs", type=int, default=d["jobs"],
                         help=f"cells trained in parallel (default: {d['jobs']}, the CPU cores)")
     parser.add_argument("--force", action="store_true", help="recompute cells already stored")
+    parser.add_argument("--repeats", type=int, default=d["repeats"],
+                        help="run every cell on N splits seeded --seed, --seed + 1, ...; the "
+                             "table shows mean ± standard deviation (default: 1)")
     parser.add_argument("--ensemble", action="store_true",
                         help="also average each head's probabilities across the backbones given "
                              "(rows with method 'ensemble', table column '<head> ensemble')")
@@ -58,7 +61,7 @@ def main(argv=None) -> None:
         options=HeadOptions(normalize=args.normalize, pca=args.pca, balanced=args.balanced,
                             seed=args.seed, softmax_recipe=args.softmax_recipe),
         train_fraction=args.train_fraction, jobs=args.jobs, force=args.force,
-        ensemble=args.ensemble)
+        ensemble=args.ensemble, repeats=args.repeats)
     collection = cached_collection(cache=args.cache, collection=args.collection)
     from featbank.classify import classify
     from featbank.evaluate import (TABLE_LEGEND, build_table, load_results, table_notes,
@@ -67,8 +70,9 @@ def main(argv=None) -> None:
     classify(collection, config, warn=lambda m: print(m, file=sys.stderr))
     folder = Path(args.cache) / collection.name
     rows = load_results(folder, warn=lambda m: print(m, file=sys.stderr))
-    columns, records = build_table(rows, split_tag=config.split.tag,
-                                   variant=config.variant)
+    repeats = config.repeated()
+    columns, records = build_table(rows, split_tag=[c.split.tag for c in repeats],
+                                   variant=[c.variant for c in repeats])
     print(to_markdown(columns, records))
     print(f"\n{TABLE_LEGEND}")
     notes = table_notes(columns, records)

@@ -78,7 +78,8 @@ def run_cell(*, folder: Path, collection: str, task: str, split: Split, entry: F
         feature_dim=entry.feature_dim, n_params=n_parameters(pipeline), seconds=seconds,
         split_tag=split.spec.tag, test_ids=[data.ids[k] for k in te],
         test_hits=hits(y_te, test_scores, classes), cell=cell_key(collection, task, entry, head, config),
-        variant=config.variant, **{f"option_{k}": v for k, v in asdict(config.options).items()},
+        split_group_by=split.spec.group_by, variant=config.variant,
+        **{f"option_{k}": v for k, v in asdict(config.options).items()},
         train_fraction=config.train_fraction,
         tuned=tuning.chosen if tuning else None,
         head_engine=getattr(pipeline[-1], "engine_", None),
@@ -91,7 +92,8 @@ def task_splits(collection: Collection, tasks: str, spec: SplitSpec, folder: Pat
                 warn=print) -> dict[str, Split]:
     """Saved splits of the requested tasks; with ``all``, tasks that cannot be split are
     reported and left out (a named task that cannot be split is an error)."""
-    names = collection.tasks if tasks == "all" else [t.strip() for t in tasks.split(",")]
+    names = [t for t in collection.tasks if t != spec.group_by] if tasks == "all" else \
+        [t.strip() for t in tasks.split(",")]
     splits = {}
     for task in names:
         try:
@@ -111,7 +113,17 @@ def task_splits(collection: Collection, tasks: str, spec: SplitSpec, folder: Pat
 
 
 def classify(collection: Collection, config: ClassifyConfig, *, warn=print) -> list[dict]:
-    """Fill the grid; returns the rows computed by this call (reused cells excluded)."""
+    """Fill the grid, on each of ``config.repeats`` seeded splits; returns the rows computed
+    by this call (reused cells excluded)."""
+    new = []
+    for repeat in config.repeated():
+        if config.repeats > 1:
+            warn(f"repeat with seed {repeat.split.seed} (split {repeat.split.tag})")
+        new += _classify_once(collection, repeat, warn=warn)
+    return new
+
+
+def _classify_once(collection: Collection, config: ClassifyConfig, *, warn) -> list[dict]:
     heads = resolve_heads(config.heads)
     folder = Path(config.cache_root) / collection.name
     entries = select_features(folder, config.backbones, config.weights, warn=warn)

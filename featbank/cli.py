@@ -136,6 +136,9 @@ def _split(parser, d):
     parser.add_argument("--min-per-class", type=_int(3), default=None,
                         help="classes with fewer images are left out (default: enough for one "
                              "image in every part, 10 for 80/10/10)")
+    parser.add_argument("--group-by", metavar="COLUMN", default=None,
+                        help="keep all images sharing a value of this collection column (an "
+                             "artist, an object) inside one of train/val/test (default: none)")
 
 
 def _train_fraction(parser, d):
@@ -163,7 +166,8 @@ def split_spec(args) -> "SplitSpec":
     """The --split / --min-per-class / --seed options as a SplitSpec."""
     from .tasks import SplitSpec
 
-    return SplitSpec.parse(args.split, seed=args.seed, min_per_class=args.min_per_class)
+    return SplitSpec.parse(args.split, seed=args.seed, min_per_class=args.min_per_class,
+                           group_by=args.group_by)
 
 
 def source_of(args) -> dict:

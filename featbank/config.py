@@ -136,6 +136,8 @@ class ClassifyConfig:
     force: bool = runtime(False)
     # also average each head's probabilities across the sources (rows with method "ensemble")
     ensemble: bool = runtime(False)
+    # run every cell on this many splits, seeded seed, seed + 1, ... (each its own rows)
+    repeats: int = runtime(1)
 
     def __post_init__(self):
         resolve_heads(self.heads)
@@ -143,6 +145,15 @@ class ClassifyConfig:
         _at_least("--seed", self.split.seed, 0)
         _fraction("--train-fraction", self.train_fraction)
         _at_least("--jobs", self.jobs, 1)
+        _at_least("--repeats", self.repeats, 1)
+
+    def repeated(self) -> list["ClassifyConfig"]:
+        """One config per repeat: the split and the heads seeded ``seed + r``."""
+        seed = self.split.seed
+        return [dataclasses.replace(self, repeats=1,
+                                    split=dataclasses.replace(self.split, seed=seed + r),
+                                    options=dataclasses.replace(self.options, seed=seed + r))
+                for r in range(self.repeats)]
 
     @property
     def variant(self) -> str:

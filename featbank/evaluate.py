@@ -292,23 +292,24 @@ def score_of(row: dict) -> tuple[str, float, list | None]:
 
 
 def build_table(rows: list[dict], *, split_tag: str | list[str] | None = None,
-                variant: str | None = None) -> tuple[list[str], list[dict]]:
+                variant: str | list[str] | None = None) -> tuple[list[str], list[dict]]:
     """Rows task x backbone x weights; a column per head and its settings, per head ensemble
     (``--ensemble``: the row of the backbones it averages), plus fine-tuning.
 
     Only results on ``split_tag`` (several: the seeded splits of ``--repeats``)
-    and with the off-the-shelf ``variant`` given count. A cell shows test top-1
+    and with the off-the-shelf ``variant`` (or variants, one per repeat) count. A cell shows test top-1
     (mAP for a multi-label task) with, in ``spread``, the half-width of its 95 %
     bootstrap interval, or over repeats the mean and the standard deviation.
     ``marked`` lists the cells of a row not significantly worse than its best
     (:func:`mark_cells`). Returns (columns, records).
     """
     tags = [split_tag] if isinstance(split_tag, str) else split_tag
+    variants = [variant] if isinstance(variant, str) else variant
     rows = [r for r in latest_rows(rows) if r.get("split") == "test"
             and (tags is None or r.get("split_tag") in tags)]
     rows = [r for r in rows if r["method"] == "fine-tuning"
             or (r["method"] in ("off-the-shelf", "ensemble")
-                and (variant is None or r.get("variant") == variant))]
+                and (variants is None or r.get("variant") in variants))]
     order = {"off-the-shelf": 0, "ensemble": 1, "fine-tuning": 2}
     heads = list(dict.fromkeys(column_label(r) for r in sorted(rows, key=lambda r: order[r["method"]])))
     grouped: dict[tuple, dict[str, list[dict]]] = {}

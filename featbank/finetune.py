@@ -371,7 +371,7 @@ class _Run:
             test_ids=test_ids, test_hits=test_hits,
             cell=json.dumps([self.collection.name, c.task, self.spec.name, self.init.exact,
                              "fine-tuning", self.digest]),
-            freeze=c.freeze, init=c.init, epochs_run=history[-1]["epoch"],
+            split_group_by=self.split.spec.group_by, freeze=c.freeze, init=c.init, epochs_run=history[-1]["epoch"],
             best_epoch=min(history, key=lambda h: h["val_loss"])["epoch"],
             trunk_path=str(self.folder / "trunk.pth"), run=str(self.folder))
 

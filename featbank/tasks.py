@@ -12,6 +12,8 @@ import csv
 import hashlib
 import json
 import math
+import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +34,7 @@ class SplitSpec:
     test: float = 0.1
     seed: int = 0
     min_per_class: int | None = None  # default: enough for one image in every split
+    group_by: str | None = None  # a column whose values never straddle two parts
 
     def __post_init__(self):
         fractions = (self.train, self.val, self.test)
@@ -60,7 +63,8 @@ class SplitSpec:
     @property
     def tag(self) -> str:
         pct = "-".join(f"{round(100 * f)}" for f in (self.train, self.val, self.test))
-        return f"{pct}_min{self.minimum}_seed{self.seed}"
+        grouped = f"_by-{re.sub(r'[^A-Za-z0-9._-]+', '_', self.group_by)}" if self.group_by else ""
+        return f"{pct}_min{self.minimum}_seed{self.seed}{grouped}"
 
 
 @dataclass
@@ -103,11 +107,52 @@ def stratified_parts(labels: np.ndarray, spec: SplitSpec) -> np.ndarray:
     return parts
 
 
+def _held_out(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Rows of one fold of ``StratifiedGroupKFold`` with about ``fraction`` of the rows."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    n_splits = max(2, round(1 / fraction))
+    n_groups = len(np.unique(groups))
+    if n_groups < n_splits:
+        raise ValueError(f"{n_groups} groups cannot be split {n_splits} ways; --group-by needs "
+                         "a column with more distinct values, or use another --split")
+    folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():  # classes rarer than n_splits: stratified as far as possible
+        warnings.simplefilter("ignore", UserWarning)
+        return next(folds.split(np.zeros(len(labels)), labels, groups))[1]
+
+
+def grouped_parts(labels: np.ndarray, groups: np.ndarray, spec: SplitSpec) -> np.ndarray:
+    """Assign each row to train / val / test with every group inside one part (pure, seeded).
+
+    scikit-learn's ``StratifiedGroupKFold`` takes one fold as the test part, then
+    one fold of the rest as the validation part, keeping class proportions as
+    far as whole groups allow. Part sizes follow the fractions only roughly
+    when groups are large. A class may miss a part: see :func:`make_split`.
+    """
+    parts = np.full(len(labels), "train", dtype=object)
+    test = _held_out(labels, groups, spec.test, spec.seed)
+    parts[test] = "test"
+    rest = np.flatnonzero(parts == "train")
+    val = _held_out(labels[rest], groups[rest], spec.val / (spec.train + spec.val), spec.seed)
+    parts[rest[val]] = "val"
+    return parts
+
+
 def make_split(collection: Collection, task: str, spec: SplitSpec) -> Split:
-    """The split of one task: unlabelled images and too-small classes are left out."""
+    """The split of one task: unlabelled images and too-small classes are left out.
+
+    With ``spec.group_by``, images sharing a value of that column (an artist, an
+    object) stay in one part; an image without a value is a group of its own.
+    A class that whole groups leave out of some part is dropped, like a class
+    under the minimum.
+    """
     if task not in collection.labels:
         raise ValueError(f"unknown task {task!r}; collection {collection.name!r} has "
                          f"{', '.join(collection.tasks) or 'no tasks'}")
+    if spec.group_by is not None and spec.group_by not in collection.labels:
+        raise ValueError(f"unknown --group-by column {spec.group_by!r}; collection "
+                         f"{collection.name!r} has {', '.join(collection.tasks) or 'no columns'}")
     pairs = [(i, y) for i, y in zip(collection.ids, collection.labels[task]) if y is not None]
     counts: dict[str, int] = {}
     for _, y in pairs:
@@ -122,10 +167,24 @@ def make_split(collection: Collection, task: str, spec: SplitSpec) -> Split:
                          "lower --min-per-class or use another --split")
     pairs = [(i, y) for i, y in pairs if y in kept]
     ids = [i for i, _ in pairs]
-    labels = [y for _, y in pairs]
-    parts = stratified_parts(np.array(labels, dtype=object), spec).tolist()
+    labels = np.array([y for _, y in pairs], dtype=object)
+    if spec.group_by is None:
+        parts = stratified_parts(labels, spec)
+    else:
+        group_of = dict(zip(collection.ids, collection.labels[spec.group_by]))
+        groups = np.array([group_of[i] if group_of[i] is not None else f"image:{i}"
+                           for i in ids], dtype=object)
+        parts = grouped_parts(labels, groups, spec)
+        everywhere = set.intersection(*(set(labels[parts == p]) for p in SPLITS))
+        if len(everywhere) < 2:
+            raise ValueError(f"task {task!r} grouped by {spec.group_by!r}: {len(everywhere)} "
+                             "classes reach train, val and test; the groups are too few or "
+                             "too large for this split")
+        kept = everywhere
+        keep = np.isin(labels, list(kept))
+        ids, labels, parts = [i for i, k in zip(ids, keep) if k], labels[keep], parts[keep]
     dropped = {c: n for c, n in sorted(counts.items()) if c not in kept}
-    return Split(task, ids, labels, parts, dropped, spec)
+    return Split(task, ids, labels.tolist(), parts.tolist(), dropped, spec)
 
 
 def split_path(folder: Path, task: str, spec: SplitSpec) -> Path:
@@ -144,9 +203,16 @@ def load_or_make_split(collection: Collection, task: str, spec: SplitSpec,
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh, lineterminator="\n")
-        writer.writerow(["id", "label", "split"])
-        writer.writerows(zip(split.ids, split.labels, split.parts))
+        if spec.group_by is None:
+            writer.writerow(["id", "label", "split"])
+            writer.writerows(zip(split.ids, split.labels, split.parts))
+        else:  # the grouping column too, so anyone can check that no group straddles parts
+            group_of = dict(zip(collection.ids, collection.labels[spec.group_by]))
+            writer.writerow(["id", "label", "split", f"group:{spec.group_by}"])
+            writer.writerows(zip(split.ids, split.labels, split.parts,
+                                 (group_of[i] or "" for i in split.ids)))
     report = {"task": task, "fractions": [spec.train, spec.val, spec.test], "seed": spec.seed,
+              "group_by": spec.group_by,
               "min_per_class": spec.minimum, "n_images": len(split.ids),
               "n_classes": len(split.classes),
               "per_split": {p: split.parts.count(p) for p in SPLITS},

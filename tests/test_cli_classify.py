@@ -27,6 +27,9 @@ def test_errors_keep_what_was_computed(run_script, toy):
     assert_one_line_error(run_script("classify.py", "--head", "logreg", "--task", "tiny",
                                "--collection", "toy"), "0 of its 15 classes have at least 10")
     assert_one_line_error(run_script("classify.py", "--collection", "nowhere"), "no collection")
+    assert_one_line_error(run_script("classify.py", "--head", "logreg", "--task", "style",
+                                     "--group-by", "nope", "--collection", "toy"),
+                          "unknown --group-by column 'nope'")
     assert (toy / "results.jsonl").read_text() == before
     assert (toy / "table.csv").is_file() and (toy / "table.json").is_file()
 

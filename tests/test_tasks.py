@@ -59,3 +59,48 @@ def test_tasks_that_cannot_be_split():
         make_split(_collection({"a": 5, "b": 6, "c": 9}), "style", SplitSpec())
     with pytest.raises(ValueError, match="unknown task 'genre'.*style"):
         make_split(_collection({"a": 20, "b": 20}), "genre", SplitSpec())
+
+
+def _grouped_collection(n_groups=60, per_group=5, seed=0):
+    """Groups (an artist each) whose images mostly share one class."""
+    rng = np.random.default_rng(seed)
+    ids, labels, groups = [], [], []
+    for g in range(n_groups):
+        cls = "abc"[g % 3]
+        for k in range(per_group):
+            ids.append(f"g{g}/{k}.jpg")
+            labels.append(cls if rng.random() < 0.9 else "abc"[(g + 1) % 3])
+            groups.append(f"artist{g}")
+    return Collection(name="c", root=".", ids=ids, labels={"style": labels, "artist": groups})
+
+
+def test_grouped_split_keeps_every_group_in_one_part(tmp_path):
+    c = _grouped_collection()
+    spec = SplitSpec(group_by="artist")
+    split = load_or_make_split(c, "style", spec, tmp_path)
+    path = split_path(tmp_path, "style", spec)
+    assert "by-artist" in path.name and path.is_file()
+    group_of = dict(zip(c.ids, c.labels["artist"]))
+    parts_of_group: dict[str, set] = {}
+    for i, p in zip(split.ids, split.parts):
+        parts_of_group.setdefault(group_of[i], set()).add(p)
+    assert all(len(p) == 1 for p in parts_of_group.values())
+    for cls in "abc":  # stratified as far as groups allow: every class everywhere
+        assert {p for y, p in zip(split.labels, split.parts) if y == cls} == {"train", "val", "test"}
+    n = len(split.ids)
+    assert 0.05 * n < split.parts.count("test") < 0.2 * n
+    assert path.read_text().splitlines()[0] == "id,label,split,group:artist"
+    ungrouped = make_split(c, "style", SplitSpec())
+    mixed = {}
+    for i, p in zip(ungrouped.ids, ungrouped.parts):
+        mixed.setdefault(group_of[i], set()).add(p)
+    assert any(len(p) > 1 for p in mixed.values())  # what grouping prevents
+
+
+def test_grouped_split_errors():
+    c = _grouped_collection()
+    with pytest.raises(ValueError, match="unknown --group-by column 'nope'"):
+        make_split(c, "style", SplitSpec(group_by="nope"))
+    few = _grouped_collection(n_groups=6)
+    with pytest.raises(ValueError, match="groups cannot be split 10 ways"):
+        make_split(few, "style", SplitSpec(group_by="artist"))
