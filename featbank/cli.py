@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from .collection import Collection, from_folder, from_manifest, load_metadata
+from .collection import Collection, from_folder, from_manifest, load_metadata, mark_multi_label
 from .demo import demo_collection
 
 EXIT_BAD_INPUT = 2
@@ -95,16 +95,26 @@ def _source(parser, d):
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--images", metavar="DIR",
                         help="folder with one sub-folder per class (task 'label')")
-    source.add_argument("--manifest", metavar="CSV",
-                        help="CSV with an image column and label columns")
+    source.add_argument("--manifest", metavar="CSV|XML|DIR",
+                        help="CSV with an image column and label columns; or Dublin Core XML: "
+                             "one file of records (e.g. an OAI-PMH dump) or a folder of XML "
+                             "records, one per image (each dc: element becomes a task)")
     parser.add_argument("--root", metavar="DIR", default=None,
                         help="folder the manifest's image paths are relative to "
                              "(default: the CSV's folder)")
     parser.add_argument("--image-column", default=None,
                         help="manifest column naming the images (default: guessed, e.g. ImageId)")
     parser.add_argument("--label-columns", default=None,
-                        help="comma-separated manifest columns to use as tasks "
-                             "(default: every other named column)")
+                        help="comma-separated manifest columns (or dc: elements) to use as "
+                             "tasks (default: every other named column)")
+    parser.add_argument("--attributes", metavar="CSV", default=None,
+                        help="iMet-style labels.csv (attribute_id,attribute_name such as "
+                             "medium::paper); --manifest is then train.csv (id,attribute_ids) "
+                             "and each prefix becomes a multi-label task")
+    parser.add_argument("--multi-label", metavar="COL[,COL]", default=None,
+                        help="manifest columns whose cells list several labels (scored by mAP)")
+    parser.add_argument("--label-separator", default=";",
+                        help="separator between the labels of a --multi-label cell (default: ;)")
 
 
 def _device(parser, d):
@@ -174,20 +184,39 @@ def source_of(args) -> dict:
     """The collection options as keywords of :func:`collection_for_extraction`."""
     return {"cache": args.cache, "collection": args.collection, "images": args.images,
             "manifest": args.manifest, "root": args.root, "image_column": args.image_column,
-            "label_columns": args.label_columns}
+            "label_columns": args.label_columns, "attributes": args.attributes,
+            "multi_label": args.multi_label, "separator": args.label_separator}
+
+
+def _names(text: str | None) -> list[str] | None:
+    return [c.strip() for c in text.split(",") if c.strip()] if text else None
 
 
 def collection_for_extraction(*, cache: str, collection: str | None, images: str | None,
                               manifest: str | None, root: str | None = None,
                               image_column: str | None = None,
-                              label_columns: str | None = None) -> Collection:
+                              label_columns: str | None = None, attributes: str | None = None,
+                              multi_label: str | None = None,
+                              separator: str = ";") -> Collection:
     """The collection named on the command line, scanned from its images."""
+    from .importers import from_dublin_core, from_imet, is_dublin_core
+
+    if (attributes or multi_label) and not manifest:
+        raise ValueError("--attributes and --multi-label describe a --manifest; give one")
     if images:
         found = from_folder(images, name=collection)
+    elif manifest and attributes:
+        found = from_imet(manifest, attributes, root=root, name=collection, separator=separator)
+    elif manifest and is_dublin_core(manifest):
+        found = from_dublin_core(manifest, root=root, label_columns=_names(label_columns),
+                                 name=collection, separator=separator)
+        if multi_label:  # an element that never repeats can still list labels in its text
+            found.multi_label.update(mark_multi_label(found.labels, _names(multi_label),
+                                                      separator, manifest))
     elif manifest:
-        columns = [c.strip() for c in label_columns.split(",")] if label_columns else None
         found = from_manifest(manifest, root=root, image_column=image_column,
-                              label_columns=columns, name=collection)
+                              label_columns=_names(label_columns), name=collection,
+                              multi_label=_names(multi_label), separator=separator)
     elif collection in (None, "demo"):
         return demo_collection(cache)
     else:

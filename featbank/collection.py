@@ -41,6 +41,8 @@ class Collection:
     missing: list[str] = field(default_factory=list)  # manifest rows with no file
     source: str = ""
     ignored: int = 0  # hidden files and OS litter left out of a folder scan
+    # multi-label tasks -> the separator between the labels of a cell ("wood;paper")
+    multi_label: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self):
         self.root = Path(self.root)
@@ -51,6 +53,11 @@ class Collection:
     @property
     def tasks(self) -> list[str]:
         return list(self.labels)
+
+    def label_sets(self, task: str) -> list[tuple[str, ...]]:
+        """A multi-label task's labels, as a tuple per image (empty when unlabelled)."""
+        sep = self.multi_label[task]
+        return [split_labels(v, sep) for v in self.labels[task]]
 
     def path(self, image_id: str) -> Path:
         return self.root / image_id
@@ -131,6 +138,28 @@ def clean_label(value: str | None) -> str | None:
     return value or None
 
 
+def split_labels(value: str | None, separator: str) -> tuple[str, ...]:
+    """``"wood; paper;wood"`` -> ``("paper", "wood")``: cleaned, unique, sorted."""
+    if value is None:
+        return ()
+    return tuple(sorted({v for v in (clean_label(p) for p in value.split(separator)) if v}))
+
+
+def mark_multi_label(labels: dict[str, list], columns: list[str] | None, separator: str,
+                     source) -> dict[str, str]:
+    """Check the ``--multi-label`` columns and normalise their cells in place
+    (``"b; a"`` -> ``"a;b"``); returns task -> separator."""
+    if not separator:
+        raise ValueError("--label-separator must not be empty")
+    for column in columns or []:
+        if column not in labels:
+            raise ValueError(f"--multi-label column {column!r} is not a task of {source}; "
+                             f"its tasks are {', '.join(labels) or 'none'}")
+        labels[column] = [separator.join(split_labels(v, separator)) or None
+                          for v in labels[column]]
+    return {c: separator for c in columns or []}
+
+
 def _index_files(root: Path) -> dict[str, str]:
     """relative path without extension -> relative path, for extension-less manifests."""
     index: dict[str, str] = {}
@@ -166,12 +195,14 @@ def _pick_image_column(columns: list[str], image_column: str | None, csv_path) -
 
 def from_manifest(csv_path: str | os.PathLike, *, root: str | os.PathLike | None = None,
                   image_column: str | None = None, label_columns: list[str] | None = None,
-                  name: str | None = None) -> Collection:
+                  name: str | None = None, multi_label: list[str] | None = None,
+                  separator: str = ";") -> Collection:
     """A CSV with an image column (path relative to ``root``, extension optional).
 
     Unnamed columns (a saved pandas index) are ignored; every other column is a
     task unless ``label_columns`` picks some. Rows whose file is absent are
-    listed in ``Collection.missing``.
+    listed in ``Collection.missing``. ``multi_label`` columns hold several
+    labels per cell, separated by ``separator``.
     """
     csv_path = Path(csv_path)
     if not csv_path.is_file():
@@ -205,8 +236,10 @@ def from_manifest(csv_path: str | os.PathLike, *, root: str | os.PathLike | None
                          f"under {root}; check --root")
     ids = sorted(found)
     labels = {c: [clean_label(found[i].get(c)) for i in ids] for c in label_columns}
+    marked = mark_multi_label(labels, multi_label, separator, csv_path)
     return Collection(name=check_name(name or default_name(csv_path)), root=root, ids=ids,
-                      labels=labels, missing=missing, source=f"manifest:{csv_path}")
+                      labels=labels, missing=missing, source=f"manifest:{csv_path}",
+                      multi_label=marked)
 
 
 def save_metadata(collection: Collection, folder: Path) -> None:
@@ -215,7 +248,7 @@ def save_metadata(collection: Collection, folder: Path) -> None:
     meta = {"name": collection.name, "root": str(collection.root.resolve()),
             "source": collection.source, "n_images": len(collection),
             "tasks": collection.tasks, "n_missing": len(collection.missing),
-            "n_ignored": collection.ignored}
+            "n_ignored": collection.ignored, "multi_label": collection.multi_label}
     atomic_write_json(folder / "collection.json", meta)
     rows = [["id", *collection.tasks]]
     rows += [[i, *[(collection.labels[t][k] or "") for t in collection.tasks]]
@@ -234,7 +267,8 @@ def load_metadata(folder: Path) -> Collection:
     header, body = rows[0], rows[1:]
     labels = {task: [r[k + 1] or None for r in body] for k, task in enumerate(header[1:])}
     return Collection(name=meta["name"], root=Path(meta["root"]), ids=[r[0] for r in body],
-                      labels=labels, source=meta.get("source", ""))
+                      labels=labels, source=meta.get("source", ""),
+                      multi_label=meta.get("multi_label") or {})
 
 
 def _csv_text(rows) -> str:

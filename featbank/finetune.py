@@ -386,6 +386,10 @@ def _prepare(collection: Collection, config: FinetuneConfig, log) -> _Run:
     init = resolve_weights(spec, config.init, option="--init")
     cache_folder = Path(config.cache_root) / collection.name
     split = load_or_make_split(collection, config.task, config.split, cache_folder)
+    if split.multi_label:
+        raise ValueError(f"task {config.task!r} is multi-label: fine-tuning it (binary "
+                         "cross-entropy, mAP) is not built yet; classify.py scores it with "
+                         "one-vs-rest heads on cached features")
     # Random and file inits keep their id (unchanged run folders); imagenet is pinned.
     settings = {**identity(config), "init": init.exact if init.id == "imagenet" else init.id}
     run_digest = digest(settings)

@@ -128,17 +128,24 @@ def resolve_heads(names: str | list[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def make_head(name: str, options: HeadOptions = HeadOptions()):
-    """An unfitted pipeline: normalisation, optional PCA, then the head."""
+def make_head(name: str, options: HeadOptions = HeadOptions(), *, multi_label: bool = False):
+    """An unfitted pipeline: normalisation, optional PCA, then the head.
+
+    For a multi-label task (targets a 0/1 matrix) the head is wrapped in
+    scikit-learn's ``OneVsRestClassifier``: one binary head per label (for
+    softmax, a two-class softmax, which is a sigmoid with binary cross-entropy).
+    """
     from sklearn.decomposition import PCA
+    from sklearn.multiclass import OneVsRestClassifier
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import Normalizer, StandardScaler
 
     [name] = resolve_heads([name])
     scaler = {"standard": StandardScaler(), "l2": Normalizer(), "none": "passthrough"}
     pca = PCA(n_components=options.pca, random_state=options.seed) if options.pca else "passthrough"
+    head = HEADS[name].factory(options)
     return Pipeline([("normalize", scaler[options.normalize]), ("pca", pca),
-                     ("head", HEADS[name].factory(options))])
+                     ("head", OneVsRestClassifier(head) if multi_label else head)])
 
 
 @dataclass
@@ -166,6 +173,11 @@ def fit_head(pipeline, X, y, X_val=None, y_val=None, *, grid: dict | None = None
     """
     head = pipeline[-1]
     front = pipeline[:-1]  # shares its steps with ``pipeline``
+    if np.ndim(y) == 2:  # multi-label: one-vs-rest heads, chosen by mean average precision
+        tuning = _choose(pipeline, {f"estimator__{k}": v for k, v in grid.items()}, X, y,
+                         X_val, y_val, scoring="average_precision") if grid else None
+        pipeline.fit(X, y)
+        return tuning
     if grid and X_val is not None and len(grid) == 1 and hasattr(head, "fit_path"):
         [(name, values)] = grid.items()
         scores = head.fit_path(front.fit_transform(X, y), y, front.transform(X_val), y_val,
@@ -180,7 +192,7 @@ def fit_head(pipeline, X, y, X_val=None, y_val=None, *, grid: dict | None = None
     return tuning
 
 
-def _choose(pipeline, grid: dict, X, y, X_val, y_val) -> Tuning:
+def _choose(pipeline, grid: dict, X, y, X_val, y_val, scoring=None) -> Tuning:
     from sklearn.model_selection import GridSearchCV, PredefinedSplit
 
     params = {f"head__{k}": list(v) for k, v in grid.items()}
@@ -189,18 +201,23 @@ def _choose(pipeline, grid: dict, X, y, X_val, y_val) -> Tuning:
     else:  # -1: never a test fold (always fitted on); 0: the one test fold
         cv = PredefinedSplit(np.r_[np.full(len(X), -1), np.zeros(len(X_val), dtype=int)])
         X_all, y_all = np.concatenate([X, X_val]), np.concatenate([y, y_val])
-    search = GridSearchCV(pipeline, params, cv=cv, refit=False, n_jobs=1, error_score="raise")
+    search = GridSearchCV(pipeline, params, cv=cv, refit=False, n_jobs=1, error_score="raise",
+                          scoring=scoring)
     search.fit(X_all, y_all)
     pipeline.set_params(**search.best_params_)
-    strip = lambda p: {k.removeprefix("head__"): v for k, v in p.items()}  # noqa: E731
+    strip = lambda p: {k.removeprefix("head__").removeprefix("estimator__"): v  # noqa: E731
+                       for k, v in p.items()}
     return Tuning(chosen=strip(search.best_params_),
                   scores=[(strip(p), float(s)) for p, s in
                           zip(search.cv_results_["params"], search.cv_results_["mean_test_score"])])
 
 
 def n_parameters(pipeline) -> int:
-    """Learned numbers in the fitted head (weights and biases, tree nodes, stored samples)."""
+    """Learned numbers in the fitted head (weights and biases, tree nodes, stored samples;
+    summed over the per-label heads of a multi-label task)."""
     head = pipeline[-1]
+    if type(head).__name__ == "OneVsRestClassifier":
+        return sum(n_parameters([h]) for h in head.estimators_)
     if hasattr(head, "n_stored_"):
         return head.n_stored_
     if hasattr(head, "coef_"):

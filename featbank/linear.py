@@ -175,10 +175,17 @@ class TorchLinear(ClassifierMixin, BaseEstimator):
             raise ValueError(f"class_weight must be None or 'balanced', not {self.class_weight!r}")
         return torch.from_numpy(balanced_weights(y_index, len(self.classes_)))
 
-    def decision_function(self, X):
+    def _scores(self, X):
+        """(n, classes) scores, one column per class, binary tasks included."""
         check_is_fitted(self, "coef_")
         X = check_array(X, dtype=np.float32)
         return X @ self.coef_.T + self.intercept_
+
+    def decision_function(self, X):
+        """(n, classes) scores; for two classes scikit-learn's 1-D convention, the score of
+        ``classes_[1]`` over ``classes_[0]`` (what ``OneVsRestClassifier`` stacks)."""
+        scores = self._scores(X)
+        return scores[:, 1] - scores[:, 0] if scores.shape[1] == 2 else scores
 
     def _has_probabilities(self):
         return self.loss != "squared_hinge"
@@ -187,7 +194,7 @@ class TorchLinear(ClassifierMixin, BaseEstimator):
     def predict_proba(self, X):
         """Softmax of the scores (multinomial); normalised sigmoids (one-vs-rest logistic,
         as scikit-learn's one-vs-rest classifiers do)."""
-        scores = self.decision_function(X)
+        scores = self._scores(X)
         if self.loss == "logistic":
             p = 1.0 / (1.0 + np.exp(-scores))
         else:
@@ -195,7 +202,7 @@ class TorchLinear(ClassifierMixin, BaseEstimator):
         return p / p.sum(axis=1, keepdims=True)
 
     def predict(self, X):
-        best = self.decision_function(X).argmax(axis=1)  # checks fitted first
+        best = self._scores(X).argmax(axis=1)  # checks fitted first
         return self.classes_[best]
 
 

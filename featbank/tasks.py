@@ -77,14 +77,29 @@ class Split:
     parts: list[str]
     dropped: dict[str, int]  # class -> images, classes under the minimum
     spec: SplitSpec
+    separator: str | None = None  # a multi-label task: labels are "a;b" strings
 
     def select(self, part: str) -> tuple[list[str], list[str]]:
         rows = [k for k, p in enumerate(self.parts) if p == part]
         return [self.ids[k] for k in rows], [self.labels[k] for k in rows]
 
     @property
+    def multi_label(self) -> bool:
+        return self.separator is not None
+
+    @property
     def classes(self) -> list[str]:
+        if self.multi_label:
+            return sorted({c for v in self.labels for c in v.split(self.separator)})
         return sorted(set(self.labels))
+
+    def indicator(self, labels: list[str]) -> np.ndarray:
+        """0/1 matrix (n, classes) of multi-label ``labels`` (``"a;b"`` strings)."""
+        column = {c: k for k, c in enumerate(self.classes)}
+        Y = np.zeros((len(labels), len(column)), dtype=np.int8)
+        for row, value in enumerate(labels):
+            Y[row, [column[c] for c in value.split(self.separator)]] = 1
+        return Y
 
 
 def stratified_parts(labels: np.ndarray, spec: SplitSpec) -> np.ndarray:
@@ -153,6 +168,8 @@ def make_split(collection: Collection, task: str, spec: SplitSpec) -> Split:
     if spec.group_by is not None and spec.group_by not in collection.labels:
         raise ValueError(f"unknown --group-by column {spec.group_by!r}; collection "
                          f"{collection.name!r} has {', '.join(collection.tasks) or 'no columns'}")
+    if task in collection.multi_label:
+        return make_multi_label_split(collection, task, spec)
     pairs = [(i, y) for i, y in zip(collection.ids, collection.labels[task]) if y is not None]
     counts: dict[str, int] = {}
     for _, y in pairs:
@@ -171,10 +188,7 @@ def make_split(collection: Collection, task: str, spec: SplitSpec) -> Split:
     if spec.group_by is None:
         parts = stratified_parts(labels, spec)
     else:
-        group_of = dict(zip(collection.ids, collection.labels[spec.group_by]))
-        groups = np.array([group_of[i] if group_of[i] is not None else f"image:{i}"
-                           for i in ids], dtype=object)
-        parts = grouped_parts(labels, groups, spec)
+        parts = grouped_parts(labels, _groups(collection, ids, spec.group_by), spec)
         everywhere = set.intersection(*(set(labels[parts == p]) for p in SPLITS))
         if len(everywhere) < 2:
             raise ValueError(f"task {task!r} grouped by {spec.group_by!r}: {len(everywhere)} "
@@ -185,6 +199,75 @@ def make_split(collection: Collection, task: str, spec: SplitSpec) -> Split:
         ids, labels, parts = [i for i, k in zip(ids, keep) if k], labels[keep], parts[keep]
     dropped = {c: n for c, n in sorted(counts.items()) if c not in kept}
     return Split(task, ids, labels.tolist(), parts.tolist(), dropped, spec)
+
+
+def _groups(collection: Collection, ids: list[str], column: str) -> np.ndarray:
+    group_of = dict(zip(collection.ids, collection.labels[column]))
+    return np.array([group_of[i] if group_of[i] is not None else f"image:{i}" for i in ids],
+                    dtype=object)
+
+
+def multi_label_parts(Y: np.ndarray, spec: SplitSpec) -> np.ndarray:
+    """Train / val / test of a 0/1 label matrix (n, k) by iterative stratification
+    (Sechidis et al.; the ``iterative-stratification`` package), so that rare labels
+    reach every part: the test part first, then the validation part of the rest."""
+    from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
+
+    parts = np.full(len(Y), "train", dtype=object)
+    first = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=spec.test,
+                                             random_state=spec.seed)
+    rest, test = next(first.split(np.zeros(len(Y)), Y))
+    parts[test] = "test"
+    second = MultilabelStratifiedShuffleSplit(n_splits=1,
+                                              test_size=spec.val / (spec.train + spec.val),
+                                              random_state=spec.seed)
+    _, val = next(second.split(np.zeros(len(rest)), Y[rest]))
+    parts[rest[val]] = "val"
+    return parts
+
+
+def make_multi_label_split(collection: Collection, task: str, spec: SplitSpec) -> Split:
+    """The split of a multi-label task (several labels per image, see ``--multi-label``).
+
+    Labels on fewer than ``spec.minimum`` images, or that the split leaves out of
+    a part, are dropped from every image (and reported); an image left with no
+    label is left out. With ``spec.group_by``, whole groups go to one part,
+    stratified on each image's first label.
+    """
+    sep = collection.multi_label[task]
+    pairs = [(i, s) for i, s in zip(collection.ids, collection.label_sets(task)) if s]
+    counts: dict[str, int] = {}
+    for _, labels in pairs:
+        for c in labels:
+            counts[c] = counts.get(c, 0) + 1
+    kept = {c for c, n in counts.items() if n >= spec.minimum}
+    if len(kept) < 2:
+        raise ValueError(f"task {task!r}: {len(kept)} of its {len(counts)} labels are on at "
+                         f"least {spec.minimum} images (the minimum for one image in every "
+                         "split); lower --min-per-class or use another --split")
+    pairs = [(i, tuple(c for c in s if c in kept)) for i, s in pairs]
+    pairs = [(i, s) for i, s in pairs if s]
+    ids = [i for i, _ in pairs]
+    classes = sorted(kept)
+    Y = np.zeros((len(pairs), len(classes)), dtype=np.int8)
+    for row, (_, labels) in enumerate(pairs):
+        Y[row, [classes.index(c) for c in labels]] = 1
+    if spec.group_by is None:
+        parts = multi_label_parts(Y, spec)
+    else:
+        first = np.array([s[0] for _, s in pairs], dtype=object)
+        parts = grouped_parts(first, _groups(collection, ids, spec.group_by), spec)
+    everywhere = np.all([Y[parts == p].any(axis=0) for p in SPLITS], axis=0)
+    if everywhere.sum() < 2:
+        raise ValueError(f"task {task!r}: {int(everywhere.sum())} labels reach train, val and "
+                         "test; the task has too few images per label for this split")
+    labels = [sep.join(c for c, on in zip(classes, Y[k]) if on and everywhere[classes.index(c)])
+              for k in range(len(ids))]
+    keep = [k for k, v in enumerate(labels) if v]
+    dropped = {c: n for c, n in sorted(counts.items())
+               if c not in kept or not everywhere[classes.index(c)]}
+    return Split(task, [ids[k] for k in keep], [labels[k] for k in keep],
+                 [parts[k] for k in keep], dropped, spec, separator=sep)
 
 
 def split_path(folder: Path, task: str, spec: SplitSpec) -> Path:
@@ -198,7 +281,7 @@ def load_or_make_split(collection: Collection, task: str, spec: SplitSpec,
     """The saved split of ``task`` (made and saved on first use)."""
     path = split_path(folder, task, spec)
     if path.is_file():
-        return _read_split(path, task, spec)
+        return _read_split(path, task, spec, collection.multi_label.get(task))
     split = make_split(collection, task, spec)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
@@ -212,9 +295,9 @@ def load_or_make_split(collection: Collection, task: str, spec: SplitSpec,
             writer.writerows(zip(split.ids, split.labels, split.parts,
                                  (group_of[i] or "" for i in split.ids)))
     report = {"task": task, "fractions": [spec.train, spec.val, spec.test], "seed": spec.seed,
-              "group_by": spec.group_by,
+              "group_by": spec.group_by, "multi_label_separator": split.separator,
               "min_per_class": spec.minimum, "n_images": len(split.ids),
-              "n_classes": len(split.classes),
+              "n_classes": len(split.classes), "classes": split.classes,
               "per_split": {p: split.parts.count(p) for p in SPLITS},
               "dropped_classes": split.dropped,
               "dropped_images": sum(split.dropped.values())}
@@ -222,13 +305,13 @@ def load_or_make_split(collection: Collection, task: str, spec: SplitSpec,
     return split
 
 
-def _read_split(path: Path, task: str, spec: SplitSpec) -> Split:
+def _read_split(path: Path, task: str, spec: SplitSpec, separator: str | None) -> Split:
     with open(path, newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     report_path = path.with_suffix(".json")
     dropped = json.loads(report_path.read_text())["dropped_classes"] if report_path.is_file() else {}
     return Split(task, [r["id"] for r in rows], [r["label"] for r in rows],
-                 [r["split"] for r in rows], dropped, spec)
+                 [r["split"] for r in rows], dropped, spec, separator)
 
 
 # -- what every stage does with a split -------------------------------------------

@@ -8,7 +8,7 @@ from featbank.classify import ClassifyConfig, classify
 from featbank.collection import load_metadata
 from featbank.evaluate import RESULT_KEYS, load_results
 from featbank.heads import HeadOptions
-from featbank.tasks import subsample
+from featbank.tasks import SplitSpec, subsample
 from conftest import write_toy_cache
 
 
@@ -184,3 +184,59 @@ def test_ensemble_averages_member_probabilities(tmp_path):
     with pytest.raises(ValueError, match="at least two feature sources"):
         classify(collection, _config(tmp_path, heads="logreg", backbones="alexnet",
                                      ensemble=True))
+
+
+def _multi_label_cache(cache, n=150, dim=24, seed=0):
+    """Images tagged ``style;setting`` (3 styles x 2 settings), features encoding both."""
+    from featbank.cache import FeatureFile, feature_path
+    from featbank.collection import Collection, save_metadata
+
+    rng = np.random.default_rng(seed)
+    style, setting = rng.integers(0, 3, n), rng.integers(0, 2, n)
+    ids = [f"img{k:03d}.jpg" for k in range(n)]
+    tags = [f"{'abc'[s]};{('indoor', 'outdoor')[t]}" for s, t in zip(style, setting)]
+    collection = Collection(name="ml", root=cache / "images", ids=ids,
+                            labels={"tags": tags, "group": [f"g{k // 3}" for k in range(n)]},
+                            multi_label={"tags": ";"})
+    folder = cache / "ml"
+    save_metadata(collection, folder)
+    X = np.c_[np.eye(3)[style] * 2, np.eye(2)[setting] * 2, np.zeros((n, dim - 5))]
+    X = (X + rng.normal(size=X.shape)).astype(np.float32)
+    attrs = {"backbone": "resnet18", "feature_dim": dim, "weights": "random", "input_size": 224,
+             "mean": [0.5] * 3, "std": [0.5] * 3, "resize": "squash", "crop_pct": 1.0,
+             "interpolation": "bilinear", "dtype": "float32", "collection": "ml"}
+    out = FeatureFile(feature_path(cache, "ml", "resnet18", "random"), attrs)
+    out.add_batch(ids, X)
+    out.merge()
+    return folder
+
+
+def test_multi_label_task_scored_by_map_with_every_head(tmp_path):
+    folder = _multi_label_cache(tmp_path)
+    collection = load_metadata(folder)
+    assert collection.multi_label == {"tags": ";"}
+    rows = classify(collection, _config(tmp_path, heads="all", tasks="tags"),
+                    warn=lambda m: None)
+    assert sorted(r["head"] for r in rows) == ["knn", "logreg", "rf", "softmax", "svm"]
+    for row in rows:
+        assert row["n_classes"] == 5 and row["mAP"] > 0.8, row
+        low, high = row["mAP_ci"]
+        assert low <= row["mAP"] <= high and high > low
+        assert row["top1_ci"][0] <= row["top1"] <= row["top1_ci"][1]
+        pipeline = joblib.load(row["head_path"])
+        assert type(pipeline[-1]).__name__ == "OneVsRestClassifier"
+    per_class = next((folder / "reports" / "tags").glob("*logreg*_per_class.csv")).read_text()
+    assert per_class.startswith("class,average_precision,positives")
+    split = (folder / "splits").glob("tags__*.csv")
+    assert any("a;indoor" in p.read_text() for p in split)
+
+
+def test_grouped_repeats_name_their_splits(tmp_path):
+    folder = write_toy_cache(tmp_path)
+    collection = load_metadata(folder)
+    collection.labels["group"] = [f"g{k // 2}" for k in range(len(collection.ids))]
+    config = _config(tmp_path, heads="logreg", split=SplitSpec(group_by="group"), repeats=2)
+    rows = classify(collection, config, warn=lambda m: None)
+    assert sorted(r["split_tag"] for r in rows) == sorted(
+        f"80-10-10_min10_seed{s}_by-group" for s in (0, 0, 1, 1))
+    assert all(r["split_group_by"] == "group" for r in rows)
