@@ -35,7 +35,7 @@ from .backbones import BackboneSpec, get_spec
 from .cache import safe_name
 from .collection import Collection
 from .config import FinetuneConfig, digest, identity
-from .evaluate import append_result, load_results, metrics, result_row, write_reports
+from .evaluate import append_result, hits, load_results, metrics, result_row, write_reports
 from .fileio import atomic_path, atomic_write_json, hold_lock
 from .images import decode_views, min_decode_size, normalize
 from .inference import resolve_device, training_autocast
@@ -352,8 +352,7 @@ class _Run:
             outputs[part] = (classes[targets], classes[scores.argmax(1)])
         write_reports(self.folder / "test", *outputs["test"], classes)
         tested = [i for i, ok in zip(self.data["test"].ids, decodable) if ok]
-        return self._row(results, history, tested, outputs["test"][0] == outputs["test"][1])
-
+        return self._row(results, history, tested, hits(classes[targets], scores, classes))
 
 
     def _row(self, results: dict, history: list[dict], test_ids: list[str],

@@ -249,9 +249,10 @@ def make_multi_label_split(collection: Collection, task: str, spec: SplitSpec) -
     pairs = [(i, s) for i, s in pairs if s]
     ids = [i for i, _ in pairs]
     classes = sorted(kept)
+    column = {c: k for k, c in enumerate(classes)}
     Y = np.zeros((len(pairs), len(classes)), dtype=np.int8)
     for row, (_, labels) in enumerate(pairs):
-        Y[row, [classes.index(c) for c in labels]] = 1
+        Y[row, [column[c] for c in labels]] = 1
     if spec.group_by is None:
         parts = multi_label_parts(Y, spec)
     else:
@@ -261,11 +262,11 @@ def make_multi_label_split(collection: Collection, task: str, spec: SplitSpec) -
     if everywhere.sum() < 2:
         raise ValueError(f"task {task!r}: {int(everywhere.sum())} labels reach train, val and "
                          "test; the task has too few images per label for this split")
-    labels = [sep.join(c for c, on in zip(classes, Y[k]) if on and everywhere[classes.index(c)])
+    labels = [sep.join(c for c, on in zip(classes, Y[k] & everywhere) if on)
               for k in range(len(ids))]
     keep = [k for k, v in enumerate(labels) if v]
     dropped = {c: n for c, n in sorted(counts.items())
-               if c not in kept or not everywhere[classes.index(c)]}
+               if c not in kept or not everywhere[column[c]]}
     return Split(task, [ids[k] for k in keep], [labels[k] for k in keep],
                  [parts[k] for k in keep], dropped, spec, separator=sep)
 
