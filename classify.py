@@ -38,15 +38,12 @@ def get_args_parser():
                         help="feature normalisation before the head (default: standard)")
     parser.add_argument("--pca", type=int, default=None,
                         help="PCA to K dimensions first (default: none)")
-    add_options(parser, "balanced", "train-fraction", defaults=d)
+    add_options(parser, "balanced", "train-fraction", "repeats", defaults=d)
     parser.add_argument("--softmax-recipe", default="fast", choices=["fast", "paper"],
                         help="fast (default) or the paper's RMSprop/batch-32/patience-7 recipe")
     parser.add_argument("--jobs", type=int, default=d["jobs"],
                         help=f"cells trained in parallel (default: {d['jobs']}, the CPU cores)")
     parser.add_argument("--force", action="store_true", help="recompute cells already stored")
-    parser.add_argument("--repeats", type=int, default=d["repeats"],
-                        help="run every cell on N splits seeded --seed, --seed + 1, ...; the "
-                             "table shows mean ± standard deviation (default: 1)")
     parser.add_argument("--ensemble", action="store_true",
                         help="also average each head's probabilities across the backbones given "
                              "(rows with method 'ensemble', table column '<head> ensemble')")

@@ -13,6 +13,8 @@ augmentation, early stopping after 7 epochs without a better validation loss,
 the best weights tested. --freeze: none | K (first K stages) | trunk (only the
 head) | last:N (the last N units, head included); Cetinic et al.'s scenarios
 are none, 1, 2, last:3 and last:1. Run again to resume an interrupted run.
+A multi-label task trains a sigmoid per class (binary cross-entropy) and is
+scored by mAP. --repeats N trains on N seeded splits, one run and row each.
 
 Writes <cache>/<collection>/finetune/<run>/: history.csv, curves.png, best.pt,
 last.pt, trunk.pth (for extract.py --weights), test reports; appends the test
@@ -20,6 +22,7 @@ metrics to results.jsonl (the "fine-tuning" column of classify.py's table).
 """
 import sys
 from pathlib import Path
+from statistics import mean, stdev
 
 from featbank.backbones import available_backbones
 from featbank.cli import (add_options, cached_collection, collection_for_extraction, make_parser,
@@ -55,8 +58,8 @@ def get_args_parser():
                         help="input size (default: the backbone's, e.g. 224)")
     parser.add_argument("--augment", action="store_true",
                         help="random crop and horizontal flip while training")
-    add_options(parser, "balanced", "train-fraction", "split", "seed", "device", "workers",
-                "no-progress", "cache", "source", defaults=d)
+    add_options(parser, "balanced", "train-fraction", "split", "seed", "repeats", "device",
+                "workers", "no-progress", "cache", "source", defaults=d)
     return parser
 
 
@@ -68,7 +71,7 @@ def main(argv=None) -> None:
         head_lr=args.head_lr, batch_size=args.batch_size, image_size=args.image_size,
         augment=args.augment, balanced=args.balanced, train_fraction=args.train_fraction,
         seed=args.seed, device=args.device, workers=args.workers, cache_root=args.cache,
-        split=split_spec(args), progress=not args.no_progress)
+        split=split_spec(args), progress=not args.no_progress, repeats=args.repeats)
     if args.images or args.manifest:
         collection = collection_for_extraction(**source_of(args))
         save_metadata(collection, Path(args.cache) / collection.name)
@@ -76,12 +79,27 @@ def main(argv=None) -> None:
         collection = cached_collection(cache=args.cache, collection=args.collection)
     from featbank.finetune import finetune  # torch: imported once the arguments are known good
 
-    result = finetune(collection, config, log=lambda m: print(m, file=sys.stderr))
-    row = result.row
-    print(f"{row['backbone']} fine-tuned on {row['task']}: test top-1 {row['top1']:.3f}, "
-          f"top-5 {row['top5']:.3f}, balanced {row['balanced_accuracy']:.3f} "
-          f"(best epoch {row['best_epoch']} of {row['epochs_run']}); "
-          f"trunk for extract.py --weights: {row['trunk_path']}")
+    def log(message):
+        print(message, file=sys.stderr)
+
+    scores = []
+    for repeat in config.repeated():
+        if config.repeats > 1:
+            log(f"repeat with seed {repeat.seed} (split {repeat.split.tag})")
+        row = finetune(collection, repeat, log=log).row
+        score = "mAP" if row.get("mAP") is not None else "top1"
+        scores.append(row[score])
+        low, high = row[f"{score}_ci"]
+        measures = (f"test mAP {row['mAP']:.3f} [{low:.3f}, {high:.3f}], top-1 "
+                    f"{row['top1']:.3f}" if score == "mAP" else
+                    f"test top-1 {row['top1']:.3f} [{low:.3f}, {high:.3f}], top-5 "
+                    f"{row['top5']:.3f}, balanced {row['balanced_accuracy']:.3f}")
+        print(f"{row['backbone']} fine-tuned on {row['task']}: {measures} (best epoch "
+              f"{row['best_epoch']} of {row['epochs_run']}); trunk for extract.py --weights: "
+              f"{row['trunk_path']}")
+    if len(scores) > 1:
+        print(f"over {len(scores)} splits: test {score} {mean(scores):.3f} ± {stdev(scores):.3f} "
+              "(mean ± standard deviation)")
 
 
 if __name__ == "__main__":

@@ -140,6 +140,13 @@ def _seed(parser, d):
                              f"(default: {d.get('seed', 0)})")
 
 
+def _repeats(parser, d):
+    parser.add_argument("--repeats", type=_int(1), default=d.get("repeats", 1),
+                        help="run on N splits seeded --seed, --seed + 1, ..., each its own "
+                             "results row; the table shows mean ± standard deviation "
+                             "(default: 1)")
+
+
 def _split(parser, d):
     parser.add_argument("--split", default="80/10/10",
                         help="train/val/test percentages of each class (default: 80/10/10)")
@@ -169,7 +176,7 @@ def _no_progress(parser, d):
 _OPTIONS = {"cache": _cache, "collection": _collection, "source": _source, "device": _device,
             "workers": _workers, "batch-size": _batch_size, "seed": _seed, "split": _split,
             "train-fraction": _train_fraction, "balanced": _balanced,
-            "no-progress": _no_progress}
+            "no-progress": _no_progress, "repeats": _repeats}
 
 
 def split_spec(args) -> "SplitSpec":

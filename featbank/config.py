@@ -149,11 +149,8 @@ class ClassifyConfig:
 
     def repeated(self) -> list["ClassifyConfig"]:
         """One config per repeat: the split and the heads seeded ``seed + r``."""
-        seed = self.split.seed
-        return [dataclasses.replace(self, repeats=1,
-                                    split=dataclasses.replace(self.split, seed=seed + r),
-                                    options=dataclasses.replace(self.options, seed=seed + r))
-                for r in range(self.repeats)]
+        return [dataclasses.replace(config, options=dataclasses.replace(
+                    config.options, seed=config.split.seed)) for config in _repeated(self)]
 
     @property
     def variant(self) -> str:
@@ -192,6 +189,8 @@ class FinetuneConfig:
     cache_root: str = runtime("cache")
     split: SplitSpec = field(default_factory=SplitSpec)
     progress: bool = runtime(True)
+    # train on this many splits, seeded seed, seed + 1, ... (each its own run and row)
+    repeats: int = runtime(1)
 
     def __post_init__(self):
         if self.backbone == "all" or "," in self.backbone:
@@ -212,7 +211,22 @@ class FinetuneConfig:
             raise ValueError(f"--freeze {self.freeze!r}: use none, trunk, last:N (train the last "
                              "N units, the head counting as one) or K (freeze the first K stages)")
         _fraction("--train-fraction", self.train_fraction)
+        _at_least("--repeats", self.repeats, 1)
         check_device_name(self.device)
+
+    def repeated(self) -> list["FinetuneConfig"]:
+        """One config per repeat: the split and the training seeded ``seed + r``."""
+        return [dataclasses.replace(config, seed=config.split.seed)
+                for config in _repeated(self)]
+
+
+def _repeated(config):
+    """``config.repeats`` copies of a config, each with one repeat, splits seeded
+    ``seed``, ``seed + 1``, ..."""
+    seed = config.split.seed
+    return [dataclasses.replace(config, repeats=1,
+                                split=dataclasses.replace(config.split, seed=seed + r))
+            for r in range(config.repeats)]
 
 
 # -- analysis (analyze.py) ---------------------------------------------------------------

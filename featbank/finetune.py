@@ -1,5 +1,8 @@
 """Fine-tuning: a registry backbone + a new softmax layer, retrained on a task's saved split.
 
+A multi-label task (``--multi-label`` at extraction) gets a sigmoid per class
+instead: binary cross-entropy while training, mAP in the results row.
+
 Defaults follow Sabatelli et al.: SGD lr 1e-3 with Nesterov momentum 0.9,
 batch 32, no augmentation, early stopping once the validation loss has not
 improved for 7 epochs, the best-validation-loss weights restored and tested.
@@ -36,6 +39,7 @@ from .cache import safe_name
 from .collection import Collection
 from .config import FinetuneConfig, digest, identity
 from .evaluate import append_result, hits, load_results, metrics, result_row, write_reports
+from .stats import mean_average_precision
 from .fileio import atomic_path, atomic_write_json, hold_lock
 from .images import decode_views, min_decode_size, normalize
 from .inference import resolve_device, training_autocast
@@ -127,10 +131,13 @@ def build_trunk(spec: BackboneSpec, init: str, seed: int, *, progress: bool = Tr
 # -- data -----------------------------------------------------------------------
 
 class LabelledImages(Dataset):
-    """Item k -> (uint8 view (3, S, S), class index, decoded?) of image ``ids[k]``."""
+    """Item k -> (uint8 view (3, S, S), target, decoded?) of image ``ids[k]``.
 
-    def __init__(self, collection: Collection, ids: list[str], targets: list[int], pre,
-                 augment: bool):
+    A target is a class index, or for a multi-label task a float 0/1 vector over
+    the classes (the targets of binary cross-entropy).
+    """
+
+    def __init__(self, collection: Collection, ids: list[str], targets, pre, augment: bool):
         self.ids, self.targets, self.augment = ids, targets, augment
         self.paths = [collection.path(i) for i in ids]
         # Augmentation: resize 8/7 larger, then a random S x S crop and a random flip.
@@ -170,6 +177,14 @@ def _inputs(views, pre, device):
     return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
 
 
+def _hits(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per row, whether the highest score names its class (multi-label: one of its classes)."""
+    top = logits.argmax(1)
+    if targets.ndim == 2:
+        return targets.gather(1, top[:, None]).squeeze(1) > 0
+    return top == targets
+
+
 def train_one_epoch(model, loader, optimizer, loss_fn, pre, device, scaler, bar=None) -> dict:
     model.train()
     total, correct, seen = 0.0, 0, 0
@@ -185,7 +200,7 @@ def train_one_epoch(model, loader, optimizer, loss_fn, pre, device, scaler, bar=
         scaler.step(optimizer)
         scaler.update()
         total += loss.item() * len(targets)
-        correct += (logits.argmax(1) == targets).sum().item()
+        correct += _hits(logits, targets).sum().item()
         seen += len(targets)
         if bar is not None:
             bar.update(len(ok))
@@ -195,8 +210,9 @@ def train_one_epoch(model, loader, optimizer, loss_fn, pre, device, scaler, bar=
 @torch.inference_mode()
 def evaluate(model, loader, loss_fn, pre, device
              ) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
-    """Mean loss and accuracy; scores (n, C) and targets (n,) of the decodable images, in
-    the loader's order; and which of the loader's images those are (boolean mask)."""
+    """Mean loss and accuracy (multi-label: also mAP); scores (n, C) and targets (n,), or
+    (n, C) 0/1 for a multi-label task, of the decodable images, in the loader's order;
+    and which of the loader's images those are (boolean mask)."""
     model.eval()
     scores, targets_all, masks, total = [], [], [], 0.0
     for views, targets, ok in loader:
@@ -209,9 +225,26 @@ def evaluate(model, loader, loss_fn, pre, device
         scores.append(logits.cpu().numpy())
         targets_all.append(targets.cpu().numpy())
     scores, targets = np.concatenate(scores), np.concatenate(targets_all)
-    return ({"loss": total / max(len(targets), 1),
-             "acc": float((scores.argmax(1) == targets).mean())}, scores, targets,
-            np.concatenate(masks))
+    stats = {"loss": total / max(len(targets), 1),
+             "acc": float(_hits(torch.from_numpy(scores), torch.from_numpy(targets))
+                          .float().mean())}
+    if targets.ndim == 2:
+        stats["mAP"] = mean_average_precision(targets, scores)[0]
+    return stats, scores, targets, np.concatenate(masks)
+
+
+def make_loss(targets, n_classes: int, balanced: bool, multi_label: bool) -> nn.Module:
+    """Cross-entropy; for a multi-label task binary cross-entropy on each class's logit
+    (independent sigmoids). ``balanced`` weighs classes by inverse frequency, or for
+    binary cross-entropy weighs each class's positives by its negatives / positives."""
+    if multi_label:
+        Y = torch.as_tensor(targets, dtype=torch.float32)
+        positives = Y.sum(0)
+        pos_weight = (len(Y) - positives) / positives.clamp(min=1) if balanced else None
+        return nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+    weights = (torch.from_numpy(balanced_weights(np.asarray(targets), n_classes))
+               if balanced else None)
+    return nn.CrossEntropyLoss(weight=weights)
 
 
 def make_optimizer(model: FineTuneNet, config: FinetuneConfig) -> torch.optim.Optimizer:
@@ -238,6 +271,11 @@ class FinetuneResult:
     resumed_from: int  # epochs already done when this call started
 
 
+def _validation(val: dict) -> dict:
+    """A history row's validation columns."""
+    return {f"val_{k}": v for k, v in val.items()}
+
+
 def _atomic_save(obj, path: Path) -> None:
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
@@ -252,7 +290,9 @@ def _datasets(collection: Collection, split: Split, classes: list[str], pre,
         if part == "train" and config.train_fraction < 1:
             keep = subsample(np.array(labels), config.train_fraction, config.seed)
             ids, labels = [ids[k] for k in keep], [labels[k] for k in keep]
-        data[part] = LabelledImages(collection, ids, [index[y] for y in labels], pre,
+        targets = (torch.from_numpy(split.indicator(labels).astype(np.float32))
+                   if split.multi_label else [index[y] for y in labels])
+        data[part] = LabelledImages(collection, ids, targets, pre,
                                     augment=config.augment and part == "train")
     return data
 
@@ -305,7 +345,7 @@ class _Run:
         if not history:
             val, *_ = evaluate(self.model, val_loader, self.loss_fn, self.pre, device)
             history.append({"epoch": 0, "train_loss": None, "train_acc": None,
-                            "val_loss": val["loss"], "val_acc": val["acc"], "seconds": 0.0})
+                            **_validation(val), "seconds": 0.0})
             best_loss = val["loss"]
             _atomic_save({"model": self.model.state_dict(), **self.description()},
                              self.folder / "best.pt")
@@ -321,8 +361,8 @@ class _Run:
                 train = train_one_epoch(self.model, loader, self.optimizer, self.loss_fn,
                                         self.pre, device, scaler, bar)
             val, *_ = evaluate(self.model, val_loader, self.loss_fn, self.pre, device)
-            history.append({"epoch": epoch, **train, "val_loss": val["loss"],
-                            "val_acc": val["acc"], "seconds": round(time.perf_counter() - t0, 2)})
+            history.append({"epoch": epoch, **train, **_validation(val),
+                            "seconds": round(time.perf_counter() - t0, 2)})
             if val["loss"] < best_loss:
                 best_loss, waited = val["loss"], 0
                 _atomic_save({"model": self.model.state_dict(), **self.description()},
@@ -330,9 +370,10 @@ class _Run:
             else:
                 waited += 1
             self.checkpoint(epoch, best_loss, waited, history)
+            score = f" mAP {val['mAP']:.3f}" if "mAP" in val else ""
             self.log(f"epoch {epoch}: train loss {train['train_loss']:.4f} acc "
                      f"{train['train_acc']:.3f} | val loss {val['loss']:.4f} acc "
-                     f"{val['acc']:.3f} [{history[-1]['seconds']:.0f} s]")
+                     f"{val['acc']:.3f}{score} [{history[-1]['seconds']:.0f} s]")
         return history, resumed_from
 
     def test_and_export(self, history: list[dict]) -> dict:
@@ -341,18 +382,18 @@ class _Run:
         self.model.load_state_dict(best["model"])
         export_trunk(self.model.trunk, self.folder / "trunk.pth", **self.description())
         classes = np.array(self.split.classes)
-        results, outputs = {}, {}
+        results = {}
         for part in ("val", "test"):
             loader = _loader(self.data[part], self.config, shuffle=False, epoch=0,
                              device=self.device)
             _, scores, targets, decodable = evaluate(self.model, loader, self.loss_fn, self.pre,
                                                      self.device)
-            results[part] = metrics(classes[targets], scores, classes, ci=part == "test",
+            truth = targets if self.split.multi_label else classes[targets]  # see metrics
+            results[part] = metrics(truth, scores, classes, ci=part == "test",
                                     seed=self.split.spec.seed)
-            outputs[part] = (classes[targets], classes[scores.argmax(1)])
-        write_reports(self.folder / "test", *outputs["test"], classes)
+        write_reports(self.folder / "test", truth, classes[scores.argmax(1)], classes, scores)
         tested = [i for i, ok in zip(self.data["test"].ids, decodable) if ok]
-        return self._row(results, history, tested, hits(classes[targets], scores, classes))
+        return self._row(results, history, tested, hits(truth, scores, classes))
 
 
     def _row(self, results: dict, history: list[dict], test_ids: list[str],
@@ -385,10 +426,6 @@ def _prepare(collection: Collection, config: FinetuneConfig, log) -> _Run:
     init = resolve_weights(spec, config.init, option="--init")
     cache_folder = Path(config.cache_root) / collection.name
     split = load_or_make_split(collection, config.task, config.split, cache_folder)
-    if split.multi_label:
-        raise ValueError(f"task {config.task!r} is multi-label: fine-tuning it (binary "
-                         "cross-entropy, mAP) is not built yet; classify.py scores it with "
-                         "one-vs-rest heads on cached features")
     # Random and file inits keep their id (unchanged run folders); imagenet is pinned.
     settings = {**identity(config), "init": init.exact if init.id == "imagenet" else init.id}
     run_digest = digest(settings)
@@ -403,9 +440,6 @@ def _prepare(collection: Collection, config: FinetuneConfig, log) -> _Run:
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
     data = _datasets(collection, split, split.classes, pre, config)
-    weights = (torch.from_numpy(balanced_weights(np.array(data["train"].targets),
-                                                 len(split.classes)))
-               if config.balanced else None)
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_json(folder / "config.json", {**asdict(config), "identity": settings})
     log(f"{spec.name} on {collection.name}/{config.task}: {len(split.classes)} classes, "
@@ -414,7 +448,8 @@ def _prepare(collection: Collection, config: FinetuneConfig, log) -> _Run:
     return _Run(config=config, spec=spec, collection=collection, split=split, folder=folder,
                 settings=settings, digest=run_digest, init=init, model=model,
                 optimizer=make_optimizer(model, config),
-                loss_fn=nn.CrossEntropyLoss(weight=weights).to(device), data=data, pre=pre,
+                loss_fn=make_loss(data["train"].targets, len(split.classes), config.balanced,
+                                  split.multi_label).to(device), data=data, pre=pre,
                 device=device, log=log)
 
 

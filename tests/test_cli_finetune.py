@@ -79,6 +79,22 @@ def test_killed_in_second_epoch_resumes_to_the_same_metrics(tmp_path, art):
     assert extracted.returncode == 0 and "24 rows" in extracted.stdout, extracted.stderr
 
 
+def test_multi_label_manifest_over_repeats(run_script, tmp_path):
+    rows = ["file,tags"]
+    for k in range(30):
+        make_image(tmp_path / "tagged" / f"{k}.png", seed=k, size=(48, 48))
+        rows.append(f"{k}.png,{'abc'[k % 3]}{';' + 'bca'[k % 3] if k % 2 else ''}")
+    (tmp_path / "tagged" / "tags.csv").write_text("\n".join(rows) + "\n")
+    result = run_script("finetune.py", *BASE, "--task", "tags", "--manifest",
+                        tmp_path / "tagged" / "tags.csv", "--multi-label", "tags",
+                        "--epochs", "1", "--repeats", "2")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert sum("fine-tuned on tags: test mAP " in line for line in lines) == 2
+    assert lines[-1].startswith("over 2 splits: test mAP ") and "±" in lines[-1]
+    assert "repeat with seed 1" in result.stderr
+
+
 @needs_heritage
 @needs_squeezenet
 def test_heritage_short_finetune_beats_its_epoch_zero(run_script, tmp_path):

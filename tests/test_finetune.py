@@ -7,7 +7,7 @@ import torch
 import featbank.finetune as ft
 from featbank.backbones import BACKBONES, get_spec
 from featbank.classify import ClassifyConfig, classify
-from featbank.collection import from_folder
+from featbank.collection import from_folder, from_manifest
 from featbank.evaluate import build_table, load_results
 from featbank.extract import ExtractConfig, extract
 from featbank.finetune import (FineTuneNet, FinetuneConfig, apply_freeze, finetune, frozen_count,
@@ -180,3 +180,64 @@ def test_rerun_of_a_finished_run_adds_no_row(tmp_path, folder20):
     again = finetune(collection, _config(tmp_path, epochs=1), log=lambda m: None)
     assert again.resumed_from == 1 and again.row == first.row
     assert len(load_results(tmp_path / "cache" / "art")) == 1
+
+
+@pytest.fixture
+def tagged(tmp_path):
+    """30 images, each with one or two of three tags (a manifest with a multi-label column)."""
+    root = tmp_path / "tagged"
+    rows = ["file,tags"]
+    for k in range(30):
+        make_image(root / f"{k}.png", seed=k, size=(48, 48))
+        tags = ["a", "b", "c"][k % 3] + (";" + ["b", "c", "a"][k % 3] if k % 2 else "")
+        rows.append(f"{k}.png,{tags}")
+    (root / "tags.csv").write_text("\n".join(rows) + "\n")
+    return from_manifest(root / "tags.csv", multi_label=["tags"])
+
+
+def test_multi_label_task_trains_with_binary_cross_entropy(tmp_path, tagged):
+    config = _config(tmp_path, task="tags", split=SplitSpec(min_per_class=3), balanced=True)
+    result = finetune(tagged, config, log=lambda m: None)
+    row = result.row
+    assert 0 <= row["mAP"] <= 1 and row["mAP_ci"][0] <= row["mAP"] <= row["mAP_ci"][1]
+    assert row["balanced_accuracy"] is None and row["n_classes"] == 3
+    assert all("val_mAP" in h for h in result.history)
+    per_class = (result.folder / "test_per_class.csv").read_text().splitlines()
+    assert per_class[0] == "class,average_precision,positives" and len(per_class) == 4
+    run = _prepare_quietly(tagged, config)
+    assert isinstance(run.loss_fn, torch.nn.BCEWithLogitsLoss)
+    targets = run.data["train"].targets  # float 0/1 rows, columns in class order
+    assert targets.dtype == torch.float32 and targets.shape[1] == 3
+    assert set(targets.sum(1).tolist()) <= {1.0, 2.0}
+    # balanced: each class's positives weigh its negatives / positives
+    positives = targets.sum(0)
+    assert torch.allclose(run.loss_fn.pos_weight.cpu(), (len(targets) - positives) / positives)
+
+
+def _prepare_quietly(collection, config):
+    return ft._prepare(collection, config, lambda m: None)
+
+
+def test_multi_label_hits_and_loss_agree_with_their_definitions():
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 3.0, 1.0]])
+    targets = torch.tensor([[1.0, 0.0, 1.0], [1.0, 0.0, 1.0]])
+    assert ft._hits(logits, targets).tolist() == [True, False]
+    assert ft._hits(logits, torch.tensor([0, 2])).tolist() == [True, False]
+    loss = ft.make_loss(targets, 3, balanced=False, multi_label=True)
+    expected = -(targets * torch.log(torch.sigmoid(logits))
+                 + (1 - targets) * torch.log(1 - torch.sigmoid(logits))).mean()
+    assert torch.isclose(loss(logits, targets), expected)
+
+
+def test_repeats_train_one_run_per_seeded_split(tmp_path, folder20):
+    config = _config(tmp_path, epochs=1, seed=3, split=SplitSpec(min_per_class=3, seed=3),
+                     repeats=2)
+    repeats = config.repeated()
+    assert [(c.seed, c.split.seed, c.repeats) for c in repeats] == [(3, 3, 1), (4, 4, 1)]
+    folders = {finetune(from_folder(folder20), c, log=lambda m: None).folder for c in repeats}
+    rows = load_results(tmp_path / "cache" / "art")
+    assert len(folders) == 2 and len({r["split_tag"] for r in rows}) == 2
+    columns, records = build_table(rows, split_tag=[c.split.tag for c in repeats])
+    assert records[0]["repeats"]["fine-tuning"] == 2
+    with pytest.raises(ValueError, match="--repeats"):
+        _config(tmp_path, repeats=0)
