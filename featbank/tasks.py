@@ -232,7 +232,9 @@ def make_multi_label_split(collection: Collection, task: str, spec: SplitSpec) -
     Labels on fewer than ``spec.minimum`` images, or that the split leaves out of
     a part, are dropped from every image (and reported); an image left with no
     label is left out. With ``spec.group_by``, whole groups go to one part,
-    stratified on each image's first label.
+    stratified on each image's rarest label (no group-aware iterative
+    stratification exists in scikit-learn or iterstrat; the rarest label is
+    the one a careless split loses first).
     """
     sep = collection.multi_label[task]
     pairs = [(i, s) for i, s in zip(collection.ids, collection.label_sets(task)) if s]
@@ -256,8 +258,8 @@ def make_multi_label_split(collection: Collection, task: str, spec: SplitSpec) -
     if spec.group_by is None:
         parts = multi_label_parts(Y, spec)
     else:
-        first = np.array([s[0] for _, s in pairs], dtype=object)
-        parts = grouped_parts(first, _groups(collection, ids, spec.group_by), spec)
+        rarest = np.array([min(s, key=lambda c: (counts[c], c)) for _, s in pairs], dtype=object)
+        parts = grouped_parts(rarest, _groups(collection, ids, spec.group_by), spec)
     everywhere = np.all([Y[parts == p].any(axis=0) for p in SPLITS], axis=0)
     if everywhere.sum() < 2:
         raise ValueError(f"task {task!r}: {int(everywhere.sum())} labels reach train, val and "

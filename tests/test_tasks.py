@@ -104,3 +104,26 @@ def test_grouped_split_errors():
     few = _grouped_collection(n_groups=6)
     with pytest.raises(ValueError, match="groups cannot be split 10 ways"):
         make_split(few, "style", SplitSpec(group_by="artist"))
+
+
+def test_grouped_multi_label_split_spreads_rare_labels(tmp_path):
+    """Every image has the common label 'a'; whole groups carry 'b' or the rare 'r'.
+    Grouped splits stratify on each image's rarest label, so 'r' reaches every part."""
+    ids, tags, groups = [], [], []
+    for g in range(60):
+        for k in range(5):
+            ids.append(f"g{g}/{k}.jpg")
+            tags.append("a;r" if g % 6 == 0 else "a;b" if g % 2 else "a")
+            groups.append(f"object{g}")
+    c = Collection(name="c", root=".", ids=ids, labels={"tags": tags, "object": groups},
+                   multi_label={"tags": ";"})
+    for seed in range(3):
+        split = make_split(c, "tags", SplitSpec(group_by="object", seed=seed))
+        assert split.classes == ["a", "b", "r"] and not split.dropped
+        group_of = dict(zip(c.ids, groups))
+        parts_of_group: dict[str, set] = {}
+        for i, p in zip(split.ids, split.parts):
+            parts_of_group.setdefault(group_of[i], set()).add(p)
+        assert all(len(p) == 1 for p in parts_of_group.values())
+        rare = {p for y, p in zip(split.labels, split.parts) if "r" in y.split(";")}
+        assert rare == {"train", "val", "test"}, seed
