@@ -10,10 +10,12 @@ split. Each head is featbank's registry pipeline (standardise -> head) fitted
 by ``featbank.heads.fit_head`` with the registry's grid, chosen on the
 validation part, exactly as ``classify.py`` does. Every head x task runs in
 a fresh process, so each line's peak memory is its own (the features
-included). One line per head x task: seconds (fit and tuning), validation
-and test top-1, the value chosen, the engine, peak memory. The last line
-estimates the whole off-the-shelf grid for 4 backbones (every cell as large
-as these 2048-d ones; 512-d backbones are cheaper) against the 30-minute goal.
+included). One line per head x task x feature size: seconds (fit and
+tuning), validation and test top-1, the value chosen, the engine, peak
+memory. The last line estimates the whole off-the-shelf grid against the
+30-minute goal: the sum, over the grid's backbones (``--dims``, by default
+Sabatelli et al.'s four: ResNet50, Inception-V3 and Xception give 2048-d
+vectors, VGG19 512-d), of the cells measured at each one's feature size.
 
 ``--reference`` adds scikit-learn's own solvers for the same cells, for the
 accuracy comparison: LogisticRegression (lbfgs) and LinearSVC tuned over the
@@ -37,14 +39,14 @@ REFERENCES = {"logreg (sklearn)": ("logreg", {"head__engine": "sklearn"}),
               "rf (300 trees)": ("rf", "default-forest")}
 
 
-def run_cell(task: str, n: int, head: str, seed: int) -> dict:
+def run_cell(task: str, n: int, head: str, seed: int, dim: int = 2048) -> dict:
     """One head on one task, in its own process: returns its line's figures."""
     import numpy as np
 
     from featbank.heads import HEADS, HeadOptions, fit_head, make_head
     from featbank.tasks import SplitSpec, stratified_parts
 
-    X, y = synthetic_features(n, TASKS[task], seed=seed)
+    X, y = synthetic_features(n, TASKS[task], dim=dim, seed=seed)
     parts = stratified_parts(y, SplitSpec(seed=seed))
     tr, va, te = (parts == p for p in ("train", "val", "test"))
     name, change = REFERENCES.get(head, (head, None))
@@ -60,7 +62,8 @@ def run_cell(task: str, n: int, head: str, seed: int) -> dict:
     tuning = fit_head(pipeline, X[tr], y[tr], X[va], y[va], grid=HEADS[name].grid_for(options))
     seconds = time.perf_counter() - start
     fitted = pipeline[-1]
-    return {"task": task, "head": head, "n": len(y), "classes": TASKS[task], "seconds": seconds,
+    return {"task": task, "head": head, "n": len(y), "classes": TASKS[task], "dim": dim,
+            "seconds": seconds,
             "val": float(np.mean(pipeline.predict(X[va]) == y[va])),
             "test": float(np.mean(pipeline.predict(X[te]) == y[te])),
             "chosen": ", ".join(f"{k}={v:g}" for k, v in tuning.chosen.items()) if tuning else "",
@@ -78,32 +81,37 @@ def main():
     parser.add_argument("--heads", default="all", help="heads to time (default: all)")
     parser.add_argument("--reference", action="store_true",
                         help="also time scikit-learn's solvers and the default forest")
-    parser.add_argument("--backbones", type=int, default=4,
-                        help="backbones in the estimated grid (default: 4)")
+    parser.add_argument("--dims", default="2048,2048,2048,512",
+                        help="feature size of each backbone of the estimated grid (default: "
+                             "ResNet50, Inception-V3, Xception, VGG19)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     ours = resolve_heads(args.heads)
     heads = ours + [r for r, (name, _) in REFERENCES.items() if args.reference and name in ours]
-    print(f"{'task':<10}{'n':>8}{'classes':>8}  {'head':<18}{'seconds':>9}{'val':>7}{'test':>7}"
-          f"  {'chosen':<16}{'engine':<9}{'peak GB':>8}", flush=True)
+    dims = [int(d) for d in args.dims.split(",")]
+    print(f"{'task':<10}{'n':>8}{'classes':>8}{'dim':>6}  {'head':<18}{'seconds':>9}{'val':>7}"
+          f"{'test':>7}  {'chosen':<16}{'engine':<9}{'peak GB':>8}", flush=True)
     total = {}
     spawn = multiprocessing.get_context("spawn")
-    for task in args.tasks.split(","):
-        for head in heads:
-            # a fresh process per cell: its peak memory is its own
-            with ProcessPoolExecutor(1, mp_context=spawn) as pool:
-                r = pool.submit(run_cell, task, int(100_000 * args.scale), head, args.seed).result()
-            print(f"{task:<10}{r['n']:>8}{r['classes']:>8}  {head:<18}{r['seconds']:>9.1f}"
-                  f"{r['val']:>7.3f}{r['test']:>7.3f}  {r['chosen']:<16}{r['engine']:<9}"
-                  f"{r['peak_gb']:>8.2f}", flush=True)
-            if head in ours:
-                total[task, head] = r["seconds"]
-    minutes = args.backbones * sum(total.values()) / 60
+    for dim in sorted(set(dims), reverse=True):
+        for task in args.tasks.split(","):
+            for head in heads:
+                # a fresh process per cell: its peak memory is its own
+                with ProcessPoolExecutor(1, mp_context=spawn) as pool:
+                    r = pool.submit(run_cell, task, int(100_000 * args.scale), head, args.seed,
+                                    dim).result()
+                print(f"{task:<10}{r['n']:>8}{r['classes']:>8}{dim:>6}  {head:<18}"
+                      f"{r['seconds']:>9.1f}{r['val']:>7.3f}{r['test']:>7.3f}  "
+                      f"{r['chosen']:<16}{r['engine']:<9}{r['peak_gb']:>8.2f}", flush=True)
+                if head in ours:
+                    total[task, head, dim] = r["seconds"]
+    minutes = sum(total[t, h, dim] for dim in dims for t, h, d in total if d == dim) / 60
     slowest = max(total, key=total.get)
-    print(f"estimated grid, {args.backbones} backbones x {len(set(t for t, _ in total))} tasks x "
-          f"{len(set(h for _, h in total))} heads at scale {args.scale:g}: {minutes:.1f} min "
-          f"(goal at full scale: 30 min or less); slowest cell {slowest[1]} on {slowest[0]}, "
-          f"{total[slowest]:.0f} s (goal: 300 s or less)")
+    print(f"estimated grid, {len(dims)} backbones ({'/'.join(map(str, dims))}-d) x "
+          f"{len(set(k[0] for k in total))} tasks x {len(set(k[1] for k in total))} heads at "
+          f"scale {args.scale:g}: {minutes:.1f} min (goal at full scale: 30 min or less); "
+          f"slowest cell {slowest[1]} on {slowest[0]} ({slowest[2]}-d), {total[slowest]:.0f} s "
+          "(goal: 300 s or less)")
 
 
 if __name__ == "__main__":

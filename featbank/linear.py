@@ -350,11 +350,13 @@ class EngineSwitch(WrappedEstimator, ClassifierMixin, BaseEstimator):
 
     Subclasses set ``torch_loss`` and build the scikit-learn estimator in
     ``_sklearn(n_samples, n_features)``, and ``has_probabilities`` where the loss
-    gives them; ``engine`` is "auto", "sklearn" or "torch".
+    gives them, and ``torch_above`` where their solver slows down sooner;
+    ``engine`` is "auto", "sklearn" or "torch".
     """
 
     accepts_validation = True
     torch_loss = "logistic"
+    torch_above = 1.0  # a subclass's switch point, as a fraction of TORCH_ABOVE
 
     def _engine(self, X, y) -> str:
         if self.engine not in ("auto", "sklearn", "torch"):
@@ -362,7 +364,7 @@ class EngineSwitch(WrappedEstimator, ClassifierMixin, BaseEstimator):
         if self.engine != "auto":
             return self.engine
         size = np.shape(X)[0] * np.shape(X)[1] * len(np.unique(y))
-        return "torch" if size > TORCH_ABOVE else "sklearn"
+        return "torch" if size > TORCH_ABOVE * self.torch_above else "sklearn"
 
     def _torch(self):
         return TorchLinear(loss=self.torch_loss, class_weight=self.class_weight,
