@@ -77,6 +77,7 @@ def main(argv=None) -> None:
         save_metadata(collection, Path(args.cache) / collection.name)
     else:
         collection = cached_collection(cache=args.cache, collection=args.collection)
+    from featbank.evaluate import score_of
     from featbank.finetune import finetune  # torch: imported once the arguments are known good
 
     def log(message):
@@ -87,9 +88,8 @@ def main(argv=None) -> None:
         if config.repeats > 1:
             log(f"repeat with seed {repeat.seed} (split {repeat.split.tag})")
         row = finetune(collection, repeat, log=log).row
-        score = "mAP" if row.get("mAP") is not None else "top1"
-        scores.append(row[score])
-        low, high = row[f"{score}_ci"]
+        score, value, (low, high) = score_of(row)
+        scores.append(value)
         measures = (f"test mAP {row['mAP']:.3f} [{low:.3f}, {high:.3f}], top-1 "
                     f"{row['top1']:.3f}" if score == "mAP" else
                     f"test top-1 {row['top1']:.3f} [{low:.3f}, {high:.3f}], top-5 "

@@ -105,7 +105,8 @@ def main():
                       f"{r['chosen']:<16}{r['engine']:<9}{r['peak_gb']:>8.2f}", flush=True)
                 if head in ours:
                     total[task, head, dim] = r["seconds"]
-    minutes = sum(total[t, h, dim] for dim in dims for t, h, d in total if d == dim) / 60
+    seconds_at = {d: sum(s for (_, _, at), s in total.items() if at == d) for d in set(dims)}
+    minutes = sum(seconds_at[d] for d in dims) / 60
     slowest = max(total, key=total.get)
     print(f"estimated grid, {len(dims)} backbones ({'/'.join(map(str, dims))}-d) x "
           f"{len(set(k[0] for k in total))} tasks x {len(set(k[1] for k in total))} heads at "

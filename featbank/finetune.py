@@ -39,11 +39,11 @@ from .cache import safe_name
 from .collection import Collection
 from .config import FinetuneConfig, digest, identity
 from .evaluate import append_result, hits, load_results, metrics, result_row, write_reports
-from .stats import mean_average_precision
 from .fileio import atomic_path, atomic_write_json, hold_lock
 from .images import decode_views, min_decode_size, normalize
 from .inference import resolve_device, training_autocast
 from .plots import plot_history
+from .stats import mean_average_precision
 from .tasks import Split, balanced_weights, load_or_make_split, subsample
 from .trunks import (NORM_LAYERS, Weights, build_pretrained, export_trunk, load_state_dict_file,
                      resolve_weights, stages)
@@ -226,8 +226,7 @@ def evaluate(model, loader, loss_fn, pre, device
         targets_all.append(targets.cpu().numpy())
     scores, targets = np.concatenate(scores), np.concatenate(targets_all)
     stats = {"loss": total / max(len(targets), 1),
-             "acc": float(_hits(torch.from_numpy(scores), torch.from_numpy(targets))
-                          .float().mean())}
+             "acc": float(hits(targets, scores, np.arange(scores.shape[1])).mean())}
     if targets.ndim == 2:
         stats["mAP"] = mean_average_precision(targets, scores)[0]
     return stats, scores, targets, np.concatenate(masks)

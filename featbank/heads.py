@@ -215,8 +215,10 @@ def _choose(pipeline, grid: dict, X, y, X_val, y_val, scoring=None) -> Tuning:
 def n_parameters(pipeline) -> int:
     """Learned numbers in the fitted head (weights and biases, tree nodes, stored samples;
     summed over the per-label heads of a multi-label task)."""
+    from sklearn.multiclass import OneVsRestClassifier
+
     head = pipeline[-1]
-    if type(head).__name__ == "OneVsRestClassifier":
+    if isinstance(head, OneVsRestClassifier):
         return sum(n_parameters([h]) for h in head.estimators_)
     if hasattr(head, "n_stored_"):
         return head.n_stored_

@@ -95,11 +95,16 @@ class Split:
 
     def indicator(self, labels: list[str]) -> np.ndarray:
         """0/1 matrix (n, classes) of multi-label ``labels`` (``"a;b"`` strings)."""
-        column = {c: k for k, c in enumerate(self.classes)}
-        Y = np.zeros((len(labels), len(column)), dtype=np.int8)
-        for row, value in enumerate(labels):
-            Y[row, [column[c] for c in value.split(self.separator)]] = 1
-        return Y
+        return indicator([v.split(self.separator) for v in labels], self.classes)
+
+
+def indicator(label_sets, classes: list[str]) -> np.ndarray:
+    """0/1 matrix (n, len(classes)): row k marks the classes of ``label_sets[k]``."""
+    column = {c: k for k, c in enumerate(classes)}
+    Y = np.zeros((len(label_sets), len(column)), dtype=np.int8)
+    for row, labels in enumerate(label_sets):
+        Y[row, [column[c] for c in labels]] = 1
+    return Y
 
 
 def stratified_parts(labels: np.ndarray, spec: SplitSpec) -> np.ndarray:
@@ -252,9 +257,7 @@ def make_multi_label_split(collection: Collection, task: str, spec: SplitSpec) -
     ids = [i for i, _ in pairs]
     classes = sorted(kept)
     column = {c: k for k, c in enumerate(classes)}
-    Y = np.zeros((len(pairs), len(classes)), dtype=np.int8)
-    for row, (_, labels) in enumerate(pairs):
-        Y[row, [column[c] for c in labels]] = 1
+    Y = indicator([s for _, s in pairs], classes)
     if spec.group_by is None:
         parts = multi_label_parts(Y, spec)
     else:
