@@ -100,6 +100,19 @@ def test_softmax_fast_recipe_stops_after_an_epoch_without_a_2_percent_gain():
     assert head.score(X[2500:], y[2500:]) >= 0.8
 
 
+def test_softmax_fast_recipe_patience_spans_32_steps_not_a_whole_epoch_at_scale():
+    X, y = make_blobs(n_samples=3000, centers=6, n_features=32, cluster_std=8.0, random_state=6)
+    X = X.astype(np.float32)
+    # batches of 16: 125 steps an epoch, 62 to 63 a check, so one check is the window
+    head = SoftmaxClassifier(batch_size=16).fit(X[:2000], y[:2000], X_val=X[2000:2500],
+                                                y_val=y[2000:2500])
+    losses = [h["val_loss"] for h in head.history_]
+    assert [h["epoch"] for h in head.history_[:2]] == [0.496, 1.0]
+    stalled = [losses[k - 1] >= min(losses[:k - 1]) * 0.98 for k in range(2, len(losses) + 1)]
+    assert stalled[-1] and not any(stalled[:-1])
+    assert head.score(X[2500:], y[2500:]) >= 0.8
+
+
 def test_stall_rule_ends_plateaus_not_slow_declines():
     steady = [0.995 ** k for k in range(40)]  # 0.5 % a check: 2 % an epoch of 4 checks
     assert not any(_stalled(steady[:k], 4, 0.01) for k in range(1, 41))
