@@ -59,6 +59,19 @@ def test_torch_engine_minimises_the_scikit_learn_objective(loss, reference):
     assert np.linalg.norm(strong.coef_) < 0.7 * norms[0]  # the penalty is really applied
 
 
+@pytest.mark.parametrize("n, batch_size, steps_tried", [(300, None, 11), (2000, 16, 16)])
+def test_a_penalty_that_hurts_costs_one_window_of_at_least_8_steps(n, batch_size, steps_tried):
+    X, y = _overlapping(d=20, seed=2, separation=1.5, n=n + 300)
+    X_tr, y_tr, X_va, y_va = X[:n], y[:n], X[n:], y[n:]
+    plain = TorchLinear(batch_size=batch_size).fit(X_tr, y_tr, X_va, y_va)
+    tuned = TorchLinear(batch_size=batch_size)
+    tuned.fit_path(X_tr, y_tr, X_va, y_va, "alpha", [0.0, 100.0])  # 100: the loss rises
+    # 300 images: 30 steps an epoch, checks every 3-4 steps, 3 checks (11 steps) make
+    # the window; 2000 images in batches of 16: 125 steps, one check (16 steps) does.
+    steps = -(-n // (batch_size or -(-n // 32)))
+    assert tuned.n_epochs_ == pytest.approx(plain.n_epochs_ + steps_tried / steps, abs=1e-3)
+
+
 def test_path_starts_with_the_untuned_fit_and_keeps_the_best_on_validation():
     X, y = _overlapping(d=60, seed=1, separation=1.5)
     X_tr, y_tr, X_va, y_va = X[:300], y[:300], X[300:450], y[300:450]
