@@ -364,13 +364,15 @@ class EngineSwitch(WrappedEstimator, ClassifierMixin, BaseEstimator):
 
     Subclasses set ``torch_loss`` and build the scikit-learn estimator in
     ``_sklearn(n_samples, n_features)``, and ``has_probabilities`` where the loss
-    gives them, and ``torch_above`` where their solver slows down sooner;
+    gives them, ``torch_above`` where their solver slows down sooner, and
+    ``torch_patience`` where their loss needs a longer stopping window;
     ``engine`` is "auto", "sklearn" or "torch".
     """
 
     accepts_validation = True
     torch_loss = "logistic"
     torch_above = 1.0  # a subclass's switch point, as a fraction of TORCH_ABOVE
+    torch_patience = None  # checks without gain before the torch engine stops (None: the recipe's)
 
     def _engine(self, X, y) -> str:
         if self.engine not in ("auto", "sklearn", "torch"):
@@ -382,7 +384,7 @@ class EngineSwitch(WrappedEstimator, ClassifierMixin, BaseEstimator):
 
     def _torch(self):
         return TorchLinear(loss=self.torch_loss, class_weight=self.class_weight,
-                           random_state=self.random_state)
+                           patience=self.torch_patience, random_state=self.random_state)
 
     def fit(self, X, y, X_val=None, y_val=None):
         self.fit_path(X, y, X_val, y_val, "C", [self.C])

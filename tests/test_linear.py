@@ -130,3 +130,18 @@ def test_probabilities_only_where_the_loss_has_them():
         assert p.shape == (200, 4) and np.allclose(p.sum(1), 1)
     assert not hasattr(TorchLinear(loss="squared_hinge"), "predict_proba")
     assert hasattr(LogisticHead(), "predict_proba") and not hasattr(LinearSVM(), "predict_proba")
+
+
+def test_svm_keeps_a_stopping_window_of_an_epoch_at_scale():
+    # 2000 images in batches of 16: the fast recipe's window is one check (half an
+    # epoch); the squared hinge keeps two (an epoch), logistic the recipe's.
+    X, y = _overlapping(n=2300, d=20, seed=3, separation=1.5)
+    svm, logistic = LinearSVM(engine="torch")._torch(), LogisticHead(engine="torch")._torch()
+    assert (svm.patience, logistic.patience) == (2, None)
+    for head in (svm, logistic):
+        head.set_params(batch_size=16).fit(X[:2000], y[:2000], X[2000:], y[2000:])
+        losses = [h["val_loss"] for h in head.history_]
+        window = head.patience or 1
+        stalled = [min(losses[k - window:k]) >= min(losses[:k - window]) * 0.98
+                   for k in range(window + 1, len(losses) + 1)]
+        assert stalled[-1] and not any(stalled[:-1])
