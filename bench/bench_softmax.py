@@ -60,7 +60,7 @@ def run_task(name: str, n_classes: int, n: int, seed: int) -> dict:
                                  random_state=seed)
         head.fit_path(X_train, y_train, X_val, y_val, "alpha", alphas)
         out[recipe] = {"seconds": time.perf_counter() - start, "epochs": head.n_epochs_,
-                       "val": head.score(X[val], y[val]), "test": head.score(X[test], y[test]),
+                       "val": head.score(X_val, y_val), "test": head.score(X[test], y[test]),
                        "alpha": head.alpha}
     return out
 

@@ -22,10 +22,10 @@ the strongest: the first point is a full fit, exactly the untuned head, so
 tuning can only gain on validation. A continued point trains while it brings
 the validation loss below the best so far, checked every eighth of an epoch
 (``path_checks_per_epoch``) and given at least 8 optimiser steps
-(``path_min_steps``; a quarter of an epoch on a small collection). A value
-that does not help costs an eighth of an epoch and one validation pass at
-the Rijksmuseum shapes, not a fresh training run, and once two values in a row score below the best on
-validation the path stops: a penalty stronger than two that already hurt
+(``path_window_steps``; a quarter of an epoch on a small collection). A
+value that does not help costs an eighth of an epoch and one validation
+pass at the Rijksmuseum shapes, not a fresh training run, and once two
+values in a row score below the best on validation the path stops: a penalty stronger than two that already hurt
 is not tried. ``bench/bench_softmax.py`` measures the total.
 
 **Engines.** :class:`EngineSwitch` is the base of the logreg and svm heads:
@@ -49,9 +49,10 @@ from .tasks import balanced_weights
 from .wrapped import WrappedEstimator
 
 RECIPES = {
-    "paper": {"optimizer": "rmsprop", "lr": 1e-3, "batch_size": 32, "patience": 7,
-              "patience_min_steps": 1, "max_epochs": 200, "checks_per_epoch": 1, "min_steps_per_epoch": 1, "tol": 0.0,
-              "path_checks_per_epoch": 1, "path_patience": 7, "path_min_steps": 1},
+    "paper": {"optimizer": "rmsprop", "lr": 1e-3, "batch_size": 32, "max_epochs": 200,
+              "min_steps_per_epoch": 1, "tol": 0.0,
+              "checks_per_epoch": 1, "patience": 7, "window_steps": 1,
+              "path_checks_per_epoch": 1, "path_patience": 7, "path_window_steps": 1},
     # Validation checks cost a fifth of an epoch at four per epoch (10k x 1,196 scores
     # each); two, with a patience of one epoch and a 2 % plateau tolerance, and batches
     # of 1,024 (10 % more samples/s than 512 on 2 cores) took the tuned Rijksmuseum
@@ -65,9 +66,10 @@ RECIPES = {
     # but half an epoch (one check) at the Rijksmuseum shapes, where the epoch after
     # the best one cost 5 s for nothing: tuned type 18.1 -> 14.9 s, artist and material
     # about as much faster, test top-1 within 0.1 point.
-    "fast": {"optimizer": "adam", "lr": 2e-3, "batch_size": 1024, "patience": 1,
-             "patience_min_steps": 32, "max_epochs": 50, "checks_per_epoch": 2, "min_steps_per_epoch": 32, "tol": 2e-2,
-             "path_checks_per_epoch": 8, "path_patience": 1, "path_min_steps": 8},
+    "fast": {"optimizer": "adam", "lr": 2e-3, "batch_size": 1024, "max_epochs": 50,
+             "min_steps_per_epoch": 32, "tol": 2e-2,
+             "checks_per_epoch": 2, "patience": 1, "window_steps": 32,
+             "path_checks_per_epoch": 8, "path_patience": 1, "path_window_steps": 8},
 }
 LOSSES = ("multinomial", "logistic", "squared_hinge")
 # samples x features x classes above which logreg and svm use the torch engine: at
@@ -317,15 +319,13 @@ class _Trainer:
         continued = self.best_loss != float("inf")
         losses = [self.best_loss] if continued else []
         tol = 0.0 if continued else settings["tol"]
-        checks = settings["path_checks_per_epoch" if continued else "checks_per_epoch"]
+        phase = "path_" if continued else ""  # the path's settings, or the first fit's
+        checks = settings[phase + "checks_per_epoch"]
         check_at = {round(self.steps * (k + 1) / checks) for k in range(checks)}
-        # The patience window, in checks, spans at least *_min_steps optimiser steps:
+        # The patience window, in checks, spans at least *window_steps optimiser steps:
         # on small data (32 steps an epoch) a whole epoch, at scale as few checks as that.
-        if continued:
-            patience, min_steps = settings["path_patience"], settings["path_min_steps"]
-        else:
-            patience, min_steps = settings["patience"], settings["patience_min_steps"]
-        patience = max(patience, -(-min_steps * checks // self.steps))
+        patience = max(settings[phase + "patience"],
+                       -(-settings[phase + "window_steps"] * checks // self.steps))
         history, best_state, best_loss = [], None, float("inf")
         for _ in range(settings["max_epochs"]):
             order = torch.randperm(len(self.X), generator=self.generator)
