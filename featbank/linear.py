@@ -25,8 +25,8 @@ the validation loss below the best so far, checked every eighth of an epoch
 (``path_window_steps``; a quarter of an epoch on a small collection). A
 value that does not help costs an eighth of an epoch and one validation
 pass at the Rijksmuseum shapes, not a fresh training run, and once two
-values in a row score below the best on validation the path stops: a penalty stronger than two that already hurt
-is not tried. ``bench/bench_softmax.py`` measures the total.
+values in a row score below the best on validation the path stops: a
+penalty stronger than two that already hurt is not tried. ``bench/bench_softmax.py`` measures the total.
 
 **Engines.** :class:`EngineSwitch` is the base of the logreg and svm heads:
 scikit-learn's exact solvers below :data:`TORCH_ABOVE` (samples x features x
