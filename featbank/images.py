@@ -41,7 +41,8 @@ def load_rgb(path, *, min_size: int | None = None) -> Image.Image:
             if min_size and im.format == "JPEG":
                 im.draft("RGB", (min_size, min_size))
             im.load()
-            return _to_rgb(ImageOps.exif_transpose(im))
+            ImageOps.exif_transpose(im, in_place=True)  # a copy otherwise, even unrotated
+            return _to_rgb(im)
     except DecodeError:
         raise
     except FileNotFoundError:
@@ -53,6 +54,8 @@ def load_rgb(path, *, min_size: int | None = None) -> Image.Image:
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:
+    if im.mode == "RGB":  # most JPEGs: convert() would copy every pixel
+        return im
     if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         im = _sixteen_to_eight(im)
     if im.mode == "P":
