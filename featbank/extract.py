@@ -13,14 +13,14 @@ from __future__ import annotations
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 from tqdm import tqdm
 
 from .backbones import get_spec
@@ -112,7 +112,7 @@ def _collate(items) -> _Batch:
     cpu_views = []
     if cpu_at:
         n_views = len(items[cpu_at[0]][2])
-        cpu_views = [torch.stack([items[j][2][g] for j in cpu_at]) for g in range(n_views)]
+        cpu_views = [_stack_views([items[j][2][g] for j in cpu_at]) for g in range(n_views)]
     blobs = [items[j][3] for j in jpeg_at]
     jpeg = (torch.frombuffer(bytearray(b"".join(blobs)), dtype=torch.uint8) if blobs
             else torch.empty(0, dtype=torch.uint8))
@@ -120,6 +120,22 @@ def _collate(items) -> _Batch:
     return _Batch(index=torch.tensor([item[0] for item in items]),
                   reasons=[item[1] for item in items], cpu_at=cpu_at, cpu_views=cpu_views,
                   jpeg_at=jpeg_at, jpeg=jpeg, jpeg_ends=ends)
+
+
+def _stack_views(views: list[torch.Tensor]) -> torch.Tensor:
+    """(3, S, S) views -> (B, 3, S, S) with channels-last strides, in shared memory in a worker.
+
+    Stacking channels-last is a plain copy per image (channels-first would
+    transpose each one), writing straight into shared memory spares the copy
+    into it on the way to the main process, and channels-last is the layout
+    the trunks want on a GPU.
+    """
+    hwc = [v.permute(1, 2, 0) for v in views]
+    out = None
+    if get_worker_info() is not None:  # as torch's default_collate does
+        storage = hwc[0]._typed_storage()._new_shared(len(hwc) * hwc[0].numel())
+        out = hwc[0].new(storage).resize_(len(hwc), *hwc[0].shape)
+    return torch.stack(hwc, out=out).permute(0, 3, 1, 2)
 
 
 def _device_views(batch: _Batch, pres: list, device: torch.device,
@@ -209,7 +225,8 @@ def _run(collection, pending, specs, files, todo, config: ExtractConfig,
     pres, view_of = shared_views(specs)
     runners = {s.name: TrunkRunner(s, load_trunk(s, config.weights, progress=config.progress), device, autocast) for s in specs}
     paths = [collection.path(i) for i in pending]
-    loader = DataLoader(_Images(paths, pres, jpeg_bytes=_decode_on_device(config, pres)),
+    on_device = _decode_on_device(config, pres)
+    loader = DataLoader(_Images(paths, pres, jpeg_bytes=on_device),
                         batch_size=config.batch_size, num_workers=max(0, config.workers),
                         collate_fn=_collate, pin_memory=device.type == "cuda", shuffle=False)
     first_batch_at = None
@@ -219,10 +236,10 @@ def _run(collection, pending, specs, files, todo, config: ExtractConfig,
             tqdm(total=len(pending), unit="img", disable=not config.progress,
                  desc=f"{collection.name}: {', '.join(runners)}") as bar:
         queued: deque[Future] = deque()
-        for batch in loader:
+        for batch, views, reasons in _batches_on_device(loader, pres, device, paths,
+                                                         decode_ahead=on_device):
             first_batch_at = first_batch_at or time.perf_counter()
             ids = [pending[k] for k in batch.index.tolist()]
-            views, reasons = _device_views(batch, pres, device, paths)
             for spec in specs:
                 write = _submit(ids, reasons, views[view_of[spec.name]], todo[spec.name],
                                 runners[spec.name], files[spec.name])
@@ -233,6 +250,48 @@ def _run(collection, pending, specs, files, todo, config: ExtractConfig,
         while queued:
             queued.popleft().result()
     return first_batch_at
+
+
+def _batches_on_device(loader, pres: list, device: torch.device, paths: list[Path], *,
+                       decode_ahead: bool) -> Iterator[tuple[_Batch, list[torch.Tensor], list[str]]]:
+    """(batch, its views on ``device``, reasons) for each batch of ``loader``, in order.
+
+    With ``decode_ahead`` (JPEG bytes decoded on the device), a thread decodes
+    and resizes the next batch while the caller queues this one's forward
+    pass: nvJPEG holds its caller until a batch is decoded, which would
+    otherwise keep the host from feeding the GPU in the meantime. On CUDA the
+    thread works on a stream of its own, of high priority so that its resizes
+    pass ahead of the forward kernels.
+    """
+    if not decode_ahead:
+        for batch in loader:
+            yield (batch, *_device_views(batch, pres, device, paths))
+        return
+    stream, consumer = None, None
+    if device.type == "cuda":
+        stream = torch.cuda.Stream(device, priority=-1)
+        consumer = torch.cuda.current_stream(device)  # where the caller queues its work
+
+    def prepare(batch: _Batch):
+        with torch.cuda.stream(stream) if stream is not None else nullcontext():
+            views, reasons = _device_views(batch, pres, device, paths)
+        if stream is not None:
+            # The decoded images were freed on return, and their memory may go
+            # to the next batch, which nvJPEG writes on a stream of its own:
+            # the resizes reading them must be done before it decodes again.
+            stream.synchronize()
+            for view in views:  # used on the caller's stream from now on
+                view.record_stream(consumer)
+        return batch, views, reasons
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="featbank-decode") as decoder:
+        ahead: deque[Future] = deque()
+        for batch in loader:
+            ahead.append(decoder.submit(prepare, batch))
+            if len(ahead) > 1:
+                yield ahead.popleft().result()
+        while ahead:
+            yield ahead.popleft().result()
 
 
 def _decode_on_device(config: ExtractConfig, pres: list) -> bool:

@@ -69,6 +69,8 @@ class TrunkRunner:
         x = normalize(pixels.to(self.device, non_blocking=True), self.spec.preprocess)
         if self.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
+        else:  # loaders hand channels-last views: CPU trunks keep the layout (and sums) of before
+            x = x.contiguous()
         if not self.checked:
             self._check_autocast(x)
         with torch.autocast(self.device.type, dtype=self.autocast or torch.float32,

@@ -162,3 +162,56 @@ def test_a_failed_extraction_leaves_no_feature_file(tmp_path, image_folder):
     with pytest.raises(ValueError, match="bad.pth is not a readable PyTorch state_dict"):
         extract(from_folder(image_folder), _config(tmp_path, weights=str(tmp_path / "bad.pth")))
     assert not list((tmp_path / "cache/images/features").glob("*.h5"))
+
+
+def _loader(image_folder, *, jpeg_bytes, workers=0):
+    from featbank.backbones import get_spec
+    from featbank.extract import _collate, _Images
+
+    collection = from_folder(image_folder)
+    paths = [collection.path(i) for i in collection.ids]
+    pres = [get_spec("squeezenet1_1").preprocess]
+    dataset = _Images(paths, pres, jpeg_bytes=jpeg_bytes)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=5, num_workers=workers,
+                                         collate_fn=_collate)
+    return loader, pres, paths
+
+
+def test_decoding_ahead_in_a_thread_keeps_the_batches_and_their_order(image_folder):
+    from featbank.extract import _batches_on_device
+
+    loader, pres, paths = _loader(image_folder, jpeg_bytes=True)
+    cpu = torch.device("cpu")
+    inline = list(_batches_on_device(loader, pres, cpu, paths, decode_ahead=False))
+    ahead = list(_batches_on_device(loader, pres, cpu, paths, decode_ahead=True))
+    assert [b.index.tolist() for b, _, _ in ahead] == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9], [10, 11]]
+    for (_, views, reasons), (_, same, why) in zip(ahead, inline):
+        assert reasons == why and torch.equal(views[0], same[0])
+
+
+def test_a_failure_while_decoding_ahead_reaches_the_caller_after_the_batches_before(
+        image_folder, monkeypatch):
+    import featbank.extract as extract_module
+
+    real = extract_module._device_views
+
+    def failing(batch, *args):
+        if batch.index[0] == 5:
+            raise OSError("disk gone")
+        return real(batch, *args)
+    monkeypatch.setattr(extract_module, "_device_views", failing)
+    loader, pres, paths = _loader(image_folder, jpeg_bytes=True)
+    batches = extract_module._batches_on_device(loader, pres, torch.device("cpu"), paths,
+                                                decode_ahead=True)
+    assert next(batches)[0].index.tolist() == [0, 1, 2, 3, 4]
+    with pytest.raises(OSError, match="disk gone"):
+        next(batches)
+
+
+def test_workers_hand_pillow_views_channels_last(image_folder):
+    loader, pres, paths = _loader(image_folder, jpeg_bytes=False, workers=1)
+    batch = next(iter(loader))
+    [view] = batch.cpu_views
+    assert view.shape == (5, 3, 224, 224) and view.is_contiguous(memory_format=torch.channels_last)
+    expected = torch.stack([images.decode_views(p, pres)[0][0] for p in paths[:5]])
+    assert torch.equal(view, expected)
