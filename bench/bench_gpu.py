@@ -6,8 +6,11 @@ With no ``--images``, N synthetic JPEGs of ``--size`` (ImageNet's typical
 500x375, quality 90) are generated into a temporary folder. ``--repeat K``
 reuses a small real collection K times (hard links, so ids stay distinct).
 
+- loader: what the DataLoader workers hand over, alone (Pillow's 224-px views
+  for ``--decode cpu``, JPEG bytes for nvJPEG), and per worker: how many
+  workers it takes to feed a forward pass;
 - decode only: featbank's loader (workers read bytes) + nvJPEG batch decode
-  + resize to 224 on the device; no model;
+  + resize to 224 on the device, a batch ahead in a thread; no model;
 - forward only: ResNet50 on uint8 batches already on the GPU (normalise,
   channels_last, bf16 autocast, features copied back), featbank's own runner;
 - end to end: ``extract()`` into a fresh cache, from the first decoded batch
@@ -16,7 +19,8 @@ reuses a small real collection K times (hard links, so ids stay distinct).
 
 Prints img/s for each and the ratio end to end / forward only, with the
 device named. Target on an H100: ratio >= 0.9 and >= 5,000 img/s. On a
-machine without CUDA it says so and runs the CPU path on a few images.
+machine without CUDA it says so, and measures the loader and the CPU path on a
+few images.
 """
 import argparse
 import faulthandler
@@ -33,7 +37,7 @@ from PIL import Image
 from featbank.backbones import get_spec
 from featbank.config import default_workers
 from featbank.collection import Collection, from_folder
-from featbank.extract import ExtractConfig, _collate, _device_views, _Images, extract
+from featbank.extract import ExtractConfig, _batches_on_device, _collate, _Images, extract
 from featbank.inference import TrunkRunner
 from featbank.trunks import load_trunk
 
@@ -67,16 +71,37 @@ def repeated_collection(source: str, folder: Path, repeat: int) -> Collection:
     return from_folder(folder, name="bench")
 
 
-def decode_rate(collection: Collection, device: torch.device, *, batch_size: int,
-                workers: int) -> float:
+def _loader(collection: Collection, *, batch_size: int, workers: int, jpeg_bytes: bool,
+            pin: bool = False):
     pre = get_spec("resnet50").preprocess
     paths = [collection.path(i) for i in collection.ids]
-    loader = torch.utils.data.DataLoader(_Images(paths, [pre], jpeg_bytes=True),
+    loader = torch.utils.data.DataLoader(_Images(paths, [pre], jpeg_bytes=jpeg_bytes),
                                          batch_size=batch_size, num_workers=workers,
-                                         collate_fn=_collate, pin_memory=True)
+                                         collate_fn=_collate, pin_memory=pin)
+    return loader, [pre], paths
+
+
+def loader_rate(collection: Collection, *, batch_size: int, workers: int,
+                jpeg_bytes: bool) -> float:
+    """img/s the DataLoader workers hand over: Pillow's 224-px views, or JPEG bytes."""
+    loader, _, _ = _loader(collection, batch_size=batch_size, workers=workers,
+                           jpeg_bytes=jpeg_bytes)
     count, start = 0, None
     for batch in loader:
-        _device_views(batch, [pre], device, paths)
+        if start is None:  # the clock starts once the workers are up
+            start = time.perf_counter()
+        else:
+            count += len(batch.reasons)
+    return count / (time.perf_counter() - start)
+
+
+def decode_rate(collection: Collection, device: torch.device, *, batch_size: int,
+                workers: int) -> float:
+    """img/s of extraction's own device decoding (nvJPEG + resize, a batch ahead), no model."""
+    loader, pres, paths = _loader(collection, batch_size=batch_size, workers=workers,
+                                  jpeg_bytes=True, pin=True)
+    count, start = 0, None
+    for batch, _, _ in _batches_on_device(loader, pres, device, paths, decode_ahead=True):
         if start is None:  # the clock starts once the first batch is done
             torch.cuda.synchronize()
             start = time.perf_counter()
@@ -137,8 +162,9 @@ def main():
         faulthandler.dump_traceback_later(args.watchdog, exit=True)
     cuda = torch.cuda.is_available()
     if not cuda:
-        print("no CUDA device: GPU path skipped; CPU path on 256 synthetic images instead")
-        args.n, args.batch_size, args.images = 256, 32, None
+        print("no CUDA device: GPU path skipped; the loader and the CPU path on 512 synthetic "
+              "images instead")
+        args.n, args.batch_size, args.images = 512, 32, None
     with tempfile.TemporaryDirectory() as tmp:
         if args.images:
             collection = repeated_collection(args.images, Path(tmp), args.repeat)
@@ -150,6 +176,11 @@ def main():
         print(f"{len(collection)} images ({what}), batch {args.batch_size}, "
               f"{args.workers} workers, device: "
               f"{torch.cuda.get_device_name() if cuda else 'CPU'}, torch {torch.__version__}")
+        for jpeg_bytes, what in ((False, "Pillow views"), (True, "JPEG bytes")):
+            rate = loader_rate(collection, batch_size=args.batch_size, workers=args.workers,
+                               jpeg_bytes=jpeg_bytes)
+            print(f"{'loader, ' + what:<28}{rate:>10.0f} img/s   "
+                  f"({rate / max(1, args.workers):.0f} per worker)", flush=True)
         if not cuda:
             fast, wall = end_to_end(collection, batch_size=args.batch_size, workers=args.workers,
                                     device="cpu", precision="fp32", decode="cpu")
