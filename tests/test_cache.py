@@ -148,3 +148,43 @@ def test_a_file_written_before_shards_is_grown(tmp_path):
     assert data.ids == ["old/0.jpg", "old/1.jpg", "img/0.jpg"]
     assert data.features.tolist() == [[0, 0, 0], [0, 0, 0], [0, 1, 2]]
     assert data.skipped == {"bad.gif": "not an image"}
+
+
+def test_the_parts_a_run_wrote_become_its_shard_without_being_read_back(tmp_path, monkeypatch):
+    out = FeatureFile(tmp_path / "f.h5", ATTRS)
+    out.add_batch(["a"], np.ones((1, 3), np.float32))
+    out.merge()
+    out.add_batch(["b", "a"], np.array([[2, 2, 2], [9, 9, 9]], np.float32), {"c": "truncated"})
+    out.add_batch(["d"], np.full((1, 3), 4, np.float32))
+    monkeypatch.setattr(np, "load", lambda *a, **k: pytest.fail("a part was read back"))
+    assert out.merge() == 2
+    monkeypatch.undo()
+    data = read_features(tmp_path / "f.h5")
+    assert data.ids == ["a", "b", "d"] and data.skipped == {"c": "truncated"}
+    assert data.features.tolist() == [[1, 1, 1], [2, 2, 2], [4, 4, 4]]
+    assert sorted(p.name for p in out.shards.iterdir()) == ["000000.h5", "000001.h5"]
+
+
+def test_parts_of_a_killed_run_are_read_back_and_its_live_shard_dropped(tmp_path):
+    killed = FeatureFile(tmp_path / "f.h5", ATTRS)
+    killed.add_batch(["a"], np.ones((1, 3), np.float32))
+    killed.add_batch(["b"], np.full((1, 3), 2, np.float32))
+    del killed  # its live shard stays behind as a .tmp file, as after a kill
+    assert len(list((tmp_path / "f.h5.shards").glob("*.tmp"))) == 1
+    resumed = FeatureFile(tmp_path / "f.h5", ATTRS)
+    assert resumed.merge() == 2
+    resumed.add_batch(["c"], np.full((1, 3), 3, np.float32))
+    assert resumed.merge() == 1
+    data = read_features(tmp_path / "f.h5")
+    assert data.ids == ["a", "b", "c"] and data.features[:, 0].tolist() == [1, 2, 3]
+    assert sorted(p.name for p in resumed.shards.iterdir()) == ["000000.h5", "000001.h5"]
+
+
+def test_a_live_shard_is_not_used_when_other_parts_are_pending(tmp_path):
+    FeatureFile(tmp_path / "f.h5", ATTRS).add_batch(["a"], np.ones((1, 3), np.float32))
+    out = FeatureFile(tmp_path / "f.h5", ATTRS)  # added to without merging what was left
+    out.add_batch(["b"], np.full((1, 3), 2, np.float32))
+    assert out.merge() == 2
+    data = read_features(tmp_path / "f.h5")
+    assert data.ids == ["a", "b"] and data.features[:, 0].tolist() == [1, 2]
+    assert not list(out.shards.glob("*.tmp"))
