@@ -281,7 +281,10 @@ class FeatureFile:
                 live.discard()
             self._drop_parts()
             return 0
-        old = _Index.read(self.path) if self.path.is_file() else _Index.empty()
+        if live is not None and live.holds(parts):
+            old = live.index  # what the file held when the shard began; this run holds its lock
+        else:
+            old = _Index.read(self.path) if self.path.is_file() else _Index.empty()
         shards = self.shards
         shards.mkdir(parents=True, exist_ok=True)
         compact = old.legacy or len(old.sources) + 1 > MAX_SHARDS
@@ -418,16 +421,17 @@ class _LiveShard:
 
     path: Path
     writer: "_ShardWriter"
+    index: "_Index"  # the main file when the shard began
     parts: list[Path]
     skipped: dict[str, str]
 
     @classmethod
     def start(cls, out: FeatureFile) -> "_LiveShard":
-        old = _Index.read(out.path) if out.path.is_file() else _Index.empty()
+        index = _Index.read(out.path) if out.path.is_file() else _Index.empty()
         out.shards.mkdir(parents=True, exist_ok=True)
         path = out.shards / f"live.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
-        return cls(path, _ShardWriter(path, out.dim, out.dtype, seen=set(old.ids.tolist())),
-                   parts=[], skipped={})
+        writer = _ShardWriter(path, out.dim, out.dtype, seen=set(index.ids.tolist()))
+        return cls(path, writer, index, parts=[], skipped={})
 
     def add(self, part: Path, ids: list[str], features: np.ndarray,
             skipped: dict[str, str]) -> None:
