@@ -281,7 +281,8 @@ class FeatureFile:
                 live.discard()
             self._drop_parts()
             return 0
-        if live is not None and live.holds(parts):
+        live_holds_all = live is not None and live.holds(parts)
+        if live_holds_all:
             old = live.index  # what the file held when the shard began; this run holds its lock
         else:
             old = _Index.read(self.path) if self.path.is_file() else _Index.empty()
@@ -289,7 +290,7 @@ class FeatureFile:
         shards.mkdir(parents=True, exist_ok=True)
         compact = old.legacy or len(old.sources) + 1 > MAX_SHARDS
         target = shards / f"{_next_shard(shards):06d}.h5"
-        if live is not None and live.holds(parts) and not compact:
+        if live_holds_all and not compact:
             writer = live.writer
             writer.close()
             os.replace(live.path, target)
