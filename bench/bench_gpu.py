@@ -86,12 +86,21 @@ def loader_rate(collection: Collection, *, batch_size: int, workers: int,
     """img/s the DataLoader workers hand over: Pillow's 224-px views, or JPEG bytes."""
     loader, _, _ = _loader(collection, batch_size=batch_size, workers=workers,
                            jpeg_bytes=jpeg_bytes)
+    return _rate(loader, cuda=False)
+
+
+def _rate(batches, *, cuda: bool) -> float:
+    """img/s after the first batch (workers up, decoder warm), to the last one done."""
     count, start = 0, None
-    for batch in loader:
-        if start is None:  # the clock starts once the workers are up
+    for batch in batches:
+        if start is None:
+            if cuda:
+                torch.cuda.synchronize()
             start = time.perf_counter()
         else:
             count += len(batch.reasons)
+    if cuda:
+        torch.cuda.synchronize()
     return count / (time.perf_counter() - start)
 
 
@@ -100,15 +109,8 @@ def decode_rate(collection: Collection, device: torch.device, *, batch_size: int
     """img/s of extraction's own device decoding (nvJPEG + resize, a batch ahead), no model."""
     loader, pres, paths = _loader(collection, batch_size=batch_size, workers=workers,
                                   jpeg_bytes=True, pin=True)
-    count, start = 0, None
-    for batch, _, _ in _batches_on_device(loader, pres, device, paths, decode_ahead=True):
-        if start is None:  # the clock starts once the first batch is done
-            torch.cuda.synchronize()
-            start = time.perf_counter()
-        else:
-            count += len(batch.reasons)
-    torch.cuda.synchronize()
-    return count / (time.perf_counter() - start)
+    batches = _batches_on_device(loader, pres, device, paths, decode_ahead=True)
+    return _rate((batch for batch, _, _ in batches), cuda=True)
 
 
 def forward_rate(runner: TrunkRunner, n: int, batch_size: int) -> float:

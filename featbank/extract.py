@@ -20,7 +20,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm import tqdm
 
 from .backbones import get_spec
@@ -123,19 +123,14 @@ def _collate(items) -> _Batch:
 
 
 def _stack_views(views: list[torch.Tensor]) -> torch.Tensor:
-    """(3, S, S) views -> (B, 3, S, S) with channels-last strides, in shared memory in a worker.
+    """(3, S, S) views -> (B, 3, S, S) with channels-last strides.
 
     Stacking channels-last is a plain copy per image (channels-first would
-    transpose each one), writing straight into shared memory spares the copy
-    into it on the way to the main process, and channels-last is the layout
-    the trunks want on a GPU.
+    transpose each one); ``default_collate`` stacks straight into shared
+    memory in a worker, sparing the copy into it on the way to the main
+    process; and channels-last is the layout the trunks want on a GPU.
     """
-    hwc = [v.permute(1, 2, 0) for v in views]
-    out = None
-    if get_worker_info() is not None:  # as torch's default_collate does
-        storage = hwc[0]._typed_storage()._new_shared(len(hwc) * hwc[0].numel())
-        out = hwc[0].new(storage).resize_(len(hwc), *hwc[0].shape)
-    return torch.stack(hwc, out=out).permute(0, 3, 1, 2)
+    return default_collate([v.permute(1, 2, 0) for v in views]).permute(0, 3, 1, 2)
 
 
 def _device_views(batch: _Batch, pres: list, device: torch.device,
