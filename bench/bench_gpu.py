@@ -153,7 +153,8 @@ def main():
     parser.add_argument("--n", type=int, default=20000, help="synthetic images (default: 20000)")
     parser.add_argument("--size", default="500x375", help="synthetic WxH (default: 500x375)")
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--workers", type=int, default=default_workers())
+    parser.add_argument("--workers", type=int,
+                        default=default_workers("cuda" if torch.cuda.is_available() else "cpu"))
     parser.add_argument("--decode", default="device", choices=["device", "cpu"],
                         help="end to end with nvJPEG (device, the default) or Pillow in the "
                              "workers (cpu)")

@@ -13,6 +13,7 @@ import os
 import sys
 from pathlib import Path
 
+from .config import default_workers
 from .collection import Collection, from_folder, from_manifest, load_metadata, mark_multi_label
 from .demo import demo_collection
 
@@ -125,8 +126,10 @@ def _device(parser, d):
 
 def _workers(parser, d):
     parser.add_argument("--workers", type=_int(0), default=d["workers"],
-                        help=f"image-decoding processes, 0 = in the main process (default: "
-                             f"{d['workers']}, one fewer than this machine's cores, at most 8)")
+                        help="image-decoding processes, 0 = in the main process (default: one "
+                             "fewer than the cores, at most 8 when the model runs on the CPU "
+                             f"and 32 with a GPU; here {default_workers('cpu')} and "
+                             f"{default_workers('cuda')})")
 
 
 def _batch_size(parser, d):

@@ -56,9 +56,18 @@ def digest(value, length: int = 10) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:length]
 
 
-def default_workers() -> int:
-    """Decoding processes: one fewer than the CPU cores (the main process feeds the model), 1-8."""
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
+def default_workers(device_type: str = "cpu") -> int:
+    """Decoding processes when ``--workers`` is not given: one fewer than the cores
+    this process may use (the main process feeds the model), at most 8 where the
+    model runs on the CPU, which needs the cores too, and at most 32 with a GPU,
+    where decoding sets the pace (one worker decodes 350-1,100 img/s, README "GPU")."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(8 if device_type == "cpu" else 32, (cores or 2) - 1))
+
+
+def _workers(value: int | None) -> None:
+    if value is not None:  # None: default_workers(device), once the device is known
+        _at_least("--workers", value, 0)
 
 
 def check_device_name(device: str) -> str:
@@ -91,12 +100,13 @@ class ExtractConfig:
     weights: str = "imagenet"  # imagenet | random | PATH
     cache_root: str = runtime("cache")
     batch_size: int = runtime(32)
-    workers: int = runtime(default_factory=default_workers)
+    workers: int | None = runtime(None)
     device: str = runtime("auto")
     dtype: str = "float32"
     precision: str = "auto"
-    # cpu: Pillow in the DataLoader workers; device: nvJPEG on the GPU (JPEGs only,
-    # the rest still by Pillow). auto = cpu for now (see extract._decode_on_device).
+    # cpu: Pillow in the DataLoader workers; device: nvJPEG on the GPU for the JPEGs
+    # Pillow has no time for (devicedecode.DecoderBalance), the rest by Pillow.
+    # auto = cpu for now (see extract._decode_on_device).
     decode: str = runtime("auto")
     engine: str = runtime("local")  # local: this machine; ray: Ray Data (extract_ray.py)
     ray_address: str | None = runtime(None)  # None: RAY_ADDRESS, else a local Ray
@@ -106,7 +116,7 @@ class ExtractConfig:
     def __post_init__(self):
         self.backbones = check_names(self.backbones)
         _at_least("--batch-size", self.batch_size, 1)
-        _at_least("--workers", self.workers, 0)
+        _workers(self.workers)
         check_device_name(self.device)
         _choice("--dtype", self.dtype, ("float32", "float16"))
         _choice("--precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
@@ -185,7 +195,7 @@ class FinetuneConfig:
     train_fraction: float = 1.0
     seed: int = 0
     device: str = runtime("auto")
-    workers: int = runtime(default_factory=default_workers)
+    workers: int | None = runtime(None)
     cache_root: str = runtime("cache")
     split: SplitSpec = field(default_factory=SplitSpec)
     progress: bool = runtime(True)
@@ -199,7 +209,7 @@ class FinetuneConfig:
         _at_least("--epochs", self.epochs, 1)
         _at_least("--patience", self.patience, 1)
         _at_least("--batch-size", self.batch_size, 1)
-        _at_least("--workers", self.workers, 0)
+        _workers(self.workers)
         _at_least("--seed", self.seed, 0)
         if self.image_size is not None:
             _at_least("--image-size", self.image_size, 32)
@@ -336,7 +346,7 @@ class _TrunkPass:
     weights: str  # imagenet | random | weights file | run folder
     seed: int = 0  # of the image sample
     batch_size: int = runtime(32)
-    workers: int = runtime(default_factory=default_workers)
+    workers: int | None = runtime(None)
     device: str = runtime("auto")
     cache_root: str = runtime("cache")
     progress: bool = runtime(True)
@@ -346,7 +356,7 @@ class _TrunkPass:
         _network_weights("--weights", self.weights)
         _at_least("--seed", self.seed, 0)
         _at_least("--batch-size", self.batch_size, 1)
-        _at_least("--workers", self.workers, 0)
+        _workers(self.workers)
         check_device_name(self.device)
 
 

@@ -31,7 +31,8 @@ from .devicedecode import (decode_jpegs, device_decodable, device_index, device_
                            resize_views)
 from .fileio import atomic_write_json, hold_lock
 from .images import decode_views, min_decode_size
-from .inference import TrunkRunner, autocast_dtype, backbone_share, resolve_device, shared_views
+from .inference import (TrunkRunner, autocast_dtype, backbone_share, resolve_device,
+                        resolve_workers, shared_views)
 from .trunks import load_trunk, resolve_weights
 
 MAX_QUEUED = 4
@@ -222,7 +223,7 @@ def _run(collection, pending, specs, files, todo, config: ExtractConfig,
     paths = [collection.path(i) for i in pending]
     on_device = _decode_on_device(config, pres)
     loader = DataLoader(_Images(paths, pres, jpeg_bytes=on_device),
-                        batch_size=config.batch_size, num_workers=max(0, config.workers),
+                        batch_size=config.batch_size, num_workers=resolve_workers(config.workers, device),
                         collate_fn=_collate, pin_memory=device.type == "cuda", shuffle=False)
     first_batch_at = None
     # Parts are written by one thread, in order, while the device runs the next

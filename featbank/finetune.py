@@ -41,7 +41,7 @@ from .config import FinetuneConfig, digest, identity
 from .evaluate import append_result, hits, load_results, metrics, result_row, write_reports
 from .fileio import atomic_path, atomic_write_json, hold_lock
 from .images import decode_views, min_decode_size, normalize
-from .inference import resolve_device, training_autocast
+from .inference import resolve_device, resolve_workers, training_autocast
 from .plots import plot_history
 from .stats import mean_average_precision
 from .tasks import Split, balanced_weights, load_or_make_split, subsample
@@ -166,7 +166,7 @@ def _loader(dataset, config: FinetuneConfig, *, shuffle: bool, epoch: int, devic
     # Seeded per epoch: order and augmentation do not depend on where a run resumed.
     generator = torch.Generator().manual_seed(_epoch_seed(config, epoch))
     return DataLoader(dataset, batch_size=config.batch_size, shuffle=shuffle,
-                      num_workers=config.workers, generator=generator,
+                      num_workers=resolve_workers(config.workers, device), generator=generator,
                       pin_memory=device.type == "cuda", persistent_workers=False)
 
 

@@ -13,6 +13,7 @@ import torch
 from tqdm import tqdm
 
 from .backbones import BackboneSpec
+from .config import default_workers
 from .images import normalize
 
 # Autocast is kept only when every feature row stays this close to fp32
@@ -28,6 +29,11 @@ def resolve_device(device: str) -> torch.device:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda asked for, but torch sees no CUDA device; use --device cpu")
     return torch.device(device)
+
+
+def resolve_workers(workers: int | None, device: torch.device) -> int:
+    """``--workers``, or when not given the default for ``device`` (config.default_workers)."""
+    return default_workers(device.type) if workers is None else workers
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from ..collection import Collection
 from ..config import LayersConfig
 from ..fileio import atomic_write_json
-from ..inference import resolve_device
+from ..inference import resolve_device, resolve_workers
 from ..plots import plot_layers
 from .common import file_label, output_folder, progress_bar
 from .networks import load_network, sample_ids, stage_activations, weight_distance
@@ -30,7 +30,7 @@ def layers(collection: Collection, config: LayersConfig, *, warn=print) -> dict:
                           progress=config.progress)
     stages_a, stages_b = first.stages, second.stages
     ids = sample_ids(collection.ids, config.n, config.seed)
-    run = dict(device=device, batch_size=config.batch_size, workers=config.workers,
+    run = dict(device=device, batch_size=config.batch_size, workers=resolve_workers(config.workers, device),
                progress=progress_bar(config.progress), preprocess=first.preprocess)
     kept_a, outputs_a = stage_activations(first, collection, ids, stages_a, **run)
     kept_b, outputs_b = stage_activations(second, collection, ids, stages_b, **run)

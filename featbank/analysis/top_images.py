@@ -19,7 +19,7 @@ import numpy as np
 from ..collection import Collection
 from ..config import TopImagesConfig
 from ..fileio import atomic_write_json
-from ..inference import resolve_device
+from ..inference import resolve_device, resolve_workers
 from ..plots import plot_image_grid
 from .common import (file_label, output_folder, preprocess_change, progress_bar, read_entry,
                      single_feature_file, thumbnail)
@@ -44,12 +44,12 @@ def top_images(collection: Collection, config: TopImagesConfig, *, warn=print) -
     ids, activations, source = _cached(collection, config, networks, stage, label, warn)
     if activations is None:
         ids = sample_ids([i for i in collection.ids if i in label], config.n, config.seed)
-        activations = []
+        activations, device = [], resolve_device(config.device)
         for network in networks:
             kept, [x] = stage_activations(
                 network, collection, ids, [network.stages[stage.index - 1]],
-                device=resolve_device(config.device), batch_size=config.batch_size,
-                workers=config.workers, progress=progress_bar(config.progress),
+                device=device, batch_size=config.batch_size,
+                workers=resolve_workers(config.workers, device), progress=progress_bar(config.progress),
                 preprocess=networks[0].preprocess)
             if x is None:
                 raise ValueError(f"stage {stage.name} does not run in the eval forward pass; "
