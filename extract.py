@@ -40,7 +40,8 @@ def get_args_parser():
                              "features stay within 1%% of fp32, else fp32 (default: auto)")
     parser.add_argument("--decode", default=d["decode"], choices=["auto", "cpu", "device"],
                         help="where images are decoded: cpu = Pillow in the worker processes; "
-                             "device = JPEGs by nvJPEG on the GPU (experimental, see README); "
+                             "device = JPEGs by nvJPEG on the GPU, a share of them by Pillow "
+                             "when the workers have time (experimental, see README); "
                              "auto = cpu for now (default: auto)")
     parser.add_argument("--engine", default=d["engine"], choices=["local", "ray"],
                         help="local: this machine; ray: Ray Data over a Ray cluster "
@@ -65,9 +66,12 @@ def main(argv=None) -> None:
     collection = collection_for_extraction(**source_of(args))
     from featbank.extract import extract  # torch: imported once the arguments are known good
 
-    for report in extract(collection, config):
+    reports = extract(collection, config)
+    for report in reports:
         print(f"{report.backbone}: {report.n_rows} rows ({report.n_new} new, "
               f"{report.n_skipped} undecodable) -> {report.path} [{report.seconds:.1f} s]")
+    if reports and reports[0].device_decoded is not None:
+        print(f"{reports[0].device_decoded} images decoded on the device, the others by Pillow")
     if collection.ignored:
         print(f"{collection.ignored} hidden or system files ignored (.DS_Store, Thumbs.db, "
               "__MACOSX/, dotfiles); undecodable files are listed in "

@@ -10,12 +10,15 @@ reuses a small real collection K times (hard links, so ids stay distinct).
   for ``--decode cpu``, JPEG bytes for nvJPEG), and per worker: how many
   workers it takes to feed a forward pass;
 - decode only: featbank's loader (workers read bytes) + nvJPEG batch decode
-  + resize to 224 on the device, a batch ahead in a thread; no model;
+  + resize to 224 on the device, a batch ahead in a thread; no model, and no
+  share for Pillow: what nvJPEG does alone;
 - forward only: ResNet50 on uint8 batches already on the GPU (normalise,
   channels_last, bf16 autocast, features copied back), featbank's own runner;
 - end to end: ``extract()`` into a fresh cache, from the first decoded batch
   to the committed HDF5 file (worker start and model loading excluded, and
-  printed apart as wall time).
+  printed apart as wall time). With ``--decode device``, twice: nvJPEG alone,
+  then with the share of images the workers decode with Pillow to help it
+  (``devicedecode.DecoderBalance``), the run the ratio is taken from.
 
 Prints img/s for each and the ratio end to end / forward only, with the
 device named. Target on an H100: ratio >= 0.9 and >= 5,000 img/s. On a
@@ -23,6 +26,7 @@ machine without CUDA it says so, and measures the loader and the CPU path on a
 few images.
 """
 import argparse
+import contextlib
 import faulthandler
 import os
 import tempfile
@@ -34,6 +38,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from featbank import devicedecode
 from featbank.backbones import get_spec
 from featbank.config import default_workers
 from featbank.collection import Collection, from_folder
@@ -128,8 +133,9 @@ def forward_rate(runner: TrunkRunner, n: int, batch_size: int) -> float:
 
 
 def end_to_end(collection: Collection, *, batch_size: int, workers: int, device: str,
-               precision: str, decode: str = "device") -> tuple[float, float]:
-    """(img/s from the first batch to the committed file, img/s of the whole call).
+               precision: str, decode: str = "device") -> tuple[float, float, float | None]:
+    """(img/s from the first batch to the committed file, img/s of the whole call,
+    share of the images decoded by Pillow with ``decode="device"``).
 
     A first extraction of a few batches warms up what a long run pays once
     (CUDA context, cuDNN plans, the nvJPEG decoder, the autocast check).
@@ -143,7 +149,8 @@ def end_to_end(collection: Collection, *, batch_size: int, workers: int, device:
         extract(warm, config)
         [report] = extract(collection, config)
     assert report.n_rows == len(collection), report
-    return len(collection) / report.stream_seconds, len(collection) / report.seconds
+    pillow = None if report.device_decoded is None else 1 - report.device_decoded / len(collection)
+    return len(collection) / report.stream_seconds, len(collection) / report.seconds, pillow
 
 
 def main():
@@ -185,8 +192,9 @@ def main():
             print(f"{'loader, ' + what:<28}{rate:>10.0f} img/s   "
                   f"({rate / max(1, args.workers):.0f} per worker)", flush=True)
         if not cuda:
-            fast, wall = end_to_end(collection, batch_size=args.batch_size, workers=args.workers,
-                                    device="cpu", precision="fp32", decode="cpu")
+            fast, wall, _ = end_to_end(collection, batch_size=args.batch_size,
+                                       workers=args.workers, device="cpu", precision="fp32",
+                                       decode="cpu")
             print(f"CPU end to end: {fast:.1f} img/s ({wall:.1f} img/s with start-up)")
             return
         device = torch.device("cuda")
@@ -197,11 +205,29 @@ def main():
         print(f"{'forward only (' + precision + ')':<28}{forward:>10.0f} img/s", flush=True)
         decode = decode_rate(collection, device, batch_size=args.batch_size, workers=args.workers)
         print(f"{'decode only':<28}{decode:>10.0f} img/s", flush=True)
-        fast, wall = end_to_end(collection, batch_size=args.batch_size, workers=args.workers,
-                                device="cuda", precision=precision, decode=args.decode)
-    print(f"{'end to end':<28}{fast:>10.0f} img/s   ({wall:.0f} img/s counting worker start "
+        run = dict(batch_size=args.batch_size, workers=args.workers, device="cuda",
+                   precision=precision, decode=args.decode)
+        if args.decode == "device":  # first without Pillow's share: nvJPEG alone
+            with _no_pillow_share():
+                alone, wall, _ = end_to_end(collection, **run)
+            print(f"{'end to end, nvJPEG alone':<28}{alone:>10.0f} img/s   ({wall:.0f} img/s "
+                  "counting worker start and model load)", flush=True)
+        fast, wall, pillow = end_to_end(collection, **run)
+    what = "end to end" + (f", Pillow {pillow:.0%}" if pillow is not None else "")
+    print(f"{what:<28}{fast:>10.0f} img/s   ({wall:.0f} img/s counting worker start "
           "and model load)")
     print(f"ratio end to end / forward only: {fast / forward:.2f}")
+
+
+@contextlib.contextmanager
+def _no_pillow_share():
+    """Extraction with every JPEG to nvJPEG (the workers read at the module's globals)."""
+    saved = devicedecode.FIRST_PILLOW_SHARE, devicedecode.MAX_PILLOW_SHARE
+    devicedecode.FIRST_PILLOW_SHARE = devicedecode.MAX_PILLOW_SHARE = 0.0
+    try:
+        yield
+    finally:
+        devicedecode.FIRST_PILLOW_SHARE, devicedecode.MAX_PILLOW_SHARE = saved
 
 
 if __name__ == "__main__":

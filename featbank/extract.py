@@ -27,8 +27,8 @@ from .backbones import get_spec
 from .cache import FeatureFile, count_rows, feature_path, file_attrs, read_skipped, write_skipped_list
 from .collection import Collection, save_metadata
 from .config import ExtractConfig
-from .devicedecode import (decode_jpegs, device_decodable, device_index, device_resizable,
-                           resize_views)
+from .devicedecode import (DecoderBalance, decode_jpegs, device_decodable, device_index,
+                           device_resizable, resize_views)
 from .fileio import atomic_write_json, hold_lock
 from .images import decode_views, min_decode_size
 from .inference import (TrunkRunner, autocast_dtype, backbone_share, resolve_device,
@@ -51,25 +51,36 @@ class ExtractReport:
     # From the first decoded batch to the committed file: the steady pipeline,
     # without starting workers or loading the model (None when nothing was to do).
     stream_seconds: float | None = None
+    # With --decode device: the images nvJPEG decoded (the others went to Pillow).
+    device_decoded: int | None = None
 
 
 class _Images(Dataset):
     """Item k -> (k, reason, views, jpeg): Pillow's uint8 views (one per geometry), or
-    with ``jpeg_bytes`` and a file the device can decode, its bytes instead."""
+    with ``jpeg_bytes`` and a file the device can decode, its bytes instead, unless
+    ``balance`` sends image k to Pillow."""
 
-    def __init__(self, paths: list[Path], pres: list, *, jpeg_bytes: bool = False):
-        self.paths, self.pres, self.jpeg_bytes = paths, pres, jpeg_bytes
+    def __init__(self, paths: list[Path], pres: list, *, jpeg_bytes: bool = False,
+                 balance: DecoderBalance | None = None):
+        self.paths, self.pres, self.jpeg_bytes, self.balance = paths, pres, jpeg_bytes, balance
         self.min_size = min_decode_size(pres)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, k: int):
-        if self.jpeg_bytes:
+        started = time.perf_counter()
+        balance = self.balance if self.jpeg_bytes else None
+        to_pillow = balance is not None and balance.to_pillow(k)
+        if self.jpeg_bytes and not to_pillow:
             data = _read_bytes(self.paths[k])
             if device_decodable(data):
+                if balance is not None:
+                    balance.worker_cost(DecoderBalance.READ, started)
                 return k, "", None, data
         views, reason = decode_views(self.paths[k], self.pres, min_size=self.min_size)
+        if to_pillow:
+            balance.worker_cost(DecoderBalance.PILLOW, started)
         return k, reason, views, None
 
 
@@ -198,32 +209,39 @@ def _extract_locked(collection, config: ExtractConfig, specs, files: dict, devic
         done = out.done_ids()
         todo[spec.name] = {i for i in collection.ids if i not in done}
     pending = [i for i in collection.ids if any(i in t for t in todo.values())]
-    first_batch_at = None
+    first_batch_at, device_decoded = None, None
     if pending and config.engine == "ray":
         from .extract_ray import run_ray
 
         first_batch_at = time.perf_counter()
         run_ray(collection, pending, specs, files, todo, config)
     elif pending:
-        first_batch_at = _run(collection, pending, specs, files, todo, config, device)
+        first_batch_at, device_decoded = _run(collection, pending, specs, files, todo, config,
+                                              device)
     for out in files.values():
         out.merge()
     stream = None if first_batch_at is None else time.perf_counter() - first_batch_at
     seconds = time.perf_counter() - started
-    return [_report(spec.name, files[spec.name].path, len(todo[spec.name]), seconds, stream)
-            for spec in specs]
+    return [_report(spec.name, files[spec.name].path, len(todo[spec.name]), seconds, stream,
+                    device_decoded) for spec in specs]
 
 
 def _run(collection, pending, specs, files, todo, config: ExtractConfig,
-         device: torch.device) -> float | None:
-    """Decode, forward and write the ``pending`` ids; returns when the first batch arrived."""
+         device: torch.device) -> tuple[float | None, int | None]:
+    """Decode, forward and write the ``pending`` ids.
+
+    Returns when the first batch arrived, and with ``--decode device`` how many
+    images the device decoded.
+    """
     autocast = autocast_dtype(config.precision, device)
     pres, view_of = shared_views(specs)
     runners = {s.name: TrunkRunner(s, load_trunk(s, config.weights, progress=config.progress), device, autocast) for s in specs}
     paths = [collection.path(i) for i in pending]
     on_device = _decode_on_device(config, pres)
-    loader = DataLoader(_Images(paths, pres, jpeg_bytes=on_device),
-                        batch_size=config.batch_size, num_workers=resolve_workers(config.workers, device),
+    workers = resolve_workers(config.workers, device)
+    balance = DecoderBalance(workers) if on_device else None
+    loader = DataLoader(_Images(paths, pres, jpeg_bytes=on_device, balance=balance),
+                        batch_size=config.batch_size, num_workers=workers,
                         collate_fn=_collate, pin_memory=device.type == "cuda", shuffle=False)
     first_batch_at = None
     # Parts are written by one thread, in order, while the device runs the next
@@ -233,7 +251,7 @@ def _run(collection, pending, specs, files, todo, config: ExtractConfig,
                  desc=f"{collection.name}: {', '.join(runners)}") as bar:
         queued: deque[Future] = deque()
         for batch, views, reasons in _batches_on_device(loader, pres, device, paths,
-                                                         decode_ahead=on_device):
+                                                         decode_ahead=on_device, balance=balance):
             first_batch_at = first_batch_at or time.perf_counter()
             ids = [pending[k] for k in batch.index.tolist()]
             for spec in specs:
@@ -245,11 +263,12 @@ def _run(collection, pending, specs, files, todo, config: ExtractConfig,
             bar.update(len(ids))
         while queued:
             queued.popleft().result()
-    return first_batch_at
+    return first_batch_at, None if balance is None else balance.device_images
 
 
 def _batches_on_device(loader, pres: list, device: torch.device, paths: list[Path], *,
-                       decode_ahead: bool) -> Iterator[tuple[_Batch, list[torch.Tensor], list[str]]]:
+                       decode_ahead: bool, balance: DecoderBalance | None = None
+                       ) -> Iterator[tuple[_Batch, list[torch.Tensor], list[str]]]:
     """(batch, its views on ``device``, reasons) for each batch of ``loader``, in order.
 
     With ``decode_ahead`` (JPEG bytes decoded on the device), a thread decodes
@@ -257,7 +276,8 @@ def _batches_on_device(loader, pres: list, device: torch.device, paths: list[Pat
     pass: nvJPEG holds its caller until a batch is decoded, which would
     otherwise keep the host from feeding the GPU in the meantime. On CUDA the
     thread works on a stream of its own, of high priority so that its resizes
-    pass ahead of the forward kernels.
+    pass ahead of the forward kernels. The thread times the device's share of
+    each batch for ``balance``.
     """
     if not decode_ahead:
         for batch in loader:
@@ -269,6 +289,7 @@ def _batches_on_device(loader, pres: list, device: torch.device, paths: list[Pat
         consumer = torch.cuda.current_stream(device)  # where the caller queues its work
 
     def prepare(batch: _Batch):
+        started = time.perf_counter()
         with torch.cuda.stream(stream) if stream is not None else nullcontext():
             views, reasons = _device_views(batch, pres, device, paths)
         if stream is not None:
@@ -278,6 +299,8 @@ def _batches_on_device(loader, pres: list, device: torch.device, paths: list[Pat
             stream.synchronize()
             for view in views:  # used on the caller's stream from now on
                 view.record_stream(consumer)
+        if balance is not None and batch.jpeg_at:
+            balance.device_cost(len(batch.jpeg_at), time.perf_counter() - started)
         return batch, views, reasons
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="featbank-decode") as decoder:
@@ -295,7 +318,8 @@ def _decode_on_device(config: ExtractConfig, pres: list) -> bool:
 
     Not the default yet: on an H100, nvJPEG overlapped with the forward pass ran
     ResNet50 at 5,400 img/s on 500x375 JPEGs, but stalled the GPU on a collection
-    of 64-px JPEGs (README, "GPU"); Pillow in the workers never did.
+    of 64-px JPEGs (README, "GPU"); Pillow in the workers never did. (Measured
+    before the decoding went a batch ahead and Pillow took a share of the JPEGs.)
     """
     if config.decode in ("auto", "cpu"):
         return False
@@ -321,10 +345,10 @@ def _submit(ids, reasons, pixels, todo, runner: TrunkRunner, out: FeatureFile) -
     return write
 
 
-def _report(name: str, path: Path, n_new: int, seconds: float,
-            stream_seconds: float | None) -> ExtractReport:
+def _report(name: str, path: Path, n_new: int, seconds: float, stream_seconds: float | None,
+            device_decoded: int | None) -> ExtractReport:
     exists = path.is_file()
     return ExtractReport(backbone=name, path=path, n_rows=count_rows(path) if exists else 0,
                          n_new=n_new, n_skipped=len(read_skipped(path)) if exists else 0,
-                         seconds=seconds,
-                         stream_seconds=stream_seconds)
+                         seconds=seconds, stream_seconds=stream_seconds,
+                         device_decoded=device_decoded)

@@ -13,7 +13,8 @@ from PIL import Image
 from featbank.backbones import Preprocess, get_spec
 from featbank.cache import read_features
 from featbank.collection import from_folder
-from featbank.devicedecode import decode_jpegs, device_decodable, resize_views
+from featbank.devicedecode import (MAX_PILLOW_SHARE, DecoderBalance, balanced_share, decode_jpegs,
+                                   device_decodable, resize_views)
 from featbank.extract import ExtractConfig, extract
 from featbank.images import load_rgb, to_view
 from conftest import make_image
@@ -74,6 +75,39 @@ def test_batch_decode_returns_none_for_what_the_decoder_refuses():
     decoded = decode_jpegs([good, bad, good], torch.device("cpu"))
     assert decoded[1] is None
     assert decoded[0].shape == (3, 24, 32) and torch.equal(decoded[0], decoded[2])
+
+
+def test_balanced_share_lets_both_decoders_keep_the_same_pace():
+    # An H100-like machine: 15 workers reading bytes at 3,300 img/s or decoding
+    # photographs at 350 img/s each, nvJPEG at 10,000 img/s.
+    costs = dict(read=1 / 3300, pillow=1 / 350)
+    share = balanced_share(15, **costs, device_rate=10_000)
+    workers_pace = 15 / (share * costs["pillow"] + (1 - share) * costs["read"])
+    assert 0.25 < share < 0.35 and workers_pace == pytest.approx(10_000 / (1 - share))
+    # A faster device takes more of the JPEGs, more workers take more of them.
+    assert balanced_share(15, **costs, device_rate=20_000) < share
+    assert share < balanced_share(15, **costs, device_rate=5_000)
+    assert share < balanced_share(30, **costs, device_rate=10_000)
+    assert balanced_share(2, **costs, device_rate=10_000) == 0  # workers barely read enough
+    assert balanced_share(15, **costs, device_rate=10) == MAX_PILLOW_SHARE
+    assert balanced_share(4, read=0.01, pillow=0.01, device_rate=100) == MAX_PILLOW_SHARE
+
+
+@pytest.mark.parametrize("share", [0.0, 0.1, 0.25, 1 / 3, 0.9, 1.0])
+def test_the_pillow_share_is_spread_evenly_over_the_images(share):
+    balance = DecoderBalance(workers=1)
+    balance.share.fill_(share)
+    to_pillow = [balance.to_pillow(k) for k in range(300)]
+    assert sum(to_pillow) == round(300 * share)
+    for start in range(0, 300, 30):  # every stretch of 30 images gets its share, within one
+        assert abs(sum(to_pillow[start:start + 30]) - 30 * share) <= 1
+
+
+def test_no_worker_process_no_pillow_share():
+    balance = DecoderBalance(workers=0)
+    assert float(balance.share) == 0
+    balance.device_cost(images=8, seconds=0.01)
+    assert float(balance.share) == 0 and balance.device_images == 8
 
 
 @pytest.fixture

@@ -164,14 +164,14 @@ def test_a_failed_extraction_leaves_no_feature_file(tmp_path, image_folder):
     assert not list((tmp_path / "cache/images/features").glob("*.h5"))
 
 
-def _loader(image_folder, *, jpeg_bytes, workers=0):
+def _loader(image_folder, *, jpeg_bytes, workers=0, balance=None):
     from featbank.backbones import get_spec
     from featbank.extract import _collate, _Images
 
     collection = from_folder(image_folder)
     paths = [collection.path(i) for i in collection.ids]
     pres = [get_spec("squeezenet1_1").preprocess]
-    dataset = _Images(paths, pres, jpeg_bytes=jpeg_bytes)
+    dataset = _Images(paths, pres, jpeg_bytes=jpeg_bytes, balance=balance)
     loader = torch.utils.data.DataLoader(dataset, batch_size=5, num_workers=workers,
                                          collate_fn=_collate)
     return loader, pres, paths
@@ -215,3 +215,72 @@ def test_workers_hand_pillow_views_channels_last(image_folder):
     assert view.shape == (5, 3, 224, 224) and view.is_contiguous(memory_format=torch.channels_last)
     expected = torch.stack([images.decode_views(p, pres)[0][0] for p in paths[:5]])
     assert torch.equal(view, expected)
+
+
+def test_workers_send_the_balances_share_to_pillow_and_time_both_paths(image_folder):
+    from featbank.devicedecode import DecoderBalance
+
+    balance = DecoderBalance(workers=2)
+    balance.share.fill_(0.5)  # set here, read by the worker processes
+    loader, _, _ = _loader(image_folder, jpeg_bytes=True, workers=2, balance=balance)
+    batches = list(loader)
+    # images 1, 3, 5, ... to Pillow; positions within batches of 5
+    assert [b.cpu_at for b in batches] == [[1, 3], [0, 2, 4], [1]]
+    assert [b.jpeg_at for b in batches] == [[0, 2, 4], [1, 3], [0]]
+    seconds, counts = balance.costs.unbind(-1)
+    assert counts[0].sum() == 0 and counts[1:].sum(0).tolist() == [6, 6]  # [read, pillow]
+    assert (seconds[1:].sum(0) > 0).all() and counts[1].sum() > 0 and counts[2].sum() > 0
+
+
+def test_a_share_set_while_the_workers_run_reaches_them(image_folder):
+    from featbank.backbones import get_spec
+    from featbank.devicedecode import DecoderBalance
+    from featbank.extract import _collate, _Images
+
+    collection = from_folder(image_folder)
+    balance = DecoderBalance(workers=1)
+    balance.share.fill_(0.0)
+    dataset = _Images([collection.path(i) for i in collection.ids],
+                      [get_spec("squeezenet1_1").preprocess], jpeg_bytes=True, balance=balance)
+    loader = iter(torch.utils.data.DataLoader(dataset, batch_size=2, num_workers=1,
+                                              prefetch_factor=2, collate_fn=_collate))
+    batches = [next(loader)]
+    balance.share.fill_(1.0)  # batch 3 is asked of the worker once batch 1 is taken, after this
+    batches += list(loader)
+    assert batches[0].cpu_at == [] and len(batches) == 6
+    assert [b.cpu_at for b in batches[3:]] == [[0, 1]] * 3
+
+
+def test_decoding_ahead_rebalances_from_the_costs_it_measured(image_folder, monkeypatch):
+    import featbank.devicedecode as devicedecode
+    from featbank.extract import _batches_on_device
+
+    calls, real = [], devicedecode.balanced_share
+    monkeypatch.setattr(devicedecode, "balanced_share",
+                        lambda *a, **kw: calls.append((a, kw)) or real(*a, **kw))
+    balance = devicedecode.DecoderBalance(workers=1)
+    assert float(balance.share) == devicedecode.FIRST_PILLOW_SHARE
+    loader, pres, paths = _loader(image_folder, jpeg_bytes=True, workers=1, balance=balance)
+    batches = list(_batches_on_device(loader, pres, torch.device("cpu"), paths,
+                                      decode_ahead=True, balance=balance))
+    assert sum(len(b.reasons) for b, _, _ in batches) == 12
+    assert balance.device_images == sum(len(b.jpeg_at) for b, _, _ in batches) > 0
+    (read_s, pillow_s), (reads, pillows) = balance.costs.sum(0).unbind(-1)
+    assert reads == balance.device_images and pillows == 12 - reads > 0  # image 9 at least
+    # Once both paths had a cost, each device batch set the share from the costs so far.
+    assert calls and all(a == (1,) and kw["device_rate"] > 0 for a, kw in calls)
+    assert float(balance.share) == real(*calls[-1][0], **calls[-1][1])
+    assert calls[-1][1]["read"] == pytest.approx(float(read_s / reads), rel=0.5)
+    assert calls[-1][1]["pillow"] == pytest.approx(float(pillow_s / pillows), rel=0.5)
+
+
+def test_extract_reports_what_the_device_decoded(tmp_path, image_folder):
+    [cpu] = extract(from_folder(image_folder), _config(tmp_path / "cpu", workers=2))
+    [device] = extract(from_folder(image_folder),
+                       _config(tmp_path / "device", workers=2, decode="device"))
+    assert cpu.device_decoded is None and 0 < device.device_decoded < 12
+    ours, theirs = read_features(device.path), read_features(cpu.path)
+    assert ours.ids == theirs.ids
+    cosine = (ours.features * theirs.features).sum(1) / (
+        np.linalg.norm(ours.features, axis=1) * np.linalg.norm(theirs.features, axis=1))
+    assert cosine.min() > 0.98, cosine
