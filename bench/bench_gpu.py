@@ -221,7 +221,8 @@ def main():
 
 @contextlib.contextmanager
 def _no_pillow_share():
-    """Extraction with every JPEG to nvJPEG (the workers read at the module's globals)."""
+    """Extraction with every JPEG to nvJPEG (``DecoderBalance`` reads these two in the
+    main process, when it starts and when it re-balances)."""
     saved = devicedecode.FIRST_PILLOW_SHARE, devicedecode.MAX_PILLOW_SHARE
     devicedecode.FIRST_PILLOW_SHARE = devicedecode.MAX_PILLOW_SHARE = 0.0
     try:

@@ -51,7 +51,8 @@ class ExtractReport:
     # From the first decoded batch to the committed file: the steady pipeline,
     # without starting workers or loading the model (None when nothing was to do).
     stream_seconds: float | None = None
-    # With --decode device: the images nvJPEG decoded (the others went to Pillow).
+    # With --decode device: the images handed to nvJPEG (the others, and any it refused,
+    # were decoded by Pillow).
     device_decoded: int | None = None
 
 
@@ -194,7 +195,8 @@ def extract(collection: Collection, config: ExtractConfig) -> list[ExtractReport
                 f"waiting for another run that is writing {o.path}")))
         reports = _extract_locked(collection, config, specs, files, device)
     atomic_write_json(folder / "extract_config.json",
-                      {**asdict(config), "weights_exact": {n: w.exact for n, w in weights.items()}})
+                      {**asdict(config), "workers": resolve_workers(config.workers, device),
+                       "weights_exact": {n: w.exact for n, w in weights.items()}})
     write_skipped_list(folder, collection.missing, [f.path for f in files.values() if f.path.is_file()])
     return reports
 

@@ -43,6 +43,16 @@ def test_extract_writes_contract_file(tmp_path, image_folder):
     assert (tmp_path / "cache" / "images" / "extract_config.json").is_file()
 
 
+def test_the_saved_settings_name_the_workers_the_run_had(tmp_path, image_folder):
+    import json
+
+    from featbank.config import default_workers
+
+    extract(from_folder(image_folder), _config(tmp_path, workers=None))
+    saved = json.loads((tmp_path / "cache" / "images" / "extract_config.json").read_text())
+    assert saved["workers"] == default_workers("cpu") and saved["decode"] == "auto"
+
+
 def test_rerun_decodes_nothing_and_new_images_only(tmp_path, image_folder, count_decodes):
     extract(from_folder(image_folder), _config(tmp_path))
     first = read_features(tmp_path / "cache/images/features/squeezenet1_1__random.h5")
