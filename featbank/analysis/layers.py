@@ -30,7 +30,8 @@ def layers(collection: Collection, config: LayersConfig, *, warn=print) -> dict:
                           progress=config.progress)
     stages_a, stages_b = first.stages, second.stages
     ids = sample_ids(collection.ids, config.n, config.seed)
-    run = dict(device=device, batch_size=config.batch_size, workers=resolve_workers(config.workers, device),
+    run = dict(device=device, batch_size=config.batch_size,
+               workers=resolve_workers(config.workers, device),
                progress=progress_bar(config.progress), preprocess=first.preprocess)
     kept_a, outputs_a = stage_activations(first, collection, ids, stages_a, **run)
     kept_b, outputs_b = stage_activations(second, collection, ids, stages_b, **run)

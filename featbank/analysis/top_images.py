@@ -49,8 +49,8 @@ def top_images(collection: Collection, config: TopImagesConfig, *, warn=print) -
             kept, [x] = stage_activations(
                 network, collection, ids, [network.stages[stage.index - 1]],
                 device=device, batch_size=config.batch_size,
-                workers=resolve_workers(config.workers, device), progress=progress_bar(config.progress),
-                preprocess=networks[0].preprocess)
+                workers=resolve_workers(config.workers, device),
+                progress=progress_bar(config.progress), preprocess=networks[0].preprocess)
             if x is None:
                 raise ValueError(f"stage {stage.name} does not run in the eval forward pass; "
                                  "pick another --stage")
