@@ -52,6 +52,11 @@ _ORIENTATION_TAG = 0x0112
 # device keeps decoding some, so its rate stays measured.
 FIRST_PILLOW_SHARE = 0.1
 MAX_PILLOW_SHARE = 0.9
+# The balance weighs its costs by recency: a cost measured this many images ago
+# counts half. The share then follows a collection whose image sizes change
+# along its order, and the first batches' warm-up (nvJPEG's first call, workers
+# starting) fades instead of weighing on the whole run.
+BALANCE_HALF_LIFE = 4096
 _MODES = {"bilinear": "bilinear", "bicubic": "bicubic", "nearest": "nearest-exact"}
 
 
@@ -162,7 +167,8 @@ class DecoderBalance:
     device (``READ``) or decoding and resizing it with Pillow (``PILLOW``),
     into rows of a shared tensor, one per worker. The decoding thread times
     the device (``device_cost``) and then sets ``share``, the fraction of
-    JPEGs for Pillow, to :func:`balanced_share` of the costs so far. Image k
+    JPEGs for Pillow, to :func:`balanced_share` of the recent costs (each
+    weighed by 0.5 ** (images since / ``BALANCE_HALF_LIFE``)). Image k
     goes to Pillow when floor((k + 1) s) > floor(k s), which spreads the
     share evenly over the batches. With no worker processes the share is 0.
 
@@ -180,6 +186,10 @@ class DecoderBalance:
         # [process (0 = main, w + 1 = worker w), READ | PILLOW, (seconds, images)]
         self.costs = torch.zeros((workers + 1, 2, 2), dtype=torch.float64).share_memory_()
         self.device_seconds, self.device_images = 0.0, 0
+        # In the decoding thread: the workers' summed costs at the last re-balance, and
+        # the recent costs [READ, PILLOW, device] x (seconds, images), faded by age.
+        self._counted = np.zeros((2, 2))
+        self._recent = np.zeros((3, 2))
         self._views: tuple[np.ndarray, np.ndarray] | None = None
 
     def to_pillow(self, k: int) -> bool:
@@ -208,12 +218,17 @@ class DecoderBalance:
         """In the decoding thread: the device decoded ``images`` in ``seconds``; re-balance."""
         self.device_seconds += seconds
         self.device_images += images
-        seconds_by_path, images_by_path = self.costs.sum(0).unbind(-1)
-        if self.workers == 0 or self.device_seconds <= 0 or (images_by_path == 0).any():
+        counted = self._arrays()[1].sum(0)  # the workers' costs so far, [READ, PILLOW]
+        fresh = np.vstack([counted - self._counted, [[seconds, images]]])
+        self._counted = counted
+        fade = 0.5 ** ((fresh[1, 1] + images) / BALANCE_HALF_LIFE)  # images decoded since
+        measured = fresh[:, 1] > 0  # a path with no image since keeps its last cost
+        self._recent[measured] = self._recent[measured] * fade + fresh[measured]
+        seconds, n = self._recent.T  # by path: READ, PILLOW, device
+        if self.workers == 0 or (n == 0).any() or seconds[2] <= 0:
             return
-        read, pillow = (seconds_by_path / images_by_path).tolist()
-        self.share.fill_(balanced_share(self.workers, read=read, pillow=pillow,
-                                        device_rate=self.device_images / self.device_seconds))
+        self.share.fill_(balanced_share(self.workers, read=seconds[0] / n[0],
+                                        pillow=seconds[1] / n[1], device_rate=n[2] / seconds[2]))
 
 
 def balanced_share(workers: int, *, read: float, pillow: float, device_rate: float) -> float:

@@ -162,3 +162,29 @@ def test_cuda_device_decoding_matches_pillow(tmp_path, mixed_folder):
         np.linalg.norm(cpu.features, axis=1) * np.linalg.norm(device.features, axis=1))
     assert cosine.min() > 0.99, cosine
     assert get_spec("resnet18").feature_dim == cpu.features.shape[1]
+
+
+def test_the_share_follows_costs_that_change_along_the_collection():
+    """Recent costs weigh most: after 10 half-lives of larger images the share is theirs,
+    not the average of the whole run's."""
+    from featbank.devicedecode import BALANCE_HALF_LIFE
+
+    balance = DecoderBalance(workers=4)
+    rate, batch = 1_000.0, 256
+
+    def run(images: int, read: float, pillow: float) -> None:
+        for _ in range(images // batch):
+            to_pillow = round(batch * float(balance.share))
+            balance.costs[1, DecoderBalance.READ] += torch.tensor([read * (batch - to_pillow),
+                                                                    batch - to_pillow])
+            balance.costs[1, DecoderBalance.PILLOW] += torch.tensor([pillow * to_pillow,
+                                                                      to_pillow])
+            balance.device_cost(batch - to_pillow, (batch - to_pillow) / rate)
+
+    run(20 * BALANCE_HALF_LIFE, read=1e-4, pillow=2e-3)
+    small = balanced_share(4, read=1e-4, pillow=2e-3, device_rate=rate)
+    assert float(balance.share) == pytest.approx(small, rel=1e-6)
+    run(10 * BALANCE_HALF_LIFE, read=1e-4, pillow=1e-2)  # five times the pixels
+    large = balanced_share(4, read=1e-4, pillow=1e-2, device_rate=rate)
+    assert large < small / 2
+    assert float(balance.share) == pytest.approx(large, rel=0.01)
