@@ -69,7 +69,7 @@ def main(argv=None) -> None:
     rows = load_results(folder, warn=lambda m: print(m, file=sys.stderr))
     repeats = config.repeated()
     columns, records = build_table(rows, split_tag=[c.split.tag for c in repeats],
-                                   variant=[c.variant for c in repeats])
+                                   variant=[c.variant for c in repeats], folder=folder)
     print(to_markdown(columns, records))
     print(f"\n{TABLE_LEGEND}")
     notes = table_notes(columns, records)

@@ -15,12 +15,13 @@ from pathlib import Path
 
 import joblib
 import numpy as np
+from scipy.special import expit
 
 from .cache import FeatureSet, FeatureSource, safe_name, select_features
 from .collection import Collection
 from .config import ClassifyConfig, identity
 from .evaluate import (append_result, hits, latest_rows, load_results, metrics, result_row,
-                       write_reports)
+                       save_test_scores, write_reports)
 from .fileio import atomic_path
 from .heads import HEADS, class_scores, fit_head, make_head, n_parameters, resolve_heads
 from .tasks import Split, SplitSpec, load_or_make_split, subsample
@@ -72,6 +73,10 @@ def run_cell(*, folder: Path, collection: str, task: str, split: Split, entry: F
         joblib.dump(pipeline, tmp)
     write_reports(folder / "reports" / stem, y_te, classes[test_scores.argmax(1)], classes,
                   test_scores)
+    test_ids = [data.ids[k] for k in te]
+    paired = {"test_scores": save_test_scores(folder, f"reports/{stem}_test_scores.npz", test_ids,
+                                              y_te, test_scores, classes)} \
+        if split.multi_label else {}
     return result_row(
         collection=collection, backbone=entry.backbone, weights=entry.weights,
         weights_exact=entry.weights_exact, weights_label=entry.weights_label, task=task,
@@ -79,7 +84,7 @@ def run_cell(*, folder: Path, collection: str, task: str, split: Split, entry: F
         test=metrics(y_te, test_scores, classes, ci=True, seed=split.spec.seed), val=val,
         n_train=len(tr), n_val=len(va), n_test=len(te), n_classes=len(classes),
         feature_dim=entry.feature_dim, n_params=n_parameters(pipeline), seconds=seconds,
-        split_tag=split.spec.tag, test_ids=[data.ids[k] for k in te],
+        split_tag=split.spec.tag, test_ids=test_ids, **paired,
         test_hits=hits(y_te, test_scores, classes), cell=cell_key(collection, task, entry, head, config),
         split_group_by=split.spec.group_by, variant=config.variant,
         **{f"option_{k}": v for k, v in asdict(config.options).items()},
@@ -175,9 +180,6 @@ def _ensembles(folder: Path, collection: str, splits: dict[str, Split],
     sets: list = []  # the members' features, read once for every task and head
     new = []
     for task, head in ((t, h) for t in splits for h in heads):
-        if splits[task].multi_label:
-            warn(f"{task}: no ensemble for a multi-label task (not built yet)")
-            continue
         key = ensemble_key(collection, task, entries, head, config)
         if key in stored and not config.force:
             continue
@@ -188,29 +190,34 @@ def _ensembles(folder: Path, collection: str, splits: dict[str, Split],
         sets = sets or [e.read() for e in entries]
         row = run_ensemble(collection=collection, task=task, split=splits[task],
                            entries=entries, sets=sets, members=members, head=head,
-                           config=config, key=key)
+                           config=config, key=key, folder=folder)
         if append_result(folder, row, replace=config.force):
             new.append(row)
-            warn(f"{task} / {row['backbone']} / {head} ensemble: test top-1 {row['top1']:.3f} "
-                 f"(members: {', '.join(format(m['top1'], '.3f') for m in members)})")
+            metric = "mAP" if splits[task].multi_label else "top1"
+            warn(f"{task} / {row['backbone']} / {head} ensemble: test {metric} {row[metric]:.3f} "
+                 f"(members: {', '.join(format(m[metric], '.3f') for m in members)})")
     return new
 
 
 def run_ensemble(*, collection: str, task: str, split: Split, entries: list[FeatureSource],
                  sets: list[FeatureSet], members: list[dict], head: str,
-                 config: ClassifyConfig, key: str) -> dict:
+                 config: ClassifyConfig, key: str, folder: Path) -> dict:
     """Average the fitted member heads' class probabilities on the ids every member has.
 
     sets : each entry's features (``entry.read()``), read once by the caller for
     every task and head. Heads without probabilities (svm) contribute the
-    softmax of their decision scores. Returns the ensemble's results row.
+    softmax of their decision scores, or for a multi-label task (one binary
+    head per label) their sigmoid. Returns the ensemble's results row.
     """
     start = time.perf_counter()
     models = []
     for data, member in zip(sets, members):
         models.append((joblib.load(member["head_path"]), data.features,
                        {image_id: k for k, image_id in enumerate(data.ids)}))
-    classes = np.array(sorted(set().union(*(m[0].classes_ for m in models))), dtype=object)
+    if split.multi_label:  # every member's columns follow split.classes
+        classes = np.array(split.classes, dtype=object)
+    else:
+        classes = np.array(sorted(set().union(*(m[0].classes_ for m in models))), dtype=object)
 
     def averaged(part: str):
         ids, labels = split.select(part)
@@ -218,15 +225,26 @@ def run_ensemble(*, collection: str, task: str, split: Split, entries: list[Feat
         total = np.zeros((len(keep), len(classes)))
         for pipeline, features, index in models:
             rows = [index[ids[k]] for k in keep]
-            columns = np.searchsorted(classes, pipeline.classes_)
-            total[:, columns] += _probabilities(pipeline, features[rows])
-        return [ids[k] for k in keep], np.array([labels[k] for k in keep]), total / len(models)
+            columns = slice(None) if split.multi_label else \
+                np.searchsorted(classes, pipeline.classes_)
+            total[:, columns] += _probabilities(pipeline, features[rows], split.multi_label)
+        labels = [labels[k] for k in keep]
+        truth = split.indicator(labels) if split.multi_label else np.array(labels)
+        return [ids[k] for k in keep], truth, total / len(models)
 
     _, y_va, p_va = averaged("val")
     test_ids, y_te, p_te = averaged("test")
     seconds = sum(m["seconds"] for m in members) + time.perf_counter() - start
     scores = "probabilities" if all(hasattr(m[0], "predict_proba") for m in models) else \
-        "softmax of decision scores where a head has no probabilities"
+        (f"{'sigmoid' if split.multi_label else 'softmax'} of decision scores where a head "
+         "has no probabilities")
+    paired = {}
+    if split.multi_label:
+        digest = hashlib.sha256(key.encode()).hexdigest()[:8]
+        paired["test_scores"] = save_test_scores(
+            folder, f"reports/{safe_name(task)}/ensemble__{head}__{digest}_test_scores.npz",
+            test_ids, y_te, p_te, classes)
+    metric = "mAP" if split.multi_label else "top1"
     return result_row(
         collection=collection, backbone="+".join(e.backbone for e in entries),
         weights="+".join(e.weights for e in entries),
@@ -238,16 +256,20 @@ def run_ensemble(*, collection: str, task: str, split: Split, entries: list[Feat
         n_classes=len(classes), feature_dim=sum(e.feature_dim for e in entries),
         n_params=sum(m["n_params"] for m in members), seconds=seconds,
         split_tag=split.spec.tag, test_ids=test_ids, test_hits=hits(y_te, p_te, classes),
-        cell=key, variant=config.variant,
-        members=[{"backbone": m["backbone"], "weights": m["weights"], "top1": m["top1"]}
+        cell=key, variant=config.variant, **paired,
+        members=[{"backbone": m["backbone"], "weights": m["weights"], metric: m[metric]}
                  for m in members],
         member_top1=[m["top1"] for m in members], ensemble_scores=scores,
         features=" | ".join(e.paths for e in entries))
 
 
-def _probabilities(pipeline, X) -> np.ndarray:
+def _probabilities(pipeline, X, multi_label: bool = False) -> np.ndarray:
+    """Class probabilities, or where the head has none the softmax of its decision scores
+    (for a multi-label head, each label's sigmoid: the labels are separate problems)."""
     if hasattr(pipeline, "predict_proba"):
         return pipeline.predict_proba(X)
     scores = class_scores(pipeline, X)
+    if multi_label:
+        return expit(scores)
     scores = np.exp(scores - scores.max(axis=1, keepdims=True))
     return scores / scores.sum(axis=1, keepdims=True)

@@ -19,7 +19,8 @@ from sklearn.metrics import balanced_accuracy_score, classification_report, conf
 from .fileio import atomic_path, atomic_write_json, first_line, hold_lock
 from .plots import plot_confusion
 from .cache import weights_label
-from .stats import accuracy_ci, map_ci, mcnemar_p, mean_average_precision, pack_hits, unpack_hits
+from .stats import (accuracy_ci, map_ci, mcnemar_p, mean_average_precision, pack_hits,
+                    paired_map_p, unpack_hits)
 from .tasks import ids_digest
 
 RESULT_KEYS = ("backbone", "weights", "task", "method", "head", "split", "top1", "top5",
@@ -240,6 +241,35 @@ def write_reports(stem: Path, y_true, y_pred, classes, scores: np.ndarray | None
     plot_confusion(matrix, classes, Path(f"{stem}_confusion.png"))
 
 
+def save_test_scores(folder: Path, name: str, test_ids, truth: np.ndarray, scores: np.ndarray,
+                     classes) -> str:
+    """A multi-label row's per-image test scores, for the table's paired test of mAP:
+    ``<folder>/<name>``, an ``.npz`` of ``ids``, ``truth`` (0/1) and ``scores`` in
+    sorted-id order (as ``test_correct``), and ``classes``. Returns ``name``, the
+    row's ``test_scores`` (relative to the store's folder, which may move)."""
+    order = np.argsort(np.asarray(list(test_ids), dtype=str), kind="stable")
+    path = Path(folder) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(fh, ids=np.asarray(list(test_ids), dtype=str)[order],
+                            truth=np.asarray(truth, dtype=np.int8)[order],
+                            scores=np.asarray(scores, dtype=np.float32)[order],
+                            classes=np.asarray([str(c) for c in classes]))
+    return name
+
+
+def load_test_scores(folder: Path | None, row: dict) -> tuple[np.ndarray, np.ndarray] | None:
+    """(truth, scores) a row's ``test_scores`` file holds; None when it has none or the
+    file is gone or unreadable."""
+    if folder is None or not row.get("test_scores"):
+        return None
+    try:
+        with np.load(Path(folder) / row["test_scores"]) as data:
+            return data["truth"], data["scores"]
+    except (OSError, KeyError, ValueError):
+        return None
+
+
 # -- the table ----------------------------------------------------------------
 
 def latest_rows(rows: list[dict]) -> list[dict]:
@@ -250,10 +280,11 @@ def latest_rows(rows: list[dict]) -> list[dict]:
     return list(latest.values())
 
 
-SIGNIFICANCE = 0.05  # McNemar's exact test, for the table's marks
+SIGNIFICANCE = 0.05  # of the paired tests behind the table's marks
 TABLE_LEGEND = ("Test top-1 (mAP for multi-label tasks) ± half the 95 % bootstrap interval "
                 "(over --repeats: mean ± standard deviation); in bold, the cells of a row not "
-                "significantly worse than its best (McNemar's exact test, p >= 0.05).")
+                "significantly worse than its best (p >= 0.05: McNemar's exact test on top-1, "
+                "a paired bootstrap test on mAP).")
 
 # Settings that change a cell's result, as a column label shows them when they are not
 # the default: row key -> (default, how to write it).
@@ -292,7 +323,8 @@ def score_of(row: dict) -> tuple[str, float, list | None]:
 
 
 def build_table(rows: list[dict], *, split_tag: str | list[str] | None = None,
-                variant: str | list[str] | None = None) -> tuple[list[str], list[dict]]:
+                variant: str | list[str] | None = None, folder: Path | None = None
+                ) -> tuple[list[str], list[dict]]:
     """Rows task x backbone x weights; a column per head and its settings, per head ensemble
     (``--ensemble``: the row of the backbones it averages), plus fine-tuning.
 
@@ -301,7 +333,8 @@ def build_table(rows: list[dict], *, split_tag: str | list[str] | None = None,
     (mAP for a multi-label task) with, in ``spread``, the half-width of its 95 %
     bootstrap interval, or over repeats the mean and the standard deviation.
     ``marked`` lists the cells of a row not significantly worse than its best
-    (:func:`mark_cells`). Returns (columns, records).
+    (:func:`mark_cells`; mAP cells need their ``test_scores``, files in the store's
+    ``folder``). Returns (columns, records).
     """
     tags = [split_tag] if isinstance(split_tag, str) else split_tag
     variants = [variant] if isinstance(variant, str) else variant
@@ -336,31 +369,49 @@ def build_table(rows: list[dict], *, split_tag: str | list[str] | None = None,
             if members[0].get("tuned"):
                 record.setdefault("chosen", {})[column] = members[0]["tuned"]
         record["marked"] = mark_cells({c: min(m, key=lambda r: r["split_tag"])
-                                       for c, m in cells.items()}) if metric == "top1" else []
+                                       for c, m in cells.items()}, folder=folder)
         records.append(record)
     return ["task", "backbone", "weights", "dim", *heads], records
 
 
-def mark_cells(cells: dict[str, dict]) -> list[str]:
+def mark_cells(cells: dict[str, dict], *, folder: Path | None = None) -> list[str]:
     """The columns whose row is not significantly worse than the best one's: the best,
-    and those McNemar's exact test (paired hits on the same test images) cannot tell
-    from it at ``SIGNIFICANCE``. Rows without stored hits, or on other test images,
-    are not compared (and not marked)."""
-    paired = {c: r for c, r in cells.items() if r.get("test_correct")}
+    and those a paired test on the same test images cannot tell from it at
+    ``SIGNIFICANCE``: McNemar's exact test of top-1 hits (``test_correct``), or for
+    mAP a paired bootstrap test of the per-image scores (``test_scores``, files in
+    ``folder``). Rows without them, or on other test images, are not compared (and
+    not marked)."""
+    metric = score_of(next(iter(cells.values())))[0]
+    paired = {}
+    for column, row in cells.items():
+        if metric == "top1" and row.get("test_correct"):
+            paired[column] = unpack_hits(row["test_correct"], row["n_test"])
+        elif metric == "mAP" and (stored := load_test_scores(folder, row)) is not None:
+            paired[column] = stored
     if not paired:
         return []
-    best_column = max(paired, key=lambda c: paired[c]["top1"])
-    best = paired[best_column]
-    n = best["n_test"]
-    best_hits = unpack_hits(best["test_correct"], n)
+    best_column = max(paired, key=lambda c: score_of(cells[c])[1])
+    best, best_data = cells[best_column], paired[best_column]
     marked = []
-    for column, row in paired.items():
-        if row.get("test_ids_sha256") != best.get("test_ids_sha256"):
+    for column, data in paired.items():
+        if cells[column].get("test_ids_sha256") != best.get("test_ids_sha256"):
             continue
-        if column == best_column or \
-                mcnemar_p(best_hits, unpack_hits(row["test_correct"], n)) >= SIGNIFICANCE:
-            marked.append(column)
+        if column != best_column:
+            p = _paired_p(metric, best_data, data)
+            if p is None or p < SIGNIFICANCE:
+                continue
+        marked.append(column)
     return marked
+
+
+def _paired_p(metric: str, best, other) -> float | None:
+    """p-value of the paired test of ``metric``; None when the two cannot be paired."""
+    if metric == "top1":
+        return mcnemar_p(best, other)
+    (truth, best_scores), (other_truth, other_scores) = best, other
+    if not np.array_equal(truth, other_truth):  # other labels (a changed task)
+        return None
+    return paired_map_p(truth, best_scores, other_scores)
 
 
 def _cell(value) -> str:

@@ -38,7 +38,8 @@ from .backbones import BackboneSpec, get_spec
 from .cache import safe_name
 from .collection import Collection
 from .config import FinetuneConfig, digest, identity
-from .evaluate import append_result, hits, load_results, metrics, result_row, write_reports
+from .evaluate import (append_result, hits, load_results, metrics, result_row, save_test_scores,
+                       write_reports)
 from .fileio import atomic_path, atomic_write_json, hold_lock
 from .images import decode_views, min_decode_size, normalize
 from .inference import resolve_device, resolve_workers, training_autocast
@@ -392,11 +393,16 @@ class _Run:
                                     seed=self.split.spec.seed)
         write_reports(self.folder / "test", truth, classes[scores.argmax(1)], classes, scores)
         tested = [i for i, ok in zip(self.data["test"].ids, decodable) if ok]
-        return self._row(results, history, tested, hits(truth, scores, classes))
-
+        paired = {}
+        if self.split.multi_label:  # the store's folder holds the run folders
+            store = Path(self.config.cache_root) / self.collection.name
+            paired["test_scores"] = save_test_scores(
+                store, str((self.folder / "test_scores.npz").relative_to(store)), tested, truth,
+                scores, classes)
+        return self._row(results, history, tested, hits(truth, scores, classes), **paired)
 
     def _row(self, results: dict, history: list[dict], test_ids: list[str],
-             test_hits: np.ndarray) -> dict:
+             test_hits: np.ndarray, **extra) -> dict:
         c, data = self.config, self.data
         return result_row(
             collection=self.collection.name, backbone=self.spec.name, weights=self.init.id,
@@ -412,7 +418,7 @@ class _Run:
                              "fine-tuning", self.digest]),
             split_group_by=self.split.spec.group_by, freeze=c.freeze, init=c.init, epochs_run=history[-1]["epoch"],
             best_epoch=min(history, key=lambda h: h["val_loss"])["epoch"],
-            trunk_path=str(self.folder / "trunk.pth"), run=str(self.folder))
+            trunk_path=str(self.folder / "trunk.pth"), run=str(self.folder), **extra)
 
 
 def _prepare(collection: Collection, config: FinetuneConfig, log) -> _Run:
@@ -475,9 +481,11 @@ def _train_and_test(run: _Run, collection: Collection, config: FinetuneConfig, l
     folder = Path(config.cache_root) / collection.name
     stored = [r for r in load_results(folder) if r.get("cell") == row["cell"]
               and r.get("epochs_run") == row["epochs_run"]]
-    if stored:
+    # The stored row stands, unless it lacks the per-image scores this one brings (a row
+    # from before they were kept); a run continued with more epochs supersedes its cell's row.
+    if stored and ("test_scores" in stored[-1] or "test_scores" not in row):
         row = stored[-1]
-    else:  # a run continued with more epochs supersedes its cell's row
+    else:
         append_result(folder, row, replace=True)
     return FinetuneResult(run.folder, row, history, resumed_from)
 

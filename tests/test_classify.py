@@ -6,8 +6,9 @@ import pytest
 from featbank.cache import feature_files, read_features
 from featbank.classify import ClassifyConfig, classify
 from featbank.collection import load_metadata
-from featbank.evaluate import RESULT_KEYS, load_results
+from featbank.evaluate import RESULT_KEYS, build_table, load_results, load_test_scores
 from featbank.heads import HeadOptions
+from featbank.stats import mean_average_precision
 from featbank.tasks import SplitSpec, subsample
 from conftest import write_toy_cache
 
@@ -186,8 +187,9 @@ def test_ensemble_averages_member_probabilities(tmp_path):
                                      ensemble=True))
 
 
-def _multi_label_cache(cache, n=150, dim=24, seed=0):
-    """Images tagged ``style;setting`` (3 styles x 2 settings), features encoding both."""
+def _multi_label_cache(cache, n=150, dim=24, seed=0, backbones=("resnet18",)):
+    """Images tagged ``style;setting`` (3 styles x 2 settings), features encoding both
+    (each backbone's with noise of its own)."""
     from featbank.cache import FeatureFile, feature_path
     from featbank.collection import Collection, save_metadata
 
@@ -200,14 +202,16 @@ def _multi_label_cache(cache, n=150, dim=24, seed=0):
                             multi_label={"tags": ";"})
     folder = cache / "ml"
     save_metadata(collection, folder)
-    X = np.c_[np.eye(3)[style] * 2, np.eye(2)[setting] * 2, np.zeros((n, dim - 5))]
-    X = (X + rng.normal(size=X.shape)).astype(np.float32)
-    attrs = {"backbone": "resnet18", "feature_dim": dim, "weights": "random", "input_size": 224,
-             "mean": [0.5] * 3, "std": [0.5] * 3, "resize": "squash", "crop_pct": 1.0,
-             "interpolation": "bilinear", "dtype": "float32", "collection": "ml"}
-    out = FeatureFile(feature_path(cache, "ml", "resnet18", "random"), attrs)
-    out.add_batch(ids, X)
-    out.merge()
+    signal = np.c_[np.eye(3)[style] * 2, np.eye(2)[setting] * 2, np.zeros((n, dim - 5))]
+    for backbone in backbones:
+        X = (signal + rng.normal(size=signal.shape)).astype(np.float32)
+        attrs = {"backbone": backbone, "feature_dim": dim, "weights": "random",
+                 "input_size": 224, "mean": [0.5] * 3, "std": [0.5] * 3, "resize": "squash",
+                 "crop_pct": 1.0, "interpolation": "bilinear", "dtype": "float32",
+                 "collection": "ml"}
+        out = FeatureFile(feature_path(cache, "ml", backbone, "random"), attrs)
+        out.add_batch(ids, X)
+        out.merge()
     return folder
 
 
@@ -225,10 +229,53 @@ def test_multi_label_task_scored_by_map_with_every_head(tmp_path):
         assert row["top1_ci"][0] <= row["top1"] <= row["top1_ci"][1]
         pipeline = joblib.load(row["head_path"])
         assert type(pipeline[-1]).__name__ == "OneVsRestClassifier"
+        truth, scores = load_test_scores(folder, row)  # for the table's paired test
+        assert len(truth) == row["n_test"]
+        assert mean_average_precision(truth, scores)[0] == pytest.approx(row["mAP"], abs=1e-6)
+    [record] = build_table(rows, folder=folder)[1]
+    best = max(rows, key=lambda r: r["mAP"])["head"]
+    assert best in record["marked"] and len(record["marked"]) < 5
     per_class = next((folder / "reports" / "tags").glob("*logreg*_per_class.csv")).read_text()
     assert per_class.startswith("class,average_precision,positives")
     split = (folder / "splits").glob("tags__*.csv")
     assert any("a;indoor" in p.read_text() for p in split)
+
+
+def test_multi_label_ensemble_averages_each_labels_probability(tmp_path):
+    from scipy.special import expit
+
+    from featbank.heads import class_scores
+    from featbank.tasks import load_or_make_split
+
+    folder = _multi_label_cache(tmp_path, backbones=("resnet18", "alexnet"))
+    collection = load_metadata(folder)
+    config = _config(tmp_path, heads="logreg,svm", tasks="tags", backbones="resnet18,alexnet",
+                     ensemble=True)
+    rows = classify(collection, config, warn=lambda m: None)
+    ensembles = {r["head"]: r for r in rows if r["method"] == "ensemble"}
+    assert sorted(ensembles) == ["logreg", "svm"]
+    split = load_or_make_split(collection, "tags", config.split, folder)
+    ids, labels = split.select("test")
+    Y = split.indicator(labels)
+    for head, row in ensembles.items():  # by hand, from the stored member heads
+        members = [r for r in rows if r["method"] == "off-the-shelf" and r["head"] == head]
+        total = 0
+        for member in members:
+            data = read_features(member["features"])
+            pipeline = joblib.load(member["head_path"])
+            X = data.features[[data.ids.index(i) for i in ids]]
+            # svm has no probabilities: each label's sigmoid of its decision score
+            total = total + (pipeline.predict_proba(X) if head == "logreg"
+                             else expit(class_scores(pipeline, X)))
+        assert row["mAP"] == pytest.approx(mean_average_precision(Y, total / 2)[0])
+        assert row["mAP"] > max(m["mAP"] for m in members)  # the noise of each backbone averages out
+        assert [m["mAP"] for m in row["members"]] == [m["mAP"] for m in members]
+        assert load_test_scores(folder, row)[1].shape == (len(ids), 5)
+    assert ensembles["svm"]["ensemble_scores"].startswith("sigmoid")
+    columns, records = build_table(load_results(folder), folder=folder)
+    [both] = [r for r in records if r["backbone"] == "resnet18+alexnet"]
+    assert both["task"] == "tags (mAP)" and both["marked"]
+    assert both["logreg ensemble"] == pytest.approx(ensembles["logreg"]["mAP"])
 
 
 def test_grouped_repeats_name_their_splits(tmp_path):

@@ -177,3 +177,29 @@ def test_multi_label_metrics_and_reports(tmp_path):
     write_reports(tmp_path / "cell", Y, None, ["a", "b", "c", "d"], scores)
     lines = (tmp_path / "cell_per_class.csv").read_text().splitlines()
     assert lines[0] == "class,average_precision,positives" and len(lines) == 5
+
+
+def test_map_cells_are_marked_by_a_paired_test_of_their_stored_scores(tmp_path):
+    from featbank.evaluate import load_test_scores, save_test_scores
+    from featbank.stats import mean_average_precision
+
+    rng = np.random.default_rng(6)
+    ids = [f"im{k:03d}" for k in rng.permutation(300)]  # stored in sorted-id order
+    Y = (rng.random((300, 5)) < 0.3).astype(int)
+    noise = rng.normal(0, 1, Y.shape)
+    scores = {"logreg": Y + noise, "svm": Y + noise + rng.normal(0, 0.05, Y.shape),
+              "knn": Y * 0.3 + noise}
+    rows = []
+    for head, s in scores.items():
+        name = save_test_scores(tmp_path, f"reports/tags/{head}_test_scores.npz", ids, Y, s,
+                                list("abcde"))
+        rows.append(_row(head=head, cell=head, task="tags", mAP=mean_average_precision(Y, s)[0],
+                         test_ids_sha256="same", test_scores=name))
+    rows.append(_row(head="rf", cell="rf", task="tags", mAP=0.99, test_ids_sha256="same",
+                     test_scores="reports/tags/gone.npz"))  # its file is gone: not compared
+    truth, stored = load_test_scores(tmp_path, rows[0])
+    order = np.argsort(ids)
+    assert np.array_equal(truth, Y[order]) and np.allclose(stored, scores["logreg"][order])
+    columns, records = build_table(rows, split_tag="t", variant="v", folder=tmp_path)
+    assert records[0]["task"] == "tags (mAP)" and sorted(records[0]["marked"]) == ["logreg", "svm"]
+    assert build_table(rows, split_tag="t", variant="v")[1][0]["marked"] == []  # no folder

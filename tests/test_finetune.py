@@ -8,7 +8,8 @@ import featbank.finetune as ft
 from featbank.backbones import BACKBONES, get_spec
 from featbank.classify import ClassifyConfig, classify
 from featbank.collection import from_folder, from_manifest
-from featbank.evaluate import build_table, load_results
+from featbank.evaluate import build_table, load_results, load_test_scores
+from featbank.stats import mean_average_precision
 from featbank.extract import ExtractConfig, extract
 from featbank.finetune import (FineTuneNet, FinetuneConfig, apply_freeze, finetune, frozen_count,
                                he_uniform_)
@@ -204,6 +205,11 @@ def test_multi_label_task_trains_with_binary_cross_entropy(tmp_path, tagged):
     assert all("val_mAP" in h for h in result.history)
     per_class = (result.folder / "test_per_class.csv").read_text().splitlines()
     assert per_class[0] == "class,average_precision,positives" and len(per_class) == 4
+    store = tmp_path / "cache" / tagged.name  # the paired test of mAP reads the scores there
+    assert row["test_scores"] == f"finetune/{result.folder.name}/test_scores.npz"
+    truth, scores = load_test_scores(store, row)
+    assert truth.shape == scores.shape == (row["n_test"], 3)
+    assert mean_average_precision(truth, scores)[0] == pytest.approx(row["mAP"], abs=1e-6)
     run = _prepare_quietly(tagged, config)
     assert isinstance(run.loss_fn, torch.nn.BCEWithLogitsLoss)
     targets = run.data["train"].targets  # float 0/1 rows, columns in class order

@@ -3,7 +3,7 @@ import pytest
 from sklearn.metrics import average_precision_score
 
 from featbank.stats import (accuracy_ci, average_precision, map_ci, mcnemar_p, pack_hits,
-                            resample_counts, unpack_hits)
+                            paired_map_p, resample_counts, unpack_hits)
 
 
 def test_resample_counts_draw_n_rows_with_replacement():
@@ -51,6 +51,29 @@ def test_mcnemar_known_answers():
     c = b.copy()
     c[:5] = True  # 5 vs 0 discordant: p = 2 / 32
     assert mcnemar_p(a, c) == pytest.approx(0.0625)
+
+
+def test_paired_map_test_sees_a_consistent_difference_that_the_intervals_overlap_on():
+    rng = np.random.default_rng(4)
+    Y = (rng.random((400, 6)) < 0.3).astype(int)
+    a = Y + rng.normal(0, 1, Y.shape)
+    b = a.copy()
+    positives = np.argwhere(Y == 1)
+    worse = positives[rng.random(len(positives)) < 0.2]
+    b[worse[:, 0], worse[:, 1]] -= 0.5  # b ranks a fifth of the positives lower than a does
+    assert map_ci(Y, b)[1] > map_ci(Y, a)[0]  # the unpaired intervals overlap
+    assert paired_map_p(Y, a, b) < 0.01 and paired_map_p(Y, b, a) == paired_map_p(Y, a, b)
+    assert paired_map_p(Y, a, a) == 1.0
+
+
+def test_paired_map_test_rejects_equal_rankers_about_5_percent_of_the_time():
+    rng = np.random.default_rng(5)
+    p = []
+    for _ in range(100):
+        Y = (rng.random((150, 5)) < 0.3).astype(int)
+        p.append(paired_map_p(Y, Y + rng.normal(0, 1, Y.shape), Y + rng.normal(0, 1, Y.shape),
+                              resamples=500))
+    assert 1 <= np.sum(np.array(p) < 0.05) <= 12  # binomial(100, 0.05): 5 +- 2.2
 
 
 def test_hits_pack_and_unpack():
