@@ -74,14 +74,14 @@ def run_cell(*, folder: Path, collection: str, task: str, split: Split, entry: F
     write_reports(folder / "reports" / stem, y_te, classes[test_scores.argmax(1)], classes,
                   test_scores)
     test_ids = [data.ids[k] for k in te]
+    test = metrics(y_te, test_scores, classes, ci=True, seed=split.spec.seed)
     paired = {"test_scores": save_test_scores(folder, f"reports/{stem}_test_scores.npz", test_ids,
-                                              y_te, test_scores, classes)} \
+                                              y_te, test_scores, classes, test, split.spec.seed)} \
         if split.multi_label else {}
     return result_row(
         collection=collection, backbone=entry.backbone, weights=entry.weights,
         weights_exact=entry.weights_exact, weights_label=entry.weights_label, task=task,
-        method="off-the-shelf", head=head,
-        test=metrics(y_te, test_scores, classes, ci=True, seed=split.spec.seed), val=val,
+        method="off-the-shelf", head=head, test=test, val=val,
         n_train=len(tr), n_val=len(va), n_test=len(te), n_classes=len(classes),
         feature_dim=entry.feature_dim, n_params=n_parameters(pipeline), seconds=seconds,
         split_tag=split.spec.tag, test_ids=test_ids, **paired,
@@ -238,20 +238,20 @@ def run_ensemble(*, collection: str, task: str, split: Split, entries: list[Feat
     scores = "probabilities" if all(hasattr(m[0], "predict_proba") for m in models) else \
         (f"{'sigmoid' if split.multi_label else 'softmax'} of decision scores where a head "
          "has no probabilities")
+    test = metrics(y_te, p_te, classes, ci=True, seed=split.spec.seed)
     paired = {}
     if split.multi_label:
         digest = hashlib.sha256(key.encode()).hexdigest()[:8]
         paired["test_scores"] = save_test_scores(
             folder, f"reports/{safe_name(task)}/ensemble__{head}__{digest}_test_scores.npz",
-            test_ids, y_te, p_te, classes)
+            test_ids, y_te, p_te, classes, test, split.spec.seed)
     metric = "mAP" if split.multi_label else "top1"
     return result_row(
         collection=collection, backbone="+".join(e.backbone for e in entries),
         weights="+".join(e.weights for e in entries),
         weights_exact="+".join(e.weights_exact for e in entries),
         weights_label=" + ".join(e.weights_label for e in entries), task=task, method="ensemble",
-        head=head, test=metrics(y_te, p_te, classes, ci=True, seed=split.spec.seed),
-        val=metrics(y_va, p_va, classes),
+        head=head, test=test, val=metrics(y_va, p_va, classes),
         n_train=max(m["n_train"] for m in members), n_val=len(y_va), n_test=len(y_te),
         n_classes=len(classes), feature_dim=sum(e.feature_dim for e in entries),
         n_params=sum(m["n_params"] for m in members), seconds=seconds,

@@ -19,8 +19,9 @@ from sklearn.metrics import balanced_accuracy_score, classification_report, conf
 from .fileio import atomic_path, atomic_write_json, first_line, hold_lock
 from .plots import plot_confusion
 from .cache import weights_label
-from .stats import (accuracy_ci, map_ci, mcnemar_p, mean_average_precision, pack_hits,
-                    paired_map_p, unpack_hits)
+from .stats import (RESAMPLES, accuracy_ci, map_resamples, mcnemar_p, mean_average_precision,
+                    pack_hits, paired_map_p, paired_p, percentile_interval, resamples_digest,
+                    unpack_hits)
 from .tasks import ids_digest
 
 RESULT_KEYS = ("backbone", "weights", "task", "method", "head", "split", "top1", "top5",
@@ -58,7 +59,9 @@ def metrics(y_true, scores: np.ndarray, classes, *, ci: bool = False, seed: int 
     (macro average precision over the classes present; the per-class AP is in
     the reports, :func:`write_reports`); its top-k counts a row right when one of its classes is among the
     k highest scores, and balanced accuracy and F1 (single-label measures) are
-    None. ``ci`` adds 95 % bootstrap intervals ``top1_ci`` (and ``mAP_ci``).
+    None. ``ci`` adds 95 % bootstrap intervals ``top1_ci`` (and ``mAP_ci``, with
+    ``mAP_resamples``, the mAP of each resample, for :func:`save_test_scores`; a
+    results row leaves it out).
     """
     y_true = np.asarray(y_true)
     right = hits(y_true, scores, classes)
@@ -70,7 +73,8 @@ def metrics(y_true, scores: np.ndarray, classes, *, ci: bool = False, seed: int 
                "balanced_accuracy": None, "macro_f1": None,
                "mAP": mean_average_precision(y_true, scores)[0]}
         if ci:
-            out["mAP_ci"] = map_ci(y_true, scores, seed=seed)
+            out["mAP_resamples"] = map_resamples(y_true, scores, seed=seed)
+            out["mAP_ci"] = percentile_interval(out["mAP_resamples"])
     else:
         y_pred = np.asarray(classes)[scores.argmax(axis=1)]
         out = {"top1": float(right.mean()),
@@ -107,7 +111,8 @@ def result_row(*, collection: str, backbone: str, weights: str, weights_exact: s
 
     return {"collection": collection, "backbone": backbone, "weights": weights,
             "weights_exact": weights_exact, "task": task, "method": method, "head": head,
-            "split": "test", **test, **{f"val_{k}": v for k, v in val.items()},
+            "split": "test", **{k: v for k, v in test.items() if k != "mAP_resamples"},
+            **{f"val_{k}": v for k, v in val.items()},
             "n_train": int(n_train), "n_val": int(n_val), "n_test": int(n_test),
             "n_classes": int(n_classes), "feature_dim": int(feature_dim),
             "n_params": int(n_params), "seconds": round(float(seconds), 3),
@@ -242,30 +247,35 @@ def write_reports(stem: Path, y_true, y_pred, classes, scores: np.ndarray | None
 
 
 def save_test_scores(folder: Path, name: str, test_ids, truth: np.ndarray, scores: np.ndarray,
-                     classes) -> str:
+                     classes, test: dict, seed: int) -> str:
     """A multi-label row's per-image test scores, for the table's paired test of mAP:
     ``<folder>/<name>``, an ``.npz`` of ``ids``, ``truth`` (0/1) and ``scores`` in
-    sorted-id order (as ``test_correct``), and ``classes``. Returns ``name``, the
-    row's ``test_scores`` (relative to the store's folder, which may move)."""
-    order = np.argsort(np.asarray(list(test_ids), dtype=str), kind="stable")
+    sorted-id order (as ``test_correct``), ``classes``, and the mAP of each
+    bootstrap resample (``test["mAP_resamples"]``, drawn with ``seed``) with the
+    resamples' digest: cells of a row with equal digests are paired at no cost.
+    Returns ``name``, the row's ``test_scores`` (relative to the store's folder,
+    which may move)."""
+    ids = np.asarray(list(test_ids), dtype=str)
+    order = np.argsort(ids, kind="stable")
     path = Path(folder) / name
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.savez_compressed(fh, ids=np.asarray(list(test_ids), dtype=str)[order],
-                            truth=np.asarray(truth, dtype=np.int8)[order],
+        np.savez_compressed(fh, ids=ids[order], truth=np.asarray(truth, dtype=np.int8)[order],
                             scores=np.asarray(scores, dtype=np.float32)[order],
-                            classes=np.asarray([str(c) for c in classes]))
+                            classes=np.asarray([str(c) for c in classes]),
+                            map_resamples=test["mAP_resamples"],
+                            resamples_digest=resamples_digest(len(ids), seed=seed))
     return name
 
 
-def load_test_scores(folder: Path | None, row: dict) -> tuple[np.ndarray, np.ndarray] | None:
-    """(truth, scores) a row's ``test_scores`` file holds; None when it has none or the
-    file is gone or unreadable."""
+def load_test_scores(folder: Path | None, row: dict) -> dict[str, np.ndarray] | None:
+    """The arrays of a row's ``test_scores`` file (:func:`save_test_scores`); None when it
+    has none or the file is gone or unreadable."""
     if folder is None or not row.get("test_scores"):
         return None
     try:
         with np.load(Path(folder) / row["test_scores"]) as data:
-            return data["truth"], data["scores"]
+            return {key: data[key] for key in data.files}
     except (OSError, KeyError, ValueError):
         return None
 
@@ -408,10 +418,13 @@ def _paired_p(metric: str, best, other) -> float | None:
     """p-value of the paired test of ``metric``; None when the two cannot be paired."""
     if metric == "top1":
         return mcnemar_p(best, other)
-    (truth, best_scores), (other_truth, other_scores) = best, other
-    if not np.array_equal(truth, other_truth):  # other labels (a changed task)
+    if not np.array_equal(best["truth"], other["truth"]):  # other labels (a changed task)
         return None
-    return paired_map_p(truth, best_scores, other_scores)
+    digest = best.get("resamples_digest")
+    if digest is not None and str(digest) == str(other.get("resamples_digest")) and \
+            len(best["map_resamples"]) == len(other["map_resamples"]) == RESAMPLES:
+        return paired_p(best["map_resamples"], other["map_resamples"])
+    return paired_map_p(best["truth"], best["scores"], other["scores"])
 
 
 def _cell(value) -> str:

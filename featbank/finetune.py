@@ -398,7 +398,7 @@ class _Run:
             store = Path(self.config.cache_root) / self.collection.name
             paired["test_scores"] = save_test_scores(
                 store, str((self.folder / "test_scores.npz").relative_to(store)), tested, truth,
-                scores, classes)
+                scores, classes, results["test"], self.split.spec.seed)
         return self._row(results, history, tested, hits(truth, scores, classes), **paired)
 
     def _row(self, results: dict, history: list[dict], test_ids: list[str],

@@ -8,11 +8,13 @@ interval is a matrix product.
 from __future__ import annotations
 
 import base64
+import hashlib
 
 import numpy as np
 
 RESAMPLES = 1000  # the issue's minimum; percentile intervals need no more at 95 %
 LEVEL = 0.95
+CHUNK = 100  # resamples drawn at a time (a chunk of counts is CHUNK x n)
 
 
 def resample_counts(n: int, resamples: int, rng: np.random.Generator) -> np.ndarray:
@@ -21,20 +23,43 @@ def resample_counts(n: int, resamples: int, rng: np.random.Generator) -> np.ndar
     return np.bincount(picks.ravel(), minlength=resamples * n).reshape(resamples, n)
 
 
-def bootstrap_ci(statistic, n: int, *, resamples: int = RESAMPLES, seed: int = 0,
-                 level: float = LEVEL, chunk: int = 100) -> list[float]:
-    """Percentile interval ``[low, high]`` of ``statistic`` over seeded bootstrap resamples.
+def bootstrap_values(statistic, n: int, *, resamples: int = RESAMPLES, seed: int = 0
+                     ) -> np.ndarray:
+    """``statistic`` of each seeded bootstrap resample of n rows: array (resamples,).
 
-    statistic : counts (b, n) -> (b,) values, the statistic of each resample.
+    statistic : counts (b, n) -> (b,) values. The same (n, resamples, seed) draw
+    the same resamples (``resamples_digest`` tells), so statistics of two models
+    computed apart are paired resample by resample.
     """
-    if n == 0:
-        return [float("nan"), float("nan")]
     rng = np.random.default_rng(seed)
-    values = np.concatenate([statistic(resample_counts(n, min(chunk, resamples - start), rng))
-                             for start in range(0, resamples, chunk)])
+    return np.concatenate([statistic(resample_counts(n, min(CHUNK, resamples - start), rng))
+                           for start in range(0, resamples, CHUNK)])
+
+
+def resamples_digest(n: int, *, resamples: int = RESAMPLES, seed: int = 0) -> str:
+    """A fingerprint of the resamples :func:`bootstrap_values` draws (its first chunk):
+    values with equal digests were computed on the same resamples."""
+    counts = resample_counts(n, min(CHUNK, resamples), np.random.default_rng(seed))
+    return hashlib.sha256(counts.astype(np.int64).tobytes()).hexdigest()[:16]
+
+
+def percentile_interval(values: np.ndarray, level: float = LEVEL) -> list[float]:
+    """The central ``level`` percentile interval ``[low, high]`` of bootstrap values."""
+    if len(values) == 0:
+        return [float("nan"), float("nan")]
     tail = 100 * (1 - level) / 2
     low, high = np.nanpercentile(values, [tail, 100 - tail])
     return [float(low), float(high)]
+
+
+def bootstrap_ci(statistic, n: int, *, resamples: int = RESAMPLES, seed: int = 0,
+                 level: float = LEVEL) -> list[float]:
+    """Percentile interval ``[low, high]`` of ``statistic`` over seeded bootstrap resamples
+    (see :func:`bootstrap_values`)."""
+    if n == 0:
+        return [float("nan"), float("nan")]
+    return percentile_interval(bootstrap_values(statistic, n, resamples=resamples, seed=seed),
+                               level)
 
 
 def accuracy_ci(hits: np.ndarray, **kwargs) -> list[float]:
@@ -79,38 +104,45 @@ def mean_average_precision(Y: np.ndarray, scores: np.ndarray) -> tuple[float, np
     return float(np.nanmean(per_class)), per_class
 
 
-def map_ci(Y: np.ndarray, scores: np.ndarray, **kwargs) -> list[float]:
-    """Bootstrap interval of the mean average precision."""
+def map_resamples(Y: np.ndarray, scores: np.ndarray, *, resamples: int = RESAMPLES,
+                  seed: int = 0) -> np.ndarray:
+    """Mean average precision of each seeded bootstrap resample of the test images:
+    array (resamples,). Classes with no positive among the test images are left out."""
     Y = np.asarray(Y)
+    if len(Y) == 0:
+        return np.empty(0)
     keep = Y.sum(axis=0) > 0
     Y, scores = Y[:, keep], np.asarray(scores)[:, keep]
-    return bootstrap_ci(lambda counts: np.nanmean(average_precision(Y, scores, counts), axis=1),
-                        len(Y), **kwargs)
+    return bootstrap_values(lambda counts: np.nanmean(average_precision(Y, scores, counts), axis=1),
+                            len(Y), resamples=resamples, seed=seed)
 
 
-def paired_map_p(Y: np.ndarray, a: np.ndarray, b: np.ndarray, *, resamples: int = RESAMPLES,
-                 seed: int = 0, chunk: int = 100) -> float:
-    """Two-sided paired bootstrap test of mean average precision: p-value that scores
-    ``a`` and ``b`` (n, k) of the same test images rank them equally well.
+def map_ci(Y: np.ndarray, scores: np.ndarray, **kwargs) -> list[float]:
+    """Bootstrap interval of the mean average precision."""
+    return percentile_interval(map_resamples(Y, scores, **kwargs))
+
+
+def paired_p(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sided paired bootstrap test from two models' statistics on the same resamples
+    (:func:`bootstrap_values` with equal n, resamples and seed): p-value that they are
+    equal.
 
     Every resample draws the same images for both, so what the two share (hard
     images, rare labels) cancels, as in McNemar's test. p is twice the smaller
-    fraction of resamples in which one's mAP is at least the other's: the level
-    at which the percentile interval of the difference would just reach 0
-    (Efron & Tibshirani, ch. 16; Sakai 2006 for IR measures). Classes with no
-    positive among the test images are left out, as in :func:`map_ci`.
+    fraction of resamples in which one's statistic is at least the other's: the
+    level at which the percentile interval of the difference would just reach 0
+    (Efron & Tibshirani, ch. 16; Sakai 2006 for IR measures).
     """
-    Y = np.asarray(Y)
-    keep = Y.sum(axis=0) > 0
-    Y, a, b = Y[:, keep], np.asarray(a)[:, keep], np.asarray(b)[:, keep]
-    rng = np.random.default_rng(seed)
-    differences = []
-    for start in range(0, resamples, chunk):
-        counts = resample_counts(len(Y), min(chunk, resamples - start), rng)
-        differences.append(np.nanmean(average_precision(Y, a, counts), axis=1)
-                           - np.nanmean(average_precision(Y, b, counts), axis=1))
-    d = np.concatenate(differences)
+    d = np.asarray(a) - np.asarray(b)
     return float(min(1.0, 2 * min(np.mean(d <= 0), np.mean(d >= 0))))
+
+
+def paired_map_p(Y: np.ndarray, a: np.ndarray, b: np.ndarray, *, resamples: int = RESAMPLES,
+                 seed: int = 0) -> float:
+    """Paired bootstrap test of mean average precision (:func:`paired_p`): p-value that
+    scores ``a`` and ``b`` (n, k) of the same test images rank them equally well."""
+    return paired_p(map_resamples(Y, a, resamples=resamples, seed=seed),
+                    map_resamples(Y, b, resamples=resamples, seed=seed))
 
 
 def mcnemar_p(a: np.ndarray, b: np.ndarray) -> float:

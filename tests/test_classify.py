@@ -229,9 +229,10 @@ def test_multi_label_task_scored_by_map_with_every_head(tmp_path):
         assert row["top1_ci"][0] <= row["top1"] <= row["top1_ci"][1]
         pipeline = joblib.load(row["head_path"])
         assert type(pipeline[-1]).__name__ == "OneVsRestClassifier"
-        truth, scores = load_test_scores(folder, row)  # for the table's paired test
-        assert len(truth) == row["n_test"]
-        assert mean_average_precision(truth, scores)[0] == pytest.approx(row["mAP"], abs=1e-6)
+        stored = load_test_scores(folder, row)  # for the table's paired test
+        assert len(stored["truth"]) == row["n_test"] and len(stored["map_resamples"]) == 1000
+        assert mean_average_precision(stored["truth"], stored["scores"])[0] == \
+            pytest.approx(row["mAP"], abs=1e-6)
     [record] = build_table(rows, folder=folder)[1]
     best = max(rows, key=lambda r: r["mAP"])["head"]
     assert best in record["marked"] and len(record["marked"]) < 5
@@ -270,7 +271,7 @@ def test_multi_label_ensemble_averages_each_labels_probability(tmp_path):
         assert row["mAP"] == pytest.approx(mean_average_precision(Y, total / 2)[0])
         assert row["mAP"] > max(m["mAP"] for m in members)  # the noise of each backbone averages out
         assert [m["mAP"] for m in row["members"]] == [m["mAP"] for m in members]
-        assert load_test_scores(folder, row)[1].shape == (len(ids), 5)
+        assert load_test_scores(folder, row)["scores"].shape == (len(ids), 5)
     assert ensembles["svm"]["ensemble_scores"].startswith("sigmoid")
     columns, records = build_table(load_results(folder), folder=folder)
     [both] = [r for r in records if r["backbone"] == "resnet18+alexnet"]

@@ -179,9 +179,10 @@ def test_multi_label_metrics_and_reports(tmp_path):
     assert lines[0] == "class,average_precision,positives" and len(lines) == 5
 
 
-def test_map_cells_are_marked_by_a_paired_test_of_their_stored_scores(tmp_path):
+def test_map_cells_are_marked_by_a_paired_test_of_their_stored_scores(tmp_path, monkeypatch):
+    from featbank import evaluate
     from featbank.evaluate import load_test_scores, save_test_scores
-    from featbank.stats import mean_average_precision
+    from featbank.stats import map_resamples, paired_map_p, percentile_interval
 
     rng = np.random.default_rng(6)
     ids = [f"im{k:03d}" for k in rng.permutation(300)]  # stored in sorted-id order
@@ -191,15 +192,30 @@ def test_map_cells_are_marked_by_a_paired_test_of_their_stored_scores(tmp_path):
               "knn": Y * 0.3 + noise}
     rows = []
     for head, s in scores.items():
+        test = metrics(Y, s, list("abcde"), ci=True, seed=3)
         name = save_test_scores(tmp_path, f"reports/tags/{head}_test_scores.npz", ids, Y, s,
-                                list("abcde"))
-        rows.append(_row(head=head, cell=head, task="tags", mAP=mean_average_precision(Y, s)[0],
+                                list("abcde"), test, seed=3)
+        rows.append(_row(head=head, cell=head, task="tags", mAP=test["mAP"],
                          test_ids_sha256="same", test_scores=name))
     rows.append(_row(head="rf", cell="rf", task="tags", mAP=0.99, test_ids_sha256="same",
                      test_scores="reports/tags/gone.npz"))  # its file is gone: not compared
-    truth, stored = load_test_scores(tmp_path, rows[0])
+    stored = load_test_scores(tmp_path, rows[0])
     order = np.argsort(ids)
-    assert np.array_equal(truth, Y[order]) and np.allclose(stored, scores["logreg"][order])
+    assert np.array_equal(stored["truth"], Y[order])
+    assert np.allclose(stored["scores"], scores["logreg"][order])
+    # the resamples behind mAP_ci, stored: the table pairs cells without recomputing them
+    assert np.array_equal(stored["map_resamples"], map_resamples(Y, scores["logreg"], seed=3))
+    assert percentile_interval(stored["map_resamples"]) == \
+        metrics(Y, scores["logreg"], list("abcde"), ci=True, seed=3)["mAP_ci"]
     columns, records = build_table(rows, split_tag="t", variant="v", folder=tmp_path)
     assert records[0]["task"] == "tags (mAP)" and sorted(records[0]["marked"]) == ["logreg", "svm"]
     assert build_table(rows, split_tag="t", variant="v")[1][0]["marked"] == []  # no folder
+    for row in rows[:3]:  # resamples that differ: the test recomputes them from the scores
+        arrays = load_test_scores(tmp_path, row)
+        with open(tmp_path / row["test_scores"], "wb") as fh:
+            np.savez(fh, **{**arrays, "resamples_digest": np.asarray(row["head"])})
+    recomputed = []
+    monkeypatch.setattr(evaluate, "paired_map_p",
+                        lambda *a, **kw: recomputed.append(1) or paired_map_p(*a, **kw))
+    [record] = build_table(rows, split_tag="t", variant="v", folder=tmp_path)[1]
+    assert sorted(record["marked"]) == ["logreg", "svm"] and len(recomputed) == 2

@@ -207,9 +207,11 @@ def test_multi_label_task_trains_with_binary_cross_entropy(tmp_path, tagged):
     assert per_class[0] == "class,average_precision,positives" and len(per_class) == 4
     store = tmp_path / "cache" / tagged.name  # the paired test of mAP reads the scores there
     assert row["test_scores"] == f"finetune/{result.folder.name}/test_scores.npz"
-    truth, scores = load_test_scores(store, row)
-    assert truth.shape == scores.shape == (row["n_test"], 3)
-    assert mean_average_precision(truth, scores)[0] == pytest.approx(row["mAP"], abs=1e-6)
+    stored = load_test_scores(store, row)
+    assert stored["truth"].shape == stored["scores"].shape == (row["n_test"], 3)
+    assert mean_average_precision(stored["truth"], stored["scores"])[0] == \
+        pytest.approx(row["mAP"], abs=1e-6)
+    assert "mAP_resamples" not in row and len(stored["map_resamples"]) == 1000
     run = _prepare_quietly(tagged, config)
     assert isinstance(run.loss_fn, torch.nn.BCEWithLogitsLoss)
     targets = run.data["train"].targets  # float 0/1 rows, columns in class order
