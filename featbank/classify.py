@@ -21,7 +21,7 @@ from .cache import FeatureSet, FeatureSource, safe_name, select_features
 from .collection import Collection
 from .config import ClassifyConfig, identity
 from .evaluate import (append_result, hits, latest_rows, load_results, metrics, result_row,
-                       save_test_scores, write_reports)
+                       save_test_scores, score_of, write_reports)
 from .fileio import atomic_path
 from .heads import HEADS, class_scores, fit_head, make_head, n_parameters, resolve_heads
 from .tasks import Split, SplitSpec, load_or_make_split, subsample
@@ -193,9 +193,9 @@ def _ensembles(folder: Path, collection: str, splits: dict[str, Split],
                            config=config, key=key, folder=folder)
         if append_result(folder, row, replace=config.force):
             new.append(row)
-            metric = "mAP" if splits[task].multi_label else "top1"
-            warn(f"{task} / {row['backbone']} / {head} ensemble: test {metric} {row[metric]:.3f} "
-                 f"(members: {', '.join(format(m[metric], '.3f') for m in members)})")
+            metric, value, _ = score_of(row)
+            warn(f"{task} / {row['backbone']} / {head} ensemble: test {metric} {value:.3f} "
+                 f"(members: {', '.join(format(score_of(m)[1], '.3f') for m in members)})")
     return new
 
 
@@ -245,7 +245,6 @@ def run_ensemble(*, collection: str, task: str, split: Split, entries: list[Feat
         paired["test_scores"] = save_test_scores(
             folder, f"reports/{safe_name(task)}/ensemble__{head}__{digest}_test_scores.npz",
             test_ids, y_te, p_te, classes, test, split.spec.seed)
-    metric = "mAP" if split.multi_label else "top1"
     return result_row(
         collection=collection, backbone="+".join(e.backbone for e in entries),
         weights="+".join(e.weights for e in entries),
@@ -257,8 +256,8 @@ def run_ensemble(*, collection: str, task: str, split: Split, entries: list[Feat
         n_params=sum(m["n_params"] for m in members), seconds=seconds,
         split_tag=split.spec.tag, test_ids=test_ids, test_hits=hits(y_te, p_te, classes),
         cell=key, variant=config.variant, **paired,
-        members=[{"backbone": m["backbone"], "weights": m["weights"], metric: m[metric]}
-                 for m in members],
+        members=[{"backbone": m["backbone"], "weights": m["weights"],
+                  score_of(m)[0]: score_of(m)[1]} for m in members],
         member_top1=[m["top1"] for m in members], ensemble_scores=scores,
         features=" | ".join(e.paths for e in entries))
 

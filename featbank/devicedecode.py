@@ -185,7 +185,7 @@ class DecoderBalance:
         self.share = torch.full((), first, dtype=torch.float64).share_memory_()
         # [process (0 = main, w + 1 = worker w), READ | PILLOW, (seconds, images)]
         self.costs = torch.zeros((workers + 1, 2, 2), dtype=torch.float64).share_memory_()
-        self.device_seconds, self.device_images = 0.0, 0
+        self.device_images = 0  # decoded by the device so far
         # In the decoding thread: the workers' summed costs at the last re-balance, and
         # the recent costs [READ, PILLOW, device] x (seconds, images), faded by age.
         self._counted = np.zeros((2, 2))
@@ -216,7 +216,6 @@ class DecoderBalance:
 
     def device_cost(self, images: int, seconds: float) -> None:
         """In the decoding thread: the device decoded ``images`` in ``seconds``; re-balance."""
-        self.device_seconds += seconds
         self.device_images += images
         counted = self._arrays()[1].sum(0)  # the workers' costs so far, [READ, PILLOW]
         fresh = np.vstack([counted - self._counted, [[seconds, images]]])
