@@ -43,6 +43,12 @@ def get_args_parser():
                              "device = JPEGs by nvJPEG on the GPU, a share of them by Pillow "
                              "when the workers have time (experimental, see README); "
                              "auto = cpu for now (default: auto)")
+    parser.add_argument("--jpeg-decoder", default=d["jpeg_decoder"],
+                        choices=["auto", "torchcodec", "torchvision"],
+                        help="with --decode device, the library that calls nvJPEG: auto = "
+                             "torchcodec when installed (pip install 'featbank[gpu]'), else "
+                             "torchvision's decoder, deprecated since torchvision 0.29 "
+                             "(default: auto)")
     parser.add_argument("--engine", default=d["engine"], choices=["local", "ray"],
                         help="local: this machine; ray: Ray Data over a Ray cluster "
                              "(pip install 'featbank[ray]') (default: local)")
@@ -61,7 +67,8 @@ def main(argv=None) -> None:
     config = ExtractConfig(backbones=args.backbone, weights=args.weights, cache_root=args.cache,
                            batch_size=args.batch_size, workers=args.workers, device=args.device,
                            dtype=args.dtype, precision=args.precision, decode=args.decode,
-                           engine=args.engine, ray_address=args.ray_address,
+                           jpeg_decoder=args.jpeg_decoder, engine=args.engine,
+                           ray_address=args.ray_address,
                            ray_actors=args.ray_actors, progress=not args.no_progress)
     collection = collection_for_extraction(**source_of(args))
     from featbank.extract import extract  # torch: imported once the arguments are known good
@@ -71,7 +78,8 @@ def main(argv=None) -> None:
         print(f"{report.backbone}: {report.n_rows} rows ({report.n_new} new, "
               f"{report.n_skipped} undecodable) -> {report.path} [{report.seconds:.1f} s]")
     if reports and reports[0].device_decoded is not None:
-        print(f"{reports[0].device_decoded} images decoded on the device, the others by Pillow")
+        print(f"{reports[0].device_decoded} images decoded on the device "
+              f"({reports[0].jpeg_decoder}), the others by Pillow")
     if collection.ignored:
         print(f"{collection.ignored} hidden or system files ignored (.DS_Store, Thumbs.db, "
               "__MACOSX/, dotfiles); undecodable files are listed in "

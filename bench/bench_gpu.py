@@ -11,7 +11,8 @@ reuses a small real collection K times (hard links, so ids stay distinct).
   workers it takes to feed a forward pass;
 - decode only: featbank's loader (workers read bytes) + nvJPEG batch decode
   + resize to 224 on the device, a batch ahead in a thread; no model, and no
-  share for Pillow: what nvJPEG does alone;
+  share for Pillow: what nvJPEG does alone; once per JPEG decoder library
+  (TorchCodec's, torchvision's; ``--jpeg-decoder``), as is end to end;
 - forward only: ResNet50 on uint8 batches already on the GPU (normalise,
   channels_last, bf16 autocast, features copied back), featbank's own runner;
 - end to end: ``extract()`` into a fresh cache, from the first decoded batch
@@ -42,6 +43,7 @@ from featbank import devicedecode
 from featbank.backbones import get_spec
 from featbank.config import default_workers
 from featbank.collection import Collection, from_folder
+from featbank.devicedecode import JPEG_DECODERS, jpeg_decoder
 from featbank.extract import ExtractConfig, _batches_on_device, _collate, _Images, extract
 from featbank.inference import TrunkRunner
 from featbank.trunks import load_trunk
@@ -110,11 +112,11 @@ def _rate(batches, *, cuda: bool) -> float:
 
 
 def decode_rate(collection: Collection, device: torch.device, *, batch_size: int,
-                workers: int) -> float:
+                workers: int, decoder: str) -> float:
     """img/s of extraction's own device decoding (nvJPEG + resize, a batch ahead), no model."""
     loader, pres, paths = _loader(collection, batch_size=batch_size, workers=workers,
                                   jpeg_bytes=True, pin=True)
-    batches = _batches_on_device(loader, pres, device, paths, decode_ahead=True)
+    batches = _batches_on_device(loader, pres, device, paths, decode_ahead=True, decoder=decoder)
     return _rate((batch for batch, _, _ in batches), cuda=True)
 
 
@@ -133,7 +135,8 @@ def forward_rate(runner: TrunkRunner, n: int, batch_size: int) -> float:
 
 
 def end_to_end(collection: Collection, *, batch_size: int, workers: int, device: str,
-               precision: str, decode: str = "device") -> tuple[float, float, float | None]:
+               precision: str, decode: str = "device",
+               jpeg_decoder: str = "auto") -> tuple[float, float, float | None]:
     """(img/s from the first batch to the committed file, img/s of the whole call,
     share of the images decoded by Pillow with ``decode="device"``).
 
@@ -145,7 +148,8 @@ def end_to_end(collection: Collection, *, batch_size: int, workers: int, device:
     with tempfile.TemporaryDirectory() as cache:
         config = ExtractConfig(backbones="resnet50", weights="random", cache_root=cache,
                                batch_size=batch_size, workers=workers, device=device,
-                               precision=precision, decode=decode, progress=False)
+                               precision=precision, decode=decode, progress=False,
+                               jpeg_decoder=jpeg_decoder)
         extract(warm, config)
         [report] = extract(collection, config)
     assert report.n_rows == len(collection), report
@@ -165,6 +169,10 @@ def main():
     parser.add_argument("--decode", default="device", choices=["device", "cpu"],
                         help="end to end with nvJPEG (device, the default) or Pillow in the "
                              "workers (cpu)")
+    parser.add_argument("--jpeg-decoder", default="all",
+                        choices=["all", "auto", *JPEG_DECODERS],
+                        help="the library that calls nvJPEG, for decode only and end to end "
+                             "with --decode device (default: all: each one that imports)")
     parser.add_argument("--watchdog", type=float, default=0,
                         help="dump every thread's stack and exit after this many seconds")
     args = parser.parse_args()
@@ -203,20 +211,39 @@ def main():
         forward = forward_rate(runner, len(collection), args.batch_size)
         precision = "bf16" if runner.autocast is not None else "fp32"
         print(f"{'forward only (' + precision + ')':<28}{forward:>10.0f} img/s", flush=True)
-        decode = decode_rate(collection, device, batch_size=args.batch_size, workers=args.workers)
-        print(f"{'decode only':<28}{decode:>10.0f} img/s", flush=True)
         run = dict(batch_size=args.batch_size, workers=args.workers, device="cuda",
                    precision=precision, decode=args.decode)
-        if args.decode == "device":  # first without Pillow's share: nvJPEG alone
-            with _no_pillow_share():
-                alone, wall, _ = end_to_end(collection, **run)
-            print(f"{'end to end, nvJPEG alone':<28}{alone:>10.0f} img/s   ({wall:.0f} img/s "
-                  "counting worker start and model load)", flush=True)
-        fast, wall, pillow = end_to_end(collection, **run)
-    what = "end to end" + (f", Pillow {pillow:.0%}" if pillow is not None else "")
-    print(f"{what:<28}{fast:>10.0f} img/s   ({wall:.0f} img/s counting worker start "
-          "and model load)")
-    print(f"ratio end to end / forward only: {fast / forward:.2f}")
+        if args.decode == "cpu":
+            fast, wall, _ = end_to_end(collection, **run)
+            _print_end_to_end("end to end (Pillow)", fast, wall, forward)
+            return
+        for decoder in _decoders(args.jpeg_decoder):
+            decode = decode_rate(collection, device, batch_size=args.batch_size,
+                                 workers=args.workers, decoder=decoder)
+            print(f"{'decode only, ' + decoder:<28}{decode:>10.0f} img/s", flush=True)
+            with _no_pillow_share():  # first without Pillow's share: nvJPEG alone
+                alone, wall, _ = end_to_end(collection, **run, jpeg_decoder=decoder)
+            _print_end_to_end(f"end to end, {decoder} alone", alone, wall, forward)
+            fast, wall, pillow = end_to_end(collection, **run, jpeg_decoder=decoder)
+            _print_end_to_end(f"end to end, {decoder} + Pillow {pillow:.0%}", fast, wall, forward)
+
+
+def _decoders(choice: str) -> list[str]:
+    """The JPEG decoder libraries to measure: ``all`` = each one that imports."""
+    if choice != "all":
+        return [jpeg_decoder(choice)[0]]
+    found = []
+    for name in JPEG_DECODERS:
+        try:
+            found.append(jpeg_decoder(name)[0])
+        except ValueError as err:
+            print(f"{name}: not measured; {err}")
+    return found
+
+
+def _print_end_to_end(what: str, rate: float, wall: float, forward: float) -> None:
+    print(f"{what:<36}{rate:>10.0f} img/s   ({wall:.0f} img/s counting worker start and "
+          f"model load); ratio end to end / forward only: {rate / forward:.2f}", flush=True)
 
 
 @contextlib.contextmanager

@@ -106,8 +106,11 @@ class ExtractConfig:
     precision: str = "auto"
     # cpu: Pillow in the DataLoader workers; device: nvJPEG on the GPU for the JPEGs
     # Pillow has no time for (devicedecode.DecoderBalance), the rest by Pillow.
-    # auto = cpu for now (see extract._decode_on_device).
+    # auto = cpu for now (see extract._device_decoder).
     decode: str = runtime("auto")
+    # With --decode device, the library that calls nvJPEG: auto = torchcodec when it
+    # imports, else torchvision (devicedecode.jpeg_decoder).
+    jpeg_decoder: str = runtime("auto")
     engine: str = runtime("local")  # local: this machine; ray: Ray Data (extract_ray.py)
     ray_address: str | None = runtime(None)  # None: RAY_ADDRESS, else a local Ray
     ray_actors: int | None = runtime(None)  # trunk actors; None: one per GPU, else one
@@ -121,6 +124,10 @@ class ExtractConfig:
         _choice("--dtype", self.dtype, ("float32", "float16"))
         _choice("--precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
         _choice("--decode", self.decode, ("auto", "cpu", "device"))
+        _choice("--jpeg-decoder", self.jpeg_decoder, ("auto", "torchcodec", "torchvision"))
+        if self.jpeg_decoder != "auto" and self.decode != "device":
+            raise ValueError("--jpeg-decoder chooses nvJPEG's library for --decode device; "
+                             f"it has no use with --decode {self.decode}")
         _choice("--engine", self.engine, ("local", "ray"))
         if self.ray_actors is not None:
             _at_least("--ray-actors", self.ray_actors, 1)

@@ -1,9 +1,11 @@
 """JPEG decoding and resizing on the device: the GPU fast path of extraction.
 
 DataLoader workers only read a file's bytes and look at its JPEG header
-(``device_decodable``); a batch of such files is decoded in one call to nvJPEG
-through ``torchvision.io.decode_jpeg(list, device="cuda")``, which uses the
-hardware JPEG engines of A100 / H100 GPUs for baseline JPEGs. ``resize_views``
+(``device_decodable``); a batch of such files is decoded in one call to nvJPEG,
+which uses the hardware JPEG engines of A100 / H100 GPUs for baseline JPEGs.
+Two libraries make that call (``jpeg_decoder``): TorchCodec's
+``decode_jpeg(list, device="cuda")``, the maintained one, and torchvision's,
+deprecated since torchvision 0.29 in favour of TorchCodec's. ``resize_views``
 then gives every image the geometry of its backbone's ``Preprocess`` on the
 device, so the spec stays the single source of truth for both paths.
 
@@ -32,6 +34,8 @@ import math
 import time
 import warnings
 from collections import defaultdict
+from functools import lru_cache
+from typing import Callable
 
 import numpy as np
 import torch
@@ -40,6 +44,7 @@ from PIL import Image
 from torch.utils.data import get_worker_info
 
 from .backbones import Preprocess
+from .fileio import first_line
 
 JPEG_START = b"\xff\xd8\xff"
 JPEG_END = b"\xff\xd9"
@@ -78,25 +83,74 @@ def device_resizable(pre: Preprocess) -> bool:
     return pre.interpolation in _MODES and pre.resize in ("squash", "center_crop")
 
 
-def decode_jpegs(encoded: list[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:
-    """Decode 1-D uint8 CPU tensors of JPEG bytes to (3, H, W) uint8 RGB on ``device``.
+JpegDecode = Callable[[list[torch.Tensor], torch.device], list[torch.Tensor]]
 
-    One batched call; if it fails, each image is tried alone and the ones the
-    decoder refuses come back as ``None`` (the caller decodes them on the CPU).
-    """
+
+def _torchcodec() -> JpegDecode:
+    from torchcodec.decoders import decode_jpeg
+
+    return lambda encoded, device: decode_jpeg(encoded, mode="RGB", device=device)
+
+
+def _torchvision() -> JpegDecode:
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    with warnings.catch_warnings():  # torchvision >= 0.29 marks its decoders deprecated
-        warnings.simplefilter("ignore")
-        try:
-            return list(decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device))
-        except RuntimeError:
-            return [_decode_one(data, device, decode_jpeg, ImageReadMode.RGB) for data in encoded]
+    def decode(encoded, device):
+        with warnings.catch_warnings():  # deprecated since torchvision 0.29
+            warnings.simplefilter("ignore")
+            return decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)
+    return decode
 
 
-def _decode_one(data, device, decode_jpeg, mode) -> torch.Tensor | None:
+# The libraries that call nvJPEG for a batch, in the order ``auto`` tries them.
+JPEG_DECODERS: dict[str, Callable[[], JpegDecode]] = {"torchcodec": _torchcodec,
+                                                       "torchvision": _torchvision}
+
+
+@lru_cache(maxsize=None)
+def jpeg_decoder(name: str = "auto") -> tuple[str, JpegDecode]:
+    """(name, decode) of the batched JPEG decoder ``name``; decode(list of 1-D uint8 CPU
+    tensors, device) -> (3, H, W) uint8 RGB tensors on ``device``.
+
+    ``auto``: TorchCodec's when it imports (``pip install 'featbank[gpu]'``), else
+    torchvision's. A named decoder that does not import is a ValueError that says why.
+    """
+    if name == "auto":
+        for candidate in JPEG_DECODERS:
+            try:
+                return jpeg_decoder(candidate)
+            except ValueError:
+                continue
+        raise ValueError("no JPEG decoder imports: neither torchcodec nor torchvision.io")
+    if name not in JPEG_DECODERS:
+        raise ValueError(f"unknown JPEG decoder {name!r}; use auto, "
+                         + " or ".join(JPEG_DECODERS))
     try:
-        return decode_jpeg(data, mode=mode, device=device)
+        return name, JPEG_DECODERS[name]()
+    except (ImportError, OSError, RuntimeError) as err:  # absent, or built for another torch
+        hint = " (pip install 'featbank[gpu]')" if name == "torchcodec" else ""
+        raise ValueError(f"the {name} JPEG decoder does not import: {first_line(err)}"
+                         f"{hint}") from err
+
+
+def decode_jpegs(encoded: list[torch.Tensor], device: torch.device,
+                 decoder: str = "auto") -> list[torch.Tensor | None]:
+    """Decode 1-D uint8 CPU tensors of JPEG bytes to (3, H, W) uint8 RGB on ``device``.
+
+    One batched call to ``jpeg_decoder(decoder)``; if it fails, each image is
+    tried alone and the ones the decoder refuses come back as ``None`` (the
+    caller decodes them on the CPU).
+    """
+    _, decode = jpeg_decoder(decoder)
+    try:
+        return list(decode(encoded, device))
+    except RuntimeError:
+        return [_decode_one(data, device, decode) for data in encoded]
+
+
+def _decode_one(data: torch.Tensor, device: torch.device, decode: JpegDecode) -> torch.Tensor | None:
+    try:
+        return decode([data], device)[0]
     except RuntimeError:
         return None
 

@@ -28,7 +28,7 @@ from .cache import FeatureFile, count_rows, feature_path, file_attrs, read_skipp
 from .collection import Collection, save_metadata
 from .config import ExtractConfig
 from .devicedecode import (DecoderBalance, decode_jpegs, device_decodable, device_index,
-                           device_resizable, resize_views)
+                           device_resizable, jpeg_decoder, resize_views)
 from .fileio import atomic_write_json, hold_lock
 from .images import decode_views, min_decode_size
 from .inference import (TrunkRunner, autocast_dtype, backbone_share, resolve_device,
@@ -52,8 +52,9 @@ class ExtractReport:
     # without starting workers or loading the model (None when nothing was to do).
     stream_seconds: float | None = None
     # With --decode device: the images handed to nvJPEG (the others, and any it refused,
-    # were decoded by Pillow).
+    # were decoded by Pillow), and the library that called it.
     device_decoded: int | None = None
+    jpeg_decoder: str | None = None
 
 
 class _Images(Dataset):
@@ -146,13 +147,16 @@ def _stack_views(views: list[torch.Tensor]) -> torch.Tensor:
     return default_collate([v.permute(1, 2, 0) for v in views]).permute(0, 3, 1, 2)
 
 
-def _device_views(batch: _Batch, pres: list, device: torch.device,
-                  paths: list[Path]) -> tuple[list[torch.Tensor], list[str]]:
-    """One (B, 3, S, S) uint8 tensor per geometry on ``device``, and the reasons."""
+def _device_views(batch: _Batch, pres: list, device: torch.device, paths: list[Path],
+                  decoder: str = "auto") -> tuple[list[torch.Tensor], list[str]]:
+    """One (B, 3, S, S) uint8 tensor per geometry on ``device``, and the reasons.
+
+    decoder : the library that decodes the batch's JPEG bytes (``jpeg_decoder``).
+    """
     reasons = list(batch.reasons)
     if len(batch.cpu_at) == len(reasons):  # everything decoded by Pillow
         return [v.to(device, non_blocking=True) for v in batch.cpu_views], reasons
-    decoded = decode_jpegs(batch.jpegs(), device) if batch.jpeg_at else []
+    decoded = decode_jpegs(batch.jpegs(), device, decoder) if batch.jpeg_at else []
     if len(batch.jpeg_at) == len(reasons) and all(image is not None for image in decoded):
         return [resize_views(decoded, pre) for pre in pres], reasons  # the GPU's usual case
     views = [torch.zeros((len(reasons), 3, p.input_size, p.input_size), dtype=torch.uint8,
@@ -179,6 +183,7 @@ def extract(collection: Collection, config: ExtractConfig) -> list[ExtractReport
     """Fill the cache for every backbone of ``config``; returns one report per backbone."""
     device = resolve_device(config.device)  # a missing GPU is an error even with nothing to do
     specs = [get_spec(name) for name in config.backbones]
+    decoder = _device_decoder(config, specs)
     weights = {s.name: resolve_weights(s, config.weights) for s in specs}
     folder = Path(config.cache_root) / collection.name
     save_metadata(collection, folder)
@@ -193,15 +198,17 @@ def extract(collection: Collection, config: ExtractConfig) -> list[ExtractReport
         for out in sorted(files.values(), key=lambda f: f.path):  # one order: no deadlock
             held.enter_context(hold_lock(out.lock_path, on_wait=lambda o=out: tqdm.write(
                 f"waiting for another run that is writing {o.path}")))
-        reports = _extract_locked(collection, config, specs, files, device)
+        reports = _extract_locked(collection, config, specs, files, device, decoder)
     atomic_write_json(folder / "extract_config.json",
                       {**asdict(config), "workers": resolve_workers(config.workers, device),
+                       "jpeg_decoder": decoder,
                        "weights_exact": {n: w.exact for n, w in weights.items()}})
     write_skipped_list(folder, collection.missing, [f.path for f in files.values() if f.path.is_file()])
     return reports
 
 
-def _extract_locked(collection, config: ExtractConfig, specs, files: dict, device):
+def _extract_locked(collection, config: ExtractConfig, specs, files: dict, device,
+                    decoder: str | None):
     started = time.perf_counter()
     todo = {}
     for spec in specs:
@@ -219,18 +226,19 @@ def _extract_locked(collection, config: ExtractConfig, specs, files: dict, devic
         run_ray(collection, pending, specs, files, todo, config)
     elif pending:
         first_batch_at, device_decoded = _run(collection, pending, specs, files, todo, config,
-                                              device)
+                                              device, decoder)
     for out in files.values():
         out.merge()
     stream = None if first_batch_at is None else time.perf_counter() - first_batch_at
     seconds = time.perf_counter() - started
     return [_report(spec.name, files[spec.name].path, len(todo[spec.name]), seconds, stream,
-                    device_decoded) for spec in specs]
+                    device_decoded, decoder) for spec in specs]
 
 
 def _run(collection, pending, specs, files, todo, config: ExtractConfig,
-         device: torch.device) -> tuple[float | None, int | None]:
-    """Decode, forward and write the ``pending`` ids.
+         device: torch.device, decoder: str | None) -> tuple[float | None, int | None]:
+    """Decode, forward and write the ``pending`` ids; ``decoder``: the JPEG decoder
+    with ``--decode device``, else None.
 
     Returns when the first batch arrived, and with ``--decode device`` how many
     images the device decoded.
@@ -239,7 +247,7 @@ def _run(collection, pending, specs, files, todo, config: ExtractConfig,
     pres, view_of = shared_views(specs)
     runners = {s.name: TrunkRunner(s, load_trunk(s, config.weights, progress=config.progress), device, autocast) for s in specs}
     paths = [collection.path(i) for i in pending]
-    on_device = _decode_on_device(config, pres)
+    on_device = decoder is not None
     workers = resolve_workers(config.workers, device)
     balance = DecoderBalance(workers) if on_device else None
     loader = DataLoader(_Images(paths, pres, jpeg_bytes=on_device, balance=balance),
@@ -253,7 +261,8 @@ def _run(collection, pending, specs, files, todo, config: ExtractConfig,
                  desc=f"{collection.name}: {', '.join(runners)}") as bar:
         queued: deque[Future] = deque()
         for batch, views, reasons in _batches_on_device(loader, pres, device, paths,
-                                                         decode_ahead=on_device, balance=balance):
+                                                         decode_ahead=on_device, balance=balance,
+                                                         decoder=decoder or "auto"):
             first_batch_at = first_batch_at or time.perf_counter()
             ids = [pending[k] for k in batch.index.tolist()]
             for spec in specs:
@@ -269,7 +278,8 @@ def _run(collection, pending, specs, files, todo, config: ExtractConfig,
 
 
 def _batches_on_device(loader, pres: list, device: torch.device, paths: list[Path], *,
-                       decode_ahead: bool, balance: DecoderBalance | None = None
+                       decode_ahead: bool, balance: DecoderBalance | None = None,
+                       decoder: str = "auto"
                        ) -> Iterator[tuple[_Batch, list[torch.Tensor], list[str]]]:
     """(batch, its views on ``device``, reasons) for each batch of ``loader``, in order.
 
@@ -283,7 +293,7 @@ def _batches_on_device(loader, pres: list, device: torch.device, paths: list[Pat
     """
     if not decode_ahead:
         for batch in loader:
-            yield (batch, *_device_views(batch, pres, device, paths))
+            yield (batch, *_device_views(batch, pres, device, paths, decoder))
         return
     stream, consumer = None, None
     if device.type == "cuda":
@@ -293,11 +303,13 @@ def _batches_on_device(loader, pres: list, device: torch.device, paths: list[Pat
     def prepare(batch: _Batch):
         started = time.perf_counter()
         with torch.cuda.stream(stream) if stream is not None else nullcontext():
-            views, reasons = _device_views(batch, pres, device, paths)
+            views, reasons = _device_views(batch, pres, device, paths, decoder)
         if stream is not None:
             # The decoded images were freed on return, and their memory may go
-            # to the next batch, which nvJPEG writes on a stream of its own:
-            # the resizes reading them must be done before it decodes again.
+            # to the next batch, which torchvision's nvJPEG call writes on a
+            # stream of its own (TorchCodec's on this one, but an H100's JPEG
+            # engines may not wait for it): the resizes reading them must be
+            # done before it decodes again.
             stream.synchronize()
             for view in views:  # used on the caller's stream from now on
                 view.record_stream(consumer)
@@ -305,30 +317,33 @@ def _batches_on_device(loader, pres: list, device: torch.device, paths: list[Pat
             balance.device_cost(len(batch.jpeg_at), time.perf_counter() - started)
         return batch, views, reasons
 
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="featbank-decode") as decoder:
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="featbank-decode") as thread:
         ahead: deque[Future] = deque()
         for batch in loader:
-            ahead.append(decoder.submit(prepare, batch))
+            ahead.append(thread.submit(prepare, batch))
             if len(ahead) > 1:
                 yield ahead.popleft().result()
         while ahead:
             yield ahead.popleft().result()
 
 
-def _decode_on_device(config: ExtractConfig, pres: list) -> bool:
-    """Whether JPEGs travel as bytes and are decoded on ``device`` (``--decode device``).
+def _device_decoder(config: ExtractConfig, specs: list) -> str | None:
+    """With ``--decode device``, the JPEG decoder's name (JPEGs travel as bytes and are
+    decoded on the device); else None.
 
     Not the default yet: on an H100, nvJPEG overlapped with the forward pass ran
     ResNet50 at 5,400 img/s on 500x375 JPEGs, but stalled the GPU on a collection
     of 64-px JPEGs (README, "GPU"); Pillow in the workers never did. (Measured
-    before the decoding went a batch ahead and Pillow took a share of the JPEGs.)
+    with torchvision's decoder, before the decoding went a batch ahead and Pillow
+    took a share of the JPEGs.)
     """
     if config.decode in ("auto", "cpu"):
-        return False
+        return None
+    pres, _ = shared_views(specs)
     if not all(device_resizable(p) for p in pres):
         raise ValueError("--decode device cannot resize with "
                          f"{sorted({p.interpolation for p in pres})}; use --decode cpu")
-    return True
+    return jpeg_decoder(config.jpeg_decoder)[0]
 
 
 def _submit(ids, reasons, pixels, todo, runner: TrunkRunner, out: FeatureFile) -> Callable[[], None]:
@@ -348,9 +363,10 @@ def _submit(ids, reasons, pixels, todo, runner: TrunkRunner, out: FeatureFile) -
 
 
 def _report(name: str, path: Path, n_new: int, seconds: float, stream_seconds: float | None,
-            device_decoded: int | None) -> ExtractReport:
+            device_decoded: int | None, decoder: str | None) -> ExtractReport:
     exists = path.is_file()
     return ExtractReport(backbone=name, path=path, n_rows=count_rows(path) if exists else 0,
                          n_new=n_new, n_skipped=len(read_skipped(path)) if exists else 0,
                          seconds=seconds, stream_seconds=stream_seconds,
-                         device_decoded=device_decoded)
+                         device_decoded=device_decoded,
+                         jpeg_decoder=None if device_decoded is None else decoder)

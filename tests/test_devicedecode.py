@@ -1,9 +1,11 @@
 """The device decoding path: which files it takes, its resize, and its features.
 
-Everything here runs on the CPU (torchvision decodes with libjpeg there, and
-``decode="device"`` forces the bytes-in path); the CUDA test runs where a GPU is.
+Everything here runs on the CPU (TorchCodec and torchvision decode with libjpeg
+there, and ``decode="device"`` forces the bytes-in path); the CUDA test runs
+where a GPU is.
 """
 import io
+import json
 
 import numpy as np
 import pytest
@@ -13,8 +15,8 @@ from PIL import Image
 from featbank.backbones import Preprocess, get_spec
 from featbank.cache import read_features
 from featbank.collection import from_folder
-from featbank.devicedecode import (MAX_PILLOW_SHARE, DecoderBalance, balanced_share, decode_jpegs,
-                                   device_decodable, resize_views)
+from featbank.devicedecode import (JPEG_DECODERS, MAX_PILLOW_SHARE, DecoderBalance, balanced_share,
+                                   decode_jpegs, device_decodable, jpeg_decoder, resize_views)
 from featbank.extract import ExtractConfig, extract
 from featbank.images import load_rgb, to_view
 from conftest import make_image
@@ -69,12 +71,50 @@ def test_resize_matches_pillow_within_a_level(tmp_path, pre):
     assert difference.float().mean() < 0.6 and difference.max() <= 8
 
 
-def test_batch_decode_returns_none_for_what_the_decoder_refuses():
+@pytest.mark.parametrize("decoder", list(JPEG_DECODERS))
+def test_batch_decode_returns_none_for_what_the_decoder_refuses(decoder):
     good = torch.frombuffer(bytearray(_jpeg_bytes(quality=95)), dtype=torch.uint8)
     bad = torch.frombuffer(bytearray(b"\xff\xd8\xff" + b"\x00" * 64), dtype=torch.uint8)
-    decoded = decode_jpegs([good, bad, good], torch.device("cpu"))
+    decoded = decode_jpegs([good, bad, good], torch.device("cpu"), decoder)
     assert decoded[1] is None
     assert decoded[0].shape == (3, 24, 32) and torch.equal(decoded[0], decoded[2])
+
+
+@pytest.mark.parametrize("decoder", list(JPEG_DECODERS))
+def test_both_decoders_give_pillows_pixels_on_the_cpu(tmp_path, decoder):
+    """On the CPU both libraries decode with libjpeg, as Pillow does: the same pixels,
+    grey JPEGs and every chroma subsampling included."""
+    paths = [_smooth(tmp_path / f"{k}.jpg", seed=k, size=(121, 91), mode=mode, quality=90,
+                     subsampling=sub) for k, (mode, sub) in enumerate(
+                         [("RGB", 0), ("RGB", 1), ("RGB", 2), ("L", 0)])]
+    encoded = [torch.frombuffer(bytearray(p.read_bytes()), dtype=torch.uint8) for p in paths]
+    decoded = decode_jpegs(encoded, torch.device("cpu"), decoder)
+    for path, image in zip(paths, decoded):
+        pillow = np.asarray(load_rgb(path)).transpose(2, 0, 1)
+        assert image.shape == pillow.shape and np.array_equal(image.numpy(), pillow), path.name
+
+
+@pytest.fixture
+def decoders_reloaded():
+    """``jpeg_decoder`` caches what it found; start and end with an empty cache."""
+    jpeg_decoder.cache_clear()
+    yield
+    jpeg_decoder.cache_clear()
+
+
+def test_auto_takes_torchcodec_and_falls_back_to_torchvision(monkeypatch, decoders_reloaded):
+    assert jpeg_decoder("auto")[0] == "torchcodec"  # installed with featbank[test]
+
+    def absent():
+        raise ImportError("No module named 'torchcodec'")
+    monkeypatch.setitem(JPEG_DECODERS, "torchcodec", absent)
+    jpeg_decoder.cache_clear()
+    assert jpeg_decoder("auto")[0] == "torchvision"
+    with pytest.raises(ValueError, match=r"torchcodec JPEG decoder does not import: No module "
+                                         r"named 'torchcodec' \(pip install 'featbank\[gpu\]'\)"):
+        jpeg_decoder("torchcodec")
+    with pytest.raises(ValueError, match="unknown JPEG decoder 'nvimgcodec'"):
+        jpeg_decoder("nvimgcodec")
 
 
 def test_balanced_share_lets_both_decoders_keep_the_same_pace():
@@ -128,10 +168,11 @@ def mixed_folder(tmp_path):
     return root
 
 
-def _features(root, tmp_path, decode, device="cpu"):
-    config = ExtractConfig(backbones="resnet18", weights="random", cache_root=str(tmp_path / decode),
-                           batch_size=4, workers=0, progress=False, decode=decode, device=device,
-                           precision="fp32")
+def _features(root, tmp_path, decode, device="cpu", jpeg_decoder="auto"):
+    config = ExtractConfig(backbones="resnet18", weights="random",
+                           cache_root=str(tmp_path / decode / jpeg_decoder), batch_size=4,
+                           workers=0, progress=False, decode=decode, device=device,
+                           precision="fp32", jpeg_decoder=jpeg_decoder)
     [report] = extract(from_folder(root), config)
     return read_features(report.path)
 
@@ -146,17 +187,47 @@ def test_device_path_gives_the_cpu_paths_rows(tmp_path, mixed_folder):
     assert cosine.min() > 0.99, cosine
 
 
+def test_the_jpeg_decoder_is_a_choice_that_changes_no_feature(tmp_path, mixed_folder):
+    """On the CPU both decoders give Pillow's pixels, so the rows are bitwise equal; the
+    report and extract_config.json name the decoder that ran."""
+    rows = {name: _features(mixed_folder, tmp_path, "device", jpeg_decoder=name)
+            for name in JPEG_DECODERS}
+    codec, vision = rows["torchcodec"], rows["torchvision"]
+    assert codec.ids == vision.ids and codec.skipped == vision.skipped
+    assert np.array_equal(codec.features, vision.features)
+    saved = json.loads((tmp_path / "device" / "torchvision" / "mixed" / "extract_config.json")
+                       .read_text())
+    assert saved["jpeg_decoder"] == "torchvision" and saved["decode"] == "device"
+
+
+def test_auto_extraction_reports_the_decoder_it_used(tmp_path, mixed_folder):
+    config = ExtractConfig(backbones="resnet18", weights="random", cache_root=str(tmp_path),
+                           batch_size=4, workers=0, progress=False, decode="device",
+                           device="cpu", precision="fp32")
+    [report] = extract(from_folder(mixed_folder), config)
+    assert report.jpeg_decoder == "torchcodec" and report.device_decoded == 8  # the 6 in a/, gray, noise
+    config.decode, config.cache_root = "cpu", str(tmp_path / "cpu")
+    [report] = extract(from_folder(mixed_folder), config)
+    assert report.jpeg_decoder is None and report.device_decoded is None
+
+
 def test_decode_option_is_checked_when_the_config_is_built(tmp_path):
     with pytest.raises(ValueError, match="unknown --decode 'gpu'"):
         ExtractConfig(backbones="resnet18", decode="gpu")
+    with pytest.raises(ValueError, match="unknown --jpeg-decoder 'dali'"):
+        ExtractConfig(backbones="resnet18", decode="device", jpeg_decoder="dali")
+    with pytest.raises(ValueError, match="--jpeg-decoder chooses nvJPEG's library for --decode "
+                                         "device; it has no use with --decode cpu"):
+        ExtractConfig(backbones="resnet18", decode="cpu", jpeg_decoder="torchvision")
     with pytest.raises(ValueError, match="--batch-size must be at least 1"):
         ExtractConfig(backbones="resnet18", batch_size=0)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_device_decoding_matches_pillow(tmp_path, mixed_folder):
+@pytest.mark.parametrize("decoder", list(JPEG_DECODERS))
+def test_cuda_device_decoding_matches_pillow(tmp_path, mixed_folder, decoder):
     cpu = _features(mixed_folder, tmp_path, "cpu", device="cuda")
-    device = _features(mixed_folder, tmp_path, "device", device="cuda")
+    device = _features(mixed_folder, tmp_path, "device", device="cuda", jpeg_decoder=decoder)
     assert device.ids == cpu.ids and device.skipped == cpu.skipped
     cosine = (cpu.features * device.features).sum(1) / (
         np.linalg.norm(cpu.features, axis=1) * np.linalg.norm(device.features, axis=1))
