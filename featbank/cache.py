@@ -23,7 +23,8 @@ them, so plain h5py reads (N, D) as usual (a missing shard reads as NaN, and
 featbank's reader refuses it). Adding images writes one new shard and
 rewrites only the small main file (ids, skipped lists, the virtual layout),
 never the vectors already stored; past ``MAX_SHARDS`` shards they are joined
-into one.
+into one (by the run that adds the shard past the limit, as it writes its
+rows).
 
 Concurrency: a run that writes a file holds its lock (``<file>.lock``, the
 ``filelock`` package) from reading what is done to the last fold, so a second
@@ -271,8 +272,8 @@ class FeatureFile:
         """Fold pending parts into the file: one new shard plus a new main file.
 
         The parts this object wrote are already in its live shard, which then
-        becomes the new shard as it is; otherwise (parts left by a killed run,
-        or shards to compact) the parts are read back.
+        becomes the new shard as it is (with the stored rows when the merge
+        compacts); parts left by a killed run are read back.
         """
         parts = self._part_files()
         live, self._live = self._live, None
@@ -288,9 +289,9 @@ class FeatureFile:
             old = _Index.read(self.path) if self.path.is_file() else _Index.empty()
         shards = self.shards
         shards.mkdir(parents=True, exist_ok=True)
-        compact = old.legacy or len(old.sources) + 1 > MAX_SHARDS
+        compact = old.compacts()
         target = shards / f"{_next_shard(shards):06d}.h5"
-        if live_holds_all and not compact:
+        if live_holds_all:  # it holds the stored rows too when this merge compacts
             writer = live.writer
             writer.close()
             os.replace(live.path, target)
@@ -354,6 +355,11 @@ class _Index:
     created: str | None
     legacy: bool = False
 
+    def compacts(self) -> bool:
+        """Whether the next merge joins every row into one shard: past ``MAX_SHARDS``
+        shards, or to turn a file from before shards into one with a shard."""
+        return self.legacy or len(self.sources) + 1 > MAX_SHARDS
+
     @classmethod
     def empty(cls) -> "_Index":
         return cls(ids=np.array([], dtype=bytes), skipped={}, sources=[], created=None)
@@ -416,8 +422,10 @@ class _LiveShard:
 
     Written beside the parts (which stay the crash-safe record), so that the
     merge at the end of a run renames this file instead of reading every part
-    back: at GPU speed that re-read cost a sixth of the run. A killed run
-    leaves it as a ``.tmp`` file, removed by the next merge.
+    back: at GPU speed that re-read cost a sixth of the run. When that merge
+    will compact (``_Index.compacts``), the shard begins with a copy of the
+    stored rows and becomes the one shard. A killed run leaves it as a
+    ``.tmp`` file, removed by the next merge.
     """
 
     path: Path
@@ -431,7 +439,11 @@ class _LiveShard:
         index = _Index.read(out.path) if out.path.is_file() else _Index.empty()
         out.shards.mkdir(parents=True, exist_ok=True)
         path = out.shards / f"live.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
-        writer = _ShardWriter(path, out.dim, out.dtype, seen=set(index.ids.tolist()))
+        if index.compacts():
+            writer = _ShardWriter(path, out.dim, out.dtype, seen=set())
+            writer.copy_from(out.path, index)
+        else:
+            writer = _ShardWriter(path, out.dim, out.dtype, seen=set(index.ids.tolist()))
         return cls(path, writer, index, parts=[], skipped={})
 
     def add(self, part: Path, ids: list[str], features: np.ndarray,

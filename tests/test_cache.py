@@ -165,6 +165,30 @@ def test_the_parts_a_run_wrote_become_its_shard_without_being_read_back(tmp_path
     assert sorted(p.name for p in out.shards.iterdir()) == ["000000.h5", "000001.h5"]
 
 
+def test_a_run_that_compacts_writes_its_rows_once(tmp_path, monkeypatch):
+    """Past MAX_SHARDS the run's live shard starts with the stored rows and becomes the
+    one shard; its parts are not read back."""
+    import featbank.cache as cache
+
+    monkeypatch.setattr(cache, "MAX_SHARDS", 3)
+    out = FeatureFile(tmp_path / "f.h5", ATTRS)
+    for k in range(3):
+        _grow(out, 2 * k, 2)
+    assert len(list(out.shards.iterdir())) == 3
+    out.add_batch(["img/6.jpg"], np.full((1, 3), 6, np.float32), {"bad.gif": "not an image"})
+    out.add_batch(["img/7.jpg", "img/0.jpg"], np.array([[7, 7, 7], [9, 9, 9]], np.float32))
+    with monkeypatch.context() as no_reading:
+        no_reading.setattr(np, "load", lambda *a, **k: pytest.fail("a part was read back"))
+        assert out.merge() == 2
+    [shard] = out.shards.iterdir()
+    data = read_features(tmp_path / "f.h5")
+    assert data.ids == [f"img/{k}.jpg" for k in range(6)] + ["img/6.jpg", "img/7.jpg"]
+    assert data.features[:, 0].tolist() == [0, 3, 6, 9, 12, 15, 6, 7]
+    assert data.skipped == {"bad.gif": "not an image"}
+    _grow(out, 8, 1)  # and the next run adds a shard again
+    assert len(list(out.shards.iterdir())) == 2 and len(read_features(tmp_path / "f.h5").ids) == 9
+
+
 def test_parts_of_a_killed_run_are_read_back_and_its_live_shard_dropped(tmp_path):
     killed = FeatureFile(tmp_path / "f.h5", ATTRS)
     killed.add_batch(["a"], np.ones((1, 3), np.float32))
