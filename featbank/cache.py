@@ -289,9 +289,9 @@ class FeatureFile:
             old = _Index.read(self.path) if self.path.is_file() else _Index.empty()
         shards = self.shards
         shards.mkdir(parents=True, exist_ok=True)
-        compact = old.compacts()
+        compact = live.compacts if live_holds_all else old.compacts()
         target = shards / f"{_next_shard(shards):06d}.h5"
-        if live_holds_all:  # it holds the stored rows too when this merge compacts
+        if live_holds_all:  # it holds the stored rows too when it compacts
             writer = live.writer
             writer.close()
             os.replace(live.path, target)
@@ -433,18 +433,20 @@ class _LiveShard:
     index: "_Index"  # the main file when the shard began
     parts: list[Path]
     skipped: dict[str, str]
+    compacts: bool  # it began with a copy of the stored rows, to become the only shard
 
     @classmethod
     def start(cls, out: FeatureFile) -> "_LiveShard":
         index = _Index.read(out.path) if out.path.is_file() else _Index.empty()
         out.shards.mkdir(parents=True, exist_ok=True)
         path = out.shards / f"live.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
-        if index.compacts():
+        compacts = index.compacts()
+        if compacts:
             writer = _ShardWriter(path, out.dim, out.dtype, seen=set())
             writer.copy_from(out.path, index)
         else:
             writer = _ShardWriter(path, out.dim, out.dtype, seen=set(index.ids.tolist()))
-        return cls(path, writer, index, parts=[], skipped={})
+        return cls(path, writer, index, parts=[], skipped={}, compacts=compacts)
 
     def add(self, part: Path, ids: list[str], features: np.ndarray,
             skipped: dict[str, str]) -> None:
