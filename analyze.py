@@ -21,9 +21,9 @@ trunk: imagenet, random, a weights file or a fine-tuning run folder.
 import json
 import sys
 
-from featbank.backbones import available_backbones
-from featbank.cli import Parser, add_options, cached_collection, make_parser, run, split_spec
-from featbank.config import (EXPORT_FORMATS, LINEAR_HEADS, MAP_METHODS, SALIENCY_METHODS,
+from featbank.models.registry import available_backbones
+from featbank.cli.common import Parser, add_options, cached_collection, make_parser, run, split_spec
+from featbank.core.settings import (EXPORT_FORMATS, LINEAR_HEADS, MAP_METHODS, SALIENCY_METHODS,
                              CkaConfig, ExportConfig, LayersConfig, MapConfig, RetrieveConfig,
                              SaliencyConfig, TopImagesConfig, defaults)
 

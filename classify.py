@@ -16,9 +16,9 @@ table.json; fitted heads in heads/, per-class reports and confusion matrices
 import sys
 from pathlib import Path
 
-from featbank.cli import add_options, cached_collection, make_parser, run, split_spec
-from featbank.config import ClassifyConfig, defaults
-from featbank.heads import HEADS, HeadOptions
+from featbank.cli.common import add_options, cached_collection, make_parser, run, split_spec
+from featbank.core.settings import ClassifyConfig, defaults
+from featbank.heads.registry import HEADS, HeadOptions
 
 
 def get_args_parser():
@@ -60,8 +60,8 @@ def main(argv=None) -> None:
         train_fraction=args.train_fraction, jobs=args.jobs, force=args.force,
         ensemble=args.ensemble, repeats=args.repeats)
     collection = cached_collection(cache=args.cache, collection=args.collection)
-    from featbank.classify import classify
-    from featbank.evaluate import (TABLE_LEGEND, build_table, load_results, table_notes,
+    from featbank.classification.grid import classify
+    from featbank.evaluation.metrics import (TABLE_LEGEND, build_table, load_results, table_notes,
                                    to_markdown, write_table)
 
     classify(collection, config, warn=lambda m: print(m, file=sys.stderr))

@@ -18,9 +18,9 @@ undecodable images in <cache>/<collection>/skipped.csv.
 """
 import sys
 
-from featbank.backbones import available_backbones
-from featbank.cli import add_options, collection_for_extraction, make_parser, run, source_of
-from featbank.config import ExtractConfig, defaults
+from featbank.models.registry import available_backbones
+from featbank.cli.common import add_options, collection_for_extraction, make_parser, run, source_of
+from featbank.core.settings import ExtractConfig, defaults
 
 
 def get_args_parser():
@@ -71,7 +71,7 @@ def main(argv=None) -> None:
                            ray_address=args.ray_address,
                            ray_actors=args.ray_actors, progress=not args.no_progress)
     collection = collection_for_extraction(**source_of(args))
-    from featbank.extract import extract  # torch: imported once the arguments are known good
+    from featbank.extraction.engine import extract  # torch: imported once the arguments are known good
 
     reports = extract(collection, config)
     for report in reports:

@@ -24,11 +24,11 @@ import sys
 from pathlib import Path
 from statistics import mean, stdev
 
-from featbank.backbones import available_backbones
-from featbank.cli import (add_options, cached_collection, collection_for_extraction, make_parser,
+from featbank.models.registry import available_backbones
+from featbank.cli.common import (add_options, cached_collection, collection_for_extraction, make_parser,
                           run, source_of, split_spec)
-from featbank.collection import save_metadata
-from featbank.config import FinetuneConfig, defaults
+from featbank.data.collection import save_metadata
+from featbank.core.settings import FinetuneConfig, defaults
 
 
 def get_args_parser():
@@ -77,8 +77,8 @@ def main(argv=None) -> None:
         save_metadata(collection, Path(args.cache) / collection.name)
     else:
         collection = cached_collection(cache=args.cache, collection=args.collection)
-    from featbank.evaluate import score_of
-    from featbank.finetune import finetune  # torch: imported once the arguments are known good
+    from featbank.evaluation.metrics import score_of
+    from featbank.finetuning.train import finetune  # torch: imported once the arguments are known good
 
     def log(message):
         print(message, file=sys.stderr)

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-import featbank.cache as cache
-from featbank.backbones import get_spec
-from featbank.collection import Collection
-from featbank.extract import ExtractConfig, extract
-from featbank.trunks import resolve_weights
+import featbank.store.features as cache
+from featbank.models.registry import get_spec
+from featbank.data.collection import Collection
+from featbank.extraction.engine import ExtractConfig, extract
+from featbank.models.trunks import resolve_weights
 
 
 def add_rows(out: cache.FeatureFile, first: int, n: int, dim: int, *, step: int = 4096) -> float:

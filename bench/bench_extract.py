@@ -16,11 +16,11 @@ from pathlib import Path
 
 import torch
 
-from featbank.backbones import get_spec
-from featbank.config import default_workers
-from featbank.collection import from_folder
-from featbank.extract import ExtractConfig, extract
-from featbank.trunks import load_trunk
+from featbank.models.registry import get_spec
+from featbank.core.settings import default_workers
+from featbank.data.collection import from_folder
+from featbank.extraction.engine import ExtractConfig, extract
+from featbank.models.trunks import load_trunk
 
 DEFAULT_IMAGES = Path(__file__).resolve().parents[2] / "shared/data/heritage/test"
 

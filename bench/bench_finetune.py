@@ -15,10 +15,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from featbank.classify import ClassifyConfig, classify
-from featbank.collection import from_folder
-from featbank.extract import ExtractConfig, extract
-from featbank.finetune import FinetuneConfig, finetune
+from featbank.classification.grid import ClassifyConfig, classify
+from featbank.data.collection import from_folder
+from featbank.extraction.engine import ExtractConfig, extract
+from featbank.finetuning.train import FinetuneConfig, finetune
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
@@ -53,7 +53,7 @@ def main():
         trunk = str(tuned.folder / "trunk.pth")
         extract(collection, ExtractConfig(backbones=args.backbone, weights=trunk, cache_root=cache,
                                           device=args.device, progress=False))
-        from featbank.backbones import weights_id
+        from featbank.models.registry import weights_id
         again = heads_top1(collection, cache, weights_id(trunk))
         seconds = time.perf_counter() - start
     row = tuned.row

@@ -39,14 +39,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from featbank import devicedecode
-from featbank.backbones import get_spec
-from featbank.config import default_workers
-from featbank.collection import Collection, from_folder
-from featbank.devicedecode import JPEG_DECODERS, jpeg_decoder
-from featbank.extract import ExtractConfig, _batches_on_device, _collate, _Images, extract
-from featbank.inference import TrunkRunner
-from featbank.trunks import load_trunk
+from featbank.extraction import devicedecode
+from featbank.models.registry import get_spec
+from featbank.core.settings import default_workers
+from featbank.data.collection import Collection, from_folder
+from featbank.extraction.devicedecode import JPEG_DECODERS, jpeg_decoder
+from featbank.extraction.engine import ExtractConfig, _batches_on_device, _collate, _Images, extract
+from featbank.models.inference import TrunkRunner
+from featbank.models.trunks import load_trunk
 
 
 def _synthetic_jpeg(args) -> None:

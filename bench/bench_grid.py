@@ -7,7 +7,7 @@
 The features are bench_softmax.py's (GAP-like, Zipf class sizes, material 206,
 type 1,054, artist 1,196 classes), split 80/10/10 by featbank's stratified
 split. Each head is featbank's registry pipeline (standardise -> head) fitted
-by ``featbank.heads.fit_head`` with the registry's grid, chosen on the
+by ``featbank.heads.registry.fit_head`` with the registry's grid, chosen on the
 validation part, exactly as ``classify.py`` does. Every head x task runs in
 a fresh process, so each line's peak memory is its own (the features
 included). One line per head x task x feature size: seconds (fit and
@@ -43,8 +43,8 @@ def run_cell(task: str, n: int, head: str, seed: int, dim: int = 2048) -> dict:
     """One head on one task, in its own process: returns its line's figures."""
     import numpy as np
 
-    from featbank.heads import HEADS, HeadOptions, fit_head, make_head
-    from featbank.tasks import SplitSpec, stratified_parts
+    from featbank.heads.registry import HEADS, HeadOptions, fit_head, make_head
+    from featbank.data.tasks import SplitSpec, stratified_parts
 
     X, y = synthetic_features(n, TASKS[task], dim=dim, seed=seed)
     parts = stratified_parts(y, SplitSpec(seed=seed))
@@ -73,7 +73,7 @@ def run_cell(task: str, n: int, head: str, seed: int, dim: int = 2048) -> dict:
 
 
 def main():
-    from featbank.heads import resolve_heads
+    from featbank.heads.registry import resolve_heads
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", type=float, default=1.0,

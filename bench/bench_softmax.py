@@ -9,7 +9,7 @@ tasks (about 100k images x 2048 features; material 206, type 1,054, artist
 a class), split 80/10/10 by featbank's stratified split. For each task, both
 recipes train on train, early-stop on val. The fast recipe runs as
 ``classify.py`` runs it: with its L2 penalty chosen on val along the
-registry's warm-started grid (``featbank.heads.SOFTMAX_ALPHAS``); the paper's
+registry's warm-started grid (``featbank.heads.registry.SOFTMAX_ALPHAS``); the paper's
 recipe has nothing to tune. The bench prints the wall time of each, the
 ratio paper / fast with tuning included (target >= 10x at equal or better
 validation accuracy), the fast recipe's time without tuning, both validation
@@ -21,9 +21,9 @@ import time
 
 import numpy as np
 
-from featbank.heads import SOFTMAX_ALPHAS
-from featbank.softmax import SoftmaxClassifier
-from featbank.tasks import SplitSpec, stratified_parts
+from featbank.heads.registry import SOFTMAX_ALPHAS
+from featbank.heads.softmax import SoftmaxClassifier
+from featbank.data.tasks import SplitSpec, stratified_parts
 
 TASKS = {"material": 206, "type": 1054, "artist": 1196}
 

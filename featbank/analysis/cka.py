@@ -10,12 +10,12 @@ from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..cache import align_on_ids, read_features
-from ..config import CkaConfig, digest
-from ..fileio import atomic_path, atomic_write_json
-from ..plots import plot_similarity
-from .common import output_folder, progress_bar
-from .similarity import cka_matrix
+from featbank.store.features import align_on_ids, read_features
+from featbank.core.settings import CkaConfig, digest
+from featbank.core.fileio import atomic_path, atomic_write_json
+from featbank.evaluation.plots import plot_similarity
+from featbank.analysis.common import output_folder, progress_bar
+from featbank.analysis.similarity import cka_matrix
 
 
 def cka(config: CkaConfig, *, warn=print) -> dict:

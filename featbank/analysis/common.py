@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from ..backbones import check_names
-from ..cache import FeatureEntry, FeatureSet, feature_files, read_features, safe_name, same_attr
-from ..collection import Collection
-from ..fileio import atomic_path
+from featbank.models.registry import check_names
+from featbank.store.features import FeatureEntry, FeatureSet, feature_files, read_features, safe_name, same_attr
+from featbank.data.collection import Collection
+from featbank.core.fileio import atomic_path
 
 THUMB_SIZE = 112
 

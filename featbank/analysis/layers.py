@@ -11,14 +11,14 @@ import time
 from dataclasses import asdict
 from datetime import datetime, timezone
 
-from ..collection import Collection
-from ..config import LayersConfig
-from ..fileio import atomic_write_json
-from ..inference import resolve_device, resolve_workers
-from ..plots import plot_layers
-from .common import file_label, output_folder, progress_bar
-from .networks import load_network, sample_ids, stage_activations, weight_distance
-from .similarity import linear_cka
+from featbank.data.collection import Collection
+from featbank.core.settings import LayersConfig
+from featbank.core.fileio import atomic_write_json
+from featbank.models.inference import resolve_device, resolve_workers
+from featbank.evaluation.plots import plot_layers
+from featbank.analysis.common import file_label, output_folder, progress_bar
+from featbank.analysis.networks import load_network, sample_ids, stage_activations, weight_distance
+from featbank.analysis.similarity import linear_cka
 
 
 def layers(collection: Collection, config: LayersConfig, *, warn=print) -> dict:

@@ -16,12 +16,12 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from ..cache import safe_name
-from ..collection import Collection
-from ..config import MapConfig
-from ..fileio import atomic_path, atomic_write_json, atomic_write_text
-from ..plots import plot_map
-from .common import (describe, html_page, output_folder, progress_bar, read_entry,
+from featbank.store.features import safe_name
+from featbank.data.collection import Collection
+from featbank.core.settings import MapConfig
+from featbank.core.fileio import atomic_path, atomic_write_json, atomic_write_text
+from featbank.evaluation.plots import plot_map
+from featbank.analysis.common import (describe, html_page, output_folder, progress_bar, read_entry,
                      single_feature_file, task_labels, thumbnail_files)
 
 PCA_DIMS = 50

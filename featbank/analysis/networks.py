@@ -3,7 +3,7 @@
 A trunk is rebuilt from what a user names: ``imagenet``, ``random``, a
 weights file, or a fine-tuning run folder (its exported ``trunk.pth``); a
 run also gives back its classifier head, classes, task and split. Its stages
-are the units ``finetune.py --freeze`` counts (:func:`featbank.trunks.stages`);
+are the units ``finetune.py --freeze`` counts (:func:`featbank.models.trunks.stages`);
 :func:`stage_activations` runs collection images through a trunk and keeps
 each chosen stage's output, global-average-pooled.
 """
@@ -19,11 +19,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..backbones import BackboneSpec, Preprocess, get_spec
-from ..collection import Collection
-from ..images import decode_views, normalize
-from ..tasks import SplitSpec
-from ..trunks import Weights, load_described_trunk, read_weights_file, resolve_weights, stages
+from featbank.models.registry import BackboneSpec, Preprocess, get_spec
+from featbank.data.collection import Collection
+from featbank.data.images import decode_views, normalize
+from featbank.data.tasks import SplitSpec
+from featbank.models.trunks import Weights, load_described_trunk, read_weights_file, resolve_weights, stages
 
 LAST = "last"
 
@@ -127,7 +127,7 @@ def _label(weights: str) -> str:
 
 @dataclass
 class Stage:
-    """One unit of :func:`featbank.trunks.stages`: its modules (norm layers joined)."""
+    """One unit of :func:`featbank.models.trunks.stages`: its modules (norm layers joined)."""
 
     index: int  # 1 = nearest the input
     name: str

@@ -20,14 +20,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..cache import FeatureEntry, safe_name
-from ..collection import Collection
-from ..config import RetrieveConfig
-from ..fileio import atomic_path, atomic_write_json, atomic_write_text
-from ..tasks import load_or_make_split
-from .common import (THUMB_SIZE, describe, html_page, output_folder, preprocess_change,
+from featbank.store.features import FeatureEntry, safe_name
+from featbank.data.collection import Collection
+from featbank.core.settings import RetrieveConfig
+from featbank.core.fileio import atomic_path, atomic_write_json, atomic_write_text
+from featbank.data.tasks import load_or_make_split
+from featbank.analysis.common import (THUMB_SIZE, describe, html_page, output_folder, preprocess_change,
                      progress_bar, read_entry, single_feature_file, thumbnail, thumbnail_files)
-from .similarity import average_precision_at_k, nearest, precision_at_k
+from featbank.analysis.similarity import average_precision_at_k, nearest, precision_at_k
 
 SHOWN = 10  # neighbours per query on a contact sheet
 COLORS = {"query": (40, 90, 200), True: (30, 160, 60), False: (210, 40, 40)}
@@ -92,10 +92,10 @@ def lookup(collection: Collection, config: RetrieveConfig, *, warn=print) -> dic
     """The k collection images nearest to each ``config.queries`` file; writes JSON and HTML."""
     import torch
 
-    from ..backbones import get_spec
-    from ..images import decode_views
-    from ..inference import TrunkRunner, resolve_device
-    from ..trunks import load_trunk
+    from featbank.models.registry import get_spec
+    from featbank.data.images import decode_views
+    from featbank.models.inference import TrunkRunner, resolve_device
+    from featbank.models.trunks import load_trunk
 
     entry = single_feature_file(config.cache_root, collection.name, config.backbone,
                                 config.weights, warn=warn)
@@ -152,7 +152,7 @@ def _trunk_weights(entry: FeatureEntry, attrs: dict, weights_file: str | None) -
     weights file given, else the one the file recorded, else the last extraction's."""
     if entry.weights in ("imagenet", "random"):
         return entry.weights
-    from ..backbones import weights_id
+    from featbank.models.registry import weights_id
 
     if weights_file:
         if weights_id(weights_file, option="--weights-file") != entry.weights:

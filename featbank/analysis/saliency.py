@@ -28,17 +28,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..collection import Collection
-from ..config import SaliencyConfig
-from ..evaluate import load_results
-from ..fileio import atomic_path, atomic_write_json
-from ..heads import decision_scores
-from ..images import decode_views, normalize
-from ..inference import resolve_device
-from ..plots import plot_image_grid
-from ..tasks import load_or_make_split
-from .common import file_label, output_folder
-from .networks import Stage, load_network, load_run, named_stages, sample_ids, trunk_source
+from featbank.data.collection import Collection
+from featbank.core.settings import SaliencyConfig
+from featbank.evaluation.metrics import load_results
+from featbank.core.fileio import atomic_path, atomic_write_json
+from featbank.heads.registry import decision_scores
+from featbank.data.images import decode_views, normalize
+from featbank.models.inference import resolve_device
+from featbank.evaluation.plots import plot_image_grid
+from featbank.data.tasks import load_or_make_split
+from featbank.analysis.common import file_label, output_folder
+from featbank.analysis.networks import Stage, load_network, load_run, named_stages, sample_ids, trunk_source
 
 CHUNK = 8  # images per attribution call
 ALPHA = 0.5  # heat-map opacity on the overlays
@@ -104,8 +104,8 @@ def stored_head(collection: Collection, config: SaliencyConfig):
     (found before any trunk is built or downloaded)."""
     import joblib
 
-    from ..backbones import get_spec
-    from ..trunks import resolve_weights
+    from featbank.models.registry import get_spec
+    from featbank.models.trunks import resolve_weights
 
     weights = resolve_weights(get_spec(config.backbone), trunk_source(config.weights)).id
     folder = Path(config.cache_root) / collection.name

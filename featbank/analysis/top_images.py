@@ -16,14 +16,14 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from ..collection import Collection
-from ..config import TopImagesConfig
-from ..fileio import atomic_write_json
-from ..inference import resolve_device, resolve_workers
-from ..plots import plot_image_grid
-from .common import (file_label, output_folder, preprocess_change, progress_bar, read_entry,
+from featbank.data.collection import Collection
+from featbank.core.settings import TopImagesConfig
+from featbank.core.fileio import atomic_write_json
+from featbank.models.inference import resolve_device, resolve_workers
+from featbank.evaluation.plots import plot_image_grid
+from featbank.analysis.common import (file_label, output_folder, preprocess_change, progress_bar, read_entry,
                      single_feature_file, thumbnail)
-from .networks import Network, load_network, pick_stage, sample_ids, stage_activations
+from featbank.analysis.networks import Network, load_network, pick_stage, sample_ids, stage_activations
 
 SHOWN_CHANNELS = 8
 SHOWN_IMAGES = 6

@@ -1,0 +1,258 @@
+"""What the command-line scripts share: error handling, options, collection lookup.
+
+Library code raises ``ValueError`` / ``FileNotFoundError`` with a message that
+says what to do; ``run`` turns them into one line on stderr and a non-zero
+exit (set ``FEATBANK_DEBUG=1`` for the traceback). Options used by several
+scripts are declared here once (:func:`add_options`), with one help text.
+Nothing here imports torch: a bad argument fails in well under two seconds.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from featbank.core.settings import default_workers
+from featbank.data.collection import Collection, from_folder, from_manifest, load_metadata, mark_multi_label
+from featbank.data.demo import demo_collection
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+def run(main, argv=None) -> int:
+    """Call ``main(argv)``; bad input -> one line and exit 2, Ctrl-C -> exit 130."""
+    try:
+        main(argv)
+        return 0
+    except KeyboardInterrupt:
+        print("interrupted: everything finished so far is kept; run the same command "
+              "again to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (ValueError, OSError) as err:
+        if os.environ.get("FEATBANK_DEBUG"):
+            raise
+        message = " ".join(str(err).split()) or type(err).__name__
+        print(f"error: {message}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``error: --batch-size: must be at least 1, not 0``)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_BAD_INPUT, f"error: {message} (see {self.prog} --help)\n")
+
+
+def make_parser(doc: str) -> Parser:
+    """The parser of a script whose module docstring is ``doc`` (first paragraph = description)."""
+    return Parser(description=doc.split("\n\n")[0], epilog="\n\n".join(doc.split("\n\n")[1:]),
+                  formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+# -- options shared by the scripts: declared once, same help, same checks ----------------
+
+def _int(low: int):
+    """argparse type: an integer of at least ``low`` (checked again by the configs)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, not {value}")
+        return value
+    parse.__name__ = "integer"
+    return parse
+
+
+def add_options(parser: argparse.ArgumentParser, *names: str, defaults: dict) -> None:
+    """Declare the shared options ``names`` with their one help text each.
+
+    defaults : field name -> default of the script's config (``config.defaults``).
+    """
+    for name in names:
+        _OPTIONS[name](parser, defaults)
+
+
+def _cache(parser, d):
+    parser.add_argument("--cache", default=d.get("cache_root", "cache"),
+                        help="cache root (default: ./cache)")
+
+
+def _collection(parser, d):
+    parser.add_argument("--collection", default=None,
+                        help="collection name in the cache (default: the collection extracted "
+                             "last, else the built-in demo)")
+
+
+def _source(parser, d):
+    """--images / --manifest and the manifest's columns; --collection names the result."""
+    parser.add_argument("--collection", default=None,
+                        help="collection name in the cache (default: the folder or manifest "
+                             "name when --images/--manifest is given, else the collection "
+                             "extracted last, else the built-in demo)")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--images", metavar="DIR",
+                        help="folder with one sub-folder per class (task 'label')")
+    source.add_argument("--manifest", metavar="CSV|XML|DIR",
+                        help="CSV with an image column and label columns; or Dublin Core XML: "
+                             "one file of records (e.g. an OAI-PMH dump) or a folder of XML "
+                             "records, one per image (each dc: element becomes a task)")
+    parser.add_argument("--root", metavar="DIR", default=None,
+                        help="folder the manifest's image paths are relative to "
+                             "(default: the CSV's folder)")
+    parser.add_argument("--image-column", default=None,
+                        help="manifest column naming the images (default: guessed, e.g. ImageId)")
+    parser.add_argument("--label-columns", default=None,
+                        help="comma-separated manifest columns (or dc: elements) to use as "
+                             "tasks (default: every other named column)")
+    parser.add_argument("--attributes", metavar="CSV", default=None,
+                        help="iMet-style labels.csv (attribute_id,attribute_name such as "
+                             "medium::paper); --manifest is then train.csv (id,attribute_ids) "
+                             "and each prefix becomes a multi-label task")
+    parser.add_argument("--multi-label", metavar="COL[,COL]", default=None,
+                        help="manifest columns whose cells list several labels (scored by mAP)")
+    parser.add_argument("--label-separator", default=";",
+                        help="separator between the labels of a --multi-label cell (default: ;)")
+
+
+def _device(parser, d):
+    parser.add_argument("--device", default=d["device"],
+                        help=f"auto, cpu, cuda or cuda:N; auto = cuda when torch sees one "
+                             f"(default: {d['device']})")
+
+
+def _workers(parser, d):
+    parser.add_argument("--workers", type=_int(0), default=d["workers"],
+                        help="image-decoding processes, 0 = in the main process (default: one "
+                             "fewer than the cores, at most 8 when the model runs on the CPU "
+                             f"and 32 with a GPU; here {default_workers('cpu')} and "
+                             f"{default_workers('cuda')})")
+
+
+def _batch_size(parser, d):
+    parser.add_argument("--batch-size", type=_int(1), default=d["batch_size"],
+                        help=f"images per forward pass (default: {d['batch_size']})")
+
+
+def _seed(parser, d):
+    parser.add_argument("--seed", type=_int(0), default=d.get("seed", 0),
+                        help="seed of the split and of everything random in training "
+                             f"(default: {d.get('seed', 0)})")
+
+
+def _repeats(parser, d):
+    parser.add_argument("--repeats", type=_int(1), default=d.get("repeats", 1),
+                        help="run on N splits seeded --seed, --seed + 1, ..., each its own "
+                             "results row; the table shows mean ± standard deviation "
+                             "(default: 1)")
+
+
+def _split(parser, d):
+    parser.add_argument("--split", default="80/10/10",
+                        help="train/val/test percentages of each class (default: 80/10/10)")
+    parser.add_argument("--min-per-class", type=_int(3), default=None,
+                        help="classes with fewer images are left out (default: enough for one "
+                             "image in every part, 10 for 80/10/10)")
+    parser.add_argument("--group-by", metavar="COLUMN", default=None,
+                        help="keep all images sharing a value of this collection column (an "
+                             "artist, an object) inside one of train/val/test (default: none)")
+
+
+def _train_fraction(parser, d):
+    parser.add_argument("--train-fraction", type=float, default=d["train_fraction"],
+                        help="stratified fraction of the training part to train on "
+                             f"(default: {d['train_fraction']:g})")
+
+
+def _balanced(parser, d):
+    parser.add_argument("--balanced", action="store_true",
+                        help="weigh classes inversely to their size in the loss")
+
+
+def _no_progress(parser, d):
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+_OPTIONS = {"cache": _cache, "collection": _collection, "source": _source, "device": _device,
+            "workers": _workers, "batch-size": _batch_size, "seed": _seed, "split": _split,
+            "train-fraction": _train_fraction, "balanced": _balanced,
+            "no-progress": _no_progress, "repeats": _repeats}
+
+
+def split_spec(args) -> "SplitSpec":
+    """The --split / --min-per-class / --seed options as a SplitSpec."""
+    from featbank.data.tasks import SplitSpec
+
+    return SplitSpec.parse(args.split, seed=args.seed, min_per_class=args.min_per_class,
+                           group_by=args.group_by)
+
+
+def source_of(args) -> dict:
+    """The collection options as keywords of :func:`collection_for_extraction`."""
+    return {"cache": args.cache, "collection": args.collection, "images": args.images,
+            "manifest": args.manifest, "root": args.root, "image_column": args.image_column,
+            "label_columns": args.label_columns, "attributes": args.attributes,
+            "multi_label": args.multi_label, "separator": args.label_separator}
+
+
+def _names(text: str | None) -> list[str] | None:
+    return [c.strip() for c in text.split(",") if c.strip()] if text else None
+
+
+def collection_for_extraction(*, cache: str, collection: str | None, images: str | None,
+                              manifest: str | None, root: str | None = None,
+                              image_column: str | None = None,
+                              label_columns: str | None = None, attributes: str | None = None,
+                              multi_label: str | None = None,
+                              separator: str = ";") -> Collection:
+    """The collection named on the command line, scanned from its images."""
+    from featbank.data.importers import from_dublin_core, from_imet, is_dublin_core
+
+    if (attributes or multi_label) and not manifest:
+        raise ValueError("--attributes and --multi-label describe a --manifest; give one")
+    if images:
+        found = from_folder(images, name=collection)
+    elif manifest and attributes:
+        found = from_imet(manifest, attributes, root=root, name=collection, separator=separator)
+    elif manifest and is_dublin_core(manifest):
+        found = from_dublin_core(manifest, root=root, label_columns=_names(label_columns),
+                                 name=collection, separator=separator)
+        if multi_label:  # an element that never repeats can still list labels in its text
+            found.multi_label.update(mark_multi_label(found.labels, _names(multi_label),
+                                                      separator, manifest))
+    elif manifest:
+        found = from_manifest(manifest, root=root, image_column=image_column,
+                              label_columns=_names(label_columns), name=collection,
+                              multi_label=_names(multi_label), separator=separator)
+    elif collection in (None, "demo"):
+        return demo_collection(cache)
+    else:
+        return load_metadata(Path(cache) / collection)
+    _check_same_root(Path(cache) / found.name, found)
+    return found
+
+
+def _check_same_root(folder: Path, found: Collection) -> None:
+    try:
+        known = load_metadata(folder)
+    except FileNotFoundError:
+        return
+    if known.root.resolve() != found.root.resolve():
+        raise ValueError(f"collection {found.name!r} in {folder.parent} holds images of "
+                         f"{known.root}, not {found.root}; pass --collection NAME")
+
+
+def cached_collection(*, cache: str, collection: str | None) -> Collection:
+    """A collection already extracted: by name, else the newest, else the demo."""
+    if collection is None:
+        collection = latest_collection(cache) or "demo"
+        print(f"collection: {collection} (pass --collection NAME for another)", file=sys.stderr)
+    return load_metadata(Path(cache) / collection)
+
+
+def latest_collection(cache: str) -> str | None:
+    runs = sorted(Path(cache).glob("*/extract_config.json"), key=lambda p: p.stat().st_mtime)
+    return runs[-1].parent.name if runs else None

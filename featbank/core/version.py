@@ -1,0 +1,2 @@
+"""featbank's version (read by setup.cfg)."""
+__version__ = "0.1.0"

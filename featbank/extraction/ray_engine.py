@@ -1,0 +1,111 @@
+"""The Ray engine of extraction: the images still to do, through Ray Data.
+
+``extract(..., ExtractConfig(engine="ray"))`` calls ``run_ray`` instead of the
+local DataLoader loop. Two Ray Data stages:
+
+1. ``_decode`` (tasks, CPU): Pillow decodes a block of paths into one uint8
+   view per geometry, with the reason for each file it cannot decode;
+2. ``_Trunks`` (an actor pool, one GPU per actor where the cluster has GPUs):
+   every backbone's frozen trunk, loaded once per actor.
+
+The driver receives the batches in order (``preserve_order``) and writes them
+as parts of the same feature files, at the same paths, as a local run: the
+file is resumable and crash-safe in the same way, and its ids come out in the
+same order. Workers must see the images and any ``--weights PATH`` at the same
+paths as the driver (a shared file system on a cluster).
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+from featbank.models.registry import get_spec
+from featbank.data.images import decode_views, min_decode_size
+from featbank.models.inference import TrunkRunner, autocast_dtype, backbone_share, resolve_device, shared_views
+from featbank.models.trunks import load_trunk
+
+
+def run_ray(collection, pending: list[str], specs, files, todo, config) -> None:
+    """Extract ``pending`` ids for ``specs`` on Ray; parts go to ``files`` (see ``extract``)."""
+    ray = _ray()
+    if not ray.is_initialized():  # a one-line summary is the script's output, not Ray's INFO log
+        ray.init(address=config.ray_address, log_to_driver=False, logging_level=logging.WARNING)
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0)) if config.device != "cpu" else 0
+    actors = config.ray_actors or max(1, gpus)
+    # Without GPUs an actor's CPUs are its torch threads (Ray sets OMP_NUM_THREADS);
+    # one CPU per actor is left to the decoding tasks.
+    cpus_per_actor = 1 if gpus else max(1, int(resources.get("CPU", 1)) // actors - 1)
+    pres, _ = shared_views(specs)
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = True  # rows in collection order, as locally
+    context.enable_progress_bars = config.progress
+    items = [{"k": k, "path": str(collection.path(i))} for k, i in enumerate(pending)]
+    dataset = (ray.data.from_items(items)
+               .map_batches(_decode, fn_kwargs={"pres": pres}, batch_size=config.batch_size,
+                            batch_format="numpy")
+               .map_batches(_Trunks, fn_constructor_kwargs={
+                                "names": [s.name for s in specs], "weights": config.weights,
+                                "device": config.device if gpus else "cpu",
+                                "precision": config.precision},
+                            compute=ray.data.ActorPoolStrategy(size=actors),
+                            num_gpus=1 if gpus else 0, num_cpus=cpus_per_actor,
+                            batch_size=config.batch_size,
+                            batch_format="numpy"))
+    for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+        ids = [pending[k] for k in batch["k"].tolist()]
+        reasons = [str(r) for r in batch["reason"]]
+        for spec in specs:
+            _write(ids, reasons, batch[f"features:{spec.name}"], todo[spec.name], files[spec.name])
+
+
+def _ray():
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise ValueError("--engine ray needs Ray: pip install 'featbank[ray]' "
+                         "(or use --engine local)") from None
+    return ray
+
+
+def _decode(batch: dict[str, np.ndarray], pres: list) -> dict[str, np.ndarray]:
+    """A block of paths -> ``view:<g>`` (B, 3, S, S) uint8 per geometry, and reasons."""
+    decoded = [decode_views(path, pres, min_size=min_decode_size(pres)) for path in batch["path"]]
+    out = {"k": batch["k"], "reason": np.array([reason for _, reason in decoded], dtype=object)}
+    for g in range(len(pres)):
+        out[f"view:{g}"] = np.stack([views[g].numpy() for views, _ in decoded])
+    return out
+
+
+class _Trunks:
+    """Ray Data actor: every backbone's trunk, loaded once; views in, features out."""
+
+    def __init__(self, names: list[str], weights: str, device: str, precision: str):
+        specs = [get_spec(name) for name in names]
+        _, self.view_of = shared_views(specs)
+        target = resolve_device(device)
+        autocast = autocast_dtype(precision, target)
+        self.runners = {s.name: TrunkRunner(s, load_trunk(s, weights, progress=False), target, autocast)
+                        for s in specs}
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        good = np.flatnonzero(batch["reason"] == "")
+        out = {"k": batch["k"], "reason": batch["reason"]}
+        for name, runner in self.runners.items():
+            features = np.zeros((len(batch["k"]), runner.spec.feature_dim), dtype=np.float32)
+            if good.size:
+                pixels = torch.from_numpy(np.ascontiguousarray(
+                    batch[f"view:{self.view_of[name]}"][good]))
+                features[good] = runner.submit(pixels)()
+            out[f"features:{name}"] = features
+        return out
+
+
+def _write(ids, reasons, features: np.ndarray, todo: set[str], out) -> None:
+    need, good, skipped = backbone_share(ids, reasons, todo)
+    if need:
+        out.add_batch([ids[j] for j in good], features[good], skipped)

@@ -1,0 +1,125 @@
+"""Frozen trunks on a device: device and precision choice, batched forward passes.
+
+Shared by both extraction engines (local and Ray) and by analysis. A
+:class:`TrunkRunner` decides autocast on its first batch: bf16 / fp16 only
+where every feature row stays within ``AUTOCAST_TOLERANCE`` of fp32.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from featbank.models.registry import BackboneSpec
+from featbank.core.settings import default_workers
+from featbank.data.images import normalize
+
+# Autocast is kept only when every feature row stays this close to fp32
+# (relative L2 error), checked on the first batch of each backbone.
+AUTOCAST_TOLERANCE = 1e-2
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise ValueError(f"unknown device {device!r}; use auto, cpu or cuda")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for, but torch sees no CUDA device; use --device cpu")
+    return torch.device(device)
+
+
+def resolve_workers(workers: int | None, device: torch.device) -> int:
+    """``--workers``, or when not given the default for ``device`` (config.default_workers)."""
+    return default_workers(device.type) if workers is None else workers
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    choices = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if precision == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if precision not in choices:
+        raise ValueError(f"unknown precision {precision!r}; use auto, fp32, bf16 or fp16")
+    return choices[precision]
+
+
+def training_autocast(device: torch.device):
+    """Mixed precision for training on a GPU (bf16 where supported); off on a CPU."""
+    enabled = device.type == "cuda"
+    dtype = torch.bfloat16 if enabled and torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast(device.type, dtype=dtype, enabled=enabled)
+
+
+class TrunkRunner:
+    """One frozen trunk on its device, with the autocast decision made on its first batch."""
+
+    def __init__(self, spec: BackboneSpec, trunk: torch.nn.Module, device: torch.device,
+                 autocast: torch.dtype | None):
+        self.spec, self.device, self.autocast = spec, device, autocast
+        self.trunk = trunk.to(device)
+        if device.type == "cuda":
+            self.trunk = self.trunk.to(memory_format=torch.channels_last)
+        self.checked = autocast is None
+
+    @torch.inference_mode()
+    def submit(self, pixels: torch.Tensor) -> Callable[[], np.ndarray]:
+        """Queue the forward pass of uint8 (B, 3, S, S) pixels; call the result for (B, D).
+
+        On a GPU the features are copied to pinned memory without waiting, so
+        the host prepares the next batch while this one runs.
+        """
+        # channels_last on a GPU; CPU trunks keep the layout (and sums) of before. The
+        # layout is set on the uint8 pixels, a quarter of the bytes of the floats.
+        layout = torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
+        pixels = pixels.to(self.device, non_blocking=True).contiguous(memory_format=layout)
+        x = normalize(pixels, self.spec.preprocess).contiguous(memory_format=layout)
+        if not self.checked:
+            self._check_autocast(x)
+        with torch.autocast(self.device.type, dtype=self.autocast or torch.float32,
+                            enabled=self.autocast is not None):
+            out = self.trunk(x).float()
+        if out.shape != (x.shape[0], self.spec.feature_dim):
+            raise AssertionError(f"{self.spec.name} gave {tuple(out.shape)}, "
+                                 f"expected (B, {self.spec.feature_dim})")
+        if self.device.type != "cuda":
+            array = out.numpy()
+            return lambda: array
+        host = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
+        host.copy_(out, non_blocking=True)
+        copied = torch.cuda.Event()
+        copied.record()
+
+        def result() -> np.ndarray:
+            copied.synchronize()
+            return host.numpy()
+        return result
+
+    def _check_autocast(self, x: torch.Tensor) -> None:
+        reference = self.trunk(x).float()
+        with torch.autocast(self.device.type, dtype=self.autocast):
+            fast = self.trunk(x).float()
+        error = ((fast - reference).norm(dim=1) / reference.norm(dim=1).clamp_min(1e-12)).max()
+        if error > AUTOCAST_TOLERANCE:
+            tqdm.write(f"{self.spec.name}: {self.autocast} features differ from fp32 by "
+                       f"{error:.2e} (> {AUTOCAST_TOLERANCE}); using fp32")
+            self.autocast = None
+        self.checked = True
+
+
+def shared_views(specs) -> tuple[list, dict[str, int]]:
+    """One preprocessing per distinct geometry, and which of them each backbone reads."""
+    geometries = list(dict.fromkeys(s.preprocess.geometry() for s in specs))
+    pres = [next(s.preprocess for s in specs if s.preprocess.geometry() == g) for g in geometries]
+    return pres, {s.name: geometries.index(s.preprocess.geometry()) for s in specs}
+
+
+def backbone_share(ids: list[str], reasons: list[str],
+                   todo: set[str]) -> tuple[list[int], list[int], dict[str, str]]:
+    """Batch positions a backbone still needs, those of them decoded, and why the rest were not."""
+    need = [j for j, i in enumerate(ids) if i in todo]
+    good = [j for j in need if not reasons[j]]
+    return need, good, {ids[j]: reasons[j] for j in need if reasons[j]}
