@@ -23,9 +23,10 @@ import sys
 
 from featbank.models.registry import available_backbones
 from featbank.cli.common import Parser, add_options, cached_collection, make_parser, run, split_spec
-from featbank.core.settings import (EXPORT_FORMATS, LINEAR_HEADS, MAP_METHODS, SALIENCY_METHODS,
-                             CkaConfig, ExportConfig, LayersConfig, MapConfig, RetrieveConfig,
-                             SaliencyConfig, TopImagesConfig, defaults)
+from featbank.analysis.config import (EXPORT_FORMATS, LINEAR_HEADS, MAP_METHODS, SALIENCY_METHODS,
+                                      CkaConfig, ExportConfig, LayersConfig, MapConfig,
+                                      RetrieveConfig, SaliencyConfig, TopImagesConfig)
+from featbank.core.settings import defaults
 
 
 def _features_options(parser, d, *, task_required: bool) -> None:

@@ -17,7 +17,8 @@ import sys
 from pathlib import Path
 
 from featbank.cli.common import add_options, cached_collection, make_parser, run, split_spec
-from featbank.core.settings import ClassifyConfig, defaults
+from featbank.classification.config import ClassifyConfig
+from featbank.core.settings import defaults
 from featbank.heads.registry import HEADS, HeadOptions
 
 

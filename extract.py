@@ -20,7 +20,8 @@ import sys
 
 from featbank.models.registry import available_backbones
 from featbank.cli.common import add_options, collection_for_extraction, make_parser, run, source_of
-from featbank.core.settings import ExtractConfig, defaults
+from featbank.extraction.config import ExtractConfig
+from featbank.core.settings import defaults
 
 
 def get_args_parser():

@@ -28,7 +28,8 @@ from featbank.models.registry import available_backbones
 from featbank.cli.common import (add_options, cached_collection, collection_for_extraction, make_parser,
                           run, source_of, split_spec)
 from featbank.data.collection import save_metadata
-from featbank.core.settings import FinetuneConfig, defaults
+from featbank.finetuning.config import FinetuneConfig
+from featbank.core.settings import defaults
 
 
 def get_args_parser():

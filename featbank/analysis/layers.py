@@ -12,7 +12,7 @@ from dataclasses import asdict
 from datetime import datetime, timezone
 
 from featbank.data.collection import Collection
-from featbank.core.settings import LayersConfig
+from featbank.analysis.config import LayersConfig
 from featbank.core.fileio import atomic_write_json
 from featbank.models.inference import resolve_device, resolve_workers
 from featbank.evaluation.plots import plot_layers

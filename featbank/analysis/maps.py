@@ -18,7 +18,7 @@ import numpy as np
 
 from featbank.store.features import safe_name
 from featbank.data.collection import Collection
-from featbank.core.settings import MapConfig
+from featbank.analysis.config import MapConfig
 from featbank.core.fileio import atomic_path, atomic_write_json, atomic_write_text
 from featbank.evaluation.plots import plot_map
 from featbank.analysis.common import (describe, html_page, output_folder, progress_bar, read_entry,

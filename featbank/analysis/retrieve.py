@@ -22,7 +22,7 @@ from PIL import Image, ImageDraw
 
 from featbank.store.features import FeatureEntry, safe_name
 from featbank.data.collection import Collection
-from featbank.core.settings import RetrieveConfig
+from featbank.analysis.config import RetrieveConfig
 from featbank.core.fileio import atomic_path, atomic_write_json, atomic_write_text
 from featbank.data.tasks import load_or_make_split
 from featbank.analysis.common import (THUMB_SIZE, describe, html_page, output_folder, preprocess_change,

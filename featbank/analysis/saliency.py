@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from featbank.data.collection import Collection
-from featbank.core.settings import SaliencyConfig
+from featbank.analysis.config import SaliencyConfig
 from featbank.evaluation.metrics import load_results
 from featbank.core.fileio import atomic_path, atomic_write_json
 from featbank.heads.registry import decision_scores

@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 import numpy as np
 
 from featbank.data.collection import Collection
-from featbank.core.settings import TopImagesConfig
+from featbank.analysis.config import TopImagesConfig
 from featbank.core.fileio import atomic_write_json
 from featbank.models.inference import resolve_device, resolve_workers
 from featbank.evaluation.plots import plot_image_grid

@@ -19,7 +19,8 @@ from scipy.special import expit
 
 from featbank.store.features import FeatureSet, FeatureSource, safe_name, select_features
 from featbank.data.collection import Collection
-from featbank.core.settings import ClassifyConfig, identity
+from featbank.classification.config import ClassifyConfig
+from featbank.core.settings import identity
 from featbank.evaluation.metrics import (append_result, hits, latest_rows, load_results, metrics, result_row,
                        save_test_scores, score_of, write_reports)
 from featbank.core.fileio import atomic_path

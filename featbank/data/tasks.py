@@ -60,6 +60,10 @@ class SplitSpec:
     def minimum(self) -> int:
         return self.min_per_class or math.ceil(1 / min(self.train, self.val, self.test) - 1e-9)
 
+    def identity(self) -> str:
+        """What a result's identity records of its split (see ``core.settings.identity``)."""
+        return self.tag
+
     @property
     def tag(self) -> str:
         pct = "-".join(f"{round(100 * f)}" for f in (self.train, self.val, self.test))

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from featbank.models.registry import get_spec
 from featbank.store.features import FeatureFile, count_rows, feature_path, file_attrs, read_skipped, write_skipped_list
 from featbank.data.collection import Collection, save_metadata
-from featbank.core.settings import ExtractConfig
+from featbank.extraction.config import ExtractConfig
 from featbank.extraction.devicedecode import (DecoderBalance, decode_jpegs, device_decodable, device_index,
                            device_resizable, jpeg_decoder, resize_views)
 from featbank.core.fileio import atomic_write_json, hold_lock

@@ -37,7 +37,8 @@ from tqdm import tqdm
 from featbank.models.registry import BackboneSpec, get_spec
 from featbank.store.features import safe_name
 from featbank.data.collection import Collection
-from featbank.core.settings import FinetuneConfig, digest, identity
+from featbank.finetuning.config import FinetuneConfig
+from featbank.core.settings import digest, identity
 from featbank.evaluation.metrics import (append_result, hits, load_results, metrics, result_row, save_test_scores,
                        write_reports)
 from featbank.core.fileio import atomic_path, atomic_write_json, hold_lock

@@ -7,7 +7,7 @@ import pytest
 from helpers import write_toy_cache
 from featbank.analysis.similarity import linear_cka
 from featbank.store.features import FeatureFile, feature_path, read_features
-from featbank.core.settings import CkaConfig
+from featbank.analysis.config import CkaConfig
 
 
 def test_cka_of_files_on_shared_ids(tmp_path):

@@ -8,7 +8,7 @@ import pytest
 from helpers import write_toy_cache
 from featbank.store.features import read_features
 from featbank.data.collection import load_metadata
-from featbank.core.settings import ExportConfig
+from featbank.analysis.config import ExportConfig
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from featbank.analysis.layers import layers
-from featbank.core.settings import LayersConfig
+from featbank.analysis.config import LayersConfig
 from featbank.models.trunks import load_trunk
 from featbank.models.registry import get_spec
 from helpers import image_collection

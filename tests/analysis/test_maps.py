@@ -8,7 +8,7 @@ import pytest
 from helpers import write_toy_cache
 from featbank.analysis.maps import sample_rows
 from featbank.data.collection import load_metadata
-from featbank.core.settings import MapConfig
+from featbank.analysis.config import MapConfig
 
 
 def test_sample_rows_keeps_each_class_share():

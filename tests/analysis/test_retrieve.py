@@ -7,7 +7,7 @@ from PIL import Image
 
 from helpers import write_toy_cache
 from featbank.data.collection import load_metadata
-from featbank.core.settings import RetrieveConfig
+from featbank.analysis.config import RetrieveConfig
 
 
 @pytest.fixture
@@ -59,7 +59,7 @@ def test_query_image_finds_itself_through_the_same_trunk(tmp_path, image_folder)
     """A collection image given as a query is extracted on the fly; its nearest
     neighbour is its own cached row, at similarity 1."""
     from featbank.analysis.retrieve import lookup
-    from featbank.core.settings import ExtractConfig
+    from featbank.extraction.config import ExtractConfig
     from featbank.extraction.engine import extract
     from featbank.data.collection import from_folder
 
@@ -89,7 +89,7 @@ def test_query_with_a_weights_file_needs_that_file(tmp_path, image_folder):
     from featbank.analysis.retrieve import lookup
     from featbank.models.registry import get_spec
     from featbank.data.collection import from_folder
-    from featbank.core.settings import ExtractConfig
+    from featbank.extraction.config import ExtractConfig
     from featbank.extraction.engine import extract
 
     torch.manual_seed(5)

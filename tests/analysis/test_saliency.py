@@ -10,7 +10,9 @@ from featbank.analysis.networks import load_network
 from featbank.analysis.saliency import (_deconvolve, head_to_torch, randomised, rank_correlation,
                                         saliency, visual_backprop, Classifier)
 from featbank.classification.grid import classify
-from featbank.core.settings import ClassifyConfig, ExtractConfig, SaliencyConfig
+from featbank.classification.config import ClassifyConfig
+from featbank.extraction.config import ExtractConfig
+from featbank.analysis.config import SaliencyConfig
 from featbank.extraction.engine import extract
 from featbank.heads.registry import HeadOptions, make_head
 from featbank.data.tasks import SplitSpec

@@ -5,7 +5,8 @@ import torch
 
 from featbank.analysis.top_images import _entropy, _top_k, top_images
 from featbank.models.registry import get_spec
-from featbank.core.settings import ExtractConfig, TopImagesConfig
+from featbank.extraction.config import ExtractConfig
+from featbank.analysis.config import TopImagesConfig
 from featbank.extraction.engine import extract
 from featbank.models.trunks import load_trunk
 from helpers import image_collection

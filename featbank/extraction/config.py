@@ -1,0 +1,51 @@
+"""The settings of an extraction run, checked when built (no torch imported)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from featbank.core.settings import at_least, check_device_name, check_workers, one_of, runtime
+from featbank.models.registry import check_names
+
+
+@dataclass
+class ExtractConfig:
+    """The settings of one extraction run (saved beside its output)."""
+
+    backbones: str | list[str] = runtime("all")  # "vgg19,resnet50", "all" or a list
+    weights: str = "imagenet"  # imagenet | random | PATH
+    cache_root: str = runtime("cache")
+    batch_size: int = runtime(32)
+    workers: int | None = runtime(None)
+    device: str = runtime("auto")
+    dtype: str = "float32"
+    precision: str = "auto"
+    # cpu: Pillow in the DataLoader workers; device: nvJPEG on the GPU for the JPEGs
+    # Pillow has no time for (devicedecode.DecoderBalance), the rest by Pillow.
+    # auto = cpu for now (see extract._device_decoder).
+    decode: str = runtime("auto")
+    # With --decode device, the library that calls nvJPEG: auto = torchcodec when it
+    # imports, else torchvision (devicedecode.jpeg_decoder).
+    jpeg_decoder: str = runtime("auto")
+    engine: str = runtime("local")  # local: this machine; ray: Ray Data (extract_ray.py)
+    ray_address: str | None = runtime(None)  # None: RAY_ADDRESS, else a local Ray
+    ray_actors: int | None = runtime(None)  # trunk actors; None: one per GPU, else one
+    progress: bool = runtime(True)
+
+    def __post_init__(self):
+        self.backbones = check_names(self.backbones)
+        at_least("--batch-size", self.batch_size, 1)
+        check_workers(self.workers)
+        check_device_name(self.device)
+        one_of("--dtype", self.dtype, ("float32", "float16"))
+        one_of("--precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
+        one_of("--decode", self.decode, ("auto", "cpu", "device"))
+        one_of("--jpeg-decoder", self.jpeg_decoder, ("auto", "torchcodec", "torchvision"))
+        if self.jpeg_decoder != "auto" and self.decode != "device":
+            raise ValueError("--jpeg-decoder chooses nvJPEG's library for --decode device; "
+                             f"it has no use with --decode {self.decode}")
+        one_of("--engine", self.engine, ("local", "ray"))
+        if self.ray_actors is not None:
+            at_least("--ray-actors", self.ray_actors, 1)
+        if self.engine == "ray" and self.decode == "device":
+            raise ValueError("--decode device is for --engine local; the Ray engine decodes "
+                             "with Pillow in its tasks")
