@@ -62,8 +62,9 @@ def main(argv=None) -> None:
         ensemble=args.ensemble, repeats=args.repeats)
     collection = cached_collection(cache=args.cache, collection=args.collection)
     from featbank.classification.grid import classify
-    from featbank.evaluation.metrics import (TABLE_LEGEND, build_table, load_results, table_notes,
-                                   to_markdown, write_table)
+    from featbank.evaluation.tables import (TABLE_LEGEND, build_table, table_notes, to_markdown,
+                                            write_table)
+    from featbank.store.results import load_results
 
     classify(collection, config, warn=lambda m: print(m, file=sys.stderr))
     folder = Path(args.cache) / collection.name

@@ -20,14 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
-import featbank.store.features as cache
+import featbank.store.writer as writer
+from featbank.store.provenance import feature_path, file_attrs
 from featbank.models.registry import get_spec
 from featbank.data.collection import Collection
 from featbank.extraction.engine import ExtractConfig, extract
 from featbank.models.trunks import resolve_weights
 
 
-def add_rows(out: cache.FeatureFile, first: int, n: int, dim: int, *, step: int = 4096) -> float:
+def add_rows(out: writer.FeatureFile, first: int, n: int, dim: int, *, step: int = 4096) -> float:
     rng = np.random.default_rng(first)
     start = time.perf_counter()
     for at in range(first, first + n, step):
@@ -46,20 +47,20 @@ def main():
     parser.add_argument("--add", type=int, default=100)
     args = parser.parse_args()
     spec = get_spec("resnet50")
-    attrs = cache.file_attrs(backbone=spec.name, feature_dim=spec.feature_dim,
+    attrs = file_attrs(backbone=spec.name, feature_dim=spec.feature_dim,
                              preprocess=spec.preprocess.attrs(),
                              weights=resolve_weights(spec, "random").attrs(), dtype="float32",
                              collection="bench")
     attrs["feature_dim"] = args.dim
     with tempfile.TemporaryDirectory() as root:
-        path = cache.feature_path(root, "bench", spec.name, "random")
-        out = cache.FeatureFile(path, attrs)
+        path = feature_path(root, "bench", spec.name, "random")
+        out = writer.FeatureFile(path, attrs)
         build = add_rows(out, 0, args.rows, args.dim)
         print(f"built {args.rows} x {args.dim} in {build:.1f} s")
         grow = add_rows(out, args.rows, args.add, args.dim)
-        limit, cache.MAX_SHARDS = cache.MAX_SHARDS, 0  # every fold joins all shards
+        limit, writer.MAX_SHARDS = writer.MAX_SHARDS, 0  # every fold joins all shards
         rewrite = add_rows(out, args.rows + args.add, args.add, args.dim)
-        cache.MAX_SHARDS = limit
+        writer.MAX_SHARDS = limit
         ids = [f"objects/{k:08d}.jpg" for k in range(args.rows)]
         collection = Collection(name="bench", root=Path(root) / "images", ids=ids,
                                 labels={"label": ["x"] * len(ids)})

@@ -1,7 +1,6 @@
 """What the tests share: paths of the real data, tiny generated collections and caches,
 and checks of the command-line contract (one-line errors)."""
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +49,8 @@ def write_toy_cache(cache: Path, name: str = "toy", backbones=(("resnet18", 32),
     Tasks: ``style`` (3 separable classes of 20), ``single`` (one class) and
     ``tiny`` (classes of 4 images, all under the default minimum).
     """
-    from featbank.store.features import FeatureFile, feature_path
+    from featbank.store.writer import FeatureFile
+    from featbank.store.provenance import feature_path
     from featbank.data.collection import Collection, save_metadata
 
     rng = np.random.default_rng(seed)

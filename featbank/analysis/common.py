@@ -11,7 +11,9 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from featbank.models.registry import check_names
-from featbank.store.features import FeatureEntry, FeatureSet, feature_files, read_features, safe_name, same_attr
+from featbank.store.features import FeatureEntry, FeatureSet, feature_files, read_features
+from featbank.core.fileio import safe_name
+from featbank.store.provenance import same_attr
 from featbank.data.collection import Collection
 from featbank.core.fileio import atomic_path
 

@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from featbank.store.features import safe_name
+from featbank.core.fileio import safe_name
 from featbank.data.collection import Collection
 from featbank.analysis.config import MapConfig
 from featbank.core.fileio import atomic_path, atomic_write_json, atomic_write_text

@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from featbank.store.features import FeatureEntry, safe_name
+from featbank.store.features import FeatureEntry
+from featbank.core.fileio import safe_name
 from featbank.data.collection import Collection
 from featbank.analysis.config import RetrieveConfig
 from featbank.core.fileio import atomic_path, atomic_write_json, atomic_write_text

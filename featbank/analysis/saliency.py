@@ -30,7 +30,7 @@ from torch import nn
 
 from featbank.data.collection import Collection
 from featbank.analysis.config import SaliencyConfig
-from featbank.evaluation.metrics import load_results
+from featbank.store.results import load_results
 from featbank.core.fileio import atomic_path, atomic_write_json
 from featbank.heads.registry import decision_scores
 from featbank.data.images import decode_views, normalize

@@ -17,13 +17,16 @@ import joblib
 import numpy as np
 from scipy.special import expit
 
-from featbank.store.features import FeatureSet, FeatureSource, safe_name, select_features
+from featbank.store.features import FeatureSet, FeatureSource, select_features
+from featbank.core.fileio import safe_name
 from featbank.data.collection import Collection
 from featbank.classification.config import ClassifyConfig
 from featbank.core.settings import identity
-from featbank.evaluation.metrics import (append_result, hits, latest_rows, load_results, metrics, result_row,
-                       save_test_scores, score_of, write_reports)
+from featbank.store.results import append_result, latest_rows, load_results
+from featbank.evaluation.metrics import hits, metrics, score_of
+from featbank.evaluation.reports import result_row, save_test_scores, write_reports
 from featbank.core.fileio import atomic_path
+from featbank.models.registry import parse_selection
 from featbank.heads.registry import HEADS, class_scores, fit_head, make_head, n_parameters, resolve_heads
 from featbank.data.tasks import Split, SplitSpec, load_or_make_split, subsample
 
@@ -135,7 +138,8 @@ def classify(collection: Collection, config: ClassifyConfig, *, warn=print) -> l
 def _classify_once(collection: Collection, config: ClassifyConfig, *, warn) -> list[dict]:
     heads = resolve_heads(config.heads)
     folder = Path(config.cache_root) / collection.name
-    entries = select_features(folder, config.backbones, config.weights, warn=warn)
+    entries = select_features(folder, parse_selection(config.backbones), config.weights,
+                              warn=warn)
     if config.ensemble and len(entries) < 2:
         raise ValueError(f"--ensemble needs at least two feature sources, found "
                          f"{len(entries)}; name them, e.g. --backbone resnet50,vgg19 or "

@@ -281,7 +281,7 @@ def make_multi_label_split(collection: Collection, task: str, spec: SplitSpec) -
 
 
 def split_path(folder: Path, task: str, spec: SplitSpec) -> Path:
-    from featbank.store.features import safe_name
+    from featbank.core.fileio import safe_name
 
     return folder / "splits" / f"{safe_name(task)}__{spec.tag}.csv"
 

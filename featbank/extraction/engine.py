@@ -24,7 +24,9 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm import tqdm
 
 from featbank.models.registry import get_spec
-from featbank.store.features import FeatureFile, count_rows, feature_path, file_attrs, read_skipped, write_skipped_list
+from featbank.store.writer import FeatureFile
+from featbank.store.features import count_rows, read_skipped, write_skipped_list
+from featbank.store.provenance import feature_path, file_attrs
 from featbank.data.collection import Collection, save_metadata
 from featbank.extraction.config import ExtractConfig
 from featbank.extraction.devicedecode import (DecoderBalance, decode_jpegs, device_decodable, device_index,

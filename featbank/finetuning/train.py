@@ -35,12 +35,13 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from featbank.models.registry import BackboneSpec, get_spec
-from featbank.store.features import safe_name
+from featbank.core.fileio import safe_name
 from featbank.data.collection import Collection
 from featbank.finetuning.config import FinetuneConfig
 from featbank.core.settings import digest, identity
-from featbank.evaluation.metrics import (append_result, hits, load_results, metrics, result_row, save_test_scores,
-                       write_reports)
+from featbank.store.results import append_result, load_results
+from featbank.evaluation.metrics import hits, metrics
+from featbank.evaluation.reports import result_row, save_test_scores, write_reports
 from featbank.core.fileio import atomic_path, atomic_write_json, hold_lock
 from featbank.data.images import decode_views, min_decode_size, normalize
 from featbank.models.inference import resolve_device, resolve_workers, training_autocast

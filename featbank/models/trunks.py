@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from featbank.models.registry import RANDOM_SEED, BackboneSpec, weights_id
-from featbank.store.features import weights_label
+from featbank.store.provenance import weights_label
 from featbank.core.fileio import atomic_path, first_line
 
 NORM_LAYERS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)

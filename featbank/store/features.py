@@ -1,103 +1,30 @@
-"""The HDF5 feature cache: one file per collection x backbone x weights.
+"""Feature files on disk and the features read from them.
 
-Contract (readable with plain h5py; see DESIGN.md):
+One HDF5 file per collection x backbone x weights, readable with plain h5py
+(the contract in docs/design.md):
 
 - ``features``: (N, D) float32 (or float16 by option); row i belongs to ``ids[i]``;
 - ``ids``: (N,) UTF-8 strings (fixed length), the image path relative to the collection root;
 - ``skipped_ids`` / ``skipped_reasons``: images that could not be decoded;
-- attributes: ``backbone``, ``feature_dim``, ``weights`` (``imagenet``,
-  ``random`` or ``sha256:<hex>``), ``weights_exact`` (the exact weights, e.g.
-  ``torchvision:resnet50.IMAGENET1K_V2``), ``weights_hash`` (the published
-  checkpoint hash, when there is one), ``weights_source`` (a weights file's
-  path when extracted, else empty), ``input_size``, ``mean``, ``std``,
-  ``resize``, ``crop_pct``, ``interpolation``, ``dtype``, ``collection``,
-  ``featbank_version``, ``torch_version``, ``torchvision_version``, ``created``.
+- attributes: what made the rows (:mod:`featbank.store.provenance`).
 
-This module owns the whole contract: paths, attributes, provenance checks,
-parts, shards, skipped lists (``skipped.csv``) and the listing of a
-collection's feature files. Extraction only computes vectors.
-
-Rows live in shards: ``<file>.shards/NNNNNN.h5`` each hold a block of rows
-(``features``), and the file's ``features`` is an HDF5 virtual dataset over
-them, so plain h5py reads (N, D) as usual (a missing shard reads as NaN, and
-featbank's reader refuses it). Adding images writes one new shard and
-rewrites only the small main file (ids, skipped lists, the virtual layout),
-never the vectors already stored; past ``MAX_SHARDS`` shards they are joined
-into one (by the run that adds the shard past the limit, as it writes its
-rows).
-
-Concurrency: a run that writes a file holds its lock (``<file>.lock``, the
-``filelock`` package) from reading what is done to the last fold, so a second
-run on the same file waits, then finds the work done; rows are never
-computed twice into one file, and parts never collide.
-
-Crash safety: while extracting, every finished batch is written as an ``.npz``
-part in ``<file>.parts/`` (written to a temporary name, then renamed, so a
-part is whole or absent). Parts are folded in by writing a new shard, then a
-new main file, each to a temporary name renamed into place: a kill at any
-moment loses at most the batch in flight and never leaves a half-written
-file (a shard that no main file names yet is deleted by the next fold).
+This module reads files (:func:`read_features`), lists a collection's files
+(:func:`feature_files`), reads several as one (``A+B``, concatenated on the
+ids they share) and writes the collection's ``skipped.csv``. Writing rows is
+:mod:`featbank.store.writer`; extraction only computes vectors.
 """
 from __future__ import annotations
 
 import csv
-import json
 import os
-import re
-import shutil
-import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from featbank.core.version import __version__
-from featbank.core.fileio import atomic_path, atomic_write_json, first_line
-
-# Attributes that must agree before rows from two runs may share a file.
-PROVENANCE_KEYS = ("backbone", "feature_dim", "weights", "weights_exact", "input_size", "mean",
-                   "std", "resize", "crop_pct", "interpolation", "dtype")
-_STR = h5py.string_dtype("utf-8")
-_CHUNK_ROWS = 1024
-MAX_SHARDS = 32
-
-
-def safe_name(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")
-
-
-def feature_path(cache_root: str | os.PathLike, collection: str, backbone: str,
-                 weights: str) -> Path:
-    """``<cache>/<collection>/features/<backbone>__<weights>.h5``.
-
-    weights : ``imagenet``, ``random`` or ``sha256:<hex>`` (shortened to 12 digits).
-    """
-    tag = weights if ":" not in weights else "sha256-" + weights.split(":", 1)[1][:12]
-    return Path(cache_root) / collection / "features" / f"{safe_name(backbone)}__{safe_name(tag)}.h5"
-
-
-def file_attrs(*, backbone: str, feature_dim: int, preprocess: dict, weights: dict,
-               dtype: str, collection: str) -> dict:
-    """The attributes of a new feature file.
-
-    preprocess : ``Preprocess.attrs()``; weights : ``Weights.attrs()`` (id, exact, hash).
-    """
-    if dtype not in ("float32", "float16"):
-        raise ValueError(f"unknown storage dtype {dtype!r}; use float32 or float16")
-    return {"backbone": backbone, "feature_dim": feature_dim, **weights, **preprocess,
-            "dtype": dtype, "collection": collection, "featbank_version": __version__,
-            "torch_version": _version("torch"), "torchvision_version": _version("torchvision"),
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-
-
-def _version(package: str) -> str:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return ""
+from featbank.core.fileio import atomic_path, first_line
+from featbank.store.provenance import plain_attrs, provenance_value, weights_label
 
 
 @dataclass
@@ -117,7 +44,7 @@ def read_features(path: str | os.PathLike) -> FeatureSet:
     with h5py.File(path, "r") as f:
         _check_shards(f["features"], path)
         return FeatureSet(ids=list(f["ids"].asstr()[:]), features=f["features"][:],
-                          attrs=_plain(dict(f.attrs)),
+                          attrs=plain_attrs(dict(f.attrs)),
                           skipped=dict(zip(f["skipped_ids"].asstr()[:],
                                            f["skipped_reasons"].asstr()[:])))
 
@@ -141,359 +68,6 @@ def read_skipped(path: str | os.PathLike) -> dict[str, str]:
 def count_rows(path: str | os.PathLike) -> int:
     with h5py.File(path, "r") as f:
         return int(f["ids"].shape[0])
-
-
-def _plain(attrs: dict) -> dict:
-    out = {}
-    for key, value in attrs.items():
-        if isinstance(value, np.ndarray):
-            value = value.tolist()
-        elif isinstance(value, np.generic):
-            value = value.item()
-        out[key] = value
-    return out
-
-
-def _provenance(attrs: dict, key: str):
-    """A provenance attribute; files from before ``weights_exact`` existed stand for the
-    same exact weights when their id already names them (random, a file's sha256)."""
-    if key == "weights_exact" and key not in attrs and attrs.get("weights") != "imagenet":
-        return attrs.get("weights")
-    if key == "weights_exact" and attrs.get(key, "").startswith("random"):
-        return "random"  # the seed is featbank's, fixed
-    return attrs.get(key)
-
-
-def weights_label(wid: str, exact: str, description: dict | None = None,
-                  source: str = "") -> str:
-    """Readable weights for tables: ``imagenet IMAGENET1K_V1``, ``random``, ``θ̂ <run>
-    (<collection>/<task>)`` for a trunk fine-tuned by featbank, else ``file <name>
-    (sha256:<12 hex>)``."""
-    if wid == "imagenet":
-        return f"imagenet {exact.rsplit('.', 1)[-1]}" if exact and exact != "imagenet" else wid
-    if wid == "random":
-        return "random"
-    description = description or {}
-    if description.get("collection") and description.get("task"):
-        run = Path(source).parent.name if source else wid[:19]
-        return f"θ̂ {run} ({description['collection']}/{description['task']})"
-    name = f"file {Path(source).name} " if source else ""
-    return f"{name}({wid[:19]})" if name else wid[:19]
-
-
-def same_attr(a, b) -> bool:
-    """Two attribute values agree (sequences to float tolerance)."""
-    if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
-        return np.allclose(np.asarray(a, dtype=float), np.asarray(b, dtype=float))
-    return a == b
-
-
-class FeatureFile:
-    """A feature file being filled: the HDF5 file plus its pending parts."""
-
-    def __init__(self, path: str | os.PathLike, attrs: dict):
-        self.path = Path(path)
-        self.parts = self.path.with_name(self.path.name + ".parts")
-        self.attrs = _plain(attrs)
-        self.dtype = np.dtype(self.attrs["dtype"])
-        self.dim = int(self.attrs["feature_dim"])
-        self._next_part: int | None = None  # number of the next part; read once from disk
-        self._live: _LiveShard | None = None  # this run's rows, ready to become its shard
-
-    # -- reading what is done -------------------------------------------------
-    def check_compatible(self) -> None:
-        """Refuse to mix rows made with other weights or preprocessing."""
-        found = []
-        if self.path.is_file():
-            with h5py.File(self.path, "r") as f:
-                found.append((self.path, _plain(dict(f.attrs))))
-        provenance = self.parts / "provenance.json"
-        if provenance.is_file():
-            found.append((self.parts, json.loads(provenance.read_text())))
-        for where, attrs in found:
-            for key in PROVENANCE_KEYS:
-                if not same_attr(_provenance(attrs, key), _provenance(self.attrs, key)):
-                    raise ValueError(
-                        f"{where} was written with {key}={_provenance(attrs, key)!r}, not "
-                        f"{_provenance(self.attrs, key)!r}; delete it (or use another --cache) "
-                        "to re-extract")
-
-    def done_ids(self) -> set[str]:
-        """Ids already extracted or known to be undecodable (file and parts)."""
-        done: set[str] = set()
-        if self.path.is_file():
-            with h5py.File(self.path, "r") as f:
-                done.update(f["ids"].asstr()[:])
-                done.update(f["skipped_ids"].asstr()[:])
-        for part in self._part_files():
-            with np.load(part) as data:
-                done.update(data["ids"].tolist())
-                done.update(data["skipped_ids"].tolist())
-        return done
-
-    @property
-    def lock_path(self) -> Path:
-        """This file's lock (``<file>.lock``): one writer at a time, across processes."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        return self.path.with_name(self.path.name + ".lock")
-
-    def _part_files(self) -> list[Path]:
-        return sorted(self.parts.glob("*.npz")) if self.parts.is_dir() else []
-
-    # -- writing --------------------------------------------------------------
-    def add_batch(self, ids: list[str], features: np.ndarray,
-                  skipped: dict[str, str] | None = None) -> None:
-        """Persist one batch as a part: features (len(ids), D), skipped id -> reason."""
-        if features.shape != (len(ids), self.dim):
-            raise AssertionError(f"batch of shape {features.shape} for {len(ids)} ids")
-        if not self.parts.is_dir():
-            self.parts.mkdir(parents=True)
-            atomic_write_json(self.parts / "provenance.json", self.attrs)
-        if self._next_part is None:
-            existing = self._part_files()
-            self._next_part = int(existing[-1].stem) + 1 if existing else 0
-        number, self._next_part = self._next_part, self._next_part + 1
-        skipped = skipped or {}
-        features = features.astype(self.dtype, copy=False)
-        part = self.parts / f"{number:08d}.npz"
-        with atomic_path(part) as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, ids=np.array(ids, dtype=str), features=features,
-                     skipped_ids=np.array(list(skipped), dtype=str),
-                     skipped_reasons=np.array(list(skipped.values()), dtype=str))
-        if self._live is None:
-            self._live = _LiveShard.start(self)
-        self._live.add(part, ids, features, skipped)
-
-    @property
-    def shards(self) -> Path:
-        return self.path.with_name(self.path.name + ".shards")
-
-    def merge(self) -> int:
-        """Fold pending parts into the file: one new shard plus a new main file.
-
-        The parts this object wrote are already in its live shard, which then
-        becomes the new shard as it is (with the stored rows when the merge
-        compacts); parts left by a killed run are read back.
-        """
-        parts = self._part_files()
-        live, self._live = self._live, None
-        if not parts:  # nothing to fold in; a file appears only once it holds rows
-            if live is not None:
-                live.discard()
-            self._drop_parts()
-            return 0
-        live_holds_all = live is not None and live.holds(parts)
-        if live_holds_all:
-            old = live.index  # what the file held when the shard began; this run holds its lock
-        else:
-            old = _Index.read(self.path) if self.path.is_file() else _Index.empty()
-        shards = self.shards
-        shards.mkdir(parents=True, exist_ok=True)
-        compact = live.compacts if live_holds_all else old.compacts()
-        target = shards / f"{_next_shard(shards):06d}.h5"
-        if live_holds_all:  # it holds the stored rows too when it compacts
-            writer = live.writer
-            writer.close()
-            os.replace(live.path, target)
-            old.skipped.update(live.skipped)
-        else:
-            if live is not None:
-                live.discard()
-            for stale in shards.glob("*.tmp"):  # a live shard or a merge cut short by a kill
-                stale.unlink(missing_ok=True)
-            writer = self._fold(parts, old, compact, target)
-        new = np.array(writer.ids, dtype=bytes)
-        ids = new if compact else np.concatenate([old.ids, new])
-        sources = ([] if compact else old.sources) + [(target.name, len(writer.ids))]
-        if not writer.ids:
-            target.unlink()
-            sources = sources[:-1]
-        self._write_main(ids, sources, old)
-        _drop_unnamed_shards(shards, {name for name, _ in sources})
-        self._drop_parts()
-        return len(ids) - len(old.ids)
-
-    def _fold(self, parts: list[Path], old: "_Index", compact: bool, target: Path) -> "_ShardWriter":
-        with atomic_path(target) as tmp:
-            writer = _ShardWriter(tmp, self.dim, self.dtype,
-                                  seen=set() if compact else set(old.ids.tolist()))
-            if compact:
-                writer.copy_from(self.path, old)
-            for part in parts:
-                with np.load(part) as data:
-                    writer.append([i.encode() for i in data["ids"].tolist()], data["features"])
-                    old.skipped.update(zip(data["skipped_ids"].tolist(),
-                                           data["skipped_reasons"].tolist()))
-            writer.close()
-        return writer
-
-    def _write_main(self, ids: np.ndarray, sources: list[tuple[str, int]], old: "_Index") -> None:
-        attrs = dict(self.attrs)
-        attrs["created"] = old.created or attrs.get("created")
-        with atomic_path(self.path) as tmp, h5py.File(tmp, "w") as out:
-            out.create_dataset("ids", data=_fixed_utf8(ids))
-            _virtual_features(out, sources, self.path.name + ".shards", self.dim, self.dtype)
-            out.create_dataset("skipped_ids", data=list(old.skipped), dtype=_STR)
-            out.create_dataset("skipped_reasons", data=list(old.skipped.values()), dtype=_STR)
-            out.attrs.update({k: v for k, v in attrs.items() if v is not None})
-            out.attrs["n_rows"] = len(ids)
-
-    def _drop_parts(self) -> None:
-        if self.parts.is_dir():
-            shutil.rmtree(self.parts)
-        self._next_part = None
-
-
-@dataclass
-class _Index:
-    """What a main file says: ids, skipped, its shards (name, rows); legacy = plain dataset."""
-
-    ids: np.ndarray  # UTF-8 bytes: reading, comparing and rewriting 100k of them is 10x
-    # cheaper than as variable-length strings
-    skipped: dict[str, str]
-    sources: list[tuple[str, int]]
-    created: str | None
-    legacy: bool = False
-
-    def compacts(self) -> bool:
-        """Whether the next merge joins every row into one shard: past ``MAX_SHARDS``
-        shards, or to turn a file from before shards into one with a shard."""
-        return self.legacy or len(self.sources) + 1 > MAX_SHARDS
-
-    @classmethod
-    def empty(cls) -> "_Index":
-        return cls(ids=np.array([], dtype=bytes), skipped={}, sources=[], created=None)
-
-    @classmethod
-    def read(cls, path: Path) -> "_Index":
-        with h5py.File(path, "r") as f:
-            features = f["features"]
-            sources = [(Path(vds.file_name).name, _rows(vds.vspace))
-                       for vds in features.virtual_sources()] if features.is_virtual else []
-            return cls(ids=np.array(f["ids"][:], dtype=bytes),
-                       skipped=dict(zip(f["skipped_ids"].asstr()[:],
-                                        f["skipped_reasons"].asstr()[:])),
-                       sources=sources, created=f.attrs.get("created"),
-                       legacy=not features.is_virtual and f["ids"].shape[0] > 0)
-
-
-def _fixed_utf8(ids: np.ndarray) -> np.ndarray:
-    """Ids as fixed-length UTF-8 strings: written and read in one copy, unlike
-    variable-length ones; ``f["ids"].asstr()[:]`` reads both kinds."""
-    return ids.astype(h5py.string_dtype("utf-8", max(1, ids.dtype.itemsize)))
-
-
-def _rows(selection) -> int:
-    (first, _), (last, _) = selection.get_select_bounds()
-    return last - first + 1
-
-
-def _virtual_features(out: h5py.File, sources, folder: str, dim: int, dtype) -> None:
-    """``features`` as a virtual dataset over the shards (paths relative to the file)."""
-    total = sum(rows for _, rows in sources)
-    if total == 0:
-        out.create_dataset("features", shape=(0, dim), dtype=dtype)
-        return
-    layout = h5py.VirtualLayout(shape=(total, dim), dtype=dtype)
-    start = 0
-    for name, rows in sources:
-        layout[start:start + rows] = h5py.VirtualSource(f"{folder}/{name}", "features",
-                                                        shape=(rows, dim))
-        start += rows
-    out.create_virtual_dataset("features", layout, fillvalue=np.nan)
-
-
-def _next_shard(folder: Path) -> int:
-    numbers = [int(p.stem) for p in folder.glob("[0-9]*.h5") if p.stem.isdigit()]
-    return max(numbers, default=-1) + 1
-
-
-def _drop_unnamed_shards(folder: Path, named: set[str]) -> None:
-    for shard in folder.glob("*.h5"):
-        if shard.name not in named:
-            shard.unlink(missing_ok=True)
-    if not any(folder.iterdir()):
-        folder.rmdir()
-
-
-@dataclass
-class _LiveShard:
-    """The rows of the parts one ``FeatureFile`` writes, appended to a shard as they come.
-
-    Written beside the parts (which stay the crash-safe record), so that the
-    merge at the end of a run renames this file instead of reading every part
-    back: at GPU speed that re-read cost a sixth of the run. When that merge
-    will compact (``_Index.compacts``), the shard begins with a copy of the
-    stored rows and becomes the one shard. A killed run leaves it as a
-    ``.tmp`` file, removed by the next merge.
-    """
-
-    path: Path
-    writer: "_ShardWriter"
-    index: "_Index"  # the main file when the shard began
-    parts: list[Path]
-    skipped: dict[str, str]
-    compacts: bool  # it began with a copy of the stored rows, to become the only shard
-
-    @classmethod
-    def start(cls, out: FeatureFile) -> "_LiveShard":
-        index = _Index.read(out.path) if out.path.is_file() else _Index.empty()
-        out.shards.mkdir(parents=True, exist_ok=True)
-        path = out.shards / f"live.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
-        compacts = index.compacts()
-        if compacts:
-            writer = _ShardWriter(path, out.dim, out.dtype, seen=set())
-            writer.copy_from(out.path, index)
-        else:
-            writer = _ShardWriter(path, out.dim, out.dtype, seen=set(index.ids.tolist()))
-        return cls(path, writer, index, parts=[], skipped={}, compacts=compacts)
-
-    def add(self, part: Path, ids: list[str], features: np.ndarray,
-            skipped: dict[str, str]) -> None:
-        self.writer.append([i.encode() for i in ids], features)
-        self.parts.append(part)
-        self.skipped.update(skipped)
-
-    def holds(self, parts: list[Path]) -> bool:
-        """Whether this shard holds exactly ``parts``, in their order."""
-        return self.parts == parts
-
-    def discard(self) -> None:
-        self.writer.close()
-        self.path.unlink(missing_ok=True)
-
-
-class _ShardWriter:
-    """Appends rows to a shard's resizable ``features``; drops ids seen before.
-
-    (A part may repeat rows already folded in when a run died between the
-    rename of the new main file and the removal of its parts.)
-    """
-
-    def __init__(self, path: Path, dim: int, dtype: np.dtype, *, seen: set[str]):
-        self.file = h5py.File(path, "w")
-        self.features = self.file.create_dataset(
-            "features", shape=(0, dim), maxshape=(None, dim), dtype=dtype,
-            chunks=(max(1, min(256, (1 << 20) // (dim * np.dtype(dtype).itemsize))), dim))
-        self.seen, self.ids = seen, []
-
-    def append(self, ids: list[bytes], features: np.ndarray) -> None:
-        keep = [k for k, i in enumerate(ids) if i not in self.seen]
-        if keep:
-            n = len(self.ids)
-            self.features.resize(n + len(keep), axis=0)
-            self.features[n:] = features[keep] if len(keep) < len(ids) else features
-            self.ids.extend(ids[k] for k in keep)
-            self.seen.update(ids[k] for k in keep)
-
-    def copy_from(self, path: Path, old: _Index) -> None:
-        with h5py.File(path, "r") as f:
-            for start in range(0, len(old.ids), _CHUNK_ROWS * 8):
-                stop = min(len(old.ids), start + _CHUNK_ROWS * 8)
-                self.append(old.ids[start:stop].tolist(), f["features"][start:stop])
-
-    def close(self) -> None:
-        self.file.close()
 
 
 # -- a collection's feature files ------------------------------------------------------
@@ -523,9 +97,9 @@ def feature_files(folder: Path, backbones: str = "all", weights: str = "all", *,
     for path in sorted((Path(folder) / "features").glob("*.h5")):
         try:
             with h5py.File(path, "r") as f:
-                a = _plain(dict(f.attrs))
+                a = plain_attrs(dict(f.attrs))
                 _check_shards(f["features"], path)
-                exact = str(_provenance(a, "weights_exact") or a["weights"])
+                exact = str(provenance_value(a, "weights_exact") or a["weights"])
                 entry = FeatureEntry(path, str(a["backbone"]), str(a["weights"]), exact,
                                      int(a["feature_dim"]), int(f["ids"].shape[0]),
                                      str(a.get("weights_label") or weights_label(a["weights"], exact)))
@@ -625,16 +199,14 @@ def align_on_ids(sets: list[FeatureSet], names: list[str]) -> tuple[list[str], l
     return ids, blocks
 
 
-def select_features(folder: Path, selection: str = "all", weights: str = "all", *,
-                    warn=print) -> list[FeatureSource]:
-    """The feature sources ``--backbone`` names (see ``backbones.parse_selection``).
+def select_features(folder: Path, parsed: list[tuple[tuple[str, str | None], ...]],
+                    weights: str = "all", *, warn=print) -> list[FeatureSource]:
+    """The feature sources ``--backbone`` names, parsed by
+    :func:`featbank.models.registry.parse_selection` (``[]``: every file).
 
     A single backbone stands for each of its files that ``weights`` admits; each
     part of a combination ``A+B`` must name exactly one file (``A@imagenet``).
     """
-    from featbank.models.registry import parse_selection
-
-    parsed = parse_selection(selection)
     names = sorted({name for item in parsed for name, _ in item}) or ["all"]
     entries = feature_files(folder, ",".join(names), "all", warn=warn)
     if not parsed:

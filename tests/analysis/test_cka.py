@@ -6,7 +6,9 @@ import pytest
 
 from helpers import write_toy_cache
 from featbank.analysis.similarity import linear_cka
-from featbank.store.features import FeatureFile, feature_path, read_features
+from featbank.store.writer import FeatureFile
+from featbank.store.provenance import feature_path
+from featbank.store.features import read_features
 from featbank.analysis.config import CkaConfig
 
 

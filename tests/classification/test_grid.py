@@ -6,7 +6,9 @@ import pytest
 from featbank.store.features import feature_files, read_features
 from featbank.classification.grid import ClassifyConfig, classify
 from featbank.data.collection import load_metadata
-from featbank.evaluation.metrics import RESULT_KEYS, build_table, load_results, load_test_scores
+from featbank.store.results import RESULT_KEYS, load_results
+from featbank.evaluation.tables import build_table
+from featbank.evaluation.reports import load_test_scores
 from featbank.heads.registry import HeadOptions
 from featbank.evaluation.stats import mean_average_precision
 from featbank.data.tasks import SplitSpec, subsample
@@ -116,7 +118,8 @@ def test_unusable_feature_files_are_named_and_skipped(tmp_path):
 
 def _extra_file(cache, backbone, weights, keep):
     """Another feature file of the toy collection: resnet18's vectors for the rows ``keep``."""
-    from featbank.store.features import FeatureFile, feature_path
+    from featbank.store.writer import FeatureFile
+    from featbank.store.provenance import feature_path
 
     data = read_features(cache / "toy" / "features" / "resnet18__random.h5")
     out = FeatureFile(feature_path(cache, "toy", backbone, weights),
@@ -190,7 +193,8 @@ def test_ensemble_averages_member_probabilities(tmp_path):
 def _multi_label_cache(cache, n=150, dim=24, seed=0, backbones=("resnet18",)):
     """Images tagged ``style;setting`` (3 styles x 2 settings), features encoding both
     (each backbone's with noise of its own)."""
-    from featbank.store.features import FeatureFile, feature_path
+    from featbank.store.writer import FeatureFile
+    from featbank.store.provenance import feature_path
     from featbank.data.collection import Collection, save_metadata
 
     rng = np.random.default_rng(seed)

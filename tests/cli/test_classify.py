@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from featbank.evaluation.metrics import RESULT_KEYS
+from featbank.store.results import RESULT_KEYS
 from helpers import assert_one_line_error, HERITAGE, SQUEEZENET, needs_heritage, needs_squeezenet, write_toy_cache
 
 pytestmark = pytest.mark.slow  # subprocesses or a Ray instance: make test-fast skips these

@@ -5,8 +5,10 @@ import os
 import numpy as np
 import pytest
 
-from featbank.evaluation.metrics import (RESULT_KEYS, append_result, build_table, load_results, metrics,
-                               table_notes, to_markdown, top_k_accuracy, write_reports, write_table)
+from featbank.store.results import RESULT_KEYS, append_result, load_results
+from featbank.evaluation.tables import build_table, table_notes, to_markdown, write_table
+from featbank.evaluation.metrics import metrics, top_k_accuracy
+from featbank.evaluation.reports import write_reports
 
 
 def test_top_k_known_answer():
@@ -180,8 +182,8 @@ def test_multi_label_metrics_and_reports(tmp_path):
 
 
 def test_map_cells_are_marked_by_a_paired_test_of_their_stored_scores(tmp_path, monkeypatch):
-    from featbank.evaluation import metrics as evaluate
-    from featbank.evaluation.metrics import load_test_scores, save_test_scores
+    from featbank.evaluation import tables as evaluate
+    from featbank.evaluation.reports import load_test_scores, save_test_scores
     from featbank.evaluation.stats import map_resamples, paired_map_p, percentile_interval
 
     rng = np.random.default_rng(6)

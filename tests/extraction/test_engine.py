@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import featbank.data.images as images
-from featbank.store.features import FeatureFile, read_features
+from featbank.store.writer import FeatureFile
+from featbank.store.features import read_features
 from featbank.data.collection import from_folder
 from featbank.extraction.engine import ExtractConfig, extract
 from helpers import make_image

@@ -7,7 +7,7 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'featbank[ray]'")
 
-from featbank.store.features import read_features  # noqa: E402
+from featbank.store.features import read_features
 from featbank.data.collection import from_folder  # noqa: E402
 from featbank.extraction.engine import ExtractConfig, extract  # noqa: E402
 

@@ -8,7 +8,9 @@ import featbank.finetuning.train as ft
 from featbank.models.registry import BACKBONES, get_spec
 from featbank.classification.grid import ClassifyConfig, classify
 from featbank.data.collection import from_folder, from_manifest
-from featbank.evaluation.metrics import build_table, load_results, load_test_scores
+from featbank.evaluation.tables import build_table
+from featbank.store.results import load_results
+from featbank.evaluation.reports import load_test_scores
 from featbank.evaluation.stats import mean_average_precision
 from featbank.extraction.engine import ExtractConfig, extract
 from featbank.finetuning.train import (FineTuneNet, FinetuneConfig, apply_freeze, finetune, frozen_count,

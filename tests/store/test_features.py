@@ -2,7 +2,9 @@ import h5py
 import numpy as np
 import pytest
 
-from featbank.store.features import FeatureFile, feature_path, read_features
+from featbank.store.writer import FeatureFile
+from featbank.store.provenance import feature_path
+from featbank.store.features import read_features
 
 ATTRS = {"backbone": "toy", "feature_dim": 3, "weights": "random", "input_size": 8,
          "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "resize": "squash", "crop_pct": 1.0,
@@ -121,7 +123,7 @@ def test_missing_shard_is_refused_not_read_as_nan(tmp_path):
 
 
 def test_shards_are_joined_past_the_limit_and_orphans_dropped(tmp_path, monkeypatch):
-    import featbank.store.features as cache
+    import featbank.store.writer as cache
 
     monkeypatch.setattr(cache, "MAX_SHARDS", 3)
     out = FeatureFile(tmp_path / "f.h5", ATTRS)
@@ -168,7 +170,7 @@ def test_the_parts_a_run_wrote_become_its_shard_without_being_read_back(tmp_path
 def test_a_run_that_compacts_writes_its_rows_once(tmp_path, monkeypatch):
     """Past MAX_SHARDS the run's live shard starts with the stored rows and becomes the
     one shard; its parts are not read back."""
-    import featbank.store.features as cache
+    import featbank.store.writer as cache
 
     monkeypatch.setattr(cache, "MAX_SHARDS", 3)
     out = FeatureFile(tmp_path / "f.h5", ATTRS)

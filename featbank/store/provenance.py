@@ -1,0 +1,105 @@
+"""What a feature file records about how its rows were made, and the checks on it.
+
+The attributes of a feature file (the contract in docs/design.md): ``backbone``,
+``feature_dim``, ``weights`` (``imagenet``, ``random`` or ``sha256:<hex>``),
+``weights_exact`` (the exact weights, e.g. ``torchvision:resnet50.IMAGENET1K_V2``),
+``weights_hash`` (the published checkpoint hash, when there is one),
+``weights_source`` (a weights file's path when extracted, else empty),
+``weights_label`` (what tables show), ``input_size``, ``mean``, ``std``,
+``resize``, ``crop_pct``, ``interpolation``, ``dtype``, ``collection``,
+``featbank_version``, ``torch_version``, ``torchvision_version``, ``created``.
+Rows from two runs share a file only when every :data:`PROVENANCE_KEYS`
+attribute agrees.
+"""
+from __future__ import annotations
+
+import os
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from featbank.core.fileio import safe_name
+from featbank.core.version import __version__
+
+
+# Attributes that must agree before rows from two runs may share a file.
+PROVENANCE_KEYS = ("backbone", "feature_dim", "weights", "weights_exact", "input_size", "mean",
+                   "std", "resize", "crop_pct", "interpolation", "dtype")
+
+
+def feature_path(cache_root: str | os.PathLike, collection: str, backbone: str,
+                 weights: str) -> Path:
+    """``<cache>/<collection>/features/<backbone>__<weights>.h5``.
+
+    weights : ``imagenet``, ``random`` or ``sha256:<hex>`` (shortened to 12 digits).
+    """
+    tag = weights if ":" not in weights else "sha256-" + weights.split(":", 1)[1][:12]
+    return Path(cache_root) / collection / "features" / f"{safe_name(backbone)}__{safe_name(tag)}.h5"
+
+
+def file_attrs(*, backbone: str, feature_dim: int, preprocess: dict, weights: dict,
+               dtype: str, collection: str) -> dict:
+    """The attributes of a new feature file.
+
+    preprocess : ``Preprocess.attrs()``; weights : ``Weights.attrs()`` (id, exact, hash).
+    """
+    if dtype not in ("float32", "float16"):
+        raise ValueError(f"unknown storage dtype {dtype!r}; use float32 or float16")
+    return {"backbone": backbone, "feature_dim": feature_dim, **weights, **preprocess,
+            "dtype": dtype, "collection": collection, "featbank_version": __version__,
+            "torch_version": _version("torch"), "torchvision_version": _version("torchvision"),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return ""
+
+
+def plain_attrs(attrs: dict) -> dict:
+    out = {}
+    for key, value in attrs.items():
+        if isinstance(value, np.ndarray):
+            value = value.tolist()
+        elif isinstance(value, np.generic):
+            value = value.item()
+        out[key] = value
+    return out
+
+
+def provenance_value(attrs: dict, key: str):
+    """A provenance attribute; files from before ``weights_exact`` existed stand for the
+    same exact weights when their id already names them (random, a file's sha256)."""
+    if key == "weights_exact" and key not in attrs and attrs.get("weights") != "imagenet":
+        return attrs.get("weights")
+    if key == "weights_exact" and attrs.get(key, "").startswith("random"):
+        return "random"  # the seed is featbank's, fixed
+    return attrs.get(key)
+
+
+def weights_label(wid: str, exact: str, description: dict | None = None,
+                  source: str = "") -> str:
+    """Readable weights for tables: ``imagenet IMAGENET1K_V1``, ``random``, ``θ̂ <run>
+    (<collection>/<task>)`` for a trunk fine-tuned by featbank, else ``file <name>
+    (sha256:<12 hex>)``."""
+    if wid == "imagenet":
+        return f"imagenet {exact.rsplit('.', 1)[-1]}" if exact and exact != "imagenet" else wid
+    if wid == "random":
+        return "random"
+    description = description or {}
+    if description.get("collection") and description.get("task"):
+        run = Path(source).parent.name if source else wid[:19]
+        return f"θ̂ {run} ({description['collection']}/{description['task']})"
+    name = f"file {Path(source).name} " if source else ""
+    return f"{name}({wid[:19]})" if name else wid[:19]
+
+
+def same_attr(a, b) -> bool:
+    """Two attribute values agree (sequences to float tolerance)."""
+    if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
+        return np.allclose(np.asarray(a, dtype=float), np.asarray(b, dtype=float))
+    return a == b
