@@ -28,7 +28,7 @@ from featbank.extraction.engine import ExtractConfig, extract
 from featbank.models.trunks import resolve_weights
 
 
-def add_rows(out: writer.FeatureFile, first: int, n: int, dim: int, *, step: int = 4096) -> float:
+def add_rows(out: writer.FeatureWriter, first: int, n: int, dim: int, *, step: int = 4096) -> float:
     rng = np.random.default_rng(first)
     start = time.perf_counter()
     for at in range(first, first + n, step):
@@ -54,7 +54,7 @@ def main():
     attrs["feature_dim"] = args.dim
     with tempfile.TemporaryDirectory() as root:
         path = feature_path(root, "bench", spec.name, "random")
-        out = writer.FeatureFile(path, attrs)
+        out = writer.FeatureWriter(path, attrs)
         build = add_rows(out, 0, args.rows, args.dim)
         print(f"built {args.rows} x {args.dim} in {build:.1f} s")
         grow = add_rows(out, args.rows, args.add, args.dim)

@@ -49,7 +49,7 @@ def write_toy_cache(cache: Path, name: str = "toy", backbones=(("resnet18", 32),
     Tasks: ``style`` (3 separable classes of 20), ``single`` (one class) and
     ``tiny`` (classes of 4 images, all under the default minimum).
     """
-    from featbank.store.writer import FeatureFile
+    from featbank.store.writer import FeatureWriter
     from featbank.store.provenance import feature_path
     from featbank.data.collection import Collection, save_metadata
 
@@ -69,7 +69,7 @@ def write_toy_cache(cache: Path, name: str = "toy", backbones=(("resnet18", 32),
         attrs = {"backbone": backbone, "feature_dim": dim, "weights": "random", "input_size": 224,
                  "mean": [0.5] * 3, "std": [0.5] * 3, "resize": "squash", "crop_pct": 1.0,
                  "interpolation": "bilinear", "dtype": dtype, "collection": name}
-        out = FeatureFile(feature_path(cache, name, backbone, "random"), attrs)
+        out = FeatureWriter(feature_path(cache, name, backbone, "random"), attrs)
         out.add_batch(ids, X)
         out.merge()
     return folder

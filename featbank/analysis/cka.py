@@ -30,12 +30,12 @@ def cka(config: CkaConfig, *, warn=print) -> dict:
                  "not in every file and are left out")
     matrix = cka_matrix(matrices, debiased=config.debiased, progress=progress_bar(config.progress))
     names = _names(config.features, sets)
-    collection = str(sets[0].attrs.get("collection") or Path(config.features[0]).parent.parent.name)
+    collection = str(sets[0].provenance.get("collection") or Path(config.features[0]).parent.parent.name)
     folder = output_folder(config.cache_root, collection, "cka")
     stem = "cka__" + digest([str(Path(p).resolve()) for p in config.features] + [config.debiased], 8)
     report = {"command": "cka", "collection": collection, "names": names,
               "features": [str(p) for p in config.features],
-              "weights_exact": [str(d.attrs.get("weights_exact", d.attrs.get("weights"))) for d in sets],
+              "weights_exact": [str(d.provenance.get("weights_exact", d.provenance.get("weights"))) for d in sets],
               "estimator": "debiased linear CKA" if config.debiased else "linear CKA",
               "n_shared_ids": len(ids), "cka": matrix.round(6).tolist(),
               "settings": asdict(config), "seconds": round(time.perf_counter() - started, 3),
@@ -50,5 +50,5 @@ def cka(config: CkaConfig, *, warn=print) -> dict:
 
 def _names(paths: list[str], sets) -> list[str]:
     """``backbone@weights`` per file; the file name where two would read the same."""
-    names = [f"{d.attrs.get('backbone')}@{str(d.attrs.get('weights'))[:19]}" for d in sets]
+    names = [f"{d.provenance.get('backbone')}@{str(d.provenance.get('weights'))[:19]}" for d in sets]
     return [name if names.count(name) == 1 else Path(path).stem for name, path in zip(names, paths)]

@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from featbank.models.registry import check_names
-from featbank.store.features import FeatureEntry, FeatureSet, feature_files, read_features
+from featbank.store.features import FeatureFile, Features, feature_files, read_features
 from featbank.core.fileio import safe_name
 from featbank.store.provenance import same_attr
 from featbank.data.collection import Collection
@@ -42,7 +42,7 @@ def progress_bar(enabled: bool):
 
 
 def single_feature_file(cache_root: str | Path, collection: str, backbone: str, weights: str,
-                        *, warn=print) -> FeatureEntry:
+                        *, warn=print) -> FeatureFile:
     """The one feature file of ``backbone`` with ``weights`` (``all``: the only one there is)."""
     check_names([backbone])  # an unknown name is a registry error, not a missing file
     entries = feature_files(Path(cache_root) / collection, backbone, weights, warn=warn)
@@ -71,13 +71,13 @@ def preprocess_change(stored: dict, now: dict) -> tuple[str, object, object] | N
     return None
 
 
-def read_entry(entry: FeatureEntry) -> FeatureSet:
+def read_entry(entry: FeatureFile) -> Features:
     data = read_features(entry.path)
-    data.features = data.features.astype(np.float32, copy=False)
+    data.X = data.X.astype(np.float32, copy=False)
     return data
 
 
-def describe(entry: FeatureEntry) -> dict:
+def describe(entry: FeatureFile) -> dict:
     """The settings of a feature file that a result depends on (for the JSON outputs)."""
     return {"backbone": entry.backbone, "weights": entry.weights,
             "weights_exact": entry.weights_exact, "features": str(entry.path),

@@ -31,10 +31,10 @@ def export(collection: Collection, config: ExportConfig, *, warn=print) -> dict:
     folder = output_folder(config.cache_root, collection.name, "export")
     stem = entry.path.stem
     if config.format == "npy":
-        files = _write_npy(folder, stem, data.ids, data.features, labels)
+        files = _write_npy(folder, stem, data.ids, data.X, labels)
     else:
-        files = _write_parquet(folder / f"{stem}.parquet", data.ids, data.features, labels,
-                               data.attrs)
+        files = _write_parquet(folder / f"{stem}.parquet", data.ids, data.X, labels,
+                               data.provenance)
     report = {"command": "export", "collection": collection.name, **describe(entry),
               "format": config.format, "files": [str(f) for f in files],
               "tasks": collection.tasks, "n_rows": len(data.ids),

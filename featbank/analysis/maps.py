@@ -44,7 +44,7 @@ def make_map(collection: Collection, config: MapConfig, *, warn=print) -> dict:
         raise ValueError(f"{entry.path.name} holds {len(rows)} images; a map needs at least 10")
     method = _method(config.method)
     warn(f"{method} on {len(rows)} points ...")
-    xy = embed(data.features[rows], method, config.seed)
+    xy = embed(data.X[rows], method, config.seed)
     ids = [data.ids[r] for r in rows]
     folder = output_folder(config.cache_root, collection.name, "map")
     stem = f"{safe_name(config.task)}__{entry.path.stem}__{method}"

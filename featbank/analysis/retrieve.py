@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from featbank.store.features import FeatureEntry
+from featbank.store.features import FeatureFile
 from featbank.core.fileio import safe_name
 from featbank.data.collection import Collection
 from featbank.analysis.config import RetrieveConfig
@@ -52,8 +52,8 @@ def retrieve(collection: Collection, config: RetrieveConfig, *, warn=print) -> d
                          f"images have features in {entry.path.name}; run extract.py first")
     y_gallery = np.array([label[i] for i in gallery], dtype=object)
     y_query = np.array([label[i] for i in queries], dtype=object)
-    found, similarity = nearest(data.features[[row[i] for i in gallery]],
-                                data.features[[row[i] for i in queries]], config.k,
+    found, similarity = nearest(data.X[[row[i] for i in gallery]],
+                                data.X[[row[i] for i in queries]], config.k,
                                 progress=progress_bar(config.progress))
     relevant = y_gallery[found] == y_query[:, None]
     per_label = dict(zip(*np.unique(y_gallery, return_counts=True)))
@@ -102,7 +102,7 @@ def lookup(collection: Collection, config: RetrieveConfig, *, warn=print) -> dic
                                 config.weights, warn=warn)
     data = read_entry(entry)
     spec = get_spec(entry.backbone)
-    change = preprocess_change(data.attrs, spec.preprocess.attrs())
+    change = preprocess_change(data.provenance, spec.preprocess.attrs())
     if change:  # queries must be preprocessed as the file's images were
         key, was, now = change
         raise ValueError(f"{entry.path.name} was extracted with {key}={was!r}, but "
@@ -115,12 +115,12 @@ def lookup(collection: Collection, config: RetrieveConfig, *, warn=print) -> dic
         if reason:
             raise ValueError(f"query image {path} cannot be read: {reason}")
         views.append(view)
-    weights = _trunk_weights(entry, data.attrs, config.weights_file)
+    weights = _trunk_weights(entry, data.provenance, config.weights_file)
     runner = TrunkRunner(spec, load_trunk(spec, weights, option="--weights-file",
                                           progress=config.progress),
                          resolve_device(config.device), None)
     vectors = runner.submit(torch.stack(views))()
-    found, similarity = nearest(data.features, vectors, config.k)
+    found, similarity = nearest(data.X, vectors, config.k)
     labels = collection.labels_by_id()
     results = [{"image": str(path), "neighbours": [
         {"id": data.ids[g], "similarity": float(s),
@@ -148,7 +148,7 @@ def _settings(config: RetrieveConfig) -> dict:
     return settings
 
 
-def _trunk_weights(entry: FeatureEntry, attrs: dict, weights_file: str | None) -> str:
+def _trunk_weights(entry: FeatureFile, attrs: dict, weights_file: str | None) -> str:
     """What to pass to ``load_trunk`` to rebuild the trunk that made ``entry``: the
     weights file given, else the one the file recorded, else the last extraction's."""
     if entry.weights in ("imagenet", "random"):

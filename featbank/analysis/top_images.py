@@ -101,14 +101,14 @@ def _cached(collection, config, networks: list[Network], stage, label: dict, war
         return None, None, None
     sets = [read_entry(e) for e in entries]
     wanted = networks[0].preprocess.attrs()
-    if any(preprocess_change(s.attrs, wanted) for s in sets):
+    if any(preprocess_change(s.provenance, wanted) for s in sets):
         return None, None, None
     shared = set.intersection(*(set(s.ids) for s in sets))
     ids = [i for i in sets[0].ids if i in shared and i in label]
     if len(ids) < config.k:
         return None, None, None
     rows = [{i: k for k, i in enumerate(s.ids)} for s in sets]
-    return ids, [s.features[[r[i] for i in ids]] for s, r in zip(sets, rows)], "feature cache"
+    return ids, [s.X[[r[i] for i in ids]] for s, r in zip(sets, rows)], "feature cache"
 
 
 def _top_k(x: np.ndarray, k: int) -> np.ndarray:

@@ -17,7 +17,7 @@ import joblib
 import numpy as np
 from scipy.special import expit
 
-from featbank.store.features import FeatureSet, FeatureSource, select_features
+from featbank.store.features import Features, Concatenation, select_features
 from featbank.core.fileio import safe_name
 from featbank.data.collection import Collection
 from featbank.classification.config import ClassifyConfig
@@ -34,14 +34,14 @@ __all__ = ["ClassifyConfig", "classify", "cell_key", "ensemble_key", "run_cell",
            "task_splits"]
 
 
-def cell_key(collection: str, task: str, entry: FeatureSource, head: str,
+def cell_key(collection: str, task: str, entry: Concatenation, head: str,
              config: ClassifyConfig) -> str:
     """A cell's identity: what decides its result, every identity field of the config included."""
     return json.dumps([collection, task, entry.backbone, entry.weights_exact, entry.n_rows, head,
                        identity(config)], sort_keys=True)
 
 
-def _cell_stem(task: str, entry: FeatureSource, head: str, config: ClassifyConfig) -> str:
+def _cell_stem(task: str, entry: Concatenation, head: str, config: ClassifyConfig) -> str:
     digest = hashlib.sha256(json.dumps(identity(config), sort_keys=True).encode()).hexdigest()[:8]
     return f"{safe_name(task)}/{entry.stem}__{head}__{digest}"
 
@@ -52,11 +52,11 @@ def _rows(split: Split, part: str, index: dict[str, int]):
     return np.array([index[ids[k]] for k in keep], dtype=int), np.array([labels[k] for k in keep])
 
 
-def run_cell(*, folder: Path, collection: str, task: str, split: Split, entry: FeatureSource,
+def run_cell(*, folder: Path, collection: str, task: str, split: Split, entry: Concatenation,
              head: str, config: ClassifyConfig) -> dict:
     """Train one head on one feature file and task; returns its results row."""
     data = entry.read()
-    X = data.features.astype(np.float32, copy=False)
+    X = data.X.astype(np.float32, copy=False)
     index = {image_id: k for k, image_id in enumerate(data.ids)}
     (tr, y_tr), (va, y_va), (te, y_te) = (_rows(split, p, index) for p in ("train", "val", "test"))
     chosen = subsample(y_tr, config.train_fraction, config.options.seed)
@@ -171,14 +171,14 @@ def _classify_once(collection: Collection, config: ClassifyConfig, *, warn) -> l
 
 # -- ensembles: one head's probabilities averaged across feature sources ------------------
 
-def ensemble_key(collection: str, task: str, entries: list[FeatureSource], head: str,
+def ensemble_key(collection: str, task: str, entries: list[Concatenation], head: str,
                  config: ClassifyConfig) -> str:
     return json.dumps(["ensemble", *(json.loads(cell_key(collection, task, e, head, config))
                                      for e in entries)], sort_keys=True)
 
 
 def _ensembles(folder: Path, collection: str, splits: dict[str, Split],
-               entries: list[FeatureSource], heads: list[str], config: ClassifyConfig,
+               entries: list[Concatenation], heads: list[str], config: ClassifyConfig,
                warn) -> list[dict]:
     """An ensemble row per task x head, from the member cells already in the store."""
     stored = {r.get("cell"): r for r in latest_rows(load_results(folder))}
@@ -204,8 +204,8 @@ def _ensembles(folder: Path, collection: str, splits: dict[str, Split],
     return new
 
 
-def run_ensemble(*, collection: str, task: str, split: Split, entries: list[FeatureSource],
-                 sets: list[FeatureSet], members: list[dict], head: str,
+def run_ensemble(*, collection: str, task: str, split: Split, entries: list[Concatenation],
+                 sets: list[Features], members: list[dict], head: str,
                  config: ClassifyConfig, key: str, folder: Path) -> dict:
     """Average the fitted member heads' class probabilities on the ids every member has.
 
@@ -217,7 +217,7 @@ def run_ensemble(*, collection: str, task: str, split: Split, entries: list[Feat
     start = time.perf_counter()
     models = []
     for data, member in zip(sets, members):
-        models.append((joblib.load(member["head_path"]), data.features,
+        models.append((joblib.load(member["head_path"]), data.X,
                        {image_id: k for k, image_id in enumerate(data.ids)}))
     if split.multi_label:  # every member's columns follow split.classes
         classes = np.array(split.classes, dtype=object)

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm import tqdm
 
 from featbank.models.registry import get_spec
-from featbank.store.writer import FeatureFile
+from featbank.store.writer import FeatureWriter
 from featbank.store.features import count_rows, read_skipped, write_skipped_list
 from featbank.store.provenance import feature_path, file_attrs
 from featbank.data.collection import Collection, save_metadata
@@ -194,7 +194,7 @@ def extract(collection: Collection, config: ExtractConfig) -> list[ExtractReport
         attrs = file_attrs(backbone=spec.name, feature_dim=spec.feature_dim,
                            preprocess=spec.preprocess.attrs(), weights=weights[spec.name].attrs(),
                            dtype=config.dtype, collection=collection.name)
-        files[spec.name] = FeatureFile(feature_path(config.cache_root, collection.name, spec.name,
+        files[spec.name] = FeatureWriter(feature_path(config.cache_root, collection.name, spec.name,
                                                     weights[spec.name].id), attrs)
     with ExitStack() as held:
         for out in sorted(files.values(), key=lambda f: f.path):  # one order: no deadlock
@@ -348,7 +348,7 @@ def _device_decoder(config: ExtractConfig, specs: list) -> str | None:
     return jpeg_decoder(config.jpeg_decoder)[0]
 
 
-def _submit(ids, reasons, pixels, todo, runner: TrunkRunner, out: FeatureFile) -> Callable[[], None]:
+def _submit(ids, reasons, pixels, todo, runner: TrunkRunner, out: FeatureWriter) -> Callable[[], None]:
     """Queue one backbone's share of a batch; the returned call writes it as a part."""
     need, good, skipped = backbone_share(ids, reasons, todo)
     if good:

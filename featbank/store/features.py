@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import csv
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
@@ -28,23 +28,40 @@ from featbank.store.provenance import plain_attrs, provenance_value, weights_lab
 
 
 @dataclass
-class FeatureSet:
-    """What a feature file holds, read into memory."""
+class Features:
+    """Features in memory: what a feature file (or several, concatenated) holds.
+
+    Attributes
+    ----------
+    ids : list of str, length n
+        Image ids (paths relative to the collection root); row i of ``X`` is ``ids[i]``.
+    X : ndarray of shape (n, d)
+        The vectors (float32, or float16 when the file stores them so).
+    provenance : dict
+        The file's attributes: backbone, exact weights, preprocessing, versions
+        (:mod:`featbank.store.provenance`).
+    skipped : dict
+        Image id -> why it has no row (could not be decoded).
+    labels : dict
+        Task -> label of each row (None where unlabelled); empty unless the reader
+        joined the collection's labels (``featbank.load_features`` does).
+    """
 
     ids: list[str]
-    features: np.ndarray
-    attrs: dict
+    X: np.ndarray
+    provenance: dict
     skipped: dict[str, str]
+    labels: dict[str, list] = field(default_factory=dict)
 
 
-def read_features(path: str | os.PathLike) -> FeatureSet:
+def read_features(path: str | os.PathLike) -> Features:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"feature file {path} does not exist; run extract.py first")
     with h5py.File(path, "r") as f:
         _check_shards(f["features"], path)
-        return FeatureSet(ids=list(f["ids"].asstr()[:]), features=f["features"][:],
-                          attrs=plain_attrs(dict(f.attrs)),
+        return Features(ids=list(f["ids"].asstr()[:]), X=f["features"][:],
+                          provenance=plain_attrs(dict(f.attrs)),
                           skipped=dict(zip(f["skipped_ids"].asstr()[:],
                                            f["skipped_reasons"].asstr()[:])))
 
@@ -73,7 +90,7 @@ def count_rows(path: str | os.PathLike) -> int:
 # -- a collection's feature files ------------------------------------------------------
 
 @dataclass(frozen=True)
-class FeatureEntry:
+class FeatureFile:
     """One feature file as listed by :func:`feature_files` (attributes only, no vectors)."""
 
     path: Path
@@ -86,7 +103,7 @@ class FeatureEntry:
 
 
 def feature_files(folder: Path, backbones: str = "all", weights: str = "all", *,
-                  warn=print) -> list[FeatureEntry]:
+                  warn=print) -> list[FeatureFile]:
     """The collection's feature files matching the backbone and weights filters.
 
     A file that cannot be read or holds no rows (a failed extraction) is
@@ -100,7 +117,7 @@ def feature_files(folder: Path, backbones: str = "all", weights: str = "all", *,
                 a = plain_attrs(dict(f.attrs))
                 _check_shards(f["features"], path)
                 exact = str(provenance_value(a, "weights_exact") or a["weights"])
-                entry = FeatureEntry(path, str(a["backbone"]), str(a["weights"]), exact,
+                entry = FeatureFile(path, str(a["backbone"]), str(a["weights"]), exact,
                                      int(a["feature_dim"]), int(f["ids"].shape[0]),
                                      str(a.get("weights_label") or weights_label(a["weights"], exact)))
         except (OSError, KeyError, ValueError) as err:
@@ -125,11 +142,11 @@ def feature_files(folder: Path, backbones: str = "all", weights: str = "all", *,
 
 
 @dataclass(frozen=True)
-class FeatureSource:
+class Concatenation:
     """What a head trains on: one feature file, or several read as one (``A+B``), their
     vectors concatenated on the ids they all hold, in the first file's order."""
 
-    parts: tuple[FeatureEntry, ...]
+    parts: tuple[FeatureFile, ...]
 
     @property
     def backbone(self) -> str:
@@ -164,7 +181,7 @@ class FeatureSource:
     def paths(self) -> str:
         return " + ".join(str(p.path) for p in self.parts)
 
-    def read(self) -> FeatureSet:
+    def read(self) -> Features:
         sets = [read_features(p.path) for p in self.parts]
         if len(sets) == 1:
             return sets[0]
@@ -173,11 +190,11 @@ class FeatureSource:
         skipped = {k: v for data in sets for k, v in data.skipped.items()}
         attrs = {"backbone": self.backbone, "weights": self.weights,
                  "weights_exact": self.weights_exact, "feature_dim": self.feature_dim}
-        return FeatureSet(ids=ids, features=np.concatenate(blocks, axis=1), attrs=attrs,
+        return Features(ids=ids, X=np.concatenate(blocks, axis=1), provenance=attrs,
                           skipped=skipped)
 
 
-def align_on_ids(sets: list[FeatureSet], names: list[str]) -> tuple[list[str], list[np.ndarray]]:
+def align_on_ids(sets: list[Features], names: list[str]) -> tuple[list[str], list[np.ndarray]]:
     """The ids every set holds (in the first set's order) and each set's rows for them.
 
     names : the sets' file names, for the error when two share no id.
@@ -195,12 +212,12 @@ def align_on_ids(sets: list[FeatureSet], names: list[str]) -> tuple[list[str], l
     blocks = []
     for data in sets:
         row = {image_id: k for k, image_id in enumerate(data.ids)}
-        blocks.append(data.features[[row[i] for i in ids]])
+        blocks.append(data.X[[row[i] for i in ids]])
     return ids, blocks
 
 
 def select_features(folder: Path, parsed: list[tuple[tuple[str, str | None], ...]],
-                    weights: str = "all", *, warn=print) -> list[FeatureSource]:
+                    weights: str = "all", *, warn=print) -> list[Concatenation]:
     """The feature sources ``--backbone`` names, parsed by
     :func:`featbank.models.registry.parse_selection` (``[]``: every file).
 
@@ -210,24 +227,24 @@ def select_features(folder: Path, parsed: list[tuple[tuple[str, str | None], ...
     names = sorted({name for item in parsed for name, _ in item}) or ["all"]
     entries = feature_files(folder, ",".join(names), "all", warn=warn)
     if not parsed:
-        return [FeatureSource((e,)) for e in _admitted(entries, weights, "all")]
+        return [Concatenation((e,)) for e in _admitted(entries, weights, "all")]
     sources = []
     for item in parsed:
         matches = [_admitted([e for e in entries if e.backbone == name], w or weights, name)
                    for name, w in item]
         if len(item) == 1:
-            sources += [FeatureSource((e,)) for e in matches[0]]
+            sources += [Concatenation((e,)) for e in matches[0]]
             continue
         for (name, _), found in zip(item, matches):
             if len(found) > 1:
                 raise ValueError(f"{name} has feature files with weights "
                                  f"{', '.join(e.weights[:19] for e in found)}; name one in the "
                                  f"combination, e.g. {name}@{found[0].weights[:19]}")
-        sources.append(FeatureSource(tuple(found[0] for found in matches)))
+        sources.append(Concatenation(tuple(found[0] for found in matches)))
     return list(dict.fromkeys(sources))
 
 
-def _admitted(entries: list[FeatureEntry], weights: str, name: str) -> list[FeatureEntry]:
+def _admitted(entries: list[FeatureFile], weights: str, name: str) -> list[FeatureFile]:
     if weights == "all":
         return entries
     chosen = [e for e in entries if e.weights == weights or e.weights.startswith(weights)]

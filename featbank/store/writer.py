@@ -46,7 +46,7 @@ _CHUNK_ROWS = 1024
 MAX_SHARDS = 32
 
 
-class FeatureFile:
+class FeatureWriter:
     """A feature file being filled: the HDF5 file plus its pending parts."""
 
     def __init__(self, path: str | os.PathLike, attrs: dict):
@@ -276,7 +276,7 @@ def _drop_unnamed_shards(folder: Path, named: set[str]) -> None:
 
 @dataclass
 class _LiveShard:
-    """The rows of the parts one ``FeatureFile`` writes, appended to a shard as they come.
+    """The rows of the parts one ``FeatureWriter`` writes, appended to a shard as they come.
 
     Written beside the parts (which stay the crash-safe record), so that the
     merge at the end of a run renames this file instead of reading every part
@@ -294,7 +294,7 @@ class _LiveShard:
     compacts: bool  # it began with a copy of the stored rows, to become the only shard
 
     @classmethod
-    def start(cls, out: FeatureFile) -> "_LiveShard":
+    def start(cls, out: FeatureWriter) -> "_LiveShard":
         index = _Index.read(out.path) if out.path.is_file() else _Index.empty()
         out.shards.mkdir(parents=True, exist_ok=True)
         path = out.shards / f"live.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"

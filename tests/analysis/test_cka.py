@@ -6,7 +6,7 @@ import pytest
 
 from helpers import write_toy_cache
 from featbank.analysis.similarity import linear_cka
-from featbank.store.writer import FeatureFile
+from featbank.store.writer import FeatureWriter
 from featbank.store.provenance import feature_path
 from featbank.store.features import read_features
 from featbank.analysis.config import CkaConfig
@@ -21,9 +21,9 @@ def test_cka_of_files_on_shared_ids(tmp_path):
     # a third file holding half the ids, in another order: compared on those only
     data = read_features(b)
     keep = list(range(0, 60, 2))[::-1]
-    attrs = {**data.attrs, "backbone": "vgg19"}
-    part = FeatureFile(feature_path(cache, "toy", "vgg19", "random"), attrs)
-    part.add_batch([data.ids[k] for k in keep], data.features[keep])
+    attrs = {**data.provenance, "backbone": "vgg19"}
+    part = FeatureWriter(feature_path(cache, "toy", "vgg19", "random"), attrs)
+    part.add_batch([data.ids[k] for k in keep], data.X[keep])
     part.merge()
     messages = []
     report = cka(CkaConfig(features=[str(a), str(a), str(b), str(part.path)],
@@ -36,7 +36,7 @@ def test_cka_of_files_on_shared_ids(tmp_path):
     assert m[2, 3] == pytest.approx(1, abs=1e-4)
     fa = read_features(a)
     rows = [fa.ids.index(data.ids[k]) for k in sorted(keep)]
-    assert m[0, 2] == pytest.approx(linear_cka(fa.features[rows], data.features[sorted(keep)]),
+    assert m[0, 2] == pytest.approx(linear_cka(fa.X[rows], data.X[sorted(keep)]),
                                     abs=1e-5)
     assert report["names"] == ["alexnet__random", "alexnet__random", "resnet18@random",
                                "vgg19@random"]  # file names where two would read the same
@@ -53,8 +53,8 @@ def test_cka_bad_inputs(tmp_path):
     [a] = (one / "features").glob("resnet18*.h5")
     # other ids altogether
     data = read_features(a)
-    other = FeatureFile(tmp_path / "other.h5", data.attrs)
-    other.add_batch([f"x/{i}" for i in data.ids], data.features)
+    other = FeatureWriter(tmp_path / "other.h5", data.provenance)
+    other.add_batch([f"x/{i}" for i in data.ids], data.X)
     other.merge()
     with pytest.raises(ValueError, match="no image ids in common"):
         cka(CkaConfig(features=[str(a), str(other.path)], cache_root=str(tmp_path),

@@ -27,7 +27,7 @@ def test_npy_export_round_trips(toy):
     X = np.load(features)  # no pickle needed for any of them
     names = np.load(ids)
     original = read_features(cache / "toy" / "features" / "resnet18__random.h5")
-    assert np.array_equal(X, original.features) and names.tolist() == original.ids
+    assert np.array_equal(X, original.X) and names.tolist() == original.ids
     with open(labels_csv, newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert [r["id"] for r in rows] == original.ids
@@ -46,7 +46,7 @@ def test_parquet_export_round_trips(toy):
     df = pd.read_parquet(report["files"][0])
     X = np.stack(df["embedding"].to_numpy())
     original = read_features(cache / "toy" / "features" / "alexnet__random.h5")
-    assert X.shape == (60, 16) and np.array_equal(X, original.features)
+    assert X.shape == (60, 16) and np.array_equal(X, original.X)
     assert df["id"].tolist() == original.ids and df["style"].iloc[-1] == "gothic"
 
 

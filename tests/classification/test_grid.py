@@ -67,7 +67,7 @@ def test_parallel_cells_give_the_same_numbers(tmp_path):
 
 def test_float16_cache_and_ablation_options(tmp_path):
     folder = write_toy_cache(tmp_path, dtype="float16")
-    assert read_features(next((folder / "features").glob("resnet18*.h5"))).features.dtype == np.float16
+    assert read_features(next((folder / "features").glob("resnet18*.h5"))).X.dtype == np.float16
     config = _config(tmp_path, heads="softmax", backbones="resnet18", train_fraction=0.5,
                      options=HeadOptions(pca=4, normalize="l2", balanced=True))
     [row] = classify(load_metadata(folder), config, warn=lambda m: None)
@@ -118,14 +118,14 @@ def test_unusable_feature_files_are_named_and_skipped(tmp_path):
 
 def _extra_file(cache, backbone, weights, keep):
     """Another feature file of the toy collection: resnet18's vectors for the rows ``keep``."""
-    from featbank.store.writer import FeatureFile
+    from featbank.store.writer import FeatureWriter
     from featbank.store.provenance import feature_path
 
     data = read_features(cache / "toy" / "features" / "resnet18__random.h5")
-    out = FeatureFile(feature_path(cache, "toy", backbone, weights),
-                      {**data.attrs, "backbone": backbone, "weights": weights,
+    out = FeatureWriter(feature_path(cache, "toy", backbone, weights),
+                      {**data.provenance, "backbone": backbone, "weights": weights,
                        "weights_exact": weights})
-    out.add_batch([data.ids[k] for k in keep], data.features[keep] * 2 + 1)
+    out.add_batch([data.ids[k] for k in keep], data.X[keep] * 2 + 1)
     out.merge()
     return out.path
 
@@ -181,7 +181,7 @@ def test_ensemble_averages_member_probabilities(tmp_path):
     for member in members:
         data = read_features(member["features"])
         pipeline = joblib.load(member["head_path"])
-        total = total + class_scores(pipeline, data.features[[data.ids.index(i) for i in ids]])
+        total = total + class_scores(pipeline, data.X[[data.ids.index(i) for i in ids]])
     predicted = pipeline.classes_[np.argmax(total, axis=1)]
     assert ensemble["top1"] == pytest.approx(np.mean(predicted == np.array(labels)))
     assert classify(collection, config, warn=lambda m: None) == []  # stored once
@@ -193,7 +193,7 @@ def test_ensemble_averages_member_probabilities(tmp_path):
 def _multi_label_cache(cache, n=150, dim=24, seed=0, backbones=("resnet18",)):
     """Images tagged ``style;setting`` (3 styles x 2 settings), features encoding both
     (each backbone's with noise of its own)."""
-    from featbank.store.writer import FeatureFile
+    from featbank.store.writer import FeatureWriter
     from featbank.store.provenance import feature_path
     from featbank.data.collection import Collection, save_metadata
 
@@ -213,7 +213,7 @@ def _multi_label_cache(cache, n=150, dim=24, seed=0, backbones=("resnet18",)):
                  "input_size": 224, "mean": [0.5] * 3, "std": [0.5] * 3, "resize": "squash",
                  "crop_pct": 1.0, "interpolation": "bilinear", "dtype": "float32",
                  "collection": "ml"}
-        out = FeatureFile(feature_path(cache, "ml", backbone, "random"), attrs)
+        out = FeatureWriter(feature_path(cache, "ml", backbone, "random"), attrs)
         out.add_batch(ids, X)
         out.merge()
     return folder
@@ -268,7 +268,7 @@ def test_multi_label_ensemble_averages_each_labels_probability(tmp_path):
         for member in members:
             data = read_features(member["features"])
             pipeline = joblib.load(member["head_path"])
-            X = data.features[[data.ids.index(i) for i in ids]]
+            X = data.X[[data.ids.index(i) for i in ids]]
             # svm has no probabilities: each label's sigmoid of its decision score
             total = total + (pipeline.predict_proba(X) if head == "logreg"
                              else expit(class_scores(pipeline, X)))

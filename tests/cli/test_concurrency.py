@@ -50,7 +50,7 @@ def test_two_extractions_at_once_then_a_third_equal_one_run(tmp_path):
     b = read_features(tmp_path / "shared/imgs/features/squeezenet1_1__random.h5")
     assert len(b.ids) == len(set(b.ids)) == 96 and sorted(a.ids) == sorted(b.ids)
     order = [b.ids.index(i) for i in a.ids]
-    assert np.allclose(a.features, b.features[order], atol=1e-5)
+    assert np.allclose(a.X, b.X[order], atol=1e-5)
 
 
 def _store(folder):

@@ -91,7 +91,7 @@ def test_imagenet_from_the_weights_cache_is_recorded_exactly(run_script, tmp_pat
     run_script("extract.py", "--backbone", "squeezenet1_1", "--images", image_folder,
                "--workers", "0", "--no-progress", "--weights", SQUEEZENET)
     [same] = (tmp_path / "cache/images/features").glob("*sha256*.h5")
-    assert np.allclose(read_features(same).features, by_file.features, atol=1e-5)
+    assert np.allclose(read_features(same).X, by_file.X, atol=1e-5)
     classify = subprocess.run([sys.executable, str(REPO / "classify.py"), "--head", "logreg",
                                "--collection", "images", "--min-per-class", "3",
                                "--split", "50/17/33", "--weights", "imagenet"],
@@ -151,13 +151,13 @@ def test_killed_run_resumes_to_the_uninterrupted_file(tmp_path):
     assert again.returncode == 0, again.stderr
     a = read_features(tmp_path / "clean/imgs/features/squeezenet1_1__random.h5")
     b = read_features(tmp_path / "killed/imgs/features/squeezenet1_1__random.h5")
-    assert a.ids == b.ids and np.array_equal(a.features, b.features)
+    assert a.ids == b.ids and np.array_equal(a.X, b.X)
 
 
 def _half_split_score(path) -> float:
     data = read_features(path)
     labels = [i.split("/")[0] for i in data.ids]
-    xa, xb, ya, yb = train_test_split(data.features, labels, test_size=0.5, random_state=0)
+    xa, xb, ya, yb = train_test_split(data.X, labels, test_size=0.5, random_state=0)
     return LogisticRegression(max_iter=2000).fit(xa, ya).score(xb, yb)
 
 
@@ -173,7 +173,7 @@ def test_heritage_imagenet_features_separate_the_classes(run_script, tmp_path):
         [path] = (tmp_path / "cache/test/features").glob(
             "*random.h5" if weights == "random" else "*sha256*.h5")
         data = read_features(path)
-        assert data.features.shape == (1404, 512) and len(set(data.ids)) == 1404
+        assert data.X.shape == (1404, 512) and len(set(data.ids)) == 1404
         scores[weights] = _half_split_score(path)
     assert scores[str(SQUEEZENET)] >= 0.85
     assert scores["random"] <= 0.65

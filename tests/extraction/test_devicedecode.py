@@ -182,8 +182,8 @@ def test_device_path_gives_the_cpu_paths_rows(tmp_path, mixed_folder):
     device = _features(mixed_folder, tmp_path, "device")
     assert device.ids == cpu.ids and len(cpu.ids) == 11
     assert device.skipped == cpu.skipped and list(cpu.skipped) == ["b/cut.jpg"]
-    cosine = (cpu.features * device.features).sum(1) / (
-        np.linalg.norm(cpu.features, axis=1) * np.linalg.norm(device.features, axis=1))
+    cosine = (cpu.X * device.X).sum(1) / (
+        np.linalg.norm(cpu.X, axis=1) * np.linalg.norm(device.X, axis=1))
     assert cosine.min() > 0.99, cosine
 
 
@@ -194,7 +194,7 @@ def test_the_jpeg_decoder_is_a_choice_that_changes_no_feature(tmp_path, mixed_fo
             for name in JPEG_DECODERS}
     codec, vision = rows["torchcodec"], rows["torchvision"]
     assert codec.ids == vision.ids and codec.skipped == vision.skipped
-    assert np.array_equal(codec.features, vision.features)
+    assert np.array_equal(codec.X, vision.X)
     saved = json.loads((tmp_path / "device" / "torchvision" / "mixed" / "extract_config.json")
                        .read_text())
     assert saved["jpeg_decoder"] == "torchvision" and saved["decode"] == "device"
@@ -229,10 +229,10 @@ def test_cuda_device_decoding_matches_pillow(tmp_path, mixed_folder, decoder):
     cpu = _features(mixed_folder, tmp_path, "cpu", device="cuda")
     device = _features(mixed_folder, tmp_path, "device", device="cuda", jpeg_decoder=decoder)
     assert device.ids == cpu.ids and device.skipped == cpu.skipped
-    cosine = (cpu.features * device.features).sum(1) / (
-        np.linalg.norm(cpu.features, axis=1) * np.linalg.norm(device.features, axis=1))
+    cosine = (cpu.X * device.X).sum(1) / (
+        np.linalg.norm(cpu.X, axis=1) * np.linalg.norm(device.X, axis=1))
     assert cosine.min() > 0.99, cosine
-    assert get_spec("resnet18").feature_dim == cpu.features.shape[1]
+    assert get_spec("resnet18").feature_dim == cpu.X.shape[1]
 
 
 def test_the_share_follows_costs_that_change_along_the_collection():

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import featbank.data.images as images
-from featbank.store.writer import FeatureFile
+from featbank.store.writer import FeatureWriter
 from featbank.store.features import read_features
 from featbank.data.collection import from_folder
 from featbank.extraction.engine import ExtractConfig, extract
@@ -35,12 +35,12 @@ def test_extract_writes_contract_file(tmp_path, image_folder):
     collection = from_folder(image_folder)
     [report] = extract(collection, _config(tmp_path))
     data = read_features(report.path)
-    assert data.features.shape == (12, 512) and data.features.dtype == np.float32
+    assert data.X.shape == (12, 512) and data.X.dtype == np.float32
     assert sorted(data.ids) == collection.ids
-    assert np.isfinite(data.features).all()
+    assert np.isfinite(data.X).all()
     for key in ("backbone", "feature_dim", "weights", "input_size", "mean", "std",
                 "featbank_version", "torch_version"):
-        assert key in data.attrs
+        assert key in data.provenance
     assert (tmp_path / "cache" / "images" / "extract_config.json").is_file()
 
 
@@ -64,14 +64,14 @@ def test_rerun_decodes_nothing_and_new_images_only(tmp_path, image_folder, count
     [report] = extract(from_folder(image_folder), _config(tmp_path))
     assert [p.name for p in count_decodes] == ["new.png"] and report.n_new == 1
     after = read_features(report.path)
-    assert after.ids[:12] == first.ids and np.array_equal(after.features[:12], first.features)
+    assert after.ids[:12] == first.ids and np.array_equal(after.X[:12], first.X)
     assert after.ids[12] == "cats/new.png"
 
 
 def test_interrupted_run_resumes_to_identical_rows(tmp_path, image_folder, monkeypatch):
     collection = from_folder(image_folder)
     [clean] = extract(collection, _config(tmp_path / "clean"))
-    real_add = FeatureFile.add_batch
+    real_add = FeatureWriter.add_batch
     calls = []
 
     def dying_add(self, *args, **kwargs):
@@ -79,14 +79,14 @@ def test_interrupted_run_resumes_to_identical_rows(tmp_path, image_folder, monke
             raise KeyboardInterrupt
         calls.append(1)
         return real_add(self, *args, **kwargs)
-    monkeypatch.setattr(FeatureFile, "add_batch", dying_add)
+    monkeypatch.setattr(FeatureWriter, "add_batch", dying_add)
     with pytest.raises(KeyboardInterrupt):
         extract(collection, _config(tmp_path / "killed"))
-    monkeypatch.setattr(FeatureFile, "add_batch", real_add)
+    monkeypatch.setattr(FeatureWriter, "add_batch", real_add)
     [resumed] = extract(collection, _config(tmp_path / "killed"))
     assert resumed.n_new == 4  # 12 images, two batches of 4 survived
     a, b = read_features(clean.path), read_features(resumed.path)
-    assert a.ids == b.ids and np.array_equal(a.features, b.features)
+    assert a.ids == b.ids and np.array_equal(a.X, b.X)
 
 
 def test_several_backbones_decode_each_image_once(tmp_path, image_folder, count_decodes):
@@ -94,7 +94,7 @@ def test_several_backbones_decode_each_image_once(tmp_path, image_folder, count_
                       _config(tmp_path, backbones="squeezenet1_1,alexnet,timm:test_resnet"))
     assert len(count_decodes) == 12
     assert [r.n_rows for r in reports] == [12, 12, 12]
-    dims = [read_features(r.path).features.shape[1] for r in reports]
+    dims = [read_features(r.path).X.shape[1] for r in reports]
     assert dims == [512, 256, 96]
 
 
@@ -109,7 +109,7 @@ def test_undecodable_images_are_listed_not_fatal(tmp_path, image_folder):
 
 def test_float16_storage_and_no_silent_mixing(tmp_path, image_folder):
     [report] = extract(from_folder(image_folder), _config(tmp_path, dtype="float16"))
-    assert read_features(report.path).features.dtype == np.float16
+    assert read_features(report.path).X.dtype == np.float16
     with pytest.raises(ValueError, match="dtype='float16'"):
         extract(from_folder(image_folder), _config(tmp_path, dtype="float32"))
 
@@ -292,6 +292,6 @@ def test_extract_reports_what_the_device_decoded(tmp_path, image_folder):
     assert cpu.device_decoded is None and 0 < device.device_decoded < 12
     ours, theirs = read_features(device.path), read_features(cpu.path)
     assert ours.ids == theirs.ids
-    cosine = (ours.features * theirs.features).sum(1) / (
-        np.linalg.norm(ours.features, axis=1) * np.linalg.norm(theirs.features, axis=1))
+    cosine = (ours.X * theirs.X).sum(1) / (
+        np.linalg.norm(ours.X, axis=1) * np.linalg.norm(theirs.X, axis=1))
     assert cosine.min() > 0.98, cosine

@@ -41,10 +41,10 @@ def test_ray_writes_the_local_file(tmp_path, folder_with_a_bad_file):
         assert b.path.relative_to(tmp_path / "ray") == a.path.relative_to(tmp_path / "local")
         mine, theirs = read_features(a.path), read_features(b.path)
         assert theirs.ids == mine.ids and len(mine.ids) == 12
-        np.testing.assert_allclose(theirs.features, mine.features, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(theirs.X, mine.X, rtol=1e-4, atol=1e-6)
         assert theirs.skipped == mine.skipped and list(mine.skipped) == ["dogs/broken.jpg"]
-        assert {k: theirs.attrs[k] for k in ("backbone", "weights", "input_size")} == \
-            {k: mine.attrs[k] for k in ("backbone", "weights", "input_size")}
+        assert {k: theirs.provenance[k] for k in ("backbone", "weights", "input_size")} == \
+            {k: mine.provenance[k] for k in ("backbone", "weights", "input_size")}
     assert (tmp_path / "ray" / "images" / "skipped.csv").read_text() == \
         (tmp_path / "local" / "images" / "skipped.csv").read_text()
 
@@ -60,7 +60,7 @@ def test_ray_completes_a_file_begun_locally(tmp_path, image_folder):
     assert report.n_new == 6
     grown, reference = read_features(report.path), read_features(whole[0].path)
     order = [grown.ids.index(i) for i in reference.ids]
-    np.testing.assert_allclose(grown.features[order], reference.features, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(grown.X[order], reference.X, rtol=1e-4, atol=1e-6)
 
 
 def test_ray_options_are_checked_when_the_config_is_built():

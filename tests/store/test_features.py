@@ -2,7 +2,7 @@ import h5py
 import numpy as np
 import pytest
 
-from featbank.store.writer import FeatureFile
+from featbank.store.writer import FeatureWriter
 from featbank.store.provenance import feature_path
 from featbank.store.features import read_features
 
@@ -13,22 +13,22 @@ ATTRS = {"backbone": "toy", "feature_dim": 3, "weights": "random", "input_size":
 
 
 def test_rows_order_and_attributes_round_trip(tmp_path):
-    out = FeatureFile(tmp_path / "f.h5", ATTRS)
+    out = FeatureWriter(tmp_path / "f.h5", ATTRS)
     out.add_batch(["b/1.jpg", "a/2.jpg"], np.array([[1, 2, 3], [4, 5, 6]], np.float32))
     out.add_batch(["c/3.jpg"], np.array([[7, 8, 9]], np.float32), {"bad.jpg": "truncated"})
     assert out.merge() == 3
     data = read_features(tmp_path / "f.h5")
     assert data.ids == ["b/1.jpg", "a/2.jpg", "c/3.jpg"]
-    assert data.features.tolist() == [[1, 2, 3], [4, 5, 6], [7, 8, 9]]
+    assert data.X.tolist() == [[1, 2, 3], [4, 5, 6], [7, 8, 9]]
     assert data.skipped == {"bad.jpg": "truncated"}
-    assert data.attrs["backbone"] == "toy" and data.attrs["feature_dim"] == 3
+    assert data.provenance["backbone"] == "toy" and data.provenance["feature_dim"] == 3
     assert not out.parts.exists()
     with h5py.File(tmp_path / "f.h5") as f:  # plain h5py reads the contract
         assert f["features"].dtype == np.float32 and f["ids"].asstr()[0] == "b/1.jpg"
 
 
 def test_done_ids_count_parts_file_and_skipped(tmp_path):
-    out = FeatureFile(tmp_path / "f.h5", ATTRS)
+    out = FeatureWriter(tmp_path / "f.h5", ATTRS)
     out.add_batch(["x"], np.zeros((1, 3), np.float32), {"y": "bad"})
     assert out.done_ids() == {"x", "y"}
     out.merge()
@@ -37,24 +37,24 @@ def test_done_ids_count_parts_file_and_skipped(tmp_path):
 
 
 def test_merge_appends_and_ignores_rows_already_merged(tmp_path):
-    out = FeatureFile(tmp_path / "f.h5", ATTRS)
+    out = FeatureWriter(tmp_path / "f.h5", ATTRS)
     out.add_batch(["x"], np.ones((1, 3), np.float32))
     out.merge()
     # A run that died after renaming the merged file but before dropping its parts:
     out.add_batch(["x", "w"], np.full((2, 3), 2, np.float32))
     out.merge()
     data = read_features(tmp_path / "f.h5")
-    assert data.ids == ["x", "w"] and data.features[0].tolist() == [1, 1, 1]
+    assert data.ids == ["x", "w"] and data.X[0].tolist() == [1, 1, 1]
 
 
 def _one_row(path, attrs=ATTRS):
-    out = FeatureFile(path, attrs)
+    out = FeatureWriter(path, attrs)
     out.add_batch(["x"], np.ones((1, 3), np.float32))
     out.merge()
 
 
 def test_a_file_appears_only_when_it_holds_rows(tmp_path):
-    assert FeatureFile(tmp_path / "f.h5", ATTRS).merge() == 0
+    assert FeatureWriter(tmp_path / "f.h5", ATTRS).merge() == 0
     assert not (tmp_path / "f.h5").exists()
 
 
@@ -62,28 +62,28 @@ def test_other_exact_weights_are_never_mixed_in(tmp_path):
     pinned = {**ATTRS, "weights": "imagenet", "weights_exact": "torchvision:toy.IMAGENET1K_V1"}
     _one_row(tmp_path / "f.h5", pinned)
     with pytest.raises(ValueError, match="weights_exact='torchvision:toy.IMAGENET1K_V1'.*V2"):
-        FeatureFile(tmp_path / "f.h5", {**pinned, "weights_exact": "torchvision:toy.IMAGENET1K_V2"}
+        FeatureWriter(tmp_path / "f.h5", {**pinned, "weights_exact": "torchvision:toy.IMAGENET1K_V2"}
                     ).check_compatible()
-    FeatureFile(tmp_path / "f.h5", pinned).check_compatible()
+    FeatureWriter(tmp_path / "f.h5", pinned).check_compatible()
     # A file from before weights_exact: random and file weights were exact already.
     _one_row(tmp_path / "old.h5")
-    FeatureFile(tmp_path / "old.h5", {**ATTRS, "weights_exact": "random:seed0"}).check_compatible()
+    FeatureWriter(tmp_path / "old.h5", {**ATTRS, "weights_exact": "random:seed0"}).check_compatible()
 
 
 def test_other_provenance_is_never_mixed_in(tmp_path):
     _one_row(tmp_path / "f.h5")
     with pytest.raises(ValueError, match="input_size=8.*delete it"):
-        FeatureFile(tmp_path / "f.h5", {**ATTRS, "input_size": 224}).check_compatible()
+        FeatureWriter(tmp_path / "f.h5", {**ATTRS, "input_size": 224}).check_compatible()
     with pytest.raises(ValueError, match="weights"):
-        FeatureFile(tmp_path / "f.h5", {**ATTRS, "weights": "imagenet"}).check_compatible()
-    FeatureFile(tmp_path / "f.h5", {**ATTRS, "created": "later"}).check_compatible()
+        FeatureWriter(tmp_path / "f.h5", {**ATTRS, "weights": "imagenet"}).check_compatible()
+    FeatureWriter(tmp_path / "f.h5", {**ATTRS, "created": "later"}).check_compatible()
 
 
 def test_float16_storage(tmp_path):
-    out = FeatureFile(tmp_path / "f.h5", {**ATTRS, "dtype": "float16"})
+    out = FeatureWriter(tmp_path / "f.h5", {**ATTRS, "dtype": "float16"})
     out.add_batch(["x"], np.array([[1.5, 2, 3]], np.float32))
     out.merge()
-    assert read_features(tmp_path / "f.h5").features.dtype == np.float16
+    assert read_features(tmp_path / "f.h5").X.dtype == np.float16
 
 
 def test_feature_path_names():
@@ -93,14 +93,14 @@ def test_feature_path_names():
         "cache/demo/features/vgg19__imagenet.h5"
 
 
-def _grow(out: FeatureFile, first: int, n: int) -> None:
+def _grow(out: FeatureWriter, first: int, n: int) -> None:
     ids = [f"img/{k}.jpg" for k in range(first, first + n)]
     out.add_batch(ids, np.arange(first * 3, (first + n) * 3, dtype=np.float32).reshape(n, 3))
     out.merge()
 
 
 def test_adding_rows_leaves_stored_vectors_untouched(tmp_path, monkeypatch):
-    out = FeatureFile(tmp_path / "f.h5", ATTRS)
+    out = FeatureWriter(tmp_path / "f.h5", ATTRS)
     _grow(out, 0, 5)
     [first_shard] = (tmp_path / "f.h5.shards").iterdir()
     before = first_shard.stat()
@@ -114,7 +114,7 @@ def test_adding_rows_leaves_stored_vectors_untouched(tmp_path, monkeypatch):
 
 
 def test_missing_shard_is_refused_not_read_as_nan(tmp_path):
-    out = FeatureFile(tmp_path / "f.h5", ATTRS)
+    out = FeatureWriter(tmp_path / "f.h5", ATTRS)
     _grow(out, 0, 2)
     for shard in (tmp_path / "f.h5.shards").iterdir():
         shard.unlink()
@@ -126,7 +126,7 @@ def test_shards_are_joined_past_the_limit_and_orphans_dropped(tmp_path, monkeypa
     import featbank.store.writer as cache
 
     monkeypatch.setattr(cache, "MAX_SHARDS", 3)
-    out = FeatureFile(tmp_path / "f.h5", ATTRS)
+    out = FeatureWriter(tmp_path / "f.h5", ATTRS)
     (tmp_path / "f.h5.shards").mkdir()
     (tmp_path / "f.h5.shards" / "000000.h5").write_bytes(b"left by a killed fold")
     for k in range(5):
@@ -134,7 +134,7 @@ def test_shards_are_joined_past_the_limit_and_orphans_dropped(tmp_path, monkeypa
         assert len(list((tmp_path / "f.h5.shards").iterdir())) <= 3
     data = read_features(tmp_path / "f.h5")
     assert data.ids == [f"img/{k}.jpg" for k in range(10)]
-    assert data.features.ravel().tolist() == list(range(30))
+    assert data.X.ravel().tolist() == list(range(30))
 
 
 def test_a_file_written_before_shards_is_grown(tmp_path):
@@ -144,16 +144,16 @@ def test_a_file_written_before_shards_is_grown(tmp_path):
         f.create_dataset("skipped_ids", data=["bad.gif"], dtype=h5py.string_dtype())
         f.create_dataset("skipped_reasons", data=["not an image"], dtype=h5py.string_dtype())
         f.attrs.update({k: v for k, v in ATTRS.items()})
-    out = FeatureFile(tmp_path / "f.h5", ATTRS)
+    out = FeatureWriter(tmp_path / "f.h5", ATTRS)
     _grow(out, 0, 1)
     data = read_features(tmp_path / "f.h5")
     assert data.ids == ["old/0.jpg", "old/1.jpg", "img/0.jpg"]
-    assert data.features.tolist() == [[0, 0, 0], [0, 0, 0], [0, 1, 2]]
+    assert data.X.tolist() == [[0, 0, 0], [0, 0, 0], [0, 1, 2]]
     assert data.skipped == {"bad.gif": "not an image"}
 
 
 def test_the_parts_a_run_wrote_become_its_shard_without_being_read_back(tmp_path, monkeypatch):
-    out = FeatureFile(tmp_path / "f.h5", ATTRS)
+    out = FeatureWriter(tmp_path / "f.h5", ATTRS)
     out.add_batch(["a"], np.ones((1, 3), np.float32))
     out.merge()
     out.add_batch(["b", "a"], np.array([[2, 2, 2], [9, 9, 9]], np.float32), {"c": "truncated"})
@@ -163,7 +163,7 @@ def test_the_parts_a_run_wrote_become_its_shard_without_being_read_back(tmp_path
     monkeypatch.undo()
     data = read_features(tmp_path / "f.h5")
     assert data.ids == ["a", "b", "d"] and data.skipped == {"c": "truncated"}
-    assert data.features.tolist() == [[1, 1, 1], [2, 2, 2], [4, 4, 4]]
+    assert data.X.tolist() == [[1, 1, 1], [2, 2, 2], [4, 4, 4]]
     assert sorted(p.name for p in out.shards.iterdir()) == ["000000.h5", "000001.h5"]
 
 
@@ -173,7 +173,7 @@ def test_a_run_that_compacts_writes_its_rows_once(tmp_path, monkeypatch):
     import featbank.store.writer as cache
 
     monkeypatch.setattr(cache, "MAX_SHARDS", 3)
-    out = FeatureFile(tmp_path / "f.h5", ATTRS)
+    out = FeatureWriter(tmp_path / "f.h5", ATTRS)
     for k in range(3):
         _grow(out, 2 * k, 2)
     assert len(list(out.shards.iterdir())) == 3
@@ -185,32 +185,32 @@ def test_a_run_that_compacts_writes_its_rows_once(tmp_path, monkeypatch):
     [shard] = out.shards.iterdir()
     data = read_features(tmp_path / "f.h5")
     assert data.ids == [f"img/{k}.jpg" for k in range(6)] + ["img/6.jpg", "img/7.jpg"]
-    assert data.features[:, 0].tolist() == [0, 3, 6, 9, 12, 15, 6, 7]
+    assert data.X[:, 0].tolist() == [0, 3, 6, 9, 12, 15, 6, 7]
     assert data.skipped == {"bad.gif": "not an image"}
     _grow(out, 8, 1)  # and the next run adds a shard again
     assert len(list(out.shards.iterdir())) == 2 and len(read_features(tmp_path / "f.h5").ids) == 9
 
 
 def test_parts_of_a_killed_run_are_read_back_and_its_live_shard_dropped(tmp_path):
-    killed = FeatureFile(tmp_path / "f.h5", ATTRS)
+    killed = FeatureWriter(tmp_path / "f.h5", ATTRS)
     killed.add_batch(["a"], np.ones((1, 3), np.float32))
     killed.add_batch(["b"], np.full((1, 3), 2, np.float32))
     del killed  # its live shard stays behind as a .tmp file, as after a kill
     assert len(list((tmp_path / "f.h5.shards").glob("*.tmp"))) == 1
-    resumed = FeatureFile(tmp_path / "f.h5", ATTRS)
+    resumed = FeatureWriter(tmp_path / "f.h5", ATTRS)
     assert resumed.merge() == 2
     resumed.add_batch(["c"], np.full((1, 3), 3, np.float32))
     assert resumed.merge() == 1
     data = read_features(tmp_path / "f.h5")
-    assert data.ids == ["a", "b", "c"] and data.features[:, 0].tolist() == [1, 2, 3]
+    assert data.ids == ["a", "b", "c"] and data.X[:, 0].tolist() == [1, 2, 3]
     assert sorted(p.name for p in resumed.shards.iterdir()) == ["000000.h5", "000001.h5"]
 
 
 def test_a_live_shard_is_not_used_when_other_parts_are_pending(tmp_path):
-    FeatureFile(tmp_path / "f.h5", ATTRS).add_batch(["a"], np.ones((1, 3), np.float32))
-    out = FeatureFile(tmp_path / "f.h5", ATTRS)  # added to without merging what was left
+    FeatureWriter(tmp_path / "f.h5", ATTRS).add_batch(["a"], np.ones((1, 3), np.float32))
+    out = FeatureWriter(tmp_path / "f.h5", ATTRS)  # added to without merging what was left
     out.add_batch(["b"], np.full((1, 3), 2, np.float32))
     assert out.merge() == 2
     data = read_features(tmp_path / "f.h5")
-    assert data.ids == ["a", "b"] and data.features[:, 0].tolist() == [1, 2]
+    assert data.ids == ["a", "b"] and data.X[:, 0].tolist() == [1, 2]
     assert not list(out.shards.glob("*.tmp"))
