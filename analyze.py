@@ -22,8 +22,9 @@ import json
 import sys
 
 from featbank.models.registry import available_backbones
+from featbank.heads.registry import linear_heads
 from featbank.cli.common import Parser, add_options, cached_collection, make_parser, run, split_spec
-from featbank.analysis.config import (EXPORT_FORMATS, LINEAR_HEADS, MAP_METHODS, SALIENCY_METHODS,
+from featbank.analysis.config import (EXPORT_FORMATS, MAP_METHODS, SALIENCY_METHODS,
                                       CkaConfig, ExportConfig, LayersConfig, MapConfig,
                                       RetrieveConfig, SaliencyConfig, TopImagesConfig)
 from featbank.core.settings import defaults
@@ -131,7 +132,7 @@ def get_args_parser() -> Parser:
                           f"one of {', '.join(available_backbones())}")
     sal.add_argument("--weights", default=d["weights"], help=f"{TRUNK_HELP} (default: imagenet)")
     sal.add_argument("--task", default=None, help="the task the stored head was trained on")
-    sal.add_argument("--head", default=None, choices=LINEAR_HEADS,
+    sal.add_argument("--head", default=None, choices=linear_heads(),
                      help="the off-the-shelf head classify.py stored")
     sal.add_argument("--method", default=d["method"], choices=SALIENCY_METHODS,
                      help="gradcam, vbp (VisualBackProp) or ig (integrated gradients); "

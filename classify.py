@@ -19,7 +19,8 @@ from pathlib import Path
 from featbank.cli.common import add_options, cached_collection, make_parser, run, split_spec
 from featbank.classification.config import ClassifyConfig
 from featbank.core.settings import defaults
-from featbank.heads.registry import HEADS, HeadOptions
+from featbank.heads.recipes import RECIPES
+from featbank.heads.registry import HEADS, NORMALIZATIONS, HeadOptions
 
 
 def get_args_parser():
@@ -35,12 +36,12 @@ def get_args_parser():
                         help="imagenet, random, sha256:<prefix> or all (default: all)")
     parser.add_argument("--task", default=d["tasks"], help="label column(s) or all (default: all)")
     add_options(parser, "cache", "collection", "split", "seed", defaults=d)
-    parser.add_argument("--normalize", default="standard", choices=["standard", "l2", "none"],
+    parser.add_argument("--normalize", default="standard", choices=NORMALIZATIONS,
                         help="feature normalisation before the head (default: standard)")
     parser.add_argument("--pca", type=int, default=None,
                         help="PCA to K dimensions first (default: none)")
     add_options(parser, "balanced", "train-fraction", "repeats", defaults=d)
-    parser.add_argument("--softmax-recipe", default="fast", choices=["fast", "paper"],
+    parser.add_argument("--softmax-recipe", default="fast", choices=tuple(RECIPES),
                         help="fast (default) or the paper's RMSprop/batch-32/patience-7 recipe")
     parser.add_argument("--jobs", type=int, default=d["jobs"],
                         help=f"cells trained in parallel (default: {d['jobs']}, the CPU cores)")

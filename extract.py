@@ -20,7 +20,7 @@ import sys
 
 from featbank.models.registry import available_backbones
 from featbank.cli.common import add_options, collection_for_extraction, make_parser, run, source_of
-from featbank.extraction.config import ExtractConfig
+from featbank.extraction.config import DECODES, DTYPES, ENGINES, JPEG_DECODERS, PRECISIONS, ExtractConfig
 from featbank.core.settings import defaults
 
 
@@ -34,23 +34,23 @@ def get_args_parser():
                              "README), random (seeded) or PATH to a state_dict or a trunk "
                              f"exported by finetune.py (default: {d['weights']})")
     add_options(parser, "cache", "source", "batch-size", "workers", "device", defaults=d)
-    parser.add_argument("--dtype", default=d["dtype"], choices=["float32", "float16"],
+    parser.add_argument("--dtype", default=d["dtype"], choices=DTYPES,
                         help=f"storage type of the features (default: {d['dtype']})")
-    parser.add_argument("--precision", default=d["precision"], choices=["auto", "fp32", "bf16", "fp16"],
+    parser.add_argument("--precision", default=d["precision"], choices=PRECISIONS,
                         help="compute precision; auto = bf16/fp16 autocast on a GPU when the "
                              "features stay within 1%% of fp32, else fp32 (default: auto)")
-    parser.add_argument("--decode", default=d["decode"], choices=["auto", "cpu", "device"],
+    parser.add_argument("--decode", default=d["decode"], choices=DECODES,
                         help="where images are decoded: cpu = Pillow in the worker processes; "
                              "device = JPEGs by nvJPEG on the GPU, a share of them by Pillow "
                              "when the workers have time (experimental, see README); "
                              "auto = cpu for now (default: auto)")
     parser.add_argument("--jpeg-decoder", default=d["jpeg_decoder"],
-                        choices=["auto", "torchcodec", "torchvision"],
+                        choices=JPEG_DECODERS,
                         help="with --decode device, the library that calls nvJPEG: auto = "
                              "torchcodec when installed (pip install 'featbank[gpu]'), else "
                              "torchvision's decoder, deprecated since torchvision 0.29 "
                              "(default: auto)")
-    parser.add_argument("--engine", default=d["engine"], choices=["local", "ray"],
+    parser.add_argument("--engine", default=d["engine"], choices=ENGINES,
                         help="local: this machine; ray: Ray Data over a Ray cluster "
                              "(pip install 'featbank[ray]') (default: local)")
     parser.add_argument("--ray-address", default=None,

@@ -28,7 +28,7 @@ from featbank.models.registry import available_backbones
 from featbank.cli.common import (add_options, cached_collection, collection_for_extraction, make_parser,
                           run, source_of, split_spec)
 from featbank.data.collection import save_metadata
-from featbank.finetuning.config import FinetuneConfig
+from featbank.finetuning.config import OPTIMIZERS, FinetuneConfig
 from featbank.core.settings import defaults
 
 
@@ -48,7 +48,7 @@ def get_args_parser():
     parser.add_argument("--patience", type=int, default=d["patience"],
                         help=f"epochs without a better validation loss before stopping "
                              f"(default: {d['patience']})")
-    parser.add_argument("--optimizer", default=d["optimizer"], choices=["sgd", "adam", "rmsprop"],
+    parser.add_argument("--optimizer", default=d["optimizer"], choices=OPTIMIZERS,
                         help="sgd = SGD with Nesterov momentum 0.9 (default: sgd)")
     parser.add_argument("--lr", type=float, default=d["lr"],
                         help=f"learning rate (default: {d['lr']:g})")
@@ -79,7 +79,7 @@ def main(argv=None) -> None:
     else:
         collection = cached_collection(cache=args.cache, collection=args.collection)
     from featbank.evaluation.metrics import score_of
-    from featbank.finetuning.train import finetune  # torch: imported once the arguments are known good
+    from featbank.finetuning.train import finetune
 
     def log(message):
         print(message, file=sys.stderr)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from featbank.core.settings import at_least, check_device_name, check_workers, one_of, runtime
 from featbank.data.tasks import SplitSpec
+from featbank.heads.registry import linear_heads
 from featbank.models.registry import check_names
 
 
@@ -162,7 +163,6 @@ class TopImagesConfig(_TrunkPass):
 SALIENCY_METHODS = ("gradcam", "vbp", "ig")
 
 
-LINEAR_HEADS = ("softmax", "logreg", "svm")
 
 
 @dataclass
@@ -200,9 +200,9 @@ class SaliencyConfig:
                                  "--backbone, --task and --head (a stored off-the-shelf head)")
             _one_backbone(self.backbone)
             _network_weights("--weights", self.weights)
-            if self.head not in LINEAR_HEADS:
+            if self.head not in linear_heads():
                 raise ValueError(f"--head {self.head!r}: saliency needs a linear head "
-                                 f"({', '.join(LINEAR_HEADS)})")
+                                 f"({', '.join(linear_heads())})")
         at_least("--n", self.n, 1)
         at_least("--steps", self.steps, 2)
         at_least("--seed", self.seed, 0)

@@ -341,10 +341,3 @@ def subsample(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
 def ids_digest(ids) -> str:
     """Fingerprint of a set of image ids: equal digests, identical evaluation sets."""
     return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()
-
-
-def balanced_weights(targets: np.ndarray, n_classes: int) -> np.ndarray:
-    """Class weights inversely proportional to class sizes, ``n / (k * count)``
-    (scikit-learn's ``class_weight="balanced"``); targets are class indices (pure)."""
-    counts = np.bincount(targets, minlength=n_classes).astype(np.float32)
-    return (len(targets) / (n_classes * np.maximum(counts, 1))).astype(np.float32)

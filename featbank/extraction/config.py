@@ -6,6 +6,12 @@ from dataclasses import dataclass
 from featbank.core.settings import at_least, check_device_name, check_workers, one_of, runtime
 from featbank.models.registry import check_names
 
+# The choices of each option, offered by the command line and checked here.
+DTYPES = ("float32", "float16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DECODES = ("auto", "cpu", "device")
+JPEG_DECODERS = ("auto", "torchcodec", "torchvision")
+ENGINES = ("local", "ray")
 
 @dataclass
 class ExtractConfig:
@@ -21,12 +27,12 @@ class ExtractConfig:
     precision: str = "auto"
     # cpu: Pillow in the DataLoader workers; device: nvJPEG on the GPU for the JPEGs
     # Pillow has no time for (devicedecode.DecoderBalance), the rest by Pillow.
-    # auto = cpu for now (see extract._device_decoder).
+    # auto = cpu for now (see extraction.engine._device_decoder).
     decode: str = runtime("auto")
     # With --decode device, the library that calls nvJPEG: auto = torchcodec when it
     # imports, else torchvision (devicedecode.jpeg_decoder).
     jpeg_decoder: str = runtime("auto")
-    engine: str = runtime("local")  # local: this machine; ray: Ray Data (extract_ray.py)
+    engine: str = runtime("local")  # local: this machine; ray: Ray Data (ray_engine.py)
     ray_address: str | None = runtime(None)  # None: RAY_ADDRESS, else a local Ray
     ray_actors: int | None = runtime(None)  # trunk actors; None: one per GPU, else one
     progress: bool = runtime(True)
@@ -36,14 +42,14 @@ class ExtractConfig:
         at_least("--batch-size", self.batch_size, 1)
         check_workers(self.workers)
         check_device_name(self.device)
-        one_of("--dtype", self.dtype, ("float32", "float16"))
-        one_of("--precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
-        one_of("--decode", self.decode, ("auto", "cpu", "device"))
-        one_of("--jpeg-decoder", self.jpeg_decoder, ("auto", "torchcodec", "torchvision"))
+        one_of("--dtype", self.dtype, DTYPES)
+        one_of("--precision", self.precision, PRECISIONS)
+        one_of("--decode", self.decode, DECODES)
+        one_of("--jpeg-decoder", self.jpeg_decoder, JPEG_DECODERS)
         if self.jpeg_decoder != "auto" and self.decode != "device":
             raise ValueError("--jpeg-decoder chooses nvJPEG's library for --decode device; "
                              f"it has no use with --decode {self.decode}")
-        one_of("--engine", self.engine, ("local", "ray"))
+        one_of("--engine", self.engine, ENGINES)
         if self.ray_actors is not None:
             at_least("--ray-actors", self.ray_actors, 1)
         if self.engine == "ray" and self.decode == "device":

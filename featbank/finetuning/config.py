@@ -11,6 +11,7 @@ from featbank.data.tasks import SplitSpec
 from featbank.models.registry import check_names
 
 
+OPTIMIZERS = ("sgd", "adam", "rmsprop")
 FREEZE_SYNTAX = re.compile(r"none|trunk|last:[1-9]\d*|\d+")
 
 
@@ -57,7 +58,7 @@ class FinetuneConfig:
         for option, value in (("--lr", self.lr), ("--head-lr", self.head_lr)):
             if value is not None and not value > 0:
                 raise ValueError(f"{option} must be positive, not {value}")
-        one_of("--optimizer", self.optimizer, ("sgd", "adam", "rmsprop"))
+        one_of("--optimizer", self.optimizer, OPTIMIZERS)
         if not FREEZE_SYNTAX.fullmatch(str(self.freeze).strip()):
             raise ValueError(f"--freeze {self.freeze!r}: use none, trunk, last:N (train the last "
                              "N units, the head counting as one) or K (freeze the first K stages)")

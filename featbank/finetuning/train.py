@@ -1,19 +1,13 @@
-"""Fine-tuning: a registry backbone + a new softmax layer, retrained on a task's saved split.
+"""A fine-tuning run: train (or resume), test the best weights, export the trunk.
 
-A multi-label task (``--multi-label`` at extraction) gets a sigmoid per class
-instead: binary cross-entropy while training, mAP in the results row.
+A registry backbone with a new linear head (:mod:`featbank.finetuning.model`)
+retrained on a task's saved split (:mod:`featbank.finetuning.data`). A
+multi-label task gets a sigmoid per class instead: binary cross-entropy
+while training, mAP in the results row.
 
 Defaults follow Sabatelli et al.: SGD lr 1e-3 with Nesterov momentum 0.9,
 batch 32, no augmentation, early stopping once the validation loss has not
 improved for 7 epochs, the best-validation-loss weights restored and tested.
-
-Freezing (``freeze``) counts *stages*: the trunk's top-level parameterised
-units in forward order (a norm layer joins the unit before it), e.g. ResNet50:
-stem, layer1..layer4; SqueezeNet: conv1 and eight fire modules. Cetinic et
-al.'s five scenarios are ``none`` (all layers), ``1`` (skip the first), ``2``
-(skip the first two), ``last:3`` (only the last three units, the new head
-counting as one) and ``last:1`` = ``trunk`` (only the head). Frozen stages
-keep batch-norm in eval mode.
 
 Every epoch writes a checkpoint; a run started again with the same settings
 continues after its last finished epoch and ends as an uninterrupted one
@@ -31,239 +25,28 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from featbank.models.registry import BackboneSpec, get_spec
-from featbank.core.fileio import safe_name
-from featbank.data.collection import Collection
-from featbank.finetuning.config import FinetuneConfig
+from featbank.core.fileio import atomic_path, atomic_write_json, hold_lock, safe_name
 from featbank.core.settings import digest, identity
-from featbank.store.results import append_result, load_results
+from featbank.data.collection import Collection
+from featbank.data.tasks import Split, load_or_make_split
 from featbank.evaluation.metrics import hits, metrics
-from featbank.evaluation.reports import result_row, save_test_scores, write_reports
-from featbank.core.fileio import atomic_path, atomic_write_json, hold_lock
-from featbank.data.images import decode_views, min_decode_size, normalize
-from featbank.models.inference import resolve_device, resolve_workers, training_autocast
 from featbank.evaluation.plots import plot_history
-from featbank.evaluation.stats import mean_average_precision
-from featbank.data.tasks import Split, balanced_weights, load_or_make_split, subsample
-from featbank.models.trunks import (NORM_LAYERS, Weights, build_pretrained, export_trunk, load_state_dict_file,
-                     resolve_weights, stages)
+from featbank.evaluation.reports import result_row, save_test_scores, write_reports
+from featbank.finetuning.config import FinetuneConfig
+from featbank.finetuning.data import datasets, epoch_seed, make_loader
+from featbank.finetuning.epochs import evaluate_model, train_one_epoch
+from featbank.finetuning.model import (FineTuneNet, apply_freeze, build_trunk, init_weights, make_loss,
+                                      make_optimizer)
+from featbank.models.inference import resolve_device
+from featbank.models.registry import BackboneSpec, get_spec
+from featbank.models.trunks import Weights, export_trunk, stages
+from featbank.store.results import append_result, load_results
 
-__all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "apply_freeze", "frozen_count"]
-
-
-# -- the model ------------------------------------------------------------------
-
-class FineTuneNet(nn.Module):
-    """trunk (B, 3, S, S) -> (B, feature_dim) GAP vectors -> head -> (B, n_classes) logits."""
-
-    def __init__(self, trunk: nn.Module, feature_dim: int, n_classes: int):
-        super().__init__()
-        self.trunk = trunk
-        self.head = nn.Linear(feature_dim, n_classes)
-        # A zero head: the first steps train the head alone, and the pretrained trunk is
-        # not pushed around by a random head's gradients (as in DeiT / MAE fine-tuning).
-        nn.init.zeros_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
-        self.frozen: list[nn.Module] = []
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.trunk(x))
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        for module in self.frozen:  # frozen stages keep their batch-norm statistics
-            module.eval()
-        return self
+__all__ = ["FinetuneConfig", "FinetuneResult", "finetune"]
 
 
-def frozen_count(freeze: str, n_stages: int) -> int:
-    """How many leading stages ``freeze`` freezes (see the module docstring)."""
-    text = str(freeze).strip()
-    if text == "none":
-        return 0
-    if text == "trunk":
-        return n_stages
-    if text.startswith("last:") and text[5:].isdigit() and int(text[5:]) >= 1:
-        return max(0, n_stages - (int(text[5:]) - 1))
-    if text.isdigit() and int(text) <= n_stages:
-        return int(text)
-    raise ValueError(f"--freeze {freeze!r}: use none, trunk, last:N (train the last N units, "
-                     f"the head counting as one) or K <= {n_stages} (freeze the first K stages)")
-
-
-def apply_freeze(model: FineTuneNet, freeze: str) -> int:
-    """Freeze leading stages: no gradients, batch-norm in eval mode. Returns their number."""
-    units = stages(model.trunk)
-    k = frozen_count(freeze, len(units))
-    model.frozen = [m for unit in units[:k] for m in unit]
-    for module in model.frozen:
-        module.requires_grad_(False)
-    model.train(model.training)
-    return k
-
-
-def he_uniform_(module: nn.Module) -> None:
-    """Keras' he_uniform for every conv and linear weight; zero biases; fresh norm layers."""
-    for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            nn.init.kaiming_uniform_(m.weight, nonlinearity="relu")  # bound sqrt(6 / fan_in)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, NORM_LAYERS) and m.weight is not None:
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-
-
-def build_trunk(spec: BackboneSpec, init: str, seed: int, *, progress: bool = True) -> nn.Module:
-    """A trainable trunk: ImageNet, He-uniform random, or loaded from a state_dict / checkpoint."""
-    if init == "imagenet":
-        return build_pretrained(spec, option="--init", progress=progress)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        trunk = spec.build(False)
-        if init == "random":
-            he_uniform_(trunk)
-            return trunk
-    load_state_dict_file(trunk, init, spec=spec)
-    return trunk
-
-
-# -- data -----------------------------------------------------------------------
-
-class LabelledImages(Dataset):
-    """Item k -> (uint8 view (3, S, S), target, decoded?) of image ``ids[k]``.
-
-    A target is a class index, or for a multi-label task a float 0/1 vector over
-    the classes (the targets of binary cross-entropy).
-    """
-
-    def __init__(self, collection: Collection, ids: list[str], targets, pre, augment: bool):
-        self.ids, self.targets, self.augment = ids, targets, augment
-        self.paths = [collection.path(i) for i in ids]
-        # Augmentation: resize 8/7 larger, then a random S x S crop and a random flip.
-        self.pre = dataclasses.replace(pre, input_size=round(pre.input_size * 8 / 7)) if augment else pre
-        self.size = pre.input_size
-        self.min_size = min_decode_size([self.pre])
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, k: int):
-        [view], reason = decode_views(self.paths[k], [self.pre], min_size=self.min_size)
-        if self.augment:
-            top, left = torch.randint(0, view.shape[1] - self.size + 1, (2,)).tolist()
-            view = view[:, top:top + self.size, left:left + self.size]
-            if torch.rand(()) < 0.5:
-                view = view.flip(-1)
-        return view, self.targets[k], not reason
-
-
-def _epoch_seed(config: FinetuneConfig, epoch: int) -> int:
-    return config.seed * 100_003 + epoch
-
-
-def _loader(dataset, config: FinetuneConfig, *, shuffle: bool, epoch: int, device) -> DataLoader:
-    # Seeded per epoch: order and augmentation do not depend on where a run resumed.
-    generator = torch.Generator().manual_seed(_epoch_seed(config, epoch))
-    return DataLoader(dataset, batch_size=config.batch_size, shuffle=shuffle,
-                      num_workers=resolve_workers(config.workers, device), generator=generator,
-                      pin_memory=device.type == "cuda", persistent_workers=False)
-
-
-# -- one epoch, evaluation ------------------------------------------------------
-
-def _inputs(views, pre, device):
-    x = normalize(views.to(device, non_blocking=True), pre)
-    return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
-
-
-def _hits(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Per row, whether the highest score names its class (multi-label: one of its classes)."""
-    top = logits.argmax(1)
-    if targets.ndim == 2:
-        return targets.gather(1, top[:, None]).squeeze(1) > 0
-    return top == targets
-
-
-def train_one_epoch(model, loader, optimizer, loss_fn, pre, device, scaler, bar=None) -> dict:
-    model.train()
-    total, correct, seen = 0.0, 0, 0
-    for views, targets, ok in loader:
-        if not ok.all():
-            views, targets = views[ok], targets[ok]
-        targets = targets.to(device, non_blocking=True)
-        with training_autocast(device):
-            logits = model(_inputs(views, pre, device))
-            loss = loss_fn(logits.float(), targets)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        total += loss.item() * len(targets)
-        correct += _hits(logits, targets).sum().item()
-        seen += len(targets)
-        if bar is not None:
-            bar.update(len(ok))
-    return {"train_loss": total / max(seen, 1), "train_acc": correct / max(seen, 1)}
-
-
-@torch.inference_mode()
-def evaluate(model, loader, loss_fn, pre, device
-             ) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
-    """Mean loss and accuracy (multi-label: also mAP); scores (n, C) and targets (n,), or
-    (n, C) 0/1 for a multi-label task, of the decodable images, in the loader's order;
-    and which of the loader's images those are (boolean mask)."""
-    model.eval()
-    scores, targets_all, masks, total = [], [], [], 0.0
-    for views, targets, ok in loader:
-        masks.append(np.asarray(ok))
-        views, targets = views[ok], targets[ok]
-        targets = targets.to(device)
-        with training_autocast(device):
-            logits = model(_inputs(views, pre, device)).float()
-        total += loss_fn(logits, targets).item() * len(targets)
-        scores.append(logits.cpu().numpy())
-        targets_all.append(targets.cpu().numpy())
-    scores, targets = np.concatenate(scores), np.concatenate(targets_all)
-    stats = {"loss": total / max(len(targets), 1),
-             "acc": float(hits(targets, scores, np.arange(scores.shape[1])).mean())}
-    if targets.ndim == 2:
-        stats["mAP"] = mean_average_precision(targets, scores)[0]
-    return stats, scores, targets, np.concatenate(masks)
-
-
-def make_loss(targets, n_classes: int, balanced: bool, multi_label: bool) -> nn.Module:
-    """Cross-entropy; for a multi-label task binary cross-entropy on each class's logit
-    (independent sigmoids). ``balanced`` weighs classes by inverse frequency, or for
-    binary cross-entropy weighs each class's positives by its negatives / positives."""
-    if multi_label:
-        Y = torch.as_tensor(targets, dtype=torch.float32)
-        positives = Y.sum(0)
-        pos_weight = (len(Y) - positives) / positives.clamp(min=1) if balanced else None
-        return nn.BCEWithLogitsLoss(pos_weight=pos_weight)
-    weights = (torch.from_numpy(balanced_weights(np.asarray(targets), n_classes))
-               if balanced else None)
-    return nn.CrossEntropyLoss(weight=weights)
-
-
-def make_optimizer(model: FineTuneNet, config: FinetuneConfig) -> torch.optim.Optimizer:
-    trunk = [p for p in model.trunk.parameters() if p.requires_grad]
-    groups = [{"params": model.head.parameters(), "lr": config.head_lr or config.lr}]
-    if trunk:
-        groups.insert(0, {"params": trunk, "lr": config.lr})
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=config.lr, momentum=0.9, nesterov=True)
-    if config.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=config.lr)
-    if config.optimizer == "rmsprop":
-        return torch.optim.RMSprop(groups, lr=config.lr, alpha=0.9, eps=1e-8)
-    raise ValueError(f"unknown optimizer {config.optimizer!r}; use sgd, adam or rmsprop")
-
-
-# -- the run --------------------------------------------------------------------
 
 @dataclass
 class FinetuneResult:
@@ -281,22 +64,6 @@ def _validation(val: dict) -> dict:
 def _atomic_save(obj, path: Path) -> None:
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-
-
-def _datasets(collection: Collection, split: Split, classes: list[str], pre,
-              config: FinetuneConfig) -> dict[str, LabelledImages]:
-    index = {c: k for k, c in enumerate(classes)}
-    data = {}
-    for part in ("train", "val", "test"):
-        ids, labels = split.select(part)
-        if part == "train" and config.train_fraction < 1:
-            keep = subsample(np.array(labels), config.train_fraction, config.seed)
-            ids, labels = [ids[k] for k in keep], [labels[k] for k in keep]
-        targets = (torch.from_numpy(split.indicator(labels).astype(np.float32))
-                   if split.multi_label else [index[y] for y in labels])
-        data[part] = LabelledImages(collection, ids, targets, pre,
-                                    augment=config.augment and part == "train")
-    return data
 
 
 @dataclass
@@ -343,9 +110,9 @@ class _Run:
                                              state["waited"], state["epoch"])
         if epoch:
             self.log(f"resuming after epoch {epoch}")
-        val_loader = _loader(self.data["val"], c, shuffle=False, epoch=0, device=device)
+        val_loader = make_loader(self.data["val"], c, shuffle=False, epoch=0, device=device)
         if not history:
-            val, *_ = evaluate(self.model, val_loader, self.loss_fn, self.pre, device)
+            val, *_ = evaluate_model(self.model, val_loader, self.loss_fn, self.pre, device)
             history.append({"epoch": 0, "train_loss": None, "train_acc": None,
                             **_validation(val), "seconds": 0.0})
             best_loss = val["loss"]
@@ -356,13 +123,13 @@ class _Run:
         while epoch < c.epochs and waited < c.patience:
             epoch += 1
             t0 = time.perf_counter()
-            torch.manual_seed(_epoch_seed(c, epoch))  # augmentation in the main process (workers=0)
-            loader = _loader(self.data["train"], c, shuffle=True, epoch=epoch, device=device)
+            torch.manual_seed(epoch_seed(c, epoch))  # augmentation in the main process (workers=0)
+            loader = make_loader(self.data["train"], c, shuffle=True, epoch=epoch, device=device)
             with tqdm(total=len(self.data["train"]), unit="img", disable=not c.progress,
                       desc=f"epoch {epoch}", leave=False) as bar:
                 train = train_one_epoch(self.model, loader, self.optimizer, self.loss_fn,
                                         self.pre, device, scaler, bar)
-            val, *_ = evaluate(self.model, val_loader, self.loss_fn, self.pre, device)
+            val, *_ = evaluate_model(self.model, val_loader, self.loss_fn, self.pre, device)
             history.append({"epoch": epoch, **train, **_validation(val),
                             "seconds": round(time.perf_counter() - t0, 2)})
             if val["loss"] < best_loss:
@@ -386,9 +153,9 @@ class _Run:
         classes = np.array(self.split.classes)
         results = {}
         for part in ("val", "test"):
-            loader = _loader(self.data[part], self.config, shuffle=False, epoch=0,
+            loader = make_loader(self.data[part], self.config, shuffle=False, epoch=0,
                              device=self.device)
-            _, scores, targets, decodable = evaluate(self.model, loader, self.loss_fn, self.pre,
+            _, scores, targets, decodable = evaluate_model(self.model, loader, self.loss_fn, self.pre,
                                                      self.device)
             truth = targets if self.split.multi_label else classes[targets]  # see metrics
             results[part] = metrics(truth, scores, classes, ci=part == "test",
@@ -430,7 +197,7 @@ def _prepare(collection: Collection, config: FinetuneConfig, log) -> _Run:
     """
     device = resolve_device(config.device)
     spec = get_spec(config.backbone)
-    init = resolve_weights(spec, config.init, option="--init")
+    init = init_weights(spec, config.init, config.seed)
     cache_folder = Path(config.cache_root) / collection.name
     split = load_or_make_split(collection, config.task, config.split, cache_folder)
     # Random and file inits keep their id (unchanged run folders); imagenet is pinned.
@@ -446,7 +213,7 @@ def _prepare(collection: Collection, config: FinetuneConfig, log) -> _Run:
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
-    data = _datasets(collection, split, split.classes, pre, config)
+    data = datasets(collection, split, split.classes, pre, config)
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_json(folder / "config.json", {**asdict(config), "identity": settings})
     log(f"{spec.name} on {collection.name}/{config.task}: {len(split.classes)} classes, "

@@ -28,7 +28,7 @@ pass at the Rijksmuseum shapes, not a fresh training run, and once two
 values in a row score below the best on validation the path stops: a
 penalty stronger than two that already hurt is not tried. ``bench/bench_softmax.py`` measures the total.
 
-**Engines.** :class:`EngineSwitch` is the base of the logreg and svm heads:
+**Engines.** :class:`featbank.heads.engines.EngineSwitch` is the base of the logreg and svm heads:
 scikit-learn's exact solvers below :data:`TORCH_ABOVE` (samples x features x
 classes), this engine above it, where those solvers take hours. The heads
 stay scikit-learn estimators either way (``clone``, ``Pipeline``,
@@ -42,40 +42,13 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.model_selection import train_test_split
+from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_array, check_is_fitted, check_X_y
 
-from featbank.data.tasks import balanced_weights
-from featbank.heads.wrapped import WrappedEstimator
+from featbank.heads.recipes import RECIPES
 
-RECIPES = {
-    "paper": {"optimizer": "rmsprop", "lr": 1e-3, "batch_size": 32, "max_epochs": 200,
-              "min_steps_per_epoch": 1, "tol": 0.0,
-              "checks_per_epoch": 1, "patience": 7, "window_steps": 1,
-              "path_checks_per_epoch": 1, "path_patience": 7, "path_window_steps": 1},
-    # Validation checks cost a fifth of an epoch at four per epoch (10k x 1,196 scores
-    # each); two, with a patience of one epoch and a 2 % plateau tolerance, and batches
-    # of 1,024 (10 % more samples/s than 512 on 2 cores) took the tuned Rijksmuseum
-    # cells from 37.3 / 9.4 / 29.0 s to 23.9 / 7.4 / 33.0 s (artist / material / type)
-    # and test top-1 up by 0.2 to 1.1 points. A continued point of the path is judged
-    # after 8 steps and one validation pass (was: 16 steps, two passes): at the
-    # Rijksmuseum shapes a penalty that hurts shows it as clearly, and the path costs
-    # half as much (artist 7.2 -> 4.3 s); on heritage the chosen penalties and test
-    # top-1 over 5 seeded splits did not change on ImageNet features (0.904).
-    # The patience window spans at least 32 steps: an epoch on small data, as before,
-    # but half an epoch (one check) at the Rijksmuseum shapes, where the epoch after
-    # the best one cost 5 s for nothing: tuned type 18.1 -> 14.9 s, artist and material
-    # about as much faster, test top-1 within 0.1 point.
-    "fast": {"optimizer": "adam", "lr": 2e-3, "batch_size": 1024, "max_epochs": 50,
-             "min_steps_per_epoch": 32, "tol": 2e-2,
-             "checks_per_epoch": 2, "patience": 1, "window_steps": 32,
-             "path_checks_per_epoch": 8, "path_patience": 1, "path_window_steps": 8},
-}
 LOSSES = ("multinomial", "logistic", "squared_hinge")
-# samples x features x classes above which logreg and svm use the torch engine: at
-# 1e9 (e.g. 5,000 x 2,048 x 100) liblinear's dual SVM takes about a minute on 2 cores
-# and lbfgs about 20 s; at 20k x 2048 x 206 (8e9) they took 254 s and 55 s.
-TORCH_ABOVE = 1e9
 # Validation rows scored at a time: 10k x 2048 x 1,054 scores took 0.26 s in chunks of
 # 1,024 against 0.37 s in chunks of 8,192 on 2 cores (the scores stay in cache).
 EVAL_CHUNK = 1024
@@ -191,7 +164,8 @@ class TorchLinear(ClassifierMixin, BaseEstimator):
             return None
         if self.class_weight != "balanced":
             raise ValueError(f"class_weight must be None or 'balanced', not {self.class_weight!r}")
-        return torch.from_numpy(balanced_weights(y_index, len(self.classes_)))
+        weights = compute_class_weight("balanced", classes=np.arange(len(self.classes_)), y=y_index)
+        return torch.from_numpy(weights.astype(np.float32))
 
     def _scores(self, X):
         """(n, classes) scores, one column per class, binary tasks included."""
@@ -357,75 +331,4 @@ class _Trainer:
         self.best_loss = min(self.best_loss, best_loss)
         return history
 
-
-class EngineSwitch(WrappedEstimator, ClassifierMixin, BaseEstimator):
-    """Base of heads with a scikit-learn solver below :data:`TORCH_ABOVE` and the torch
-    engine above it, both tuned over ``C`` (``alpha = 1 / (C * n_samples)`` in torch).
-
-    Subclasses set ``torch_loss`` and build the scikit-learn estimator in
-    ``_sklearn(n_samples, n_features)``, and ``has_probabilities`` where the loss
-    gives them, ``torch_above`` where their solver slows down sooner, and
-    ``torch_patience`` where their loss needs a longer stopping window;
-    ``engine`` is "auto", "sklearn" or "torch".
-    """
-
-    accepts_validation = True
-    torch_loss = "logistic"
-    torch_above = 1.0  # a subclass's switch point, as a fraction of TORCH_ABOVE
-    torch_patience = None  # checks without gain before the torch engine stops (None: the recipe's)
-
-    def _engine(self, X, y) -> str:
-        if self.engine not in ("auto", "sklearn", "torch"):
-            raise ValueError(f"engine must be auto, sklearn or torch, not {self.engine!r}")
-        if self.engine != "auto":
-            return self.engine
-        size = np.shape(X)[0] * np.shape(X)[1] * len(np.unique(y))
-        return "torch" if size > TORCH_ABOVE * self.torch_above else "sklearn"
-
-    def _torch(self):
-        return TorchLinear(loss=self.torch_loss, class_weight=self.class_weight,
-                           patience=self.torch_patience, random_state=self.random_state)
-
-    def fit(self, X, y, X_val=None, y_val=None):
-        self.fit_path(X, y, X_val, y_val, "C", [self.C])
-        return self
-
-    def fit_path(self, X, y, X_val=None, y_val=None, name="C", values=(1.0,)):
-        """Fit each C in ``values`` in turn (warm-started where the solver can be); keep
-        the best on validation accuracy (the first of equals). Returns
-        ``[(C, validation accuracy), ...]``."""
-        if name != "C":
-            raise ValueError(f"{type(self).__name__} tunes C, not {name!r}")
-        self.engine_ = self._engine(X, y)
-        if self.engine_ == "torch":
-            estimator = self._torch()
-            n = np.shape(X)[0]
-            alphas = [1.0 / (c * n) for c in values]
-            scores = estimator.fit_path(X, y, X_val, y_val, "alpha", alphas)
-            scores = [(c, s) for c, (_, s) in zip(values, scores)]
-            best = values[alphas.index(estimator.alpha)]
-        else:
-            scores, best, estimator = [], None, self._sklearn(*np.shape(X))
-            for c in values:
-                estimator.set_params(C=c).fit(X, y)
-                score = estimator.score(X_val, y_val) if X_val is not None else float("nan")
-                scores.append((c, score))
-                if best is None or score > best[1]:
-                    best = (c, score, copy.deepcopy(estimator))
-            best, _, estimator = best
-        self.C = best
-        self._wrap(estimator)
-        return scores
-
-    @property
-    def coef_(self):
-        return self.estimator_.coef_
-
-    @property
-    def intercept_(self):
-        return self.estimator_.intercept_
-
-    def decision_function(self, X):
-        check_is_fitted(self, "estimator_")
-        return self.estimator_.decision_function(X)
 

@@ -1,6 +1,6 @@
 """The logistic-regression head: scikit-learn's lbfgs, or the torch engine at scale.
 
-Below :data:`featbank.heads.linear.TORCH_ABOVE`, scikit-learn's multinomial
+Below :data:`featbank.heads.engines.TORCH_ABOVE`, scikit-learn's multinomial
 ``LogisticRegression`` (lbfgs), warm-started along the C grid. Above it, where
 lbfgs takes many minutes per C, the torch engine minimises the same
 multinomial objective (``alpha = 1 / (C * n_samples)``) by mini-batch Adam
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from sklearn.linear_model import LogisticRegression
 
-from featbank.heads.linear import EngineSwitch
+from featbank.heads.engines import EngineSwitch
 
 
 class LogisticHead(EngineSwitch):

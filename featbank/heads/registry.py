@@ -23,6 +23,8 @@ from typing import Callable
 
 import numpy as np
 
+from featbank.heads.recipes import RECIPES
+
 NORMALIZATIONS = ("standard", "l2", "none")
 
 
@@ -37,6 +39,9 @@ class HeadOptions:
     softmax_recipe: str = "fast"  # fast | paper
 
     def __post_init__(self):
+        if self.softmax_recipe not in RECIPES:
+            raise ValueError(f"unknown softmax recipe {self.softmax_recipe!r}; use "
+                             f"{', '.join(RECIPES)}")
         if self.normalize not in NORMALIZATIONS:
             raise ValueError(f"unknown normalization {self.normalize!r}; use "
                              f"{', '.join(NORMALIZATIONS)}")
@@ -55,6 +60,9 @@ class HeadEntry:
 
     factory: Callable[[HeadOptions], object]
     grid: dict[str, tuple] | Callable[[HeadOptions], dict] = field(default_factory=dict)
+    # one linear layer over the (normalised, projected) features: saliency can read the
+    # fitted pipeline off as an exact torch layer (analysis.saliency)
+    linear: bool = False
 
     def grid_for(self, options: HeadOptions) -> dict[str, tuple]:
         return dict(self.grid(options) if callable(self.grid) else self.grid)
@@ -63,11 +71,11 @@ class HeadEntry:
 HEADS: dict[str, HeadEntry] = {}
 
 
-def register_head(name: str, *, grid=None):
+def register_head(name: str, *, grid=None, linear: bool = False):
     def decorator(factory: Callable[[HeadOptions], object]):
         if name in HEADS:
             raise ValueError(f"head {name!r} is already registered")
-        HEADS[name] = HeadEntry(factory, grid if callable(grid) else dict(grid or {}))
+        HEADS[name] = HeadEntry(factory, grid if callable(grid) else dict(grid or {}), linear)
         return factory
     return decorator
 
@@ -79,7 +87,7 @@ C_GRID = (1.0, 0.1, 0.01, 0.001)
 
 
 @register_head("softmax", grid=lambda o: {"alpha": SOFTMAX_ALPHAS} if o.softmax_recipe == "fast"
-               else {})  # the paper's recipe is its exact settings: nothing to tune
+               else {}, linear=True)  # the paper's recipe is its exact settings: nothing to tune
 def _softmax(o: HeadOptions):
     from featbank.heads.softmax import SoftmaxClassifier
 
@@ -87,7 +95,7 @@ def _softmax(o: HeadOptions):
                              random_state=o.seed)
 
 
-@register_head("svm", grid={"C": C_GRID})
+@register_head("svm", grid={"C": C_GRID}, linear=True)
 def _svm(o: HeadOptions):
     from featbank.heads.svm import LinearSVM
 
@@ -101,7 +109,7 @@ def _rf(o: HeadOptions):
     return Forest(class_weight=o.class_weight, random_state=o.seed)
 
 
-@register_head("logreg", grid={"C": C_GRID})
+@register_head("logreg", grid={"C": C_GRID}, linear=True)
 def _logreg(o: HeadOptions):
     from featbank.heads.logreg import LogisticHead
 
@@ -113,6 +121,11 @@ def _knn(o: HeadOptions):
     from featbank.heads.knn import CosineKNN
 
     return CosineKNN()
+
+
+def linear_heads() -> list[str]:
+    """The registered heads that are one linear layer (``linear=True``)."""
+    return [name for name, entry in HEADS.items() if entry.linear]
 
 
 def resolve_heads(names: str | list[str]) -> list[str]:

@@ -3,7 +3,7 @@
 scikit-learn's ``dual="auto"`` solves the primal whenever samples outnumber
 features, which on cached CNN features is often far slower: 1,124 x 512
 heritage features took 44 s primal and 1.9 s dual at C=1. Above
-:data:`featbank.heads.linear.TORCH_ABOVE` (a tenth of it: liblinear slows down sooner
+:data:`featbank.heads.engines.TORCH_ABOVE` (a tenth of it: liblinear slows down sooner
 than lbfgs) the same one-vs-rest squared-hinge objective is trained by the
 torch engine instead. C is chosen on the saved
 validation split by :func:`featbank.heads.registry.fit_head`.
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from sklearn.svm import LinearSVC
 
-from featbank.heads.linear import EngineSwitch
+from featbank.heads.engines import EngineSwitch
 
 
 class LinearSVM(EngineSwitch):

@@ -26,6 +26,9 @@ from featbank.store.provenance import weights_label
 from featbank.core.fileio import atomic_path, first_line
 
 NORM_LAYERS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)
+# ``--weights random``: the library's own initialisation of the architecture, seeded.
+# (Fine-tuning's ``--init random`` is another one, He-uniform: see finetuning.model.)
+RANDOM_EXACT = f"random:library-init:seed{RANDOM_SEED}"
 TRUNK_FORMAT = "featbank-trunk/1"
 
 
@@ -55,7 +58,8 @@ class Weights:
 
     id : ``imagenet``, ``random`` or ``sha256:<hex>`` (in file names and tables).
     exact : the exact weights: ``torchvision:resnet50.IMAGENET1K_V2``,
-        ``timm:legacy_xception.tf_in1k``, ``random:seed0`` or the file's ``sha256:<hex>``.
+        ``timm:legacy_xception.tf_in1k``, ``random:library-init:seed0`` (the
+        library's own initialisation, seeded) or the file's ``sha256:<hex>``.
     published_hash : the checkpoint hash its publisher gives (torchvision's
         sha256 prefix in the file name), else None.
     source : for a weights file, its absolute path when extracted (a hint for
@@ -78,7 +82,7 @@ def resolve_weights(spec: BackboneSpec, weights: str, *, option: str = "--weight
     """The exact weights ``weights`` means for ``spec`` (offline: nothing is downloaded)."""
     wid = weights_id(weights, option=option)
     if wid == "random":
-        return Weights(wid, f"random:seed{RANDOM_SEED}")
+        return Weights(wid, RANDOM_EXACT)
     if wid != "imagenet":
         source = str(Path(weights).resolve())
         try:

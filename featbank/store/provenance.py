@@ -77,19 +77,22 @@ def provenance_value(attrs: dict, key: str):
     if key == "weights_exact" and key not in attrs and attrs.get("weights") != "imagenet":
         return attrs.get("weights")
     if key == "weights_exact" and attrs.get(key, "").startswith("random"):
-        return "random"  # the seed is featbank's, fixed
+        return "random"  # "random:seed0" before the init was named: the same library init
     return attrs.get(key)
 
 
 def weights_label(wid: str, exact: str, description: dict | None = None,
                   source: str = "") -> str:
-    """Readable weights for tables: ``imagenet IMAGENET1K_V1``, ``random``, ``θ̂ <run>
-    (<collection>/<task>)`` for a trunk fine-tuned by featbank, else ``file <name>
-    (sha256:<12 hex>)``."""
+    """Readable weights for tables: ``imagenet IMAGENET1K_V1``; ``random`` (the library's
+    own initialisation, seed 0); ``He-uniform (seed N)`` (fine-tuning from scratch);
+    ``θ̂ <run> (<collection>/<task>)`` for a trunk fine-tuned by featbank; else
+    ``file <name> (sha256:<12 hex>)``."""
     if wid == "imagenet":
         return f"imagenet {exact.rsplit('.', 1)[-1]}" if exact and exact != "imagenet" else wid
     if wid == "random":
         return "random"
+    if wid == "he-uniform":
+        return f"He-uniform ({exact.rsplit(':', 1)[-1].replace('seed', 'seed ')})"
     description = description or {}
     if description.get("collection") and description.get("task"):
         run = Path(source).parent.name if source else wid[:19]

@@ -13,8 +13,10 @@ from featbank.store.results import load_results
 from featbank.evaluation.reports import load_test_scores
 from featbank.evaluation.stats import mean_average_precision
 from featbank.extraction.engine import ExtractConfig, extract
-from featbank.finetuning.train import (FineTuneNet, FinetuneConfig, apply_freeze, finetune, frozen_count,
-                               he_uniform_)
+from featbank.evaluation.metrics import hits
+from featbank.finetuning.epochs import train_one_epoch
+from featbank.finetuning.model import FineTuneNet, apply_freeze, frozen_count, he_uniform_, make_loss
+from featbank.finetuning.train import FinetuneConfig, finetune
 from featbank.data.tasks import SplitSpec
 from featbank.models.trunks import load_trunk, stages
 from helpers import make_image
@@ -103,11 +105,12 @@ def test_finetune_outputs_and_exported_trunk(tmp_path, folder20):
         assert (run / name).is_file(), name
     assert [h["epoch"] for h in result.history] == [0, 1, 2]
     [row] = load_results(tmp_path / "cache" / "art")
-    assert row["method"] == "fine-tuning" and row["weights"] == "random" and row["n_test"] == 2
+    assert row["method"] == "fine-tuning" and row["weights"] == "he-uniform" and row["n_test"] == 2
+    assert row["weights_exact"] == "he-uniform:seed0" and row["weights_label"] == "He-uniform (seed 0)"
     trunk = load_trunk(get_spec("squeezenet1_1"), str(run / "trunk.pth"))
     exported = torch.load(run / "trunk.pth", weights_only=True)
     assert exported["backbone"] == "squeezenet1_1" and exported["classes"] == ["icon", "vase"]
-    assert exported["task"] == "label" and exported["parent_weights"] == "random:seed0"
+    assert exported["task"] == "label" and exported["parent_weights"] == "he-uniform:seed0"
     assert exported["preprocess"]["input_size"] == 48 and exported["feature_dim"] == 512
     best = torch.load(run / "best.pt", weights_only=True)["model"]
     assert torch.equal(trunk.state_dict()["features.0.weight"], best["trunk.features.0.weight"])
@@ -117,7 +120,7 @@ def test_finetune_outputs_and_exported_trunk(tmp_path, folder20):
 def test_interrupted_run_resumes_to_the_same_result(tmp_path, folder20, monkeypatch):
     collection = from_folder(folder20)
     clean = finetune(collection, _config(tmp_path / "a", epochs=3, augment=True), log=lambda m: None)
-    real = ft.train_one_epoch
+    real = train_one_epoch
     calls = []
 
     def dies_in_second_epoch(*args, **kwargs):
@@ -147,18 +150,30 @@ def test_each_freezing_scenario_runs(tmp_path, folder20, freeze):
 
 
 def test_fine_tuning_column_beside_the_heads(tmp_path, folder20):
+    """Heads on a trunk's features and fine-tuning from that trunk share a table row;
+    random features (the library's init) and fine-tuning from scratch (He-uniform) do not."""
     collection = from_folder(folder20)
-    extract(collection, ExtractConfig(backbones="squeezenet1_1", weights="random",
-                                      cache_root=str(tmp_path / "cache"), workers=0, progress=False))
+    trunk_file = tmp_path / "trunk.pth"
+    torch.save(load_trunk(get_spec("squeezenet1_1"), "random").state_dict(), trunk_file)
+    cache = str(tmp_path / "cache")
+    for weights in (str(trunk_file), "random"):
+        extract(collection, ExtractConfig(backbones="squeezenet1_1", weights=weights,
+                                          cache_root=cache, workers=0, progress=False))
     spec = SplitSpec(min_per_class=3)
-    classify(collection, ClassifyConfig(heads="logreg", cache_root=str(tmp_path / "cache"),
-                                        split=spec, jobs=1), warn=lambda m: None)
-    finetune(collection, _config(tmp_path, epochs=1), log=lambda m: None)
+    classify(collection, ClassifyConfig(heads="logreg", cache_root=cache, split=spec, jobs=1),
+             warn=lambda m: None)
+    for init in (str(trunk_file), "random"):
+        finetune(collection, _config(tmp_path, epochs=1, init=init), log=lambda m: None)
     rows = load_results(tmp_path / "cache" / "art")
     assert len({r["test_ids_sha256"] for r in rows}) == 1  # one split for both methods
     columns, records = build_table(rows, split_tag=spec.tag)
     assert columns[-1] == "fine-tuning" and "logreg" in columns
-    assert len(records) == 1 and records[0]["fine-tuning"] is not None
+    by_weights = {r["weights"]: r for r in records}
+    assert len(records) == 3, by_weights.keys()
+    from_file = next(r for w, r in by_weights.items() if w.startswith("file trunk.pth"))
+    assert from_file["logreg"] is not None and from_file["fine-tuning"] is not None
+    assert by_weights["random"].get("fine-tuning") is None
+    assert by_weights["He-uniform (seed 0)"].get("logreg") is None
 
 
 def test_bad_settings(tmp_path, folder20):
@@ -231,9 +246,9 @@ def _prepare_quietly(collection, config):
 def test_multi_label_hits_and_loss_agree_with_their_definitions():
     logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 3.0, 1.0]])
     targets = torch.tensor([[1.0, 0.0, 1.0], [1.0, 0.0, 1.0]])
-    assert ft._hits(logits, targets).tolist() == [True, False]
-    assert ft._hits(logits, torch.tensor([0, 2])).tolist() == [True, False]
-    loss = ft.make_loss(targets, 3, balanced=False, multi_label=True)
+    assert hits(targets.numpy(), logits.numpy(), np.arange(3)).tolist() == [True, False]
+    assert hits(np.array([0, 2]), logits.numpy(), np.arange(3)).tolist() == [True, False]
+    loss = make_loss(targets, 3, balanced=False, multi_label=True)
     expected = -(targets * torch.log(torch.sigmoid(logits))
                  + (1 - targets) * torch.log(1 - torch.sigmoid(logits))).mean()
     assert torch.isclose(loss(logits, targets), expected)

@@ -6,7 +6,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV
 from sklearn.svm import LinearSVC
 
-from featbank.heads import linear
+from featbank.heads import engines
 from featbank.heads.linear import TorchLinear, loss_value
 from featbank.heads.logreg import LogisticHead
 from featbank.heads.svm import LinearSVM
@@ -107,7 +107,7 @@ def test_engine_switch_picks_torch_above_the_threshold(monkeypatch, head):
     X_tr, y_tr, X_va, y_va = X[:400], y[:400], X[400:500], y[400:500]
     small = head().fit(X_tr, y_tr, X_va, y_va)
     assert small.engine_ == "sklearn"
-    monkeypatch.setattr(linear, "TORCH_ABOVE", 100)
+    monkeypatch.setattr(engines, "TORCH_ABOVE", 100)
     large = head().fit(X_tr, y_tr, X_va, y_va)
     assert large.engine_ == "torch" and isinstance(large.estimator_, TorchLinear)
     assert large.estimator_.alpha == pytest.approx(1 / (1.0 * len(X_tr)))

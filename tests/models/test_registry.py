@@ -116,7 +116,7 @@ def test_imagenet_is_pinned_to_exact_published_weights():
     w = resolve_weights(get_spec("squeezenet1_1"), "imagenet")  # offline: nothing downloaded
     assert (w.id, w.exact, w.published_hash) == \
         ("imagenet", "torchvision:squeezenet1_1.IMAGENET1K_V1", "sha256:b8a52dc0")
-    assert resolve_weights(get_spec("vgg19"), "random").exact == "random:seed0"
+    assert resolve_weights(get_spec("vgg19"), "random").exact == "random:library-init:seed0"
 
 
 def test_registry_and_parsers_import_without_torch():
