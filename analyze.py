@@ -21,13 +21,29 @@ trunk: imagenet, random, a weights file or a fine-tuning run folder.
 import json
 import sys
 
-from featbank.models.registry import available_backbones
-from featbank.heads.registry import linear_heads
-from featbank.cli.common import Parser, add_options, cached_collection, make_parser, run, split_spec
-from featbank.analysis.config import (EXPORT_FORMATS, MAP_METHODS, SALIENCY_METHODS,
-                                      CkaConfig, ExportConfig, LayersConfig, MapConfig,
-                                      RetrieveConfig, SaliencyConfig, TopImagesConfig)
+from featbank.analysis.config import (
+    EXPORT_FORMATS,
+    MAP_METHODS,
+    SALIENCY_METHODS,
+    CkaConfig,
+    ExportConfig,
+    LayersConfig,
+    MapConfig,
+    RetrieveConfig,
+    SaliencyConfig,
+    TopImagesConfig,
+)
+from featbank.cli.common import (
+    Parser,
+    add_options,
+    cached_collection,
+    make_parser,
+    run,
+    split_spec,
+)
 from featbank.core.settings import defaults
+from featbank.heads.registry import linear_heads
+from featbank.models.registry import available_backbones
 
 
 def _features_options(parser, d, *, task_required: bool) -> None:

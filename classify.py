@@ -16,8 +16,8 @@ table.json; fitted heads in heads/, per-class reports and confusion matrices
 import sys
 from pathlib import Path
 
-from featbank.cli.common import add_options, cached_collection, make_parser, run, split_spec
 from featbank.classification.config import ClassifyConfig
+from featbank.cli.common import add_options, cached_collection, make_parser, run, split_spec
 from featbank.core.settings import defaults
 from featbank.heads.recipes import RECIPES
 from featbank.heads.registry import HEADS, NORMALIZATIONS, HeadOptions
@@ -63,8 +63,13 @@ def main(argv=None) -> None:
         ensemble=args.ensemble, repeats=args.repeats)
     collection = cached_collection(cache=args.cache, collection=args.collection)
     from featbank.classification.grid import classify
-    from featbank.evaluation.tables import (TABLE_LEGEND, build_table, table_notes, to_markdown,
-                                            write_table)
+    from featbank.evaluation.tables import (
+        TABLE_LEGEND,
+        build_table,
+        table_notes,
+        to_markdown,
+        write_table,
+    )
     from featbank.store.results import load_results
 
     classify(collection, config, warn=lambda m: print(m, file=sys.stderr))

@@ -18,10 +18,17 @@ undecodable images in <cache>/<collection>/skipped.csv.
 """
 import sys
 
-from featbank.models.registry import available_backbones
 from featbank.cli.common import add_options, collection_for_extraction, make_parser, run, source_of
-from featbank.extraction.config import DECODES, DTYPES, ENGINES, JPEG_DECODERS, PRECISIONS, ExtractConfig
 from featbank.core.settings import defaults
+from featbank.extraction.config import (
+    DECODES,
+    DTYPES,
+    ENGINES,
+    JPEG_DECODERS,
+    PRECISIONS,
+    ExtractConfig,
+)
+from featbank.models.registry import available_backbones
 
 
 def get_args_parser():
@@ -72,7 +79,9 @@ def main(argv=None) -> None:
                            ray_address=args.ray_address,
                            ray_actors=args.ray_actors, progress=not args.no_progress)
     collection = collection_for_extraction(**source_of(args))
-    from featbank.extraction.engine import extract  # torch: imported once the arguments are known good
+    from featbank.extraction.engine import (
+        extract,  # torch: imported once the arguments are known good
+    )
 
     reports = extract(collection, config)
     for report in reports:

@@ -24,12 +24,19 @@ import sys
 from pathlib import Path
 from statistics import mean, stdev
 
-from featbank.models.registry import available_backbones
-from featbank.cli.common import (add_options, cached_collection, collection_for_extraction, make_parser,
-                          run, source_of, split_spec)
+from featbank.cli.common import (
+    add_options,
+    cached_collection,
+    collection_for_extraction,
+    make_parser,
+    run,
+    source_of,
+    split_spec,
+)
+from featbank.core.settings import defaults
 from featbank.data.collection import save_metadata
 from featbank.finetuning.config import OPTIMIZERS, FinetuneConfig
-from featbank.core.settings import defaults
+from featbank.models.registry import available_backbones
 
 
 def get_args_parser():

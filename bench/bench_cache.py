@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 
 import featbank.store.writer as writer
-from featbank.store.provenance import feature_path, file_attrs
-from featbank.models.registry import get_spec
 from featbank.data.collection import Collection
 from featbank.extraction.engine import ExtractConfig, extract
+from featbank.models.registry import get_spec
 from featbank.models.trunks import resolve_weights
+from featbank.store.provenance import feature_path, file_attrs
 
 
 def add_rows(out: writer.FeatureWriter, first: int, n: int, dim: int, *, step: int = 4096) -> float:

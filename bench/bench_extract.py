@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
-from featbank.models.registry import get_spec
 from featbank.core.settings import default_workers
 from featbank.data.collection import from_folder
 from featbank.extraction.engine import ExtractConfig, extract
+from featbank.models.registry import get_spec
 from featbank.models.trunks import load_trunk
 
 DEFAULT_IMAGES = Path(__file__).resolve().parents[2] / "shared/data/heritage/test"

@@ -39,13 +39,19 @@ import numpy as np
 import torch
 from PIL import Image
 
-from featbank.extraction import devicedecode
-from featbank.models.registry import get_spec
 from featbank.core.settings import default_workers
 from featbank.data.collection import Collection, from_folder
+from featbank.extraction import devicedecode
 from featbank.extraction.devicedecode import JPEG_DECODERS, jpeg_decoder
-from featbank.extraction.engine import ExtractConfig, _batches_on_device, _collate, _Images, extract
+from featbank.extraction.engine import (
+    ExtractConfig,
+    _batches_on_device,
+    _collate,
+    _Images,
+    extract,
+)
 from featbank.models.inference import TrunkRunner
+from featbank.models.registry import get_spec
 from featbank.models.trunks import load_trunk
 
 

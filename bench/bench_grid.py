@@ -43,8 +43,8 @@ def run_cell(task: str, n: int, head: str, seed: int, dim: int = 2048) -> dict:
     """One head on one task, in its own process: returns its line's figures."""
     import numpy as np
 
-    from featbank.heads.registry import HEADS, HeadOptions, fit_head, make_head
     from featbank.data.tasks import SplitSpec, stratified_parts
+    from featbank.heads.registry import HEADS, HeadOptions, fit_head, make_head
 
     X, y = synthetic_features(n, TASKS[task], dim=dim, seed=seed)
     parts = stratified_parts(y, SplitSpec(seed=seed))

@@ -21,9 +21,9 @@ import time
 
 import numpy as np
 
+from featbank.data.tasks import SplitSpec, stratified_parts
 from featbank.heads.registry import SOFTMAX_ALPHAS
 from featbank.heads.softmax import SoftmaxClassifier
-from featbank.data.tasks import SplitSpec, stratified_parts
 
 TASKS = {"material": 206, "type": 1054, "artist": 1196}
 

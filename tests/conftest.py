@@ -4,7 +4,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from helpers import REPO, make_image, script_env
 
 

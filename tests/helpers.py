@@ -49,9 +49,9 @@ def write_toy_cache(cache: Path, name: str = "toy", backbones=(("resnet18", 32),
     Tasks: ``style`` (3 separable classes of 20), ``single`` (one class) and
     ``tiny`` (classes of 4 images, all under the default minimum).
     """
-    from featbank.store.writer import FeatureWriter
-    from featbank.store.provenance import feature_path
     from featbank.data.collection import Collection, save_metadata
+    from featbank.store.provenance import feature_path
+    from featbank.store.writer import FeatureWriter
 
     rng = np.random.default_rng(seed)
     styles = np.repeat(["baroque", "cubism", "gothic"], 20)
@@ -91,8 +91,8 @@ def image_collection(cache: Path, name: str = "art", classes=("icon", "vase"), p
 
 def tiny_run(cache: Path, collection, **settings) -> Path:
     """A squeezenet1_1 fine-tuned from random weights for one epoch at 48 px; its run folder."""
-    from featbank.finetuning.train import FinetuneConfig, finetune
     from featbank.data.tasks import SplitSpec
+    from featbank.finetuning.train import FinetuneConfig, finetune
 
     config = dict(backbone="squeezenet1_1", task="label", init="random", epochs=1, image_size=48,
                   batch_size=8, workers=0, cache_root=str(cache), progress=False,

@@ -10,13 +10,13 @@ from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
-from featbank.store.features import align_on_ids, read_features
-from featbank.analysis.config import CkaConfig
-from featbank.core.settings import digest
-from featbank.core.fileio import atomic_path, atomic_write_json
-from featbank.evaluation.plots import plot_similarity
 from featbank.analysis.common import output_folder, progress_bar
+from featbank.analysis.config import CkaConfig
 from featbank.analysis.similarity import cka_matrix
+from featbank.core.fileio import atomic_path, atomic_write_json
+from featbank.core.settings import digest
+from featbank.evaluation.plots import plot_similarity
+from featbank.store.features import align_on_ids, read_features
 
 
 def cka(config: CkaConfig, *, warn=print) -> dict:

@@ -10,12 +10,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from featbank.core.fileio import atomic_path, safe_name
+from featbank.data.collection import Collection
 from featbank.models.registry import check_names
 from featbank.store.features import FeatureFile, Features, feature_files, read_features
-from featbank.core.fileio import safe_name
 from featbank.store.provenance import same_attr
-from featbank.data.collection import Collection
-from featbank.core.fileio import atomic_path
 
 THUMB_SIZE = 112
 

@@ -14,10 +14,10 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from featbank.data.collection import Collection
+from featbank.analysis.common import describe, output_folder, read_entry, single_feature_file
 from featbank.analysis.config import ExportConfig
 from featbank.core.fileio import atomic_path, atomic_write_json
-from featbank.analysis.common import describe, output_folder, read_entry, single_feature_file
+from featbank.data.collection import Collection
 
 
 def export(collection: Collection, config: ExportConfig, *, warn=print) -> dict:

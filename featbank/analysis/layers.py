@@ -11,14 +11,14 @@ import time
 from dataclasses import asdict
 from datetime import datetime, timezone
 
-from featbank.data.collection import Collection
-from featbank.analysis.config import LayersConfig
-from featbank.core.fileio import atomic_write_json
-from featbank.models.inference import resolve_device, resolve_workers
-from featbank.evaluation.plots import plot_layers
 from featbank.analysis.common import file_label, output_folder, progress_bar
+from featbank.analysis.config import LayersConfig
 from featbank.analysis.networks import load_network, sample_ids, stage_activations, weight_distance
 from featbank.analysis.similarity import linear_cka
+from featbank.core.fileio import atomic_write_json
+from featbank.data.collection import Collection
+from featbank.evaluation.plots import plot_layers
+from featbank.models.inference import resolve_device, resolve_workers
 
 
 def layers(collection: Collection, config: LayersConfig, *, warn=print) -> dict:

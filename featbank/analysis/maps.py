@@ -16,13 +16,20 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from featbank.core.fileio import safe_name
-from featbank.data.collection import Collection
+from featbank.analysis.common import (
+    describe,
+    html_page,
+    output_folder,
+    progress_bar,
+    read_entry,
+    single_feature_file,
+    task_labels,
+    thumbnail_files,
+)
 from featbank.analysis.config import MapConfig
-from featbank.core.fileio import atomic_path, atomic_write_json, atomic_write_text
+from featbank.core.fileio import atomic_path, atomic_write_json, atomic_write_text, safe_name
+from featbank.data.collection import Collection
 from featbank.evaluation.plots import plot_map
-from featbank.analysis.common import (describe, html_page, output_folder, progress_bar, read_entry,
-                     single_feature_file, task_labels, thumbnail_files)
 
 PCA_DIMS = 50
 UNLABELLED = "(unlabelled)"

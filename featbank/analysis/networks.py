@@ -19,11 +19,17 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from featbank.models.registry import BackboneSpec, Preprocess, get_spec
 from featbank.data.collection import Collection
 from featbank.data.images import decode_views, normalize
 from featbank.data.tasks import SplitSpec
-from featbank.models.trunks import Weights, load_described_trunk, read_weights_file, resolve_weights, stages
+from featbank.models.registry import BackboneSpec, Preprocess, get_spec
+from featbank.models.trunks import (
+    Weights,
+    load_described_trunk,
+    read_weights_file,
+    resolve_weights,
+    stages,
+)
 
 LAST = "last"
 

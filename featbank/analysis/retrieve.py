@@ -20,15 +20,24 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from featbank.store.features import FeatureFile
-from featbank.core.fileio import safe_name
-from featbank.data.collection import Collection
+from featbank.analysis.common import (
+    THUMB_SIZE,
+    describe,
+    html_page,
+    output_folder,
+    preprocess_change,
+    progress_bar,
+    read_entry,
+    single_feature_file,
+    thumbnail,
+    thumbnail_files,
+)
 from featbank.analysis.config import RetrieveConfig
-from featbank.core.fileio import atomic_path, atomic_write_json, atomic_write_text
-from featbank.data.tasks import load_or_make_split
-from featbank.analysis.common import (THUMB_SIZE, describe, html_page, output_folder, preprocess_change,
-                     progress_bar, read_entry, single_feature_file, thumbnail, thumbnail_files)
 from featbank.analysis.similarity import average_precision_at_k, nearest, precision_at_k
+from featbank.core.fileio import atomic_path, atomic_write_json, atomic_write_text, safe_name
+from featbank.data.collection import Collection
+from featbank.data.tasks import load_or_make_split
+from featbank.store.features import FeatureFile
 
 SHOWN = 10  # neighbours per query on a contact sheet
 COLORS = {"query": (40, 90, 200), True: (30, 160, 60), False: (210, 40, 40)}
@@ -93,9 +102,9 @@ def lookup(collection: Collection, config: RetrieveConfig, *, warn=print) -> dic
     """The k collection images nearest to each ``config.queries`` file; writes JSON and HTML."""
     import torch
 
-    from featbank.models.registry import get_spec
     from featbank.data.images import decode_views
     from featbank.models.inference import TrunkRunner, resolve_device
+    from featbank.models.registry import get_spec
     from featbank.models.trunks import load_trunk
 
     entry = single_feature_file(config.cache_root, collection.name, config.backbone,

@@ -28,17 +28,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from featbank.data.collection import Collection
-from featbank.analysis.config import SaliencyConfig
-from featbank.store.results import load_results
-from featbank.core.fileio import atomic_path, atomic_write_json
-from featbank.heads.registry import decision_scores
-from featbank.data.images import decode_views, normalize
-from featbank.models.inference import resolve_device
-from featbank.evaluation.plots import plot_image_grid
-from featbank.data.tasks import load_or_make_split
 from featbank.analysis.common import file_label, output_folder
-from featbank.analysis.networks import Stage, load_network, load_run, named_stages, sample_ids, trunk_source
+from featbank.analysis.config import SaliencyConfig
+from featbank.analysis.networks import (
+    Stage,
+    load_network,
+    load_run,
+    named_stages,
+    sample_ids,
+    trunk_source,
+)
+from featbank.core.fileio import atomic_path, atomic_write_json
+from featbank.data.collection import Collection
+from featbank.data.images import decode_views, normalize
+from featbank.data.tasks import load_or_make_split
+from featbank.evaluation.plots import plot_image_grid
+from featbank.heads.registry import decision_scores
+from featbank.models.inference import resolve_device
+from featbank.store.results import load_results
 
 CHUNK = 8  # images per attribution call
 ALPHA = 0.5  # heat-map opacity on the overlays

@@ -16,14 +16,27 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from featbank.data.collection import Collection
+from featbank.analysis.common import (
+    file_label,
+    output_folder,
+    preprocess_change,
+    progress_bar,
+    read_entry,
+    single_feature_file,
+    thumbnail,
+)
 from featbank.analysis.config import TopImagesConfig
+from featbank.analysis.networks import (
+    Network,
+    load_network,
+    pick_stage,
+    sample_ids,
+    stage_activations,
+)
 from featbank.core.fileio import atomic_write_json
-from featbank.models.inference import resolve_device, resolve_workers
+from featbank.data.collection import Collection
 from featbank.evaluation.plots import plot_image_grid
-from featbank.analysis.common import (file_label, output_folder, preprocess_change, progress_bar, read_entry,
-                     single_feature_file, thumbnail)
-from featbank.analysis.networks import Network, load_network, pick_stage, sample_ids, stage_activations
+from featbank.models.inference import resolve_device, resolve_workers
 
 SHOWN_CHANNELS = 8
 SHOWN_IMAGES = 6

@@ -14,7 +14,13 @@ import sys
 from pathlib import Path
 
 from featbank.core.settings import default_workers
-from featbank.data.collection import Collection, from_folder, from_manifest, load_metadata, mark_multi_label
+from featbank.data.collection import (
+    Collection,
+    from_folder,
+    from_manifest,
+    load_metadata,
+    mark_multi_label,
+)
 from featbank.data.demo import demo_collection
 
 EXIT_BAD_INPUT = 2

@@ -19,7 +19,6 @@ from PIL import Image, ImageOps
 
 from featbank.models.registry import Preprocess
 
-
 _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
              "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS}
 

@@ -19,8 +19,14 @@ import csv
 import os
 from pathlib import Path
 
-from featbank.data.collection import (Collection, _index_files, _resolve, check_name, clean_label,
-                         default_name)
+from featbank.data.collection import (
+    Collection,
+    _index_files,
+    _resolve,
+    check_name,
+    clean_label,
+    default_name,
+)
 
 DC = "{http://purl.org/dc/elements/1.1/}"
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from featbank.data.collection import Collection
 from featbank.core.fileio import atomic_path, atomic_write_json
+from featbank.data.collection import Collection
 
 SPLITS = ("train", "val", "test")
 

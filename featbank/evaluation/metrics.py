@@ -9,7 +9,12 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import balanced_accuracy_score, f1_score
 
-from featbank.evaluation.stats import accuracy_ci, map_resamples, mean_average_precision, percentile_interval
+from featbank.evaluation.stats import (
+    accuracy_ci,
+    map_resamples,
+    mean_average_precision,
+    percentile_interval,
+)
 
 
 def top_k_accuracy(y_true, scores: np.ndarray, classes, k: int) -> float:

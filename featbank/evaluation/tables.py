@@ -19,7 +19,6 @@ from featbank.evaluation.stats import RESAMPLES, mcnemar_p, paired_map_p, paired
 from featbank.store.provenance import weights_label
 from featbank.store.results import latest_rows
 
-
 SIGNIFICANCE = 0.05  # of the paired tests behind the table's marks
 
 

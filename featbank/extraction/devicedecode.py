@@ -43,8 +43,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import get_worker_info
 
-from featbank.models.registry import Preprocess
 from featbank.core.fileio import first_line
+from featbank.models.registry import Preprocess
 
 JPEG_START = b"\xff\xd8\xff"
 JPEG_END = b"\xff\xd9"

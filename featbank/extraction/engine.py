@@ -23,19 +23,32 @@ import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm import tqdm
 
+from featbank.core.fileio import atomic_write_json, hold_lock
+from featbank.data.collection import Collection, save_metadata
+from featbank.data.images import decode_views, min_decode_size
+from featbank.extraction.config import ExtractConfig
+from featbank.extraction.devicedecode import (
+    DecoderBalance,
+    decode_jpegs,
+    device_decodable,
+    device_index,
+    device_resizable,
+    jpeg_decoder,
+    resize_views,
+)
+from featbank.models.inference import (
+    TrunkRunner,
+    autocast_dtype,
+    backbone_share,
+    resolve_device,
+    resolve_workers,
+    shared_views,
+)
 from featbank.models.registry import get_spec
-from featbank.store.writer import FeatureWriter
+from featbank.models.trunks import load_trunk, resolve_weights
 from featbank.store.features import count_rows, read_skipped, write_skipped_list
 from featbank.store.provenance import feature_path, file_attrs
-from featbank.data.collection import Collection, save_metadata
-from featbank.extraction.config import ExtractConfig
-from featbank.extraction.devicedecode import (DecoderBalance, decode_jpegs, device_decodable, device_index,
-                           device_resizable, jpeg_decoder, resize_views)
-from featbank.core.fileio import atomic_write_json, hold_lock
-from featbank.data.images import decode_views, min_decode_size
-from featbank.models.inference import (TrunkRunner, autocast_dtype, backbone_share, resolve_device,
-                        resolve_workers, shared_views)
-from featbank.models.trunks import load_trunk, resolve_weights
+from featbank.store.writer import FeatureWriter
 
 MAX_QUEUED = 4
 

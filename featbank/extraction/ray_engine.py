@@ -21,9 +21,15 @@ import logging
 import numpy as np
 import torch
 
-from featbank.models.registry import get_spec
 from featbank.data.images import decode_views, min_decode_size
-from featbank.models.inference import TrunkRunner, autocast_dtype, backbone_share, resolve_device, shared_views
+from featbank.models.inference import (
+    TrunkRunner,
+    autocast_dtype,
+    backbone_share,
+    resolve_device,
+    shared_views,
+)
+from featbank.models.registry import get_spec
 from featbank.models.trunks import load_trunk
 
 

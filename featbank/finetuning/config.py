@@ -5,11 +5,17 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 
-from featbank.core.settings import (at_least, check_device_name, check_workers, fraction, one_of,
-                                    runtime, seeded_repeats)
+from featbank.core.settings import (
+    at_least,
+    check_device_name,
+    check_workers,
+    fraction,
+    one_of,
+    runtime,
+    seeded_repeats,
+)
 from featbank.data.tasks import SplitSpec
 from featbank.models.registry import check_names
-
 
 OPTIMIZERS = ("sgd", "adam", "rmsprop")
 FREEZE_SYNTAX = re.compile(r"none|trunk|last:[1-9]\d*|\d+")

@@ -18,8 +18,14 @@ from torch import nn
 
 from featbank.finetuning.config import FinetuneConfig
 from featbank.models.registry import BackboneSpec
-from featbank.models.trunks import (NORM_LAYERS, Weights, build_pretrained, load_state_dict_file,
-                                    resolve_weights, stages)
+from featbank.models.trunks import (
+    NORM_LAYERS,
+    Weights,
+    build_pretrained,
+    load_state_dict_file,
+    resolve_weights,
+    stages,
+)
 
 
 class FineTuneNet(nn.Module):

@@ -37,8 +37,14 @@ from featbank.evaluation.reports import result_row, save_test_scores, write_repo
 from featbank.finetuning.config import FinetuneConfig
 from featbank.finetuning.data import datasets, epoch_seed, make_loader
 from featbank.finetuning.epochs import evaluate_model, train_one_epoch
-from featbank.finetuning.model import (FineTuneNet, apply_freeze, build_trunk, init_weights, make_loss,
-                                      make_optimizer)
+from featbank.finetuning.model import (
+    FineTuneNet,
+    apply_freeze,
+    build_trunk,
+    init_weights,
+    make_loss,
+    make_optimizer,
+)
 from featbank.models.inference import resolve_device
 from featbank.models.registry import BackboneSpec, get_spec
 from featbank.models.trunks import Weights, export_trunk, stages

@@ -12,9 +12,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from featbank.models.registry import BackboneSpec
 from featbank.core.settings import default_workers
 from featbank.data.images import normalize
+from featbank.models.registry import BackboneSpec
 
 # Autocast is kept only when every feature row stays this close to fp32
 # (relative L2 error), checked on the first batch of each backbone.

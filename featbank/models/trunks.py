@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from featbank.core.fileio import atomic_path, first_line
 from featbank.models.registry import RANDOM_SEED, BackboneSpec, weights_id
 from featbank.store.provenance import weights_label
-from featbank.core.fileio import atomic_path, first_line
 
 NORM_LAYERS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)
 # ``--weights random``: the library's own initialisation of the architecture, seeded.

@@ -23,7 +23,6 @@ import numpy as np
 from featbank.core.fileio import safe_name
 from featbank.core.version import __version__
 
-
 # Attributes that must agree before rows from two runs may share a file.
 PROVENANCE_KEYS = ("backbone", "feature_dim", "weights", "weights_exact", "input_size", "mean",
                    "std", "resize", "crop_pct", "interpolation", "dtype")

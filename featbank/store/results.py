@@ -14,7 +14,6 @@ from pathlib import Path
 
 from featbank.core.fileio import atomic_path, first_line, hold_lock
 
-
 RESULT_KEYS = ("backbone", "weights", "task", "method", "head", "split", "top1", "top5",
                "balanced_accuracy", "macro_f1", "n_train", "n_test", "seconds", "created")
 

@@ -36,7 +36,6 @@ import numpy as np
 from featbank.core.fileio import atomic_path, atomic_write_json
 from featbank.store.provenance import PROVENANCE_KEYS, plain_attrs, provenance_value, same_attr
 
-
 _STR = h5py.string_dtype("utf-8")
 
 

@@ -3,13 +3,13 @@ import json
 
 import numpy as np
 import pytest
-
 from helpers import write_toy_cache
-from featbank.analysis.similarity import linear_cka
-from featbank.store.writer import FeatureWriter
-from featbank.store.provenance import feature_path
-from featbank.store.features import read_features
+
 from featbank.analysis.config import CkaConfig
+from featbank.analysis.similarity import linear_cka
+from featbank.store.features import read_features
+from featbank.store.provenance import feature_path
+from featbank.store.writer import FeatureWriter
 
 
 def test_cka_of_files_on_shared_ids(tmp_path):

@@ -4,11 +4,11 @@ import json
 
 import numpy as np
 import pytest
-
 from helpers import write_toy_cache
-from featbank.store.features import read_features
-from featbank.data.collection import load_metadata
+
 from featbank.analysis.config import ExportConfig
+from featbank.data.collection import load_metadata
+from featbank.store.features import read_features
 
 
 @pytest.fixture

@@ -3,12 +3,12 @@ import json
 
 import pytest
 import torch
-
-from featbank.analysis.layers import layers
-from featbank.analysis.config import LayersConfig
-from featbank.models.trunks import load_trunk
-from featbank.models.registry import get_spec
 from helpers import image_collection
+
+from featbank.analysis.config import LayersConfig
+from featbank.analysis.layers import layers
+from featbank.models.registry import get_spec
+from featbank.models.trunks import load_trunk
 
 
 @pytest.fixture(scope="module")

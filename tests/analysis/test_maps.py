@@ -4,11 +4,11 @@ import json
 
 import numpy as np
 import pytest
-
 from helpers import write_toy_cache
+
+from featbank.analysis.config import MapConfig
 from featbank.analysis.maps import sample_rows
 from featbank.data.collection import load_metadata
-from featbank.analysis.config import MapConfig
 
 
 def test_sample_rows_keeps_each_class_share():

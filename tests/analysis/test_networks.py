@@ -2,11 +2,19 @@
 import numpy as np
 import pytest
 import torch
-
-from featbank.analysis.networks import (load_network, load_run, named_stages, pick_stage, pooled,
-                                        sample_ids, stage_activations, weight_distance)
-from featbank.models.registry import get_spec
 from helpers import image_collection, tiny_run
+
+from featbank.analysis.networks import (
+    load_network,
+    load_run,
+    named_stages,
+    pick_stage,
+    pooled,
+    sample_ids,
+    stage_activations,
+    weight_distance,
+)
+from featbank.models.registry import get_spec
 
 
 @pytest.fixture(scope="module")

@@ -3,11 +3,11 @@ of image files through the trunk that made the cache."""
 import json
 
 import pytest
+from helpers import write_toy_cache
 from PIL import Image
 
-from helpers import write_toy_cache
-from featbank.data.collection import load_metadata
 from featbank.analysis.config import RetrieveConfig
+from featbank.data.collection import load_metadata
 
 
 @pytest.fixture
@@ -59,9 +59,9 @@ def test_query_image_finds_itself_through_the_same_trunk(tmp_path, image_folder)
     """A collection image given as a query is extracted on the fly; its nearest
     neighbour is its own cached row, at similarity 1."""
     from featbank.analysis.retrieve import lookup
+    from featbank.data.collection import from_folder
     from featbank.extraction.config import ExtractConfig
     from featbank.extraction.engine import extract
-    from featbank.data.collection import from_folder
 
     cache = tmp_path / "cache"
     collection = from_folder(image_folder, name="pets")
@@ -87,10 +87,10 @@ def test_query_with_a_weights_file_needs_that_file(tmp_path, image_folder):
     import torch
 
     from featbank.analysis.retrieve import lookup
-    from featbank.models.registry import get_spec
     from featbank.data.collection import from_folder
     from featbank.extraction.config import ExtractConfig
     from featbank.extraction.engine import extract
+    from featbank.models.registry import get_spec
 
     torch.manual_seed(5)
     weights = tmp_path / "trunk.pth"

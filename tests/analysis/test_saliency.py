@@ -4,19 +4,26 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import image_collection, tiny_run
 from torch import nn
 
-from featbank.analysis.networks import load_network
-from featbank.analysis.saliency import (_deconvolve, head_to_torch, randomised, rank_correlation,
-                                        saliency, visual_backprop, Classifier)
-from featbank.classification.grid import classify
-from featbank.classification.config import ClassifyConfig
-from featbank.extraction.config import ExtractConfig
 from featbank.analysis.config import SaliencyConfig
+from featbank.analysis.networks import load_network
+from featbank.analysis.saliency import (
+    Classifier,
+    _deconvolve,
+    head_to_torch,
+    randomised,
+    rank_correlation,
+    saliency,
+    visual_backprop,
+)
+from featbank.classification.config import ClassifyConfig
+from featbank.classification.grid import classify
+from featbank.data.tasks import SplitSpec
+from featbank.extraction.config import ExtractConfig
 from featbank.extraction.engine import extract
 from featbank.heads.registry import HeadOptions, make_head
-from featbank.data.tasks import SplitSpec
-from helpers import image_collection, tiny_run
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +54,9 @@ def test_stored_linear_heads_become_exact_torch_layers(head, normalize, pca, n_c
 
 
 def test_a_head_that_is_not_linear_is_refused():
+    from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import PolynomialFeatures
-    from sklearn.linear_model import LogisticRegression
 
     X = np.random.default_rng(0).normal(size=(40, 3))
     pipeline = Pipeline([("poly", PolynomialFeatures(2)),

@@ -2,8 +2,13 @@
 import numpy as np
 import pytest
 
-from featbank.analysis.similarity import (average_precision_at_k, cka_matrix, linear_cka,
-                                          nearest, precision_at_k)
+from featbank.analysis.similarity import (
+    average_precision_at_k,
+    cka_matrix,
+    linear_cka,
+    nearest,
+    precision_at_k,
+)
 
 
 def _gram_cka(x, y, debiased):

@@ -2,14 +2,14 @@
 import numpy as np
 import pytest
 import torch
-
-from featbank.analysis.top_images import _entropy, _top_k, top_images
-from featbank.models.registry import get_spec
-from featbank.extraction.config import ExtractConfig
-from featbank.analysis.config import TopImagesConfig
-from featbank.extraction.engine import extract
-from featbank.models.trunks import load_trunk
 from helpers import image_collection
+
+from featbank.analysis.config import TopImagesConfig
+from featbank.analysis.top_images import _entropy, _top_k, top_images
+from featbank.extraction.config import ExtractConfig
+from featbank.extraction.engine import extract
+from featbank.models.registry import get_spec
+from featbank.models.trunks import load_trunk
 
 
 @pytest.fixture(scope="module")

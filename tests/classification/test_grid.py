@@ -2,17 +2,17 @@ import h5py
 import joblib
 import numpy as np
 import pytest
+from helpers import write_toy_cache
 
-from featbank.store.features import feature_files, read_features
 from featbank.classification.grid import ClassifyConfig, classify
 from featbank.data.collection import load_metadata
-from featbank.store.results import RESULT_KEYS, load_results
-from featbank.evaluation.tables import build_table
-from featbank.evaluation.reports import load_test_scores
-from featbank.heads.registry import HeadOptions
-from featbank.evaluation.stats import mean_average_precision
 from featbank.data.tasks import SplitSpec, subsample
-from helpers import write_toy_cache
+from featbank.evaluation.reports import load_test_scores
+from featbank.evaluation.stats import mean_average_precision
+from featbank.evaluation.tables import build_table
+from featbank.heads.registry import HeadOptions
+from featbank.store.features import feature_files, read_features
+from featbank.store.results import RESULT_KEYS, load_results
 
 
 def _config(tmp_path, **kw):
@@ -118,8 +118,8 @@ def test_unusable_feature_files_are_named_and_skipped(tmp_path):
 
 def _extra_file(cache, backbone, weights, keep):
     """Another feature file of the toy collection: resnet18's vectors for the rows ``keep``."""
-    from featbank.store.writer import FeatureWriter
     from featbank.store.provenance import feature_path
+    from featbank.store.writer import FeatureWriter
 
     data = read_features(cache / "toy" / "features" / "resnet18__random.h5")
     out = FeatureWriter(feature_path(cache, "toy", backbone, weights),
@@ -193,9 +193,9 @@ def test_ensemble_averages_member_probabilities(tmp_path):
 def _multi_label_cache(cache, n=150, dim=24, seed=0, backbones=("resnet18",)):
     """Images tagged ``style;setting`` (3 styles x 2 settings), features encoding both
     (each backbone's with noise of its own)."""
-    from featbank.store.writer import FeatureWriter
-    from featbank.store.provenance import feature_path
     from featbank.data.collection import Collection, save_metadata
+    from featbank.store.provenance import feature_path
+    from featbank.store.writer import FeatureWriter
 
     rng = np.random.default_rng(seed)
     style, setting = rng.integers(0, 3, n), rng.integers(0, 2, n)
@@ -249,8 +249,8 @@ def test_multi_label_task_scored_by_map_with_every_head(tmp_path):
 def test_multi_label_ensemble_averages_each_labels_probability(tmp_path):
     from scipy.special import expit
 
-    from featbank.heads.registry import class_scores
     from featbank.data.tasks import load_or_make_split
+    from featbank.heads.registry import class_scores
 
     folder = _multi_label_cache(tmp_path, backbones=("resnet18", "alexnet"))
     collection = load_metadata(folder)

@@ -2,9 +2,16 @@
 import json
 
 import pytest
-
-from helpers import HERITAGE, SQUEEZENET, assert_one_line_error, image_collection, \
-    needs_heritage, needs_squeezenet, tiny_run, write_toy_cache
+from helpers import (
+    HERITAGE,
+    SQUEEZENET,
+    assert_one_line_error,
+    image_collection,
+    needs_heritage,
+    needs_squeezenet,
+    tiny_run,
+    write_toy_cache,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -93,6 +100,7 @@ def test_network_analyses_bad_input_is_one_line(run_script, tmp_path):
     common = ["--cache", str(cache), "--collection", "art", "--device", "cpu"]
     torch_save_resnet = tmp_path / "resnet18.pth"
     import torch
+
     from featbank.models.registry import get_spec
 
     torch.save(get_spec("resnet18").build(False).state_dict(), torch_save_resnet)

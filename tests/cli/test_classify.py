@@ -2,9 +2,16 @@
 import json
 
 import pytest
+from helpers import (
+    HERITAGE,
+    SQUEEZENET,
+    assert_one_line_error,
+    needs_heritage,
+    needs_squeezenet,
+    write_toy_cache,
+)
 
 from featbank.store.results import RESULT_KEYS
-from helpers import assert_one_line_error, HERITAGE, SQUEEZENET, needs_heritage, needs_squeezenet, write_toy_cache
 
 pytestmark = pytest.mark.slow  # subprocesses or a Ray instance: make test-fast skips these
 

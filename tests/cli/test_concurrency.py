@@ -10,9 +10,9 @@ import time
 
 import numpy as np
 import pytest
+from helpers import REPO, make_image, script_env, write_toy_cache
 
 from featbank.store.features import read_features
-from helpers import REPO, make_image, script_env, write_toy_cache
 
 pytestmark = pytest.mark.slow  # subprocesses: make test-fast skips these
 

@@ -9,11 +9,20 @@ import time
 import h5py
 import numpy as np
 import pytest
+from helpers import (
+    HERITAGE,
+    REPO,
+    SQUEEZENET,
+    assert_one_line_error,
+    make_image,
+    needs_heritage,
+    needs_squeezenet,
+    script_env,
+)
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 
 from featbank.store.features import read_features
-from helpers import assert_one_line_error, HERITAGE, REPO, SQUEEZENET, make_image, needs_heritage, needs_squeezenet, script_env
 
 pytestmark = pytest.mark.slow  # subprocesses or a Ray instance: make test-fast skips these
 

@@ -6,8 +6,16 @@ import sys
 import time
 
 import pytest
-
-from helpers import assert_one_line_error, HERITAGE, REPO, SQUEEZENET, make_image, needs_heritage, needs_squeezenet, script_env
+from helpers import (
+    HERITAGE,
+    REPO,
+    SQUEEZENET,
+    assert_one_line_error,
+    make_image,
+    needs_heritage,
+    needs_squeezenet,
+    script_env,
+)
 
 pytestmark = pytest.mark.slow  # subprocesses or a Ray instance: make test-fast skips these
 

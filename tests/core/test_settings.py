@@ -4,9 +4,9 @@ import os
 import pytest
 import torch
 
+from featbank.core.settings import default_workers
 from featbank.extraction.config import ExtractConfig
 from featbank.finetuning.config import FinetuneConfig
-from featbank.core.settings import default_workers
 from featbank.models.inference import resolve_workers
 
 

@@ -1,8 +1,14 @@
 import pytest
-
-from featbank.data.collection import clean_label, from_folder, from_manifest, load_metadata, save_metadata
-from featbank.data.demo import demo_collection
 from helpers import make_image
+
+from featbank.data.collection import (
+    clean_label,
+    from_folder,
+    from_manifest,
+    load_metadata,
+    save_metadata,
+)
+from featbank.data.demo import demo_collection
 
 
 def test_folder_ids_are_relative_paths(image_folder):

@@ -1,8 +1,8 @@
 """Dublin Core XML and iMet importers on small generated files."""
 import pytest
+from helpers import make_image
 
 from featbank.cli.common import collection_for_extraction
-from helpers import make_image
 
 DC_RECORD = """<?xml version="1.0" encoding="UTF-8"?>
 <oai_dc:dc xmlns:oai_dc="http://www.openarchives.org/OAI/2.0/oai_dc/"

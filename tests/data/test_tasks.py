@@ -2,7 +2,13 @@ import numpy as np
 import pytest
 
 from featbank.data.collection import Collection
-from featbank.data.tasks import SplitSpec, load_or_make_split, make_split, split_path, stratified_parts
+from featbank.data.tasks import (
+    SplitSpec,
+    load_or_make_split,
+    make_split,
+    split_path,
+    stratified_parts,
+)
 
 
 def _collection(counts: dict[str, int], task="style") -> Collection:

@@ -5,10 +5,10 @@ import os
 import numpy as np
 import pytest
 
-from featbank.store.results import RESULT_KEYS, append_result, load_results
-from featbank.evaluation.tables import build_table, table_notes, to_markdown, write_table
 from featbank.evaluation.metrics import metrics, top_k_accuracy
 from featbank.evaluation.reports import write_reports
+from featbank.evaluation.tables import build_table, table_notes, to_markdown, write_table
+from featbank.store.results import RESULT_KEYS, append_result, load_results
 
 
 def test_top_k_known_answer():

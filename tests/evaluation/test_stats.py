@@ -2,8 +2,16 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score
 
-from featbank.evaluation.stats import (accuracy_ci, average_precision, map_ci, mcnemar_p, pack_hits,
-                            paired_map_p, resample_counts, unpack_hits)
+from featbank.evaluation.stats import (
+    accuracy_ci,
+    average_precision,
+    map_ci,
+    mcnemar_p,
+    pack_hits,
+    paired_map_p,
+    resample_counts,
+    unpack_hits,
+)
 
 
 def test_resample_counts_draw_n_rows_with_replacement():

@@ -10,16 +10,24 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import make_image
 from PIL import Image
 
+from featbank.data.collection import from_folder
+from featbank.data.images import load_rgb, to_view
+from featbank.extraction.devicedecode import (
+    JPEG_DECODERS,
+    MAX_PILLOW_SHARE,
+    DecoderBalance,
+    balanced_share,
+    decode_jpegs,
+    device_decodable,
+    jpeg_decoder,
+    resize_views,
+)
+from featbank.extraction.engine import ExtractConfig, extract
 from featbank.models.registry import Preprocess, get_spec
 from featbank.store.features import read_features
-from featbank.data.collection import from_folder
-from featbank.extraction.devicedecode import (JPEG_DECODERS, MAX_PILLOW_SHARE, DecoderBalance, balanced_share,
-                                   decode_jpegs, device_decodable, jpeg_decoder, resize_views)
-from featbank.extraction.engine import ExtractConfig, extract
-from featbank.data.images import load_rgb, to_view
-from helpers import make_image
 
 
 def _smooth(path, seed, size=(120, 90), mode="RGB", **save):

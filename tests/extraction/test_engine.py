@@ -3,13 +3,13 @@ import csv
 import numpy as np
 import pytest
 import torch
+from helpers import make_image
 
 import featbank.data.images as images
-from featbank.store.writer import FeatureWriter
-from featbank.store.features import read_features
 from featbank.data.collection import from_folder
 from featbank.extraction.engine import ExtractConfig, extract
-from helpers import make_image
+from featbank.store.features import read_features
+from featbank.store.writer import FeatureWriter
 
 
 def _config(tmp_path, **kw):
@@ -176,8 +176,8 @@ def test_a_failed_extraction_leaves_no_feature_file(tmp_path, image_folder):
 
 
 def _loader(image_folder, *, jpeg_bytes, workers=0, balance=None):
-    from featbank.models.registry import get_spec
     from featbank.extraction.engine import _collate, _Images
+    from featbank.models.registry import get_spec
 
     collection = from_folder(image_folder)
     paths = [collection.path(i) for i in collection.ids]
@@ -244,9 +244,9 @@ def test_workers_send_the_balances_share_to_pillow_and_time_both_paths(image_fol
 
 
 def test_a_share_set_while_the_workers_run_reaches_them(image_folder):
-    from featbank.models.registry import get_spec
     from featbank.extraction.devicedecode import DecoderBalance
     from featbank.extraction.engine import _collate, _Images
+    from featbank.models.registry import get_spec
 
     collection = from_folder(image_folder)
     balance = DecoderBalance(workers=1)

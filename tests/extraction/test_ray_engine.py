@@ -7,9 +7,9 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'featbank[ray]'")
 
-from featbank.store.features import read_features
 from featbank.data.collection import from_folder  # noqa: E402
 from featbank.extraction.engine import ExtractConfig, extract  # noqa: E402
+from featbank.store.features import read_features
 
 pytestmark = pytest.mark.slow  # subprocesses or a Ray instance: make test-fast skips these
 

@@ -3,23 +3,29 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import make_image
 
 import featbank.finetuning.train as ft
-from featbank.models.registry import BACKBONES, get_spec
 from featbank.classification.grid import ClassifyConfig, classify
 from featbank.data.collection import from_folder, from_manifest
-from featbank.evaluation.tables import build_table
-from featbank.store.results import load_results
+from featbank.data.tasks import SplitSpec
+from featbank.evaluation.metrics import hits
 from featbank.evaluation.reports import load_test_scores
 from featbank.evaluation.stats import mean_average_precision
+from featbank.evaluation.tables import build_table
 from featbank.extraction.engine import ExtractConfig, extract
-from featbank.evaluation.metrics import hits
 from featbank.finetuning.epochs import train_one_epoch
-from featbank.finetuning.model import FineTuneNet, apply_freeze, frozen_count, he_uniform_, make_loss
+from featbank.finetuning.model import (
+    FineTuneNet,
+    apply_freeze,
+    frozen_count,
+    he_uniform_,
+    make_loss,
+)
 from featbank.finetuning.train import FinetuneConfig, finetune
-from featbank.data.tasks import SplitSpec
+from featbank.models.registry import BACKBONES, get_spec
 from featbank.models.trunks import load_trunk, stages
-from helpers import make_image
+from featbank.store.results import load_results
 
 SCENARIOS = ["none", "1", "2", "last:3", "last:1"]  # Cetinic et al.'s five
 

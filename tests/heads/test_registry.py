@@ -6,9 +6,17 @@ from sklearn.base import clone
 from sklearn.datasets import make_blobs
 from sklearn.model_selection import GridSearchCV
 
-from featbank.heads.registry import (HEADS, HeadOptions, class_scores, fit_head, make_head, n_parameters,
-                            register_head, resolve_heads)
 from featbank.heads.linear import _stalled
+from featbank.heads.registry import (
+    HEADS,
+    HeadOptions,
+    class_scores,
+    fit_head,
+    make_head,
+    n_parameters,
+    register_head,
+    resolve_heads,
+)
 from featbank.heads.softmax import SoftmaxClassifier
 
 

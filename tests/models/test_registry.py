@@ -2,14 +2,21 @@ import shutil
 import subprocess
 import sys
 
-import torch
 import pytest
+import torch
+from helpers import SQUEEZENET, needs_squeezenet
 
 from featbank.models import registry as backbones
 from featbank.models.registry import BACKBONES, get_spec, register, resolve_names, weights_id
-from featbank.models.trunks import (TRUNK_FORMAT, WeightsUnavailableError, cached_checkpoint,
-                             export_trunk, load_state_dict_file, load_trunk, resolve_weights)
-from helpers import SQUEEZENET, needs_squeezenet
+from featbank.models.trunks import (
+    TRUNK_FORMAT,
+    WeightsUnavailableError,
+    cached_checkpoint,
+    export_trunk,
+    load_state_dict_file,
+    load_trunk,
+    resolve_weights,
+)
 
 
 @pytest.mark.parametrize("name", sorted(BACKBONES) + ["timm:test_resnet"])

@@ -2,9 +2,9 @@ import h5py
 import numpy as np
 import pytest
 
-from featbank.store.writer import FeatureWriter
-from featbank.store.provenance import feature_path
 from featbank.store.features import read_features
+from featbank.store.provenance import feature_path
+from featbank.store.writer import FeatureWriter
 
 ATTRS = {"backbone": "toy", "feature_dim": 3, "weights": "random", "input_size": 8,
          "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "resize": "squash", "crop_pct": 1.0,
