@@ -1,100 +1,11 @@
 """Extract global-average-pooled CNN features of a collection into the HDF5 cache.
 
-Examples:
-    python extract.py --backbone squeezenet1_1 --weights random          # demo collection
-    python extract.py --backbone squeezenet1_1 \
-        --weights ../shared/weights/squeezenet1_1-imagenet.pth \
-        --images ../shared/data/heritage/test
-    python extract.py --backbone vgg19,resnet50,inception_v3,xception \
-        --manifest metadata.csv --root images/ --image-column ImageId
-    python extract.py --backbone all --images paintings/ --device cuda
-    python extract.py --backbone resnet50 --images paintings/ --device cuda --decode device
-    RAY_ADDRESS=auto python extract.py --backbone vgg19,resnet50 --images /shared/museum \
-        --engine ray                                   # on a Ray cluster (README, "Ray")
-
-Re-running skips images already in the cache; an interrupted run resumes.
-Output: <cache>/<collection>/features/<backbone>__<weights>.h5 (see DESIGN.md),
-undecodable images in <cache>/<collection>/skipped.csv.
+Usage and examples: ``python extract.py --help`` (featbank/cli/extract.py).
 """
 import sys
 
-from featbank.cli.common import add_options, collection_for_extraction, make_parser, run, source_of
-from featbank.core.settings import defaults
-from featbank.extraction.config import (
-    DECODES,
-    DTYPES,
-    ENGINES,
-    JPEG_DECODERS,
-    PRECISIONS,
-    ExtractConfig,
-)
-from featbank.models.registry import available_backbones
-
-
-def get_args_parser():
-    d = defaults(ExtractConfig)
-    parser = make_parser(__doc__)
-    parser.add_argument("--backbone", required=True,
-                        help=f"NAME[,NAME...] or all; one of {', '.join(available_backbones())}")
-    parser.add_argument("--weights", default=d["weights"],
-                        help="imagenet (the exact published weights the registry pins; see "
-                             "README), random (seeded) or PATH to a state_dict or a trunk "
-                             f"exported by finetune.py (default: {d['weights']})")
-    add_options(parser, "cache", "source", "batch-size", "workers", "device", defaults=d)
-    parser.add_argument("--dtype", default=d["dtype"], choices=DTYPES,
-                        help=f"storage type of the features (default: {d['dtype']})")
-    parser.add_argument("--precision", default=d["precision"], choices=PRECISIONS,
-                        help="compute precision; auto = bf16/fp16 autocast on a GPU when the "
-                             "features stay within 1%% of fp32, else fp32 (default: auto)")
-    parser.add_argument("--decode", default=d["decode"], choices=DECODES,
-                        help="where images are decoded: cpu = Pillow in the worker processes; "
-                             "device = JPEGs by nvJPEG on the GPU, a share of them by Pillow "
-                             "when the workers have time (experimental, see README); "
-                             "auto = cpu for now (default: auto)")
-    parser.add_argument("--jpeg-decoder", default=d["jpeg_decoder"],
-                        choices=JPEG_DECODERS,
-                        help="with --decode device, the library that calls nvJPEG: auto = "
-                             "torchcodec when installed (pip install 'featbank[gpu]'), else "
-                             "torchvision's decoder, deprecated since torchvision 0.29 "
-                             "(default: auto)")
-    parser.add_argument("--engine", default=d["engine"], choices=ENGINES,
-                        help="local: this machine; ray: Ray Data over a Ray cluster "
-                             "(pip install 'featbank[ray]') (default: local)")
-    parser.add_argument("--ray-address", default=None,
-                        help="Ray cluster to join, e.g. ray://head:10001 or auto "
-                             "(default: $RAY_ADDRESS, else a Ray started on this machine)")
-    parser.add_argument("--ray-actors", type=int, default=None,
-                        help="trunk actors for --engine ray (default: one per GPU in the "
-                             "cluster, one if it has none)")
-    add_options(parser, "no-progress", defaults=d)
-    return parser
-
-
-def main(argv=None) -> None:
-    args = get_args_parser().parse_args(argv)
-    config = ExtractConfig(backbones=args.backbone, weights=args.weights, cache_root=args.cache,
-                           batch_size=args.batch_size, workers=args.workers, device=args.device,
-                           dtype=args.dtype, precision=args.precision, decode=args.decode,
-                           jpeg_decoder=args.jpeg_decoder, engine=args.engine,
-                           ray_address=args.ray_address,
-                           ray_actors=args.ray_actors, progress=not args.no_progress)
-    collection = collection_for_extraction(**source_of(args))
-    from featbank.extraction.engine import (
-        extract,  # torch: imported once the arguments are known good
-    )
-
-    reports = extract(collection, config)
-    for report in reports:
-        print(f"{report.backbone}: {report.n_rows} rows ({report.n_new} new, "
-              f"{report.n_skipped} undecodable) -> {report.path} [{report.seconds:.1f} s]")
-    if reports and reports[0].device_decoded is not None:
-        print(f"{reports[0].device_decoded} images decoded on the device "
-              f"({reports[0].jpeg_decoder}), the others by Pillow")
-    if collection.ignored:
-        print(f"{collection.ignored} hidden or system files ignored (.DS_Store, Thumbs.db, "
-              "__MACOSX/, dotfiles); undecodable files are listed in "
-              f"{config.cache_root}/{collection.name}/skipped.csv")
-
+from featbank.cli.common import run
+from featbank.cli.extract import main
 
 if __name__ == "__main__":
     sys.exit(run(main))

@@ -1,114 +1,11 @@
 """Fine-tune a backbone on one task of a collection (same saved split as classify.py).
 
-Examples:
-    python finetune.py --backbone squeezenet1_1 --task material --init random --epochs 3
-    python finetune.py --backbone squeezenet1_1 --task label --collection test \
-        --init ../shared/weights/squeezenet1_1-imagenet.pth --epochs 5
-    python finetune.py --backbone resnet50 --task type --freeze last:3 --augment --device cuda
-    python finetune.py --backbone resnet50 --task artist --collection antwerp \
-        --init cache/rijks/finetune/type__resnet50__<id>/trunk.pth     # double fine-tuning
-
-Defaults (Sabatelli et al.): SGD lr 1e-3, Nesterov momentum 0.9, batch 32, no
-augmentation, early stopping after 7 epochs without a better validation loss,
-the best weights tested. --freeze: none | K (first K stages) | trunk (only the
-head) | last:N (the last N units, head included); Cetinic et al.'s scenarios
-are none, 1, 2, last:3 and last:1. Run again to resume an interrupted run.
-A multi-label task trains a sigmoid per class (binary cross-entropy) and is
-scored by mAP. --repeats N trains on N seeded splits, one run and row each.
-
-Writes <cache>/<collection>/finetune/<run>/: history.csv, curves.png, best.pt,
-last.pt, trunk.pth (for extract.py --weights), test reports; appends the test
-metrics to results.jsonl (the "fine-tuning" column of classify.py's table).
+Usage and examples: ``python finetune.py --help`` (featbank/cli/finetune.py).
 """
 import sys
-from pathlib import Path
-from statistics import mean, stdev
 
-from featbank.cli.common import (
-    add_options,
-    cached_collection,
-    collection_for_extraction,
-    make_parser,
-    run,
-    source_of,
-    split_spec,
-)
-from featbank.core.settings import defaults
-from featbank.data.collection import save_metadata
-from featbank.finetuning.config import OPTIMIZERS, FinetuneConfig
-from featbank.models.registry import available_backbones
-
-
-def get_args_parser():
-    d = defaults(FinetuneConfig)
-    parser = make_parser(__doc__)
-    parser.add_argument("--backbone", required=True, help=f"one of {', '.join(available_backbones())}")
-    parser.add_argument("--task", required=True, help="the label column to learn")
-    parser.add_argument("--init", default=d["init"],
-                        help="imagenet (the exact published weights the registry pins), random "
-                             "(He-uniform, from scratch) or PATH to a trunk state_dict, an "
-                             f"exported trunk or a featbank checkpoint (default: {d['init']})")
-    parser.add_argument("--freeze", default=d["freeze"],
-                        help=f"none, K, trunk or last:N (default: {d['freeze']})")
-    parser.add_argument("--epochs", type=int, default=d["epochs"],
-                        help=f"maximum epochs, at least 1 (default: {d['epochs']})")
-    parser.add_argument("--patience", type=int, default=d["patience"],
-                        help=f"epochs without a better validation loss before stopping "
-                             f"(default: {d['patience']})")
-    parser.add_argument("--optimizer", default=d["optimizer"], choices=OPTIMIZERS,
-                        help="sgd = SGD with Nesterov momentum 0.9 (default: sgd)")
-    parser.add_argument("--lr", type=float, default=d["lr"],
-                        help=f"learning rate (default: {d['lr']:g})")
-    parser.add_argument("--head-lr", type=float, default=None,
-                        help="learning rate of the new head (default: --lr)")
-    add_options(parser, "batch-size", defaults=d)
-    parser.add_argument("--image-size", type=int, default=None,
-                        help="input size (default: the backbone's, e.g. 224)")
-    parser.add_argument("--augment", action="store_true",
-                        help="random crop and horizontal flip while training")
-    add_options(parser, "balanced", "train-fraction", "split", "seed", "repeats", "device",
-                "workers", "no-progress", "cache", "source", defaults=d)
-    return parser
-
-
-def main(argv=None) -> None:
-    args = get_args_parser().parse_args(argv)
-    config = FinetuneConfig(
-        backbone=args.backbone, task=args.task, init=args.init, freeze=args.freeze,
-        epochs=args.epochs, patience=args.patience, optimizer=args.optimizer, lr=args.lr,
-        head_lr=args.head_lr, batch_size=args.batch_size, image_size=args.image_size,
-        augment=args.augment, balanced=args.balanced, train_fraction=args.train_fraction,
-        seed=args.seed, device=args.device, workers=args.workers, cache_root=args.cache,
-        split=split_spec(args), progress=not args.no_progress, repeats=args.repeats)
-    if args.images or args.manifest:
-        collection = collection_for_extraction(**source_of(args))
-        save_metadata(collection, Path(args.cache) / collection.name)
-    else:
-        collection = cached_collection(cache=args.cache, collection=args.collection)
-    from featbank.evaluation.metrics import score_of
-    from featbank.finetuning.train import finetune
-
-    def log(message):
-        print(message, file=sys.stderr)
-
-    scores = []
-    for repeat in config.repeated():
-        if config.repeats > 1:
-            log(f"repeat with seed {repeat.seed} (split {repeat.split.tag})")
-        row = finetune(collection, repeat, log=log).row
-        score, value, (low, high) = score_of(row)
-        scores.append(value)
-        measures = (f"test mAP {row['mAP']:.3f} [{low:.3f}, {high:.3f}], top-1 "
-                    f"{row['top1']:.3f}" if score == "mAP" else
-                    f"test top-1 {row['top1']:.3f} [{low:.3f}, {high:.3f}], top-5 "
-                    f"{row['top5']:.3f}, balanced {row['balanced_accuracy']:.3f}")
-        print(f"{row['backbone']} fine-tuned on {row['task']}: {measures} (best epoch "
-              f"{row['best_epoch']} of {row['epochs_run']}); trunk for extract.py --weights: "
-              f"{row['trunk_path']}")
-    if len(scores) > 1:
-        print(f"over {len(scores)} splits: test {score} {mean(scores):.3f} ± {stdev(scores):.3f} "
-              "(mean ± standard deviation)")
-
+from featbank.cli.common import run
+from featbank.cli.finetune import main
 
 if __name__ == "__main__":
     sys.exit(run(main))

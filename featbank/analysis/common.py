@@ -13,7 +13,7 @@ from PIL import Image, ImageOps
 from featbank.core.fileio import atomic_path, safe_name
 from featbank.data.collection import Collection
 from featbank.models.registry import check_names
-from featbank.store.features import FeatureFile, Features, feature_files, read_features
+from featbank.store.features import FeatureFile, Features, one_feature_file, read_features
 from featbank.store.provenance import same_attr
 
 THUMB_SIZE = 112
@@ -44,11 +44,7 @@ def single_feature_file(cache_root: str | Path, collection: str, backbone: str, 
                         *, warn=print) -> FeatureFile:
     """The one feature file of ``backbone`` with ``weights`` (``all``: the only one there is)."""
     check_names([backbone])  # an unknown name is a registry error, not a missing file
-    entries = feature_files(Path(cache_root) / collection, backbone, weights, warn=warn)
-    if len(entries) > 1:
-        raise ValueError(f"{backbone} has features with weights "
-                         f"{', '.join(e.weights[:19] for e in entries)}; pick one with --weights")
-    return entries[0]
+    return one_feature_file(Path(cache_root) / collection, backbone, weights, warn=warn)
 
 
 def task_labels(collection: Collection, task: str, ids: list[str]) -> np.ndarray:

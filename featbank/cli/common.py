@@ -1,4 +1,4 @@
-"""What the command-line scripts share: error handling, options, collection lookup.
+"""What the command-line scripts share: error handling and the options they have in common.
 
 Library code raises ``ValueError`` / ``FileNotFoundError`` with a message that
 says what to do; ``run`` turns them into one line on stderr and a non-zero
@@ -11,17 +11,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
 from featbank.core.settings import default_workers
-from featbank.data.collection import (
-    Collection,
-    from_folder,
-    from_manifest,
-    load_metadata,
-    mark_multi_label,
-)
-from featbank.data.demo import demo_collection
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -188,77 +179,11 @@ _OPTIONS = {"cache": _cache, "collection": _collection, "source": _source, "devi
             "no-progress": _no_progress, "repeats": _repeats}
 
 
-def split_spec(args) -> "SplitSpec":
-    """The --split / --min-per-class / --seed options as a SplitSpec."""
-    from featbank.data.tasks import SplitSpec
-
-    return SplitSpec.parse(args.split, seed=args.seed, min_per_class=args.min_per_class,
-                           group_by=args.group_by)
-
-
 def source_of(args) -> dict:
-    """The collection options as keywords of :func:`collection_for_extraction`."""
+    """The collection options as keywords of :func:`open_collection`."""
     return {"cache": args.cache, "collection": args.collection, "images": args.images,
             "manifest": args.manifest, "root": args.root, "image_column": args.image_column,
             "label_columns": args.label_columns, "attributes": args.attributes,
             "multi_label": args.multi_label, "separator": args.label_separator}
 
 
-def _names(text: str | None) -> list[str] | None:
-    return [c.strip() for c in text.split(",") if c.strip()] if text else None
-
-
-def collection_for_extraction(*, cache: str, collection: str | None, images: str | None,
-                              manifest: str | None, root: str | None = None,
-                              image_column: str | None = None,
-                              label_columns: str | None = None, attributes: str | None = None,
-                              multi_label: str | None = None,
-                              separator: str = ";") -> Collection:
-    """The collection named on the command line, scanned from its images."""
-    from featbank.data.importers import from_dublin_core, from_imet, is_dublin_core
-
-    if (attributes or multi_label) and not manifest:
-        raise ValueError("--attributes and --multi-label describe a --manifest; give one")
-    if images:
-        found = from_folder(images, name=collection)
-    elif manifest and attributes:
-        found = from_imet(manifest, attributes, root=root, name=collection, separator=separator)
-    elif manifest and is_dublin_core(manifest):
-        found = from_dublin_core(manifest, root=root, label_columns=_names(label_columns),
-                                 name=collection, separator=separator)
-        if multi_label:  # an element that never repeats can still list labels in its text
-            found.multi_label.update(mark_multi_label(found.labels, _names(multi_label),
-                                                      separator, manifest))
-    elif manifest:
-        found = from_manifest(manifest, root=root, image_column=image_column,
-                              label_columns=_names(label_columns), name=collection,
-                              multi_label=_names(multi_label), separator=separator)
-    elif collection in (None, "demo"):
-        return demo_collection(cache)
-    else:
-        return load_metadata(Path(cache) / collection)
-    _check_same_root(Path(cache) / found.name, found)
-    return found
-
-
-def _check_same_root(folder: Path, found: Collection) -> None:
-    try:
-        known = load_metadata(folder)
-    except FileNotFoundError:
-        return
-    if known.root.resolve() != found.root.resolve():
-        raise ValueError(f"collection {found.name!r} in {folder.parent} holds images of "
-                         f"{known.root}, not {found.root}; pass --collection NAME")
-
-
-def cached_collection(*, cache: str, collection: str | None) -> Collection:
-    """A collection already extracted: by name, else the newest, else the demo."""
-    if collection is None:
-        collection = latest_collection(cache) or "demo"
-        print(f"collection: {collection} (pass --collection NAME for another)", file=sys.stderr)
-    return load_metadata(Path(cache) / collection)
-
-
-def latest_collection(cache: str) -> str | None:
-    runs = sorted(Path(cache).glob("*/extract_config.json"), key=lambda p: p.stat().st_mtime)
-    return runs[-1].parent.name if runs else None

@@ -8,11 +8,12 @@ images (:func:`mark_cells`).
 from __future__ import annotations
 
 import csv
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from featbank.core.fileio import atomic_write_json
+from featbank.core.fileio import atomic_path, atomic_write_json
 from featbank.evaluation.metrics import score_of
 from featbank.evaluation.reports import load_test_scores
 from featbank.evaluation.stats import RESAMPLES, mcnemar_p, paired_map_p, paired_p, unpack_hits
@@ -191,9 +192,46 @@ def to_markdown(columns: list[str], records: list[dict]) -> str:
 def write_table(folder: Path, columns: list[str], records: list[dict]) -> tuple[Path, Path]:
     """``table.csv`` and ``table.json`` in the collection's cache folder."""
     csv_path, json_path = Path(folder) / "table.csv", Path(folder) / "table.json"
-    with open(csv_path, "w", newline="", encoding="utf-8") as fh:
+    with atomic_path(csv_path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(records)
     atomic_write_json(json_path, {"columns": columns, "rows": records})
     return csv_path, json_path
+
+
+INDEX = ("task", "backbone", "weights", "dim")
+
+
+@dataclass
+class Table:
+    """A built table (:func:`build_table`): its columns and one record per row, each with
+    its cells, ``spread`` (±), ``marked`` (bold) and ``chosen`` (tuned settings)."""
+
+    columns: list[str]
+    records: list[dict]
+    collection: str = ""
+
+    def markdown(self) -> str:
+        return to_markdown(self.columns, self.records)
+
+    def notes(self) -> list[str]:
+        return table_notes(self.columns, self.records)
+
+    def write(self, folder: Path) -> tuple[Path, Path]:
+        return write_table(folder, self.columns, self.records)
+
+    def frame(self):
+        """As a pandas DataFrame indexed by (task, backbone, weights, dim), a column per
+        head; ``attrs["spread"]`` and ``attrs["bold"]`` key their cells by (index, column)."""
+        import pandas as pd
+
+        heads = self.columns[len(INDEX):]
+        frame = pd.DataFrame([{c: r.get(c) for c in self.columns} for r in self.records],
+                             columns=self.columns).set_index(list(INDEX))
+        keys = [tuple(r[c] for c in INDEX) for r in self.records]
+        frame.attrs["spread"] = {(key, c): v for key, r in zip(keys, self.records)
+                                 for c, v in r["spread"].items()}
+        frame.attrs["bold"] = {(key, c) for key, r in zip(keys, self.records)
+                               for c in r["marked"]}
+        return frame.astype({c: float for c in heads})

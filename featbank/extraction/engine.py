@@ -70,6 +70,9 @@ class ExtractReport:
     # were decoded by Pillow), and the library that called it.
     device_decoded: int | None = None
     jpeg_decoder: str | None = None
+    # The collection's list of images without a row, and its hidden or system files left out.
+    skipped_csv: Path | None = None
+    ignored: int = 0
 
 
 class _Images(Dataset):
@@ -218,7 +221,10 @@ def extract(collection: Collection, config: ExtractConfig) -> list[ExtractReport
                       {**asdict(config), "workers": resolve_workers(config.workers, device),
                        "jpeg_decoder": decoder,
                        "weights_exact": {n: w.exact for n, w in weights.items()}})
-    write_skipped_list(folder, collection.missing, [f.path for f in files.values() if f.path.is_file()])
+    skipped_csv = write_skipped_list(folder, collection.missing,
+                                     [f.path for f in files.values() if f.path.is_file()])
+    for report in reports:
+        report.skipped_csv, report.ignored = skipped_csv, collection.ignored
     return reports
 
 

@@ -99,7 +99,11 @@ class FeatureFile:
     weights_exact: str
     feature_dim: int
     n_rows: int
-    weights_label: str = ""  # readable, for tables (trunks.weights_label)
+    weights_label: str = ""  # readable, for tables (provenance.weights_label)
+
+    def read(self) -> Features:
+        """The file's ids, vectors, attributes and skipped images, in memory."""
+        return read_features(self.path)
 
 
 def feature_files(folder: Path, backbones: str = "all", weights: str = "all", *,
@@ -139,6 +143,17 @@ def feature_files(folder: Path, backbones: str = "all", weights: str = "all", *,
                          "(run extract.py --backbone ... first)")
     chosen = [e for e in entries if not wanted or e.backbone in wanted]
     return _admitted(chosen, weights, "all")
+
+
+def one_feature_file(folder: Path, backbone: str, weights: str = "all", *,
+                     warn=print) -> FeatureFile:
+    """The one feature file of ``backbone`` with ``weights`` in a collection's cache folder
+    (``all``: the only one there is; several is an error naming their weights)."""
+    entries = feature_files(folder, backbone, weights, warn=warn)
+    if len(entries) > 1:
+        raise ValueError(f"{backbone} has features with weights "
+                         f"{', '.join(e.weights[:19] for e in entries)}; pick one with --weights")
+    return entries[0]
 
 
 @dataclass(frozen=True)

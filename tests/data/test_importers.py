@@ -2,7 +2,7 @@
 import pytest
 from helpers import make_image
 
-from featbank.cli.common import collection_for_extraction
+from featbank.data.sources import open_collection
 
 DC_RECORD = """<?xml version="1.0" encoding="UTF-8"?>
 <oai_dc:dc xmlns:oai_dc="http://www.openarchives.org/OAI/2.0/oai_dc/"
@@ -29,13 +29,13 @@ def test_folder_of_dublin_core_records(tmp_path):
     (records / "r1.xml").write_text(_record("https://museum.org/img/p1.jpg", "drawing", ["sea"]))
     (records / "r2.xml").write_text(_record("prints/nothere.jpg", "print", []))
     (images / "prints" / "p3.xml").write_text(_record("", "print", ["ship"]))  # its own path
-    c = collection_for_extraction(cache=str(tmp_path / "cache"), collection="dc",
+    c = open_collection(cache=str(tmp_path / "cache"), collection="dc",
                                   images=None, manifest=str(records), root=str(images))
     assert c.ids == ["prints/p0.jpg", "prints/p1.jpg"]
     assert c.labels["type"] == ["print", "drawing"]
     assert c.labels["subject"] == ["sea;ship", "sea"] and c.multi_label == {"subject": ";"}
     assert c.missing == ["prints/nothere.jpg"]
-    own = collection_for_extraction(cache=str(tmp_path / "cache"), collection="own", images=None,
+    own = open_collection(cache=str(tmp_path / "cache"), collection="own", images=None,
                                     manifest=str(images / "prints" / "p3.xml"), root=str(images))
     assert own.ids == ["prints/p3.jpg"] and own.labels["type"] == ["print"]
 
@@ -50,19 +50,19 @@ def test_one_file_of_many_records_and_bad_xml(tmp_path):
     dump.write_text('<?xml version="1.0"?><OAI-PMH><ListRecords>'
                     + body.replace('<?xml version="1.0" encoding="UTF-8"?>', "")
                     + "</ListRecords></OAI-PMH>")
-    c = collection_for_extraction(cache=str(tmp_path / "cache"), collection="dump", images=None,
+    c = open_collection(cache=str(tmp_path / "cache"), collection="dump", images=None,
                                   manifest=str(dump), root=str(images), label_columns="subject")
     assert c.ids == ["0.png", "1.png", "2.png"] and c.tasks == ["subject"]
     assert c.labels["subject"] == ["a", "a;b", "a;b"]
     bad = tmp_path / "bad.xml"
     bad.write_text("<dc><unclosed>")
     with pytest.raises(ValueError, match="bad.xml: malformed XML"):
-        collection_for_extraction(cache=str(tmp_path / "cache"), collection="bad", images=None,
+        open_collection(cache=str(tmp_path / "cache"), collection="bad", images=None,
                                   manifest=str(bad), root=str(images))
     bomb = tmp_path / "bomb.xml"
     bomb.write_text('<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "aaaa">]><x>&a;</x>')
     with pytest.raises(ValueError, match="bomb.xml: refused unsafe XML"):
-        collection_for_extraction(cache=str(tmp_path / "cache"), collection="bomb", images=None,
+        open_collection(cache=str(tmp_path / "cache"), collection="bomb", images=None,
                                   manifest=str(bomb), root=str(images))
 
 
@@ -72,7 +72,7 @@ def test_imet_attributes_become_multi_label_tasks(tmp_path):
     (tmp_path / "labels.csv").write_text("attribute_id,attribute_name\n0,culture::italian\n"
                                          "1,medium::paper\n2,medium::ink\n3,tags::ships\n")
     (tmp_path / "train.csv").write_text("id,attribute_ids\na1,0 1 2\nb2,1 3\nc3,0\n")
-    c = collection_for_extraction(cache=str(tmp_path / "cache"), collection="imet", images=None,
+    c = open_collection(cache=str(tmp_path / "cache"), collection="imet", images=None,
                                   manifest=str(tmp_path / "train.csv"),
                                   attributes=str(tmp_path / "labels.csv"),
                                   root=str(tmp_path / "train"))
@@ -82,7 +82,7 @@ def test_imet_attributes_become_multi_label_tasks(tmp_path):
     assert set(c.multi_label) == {"culture", "medium", "tags"}
     (tmp_path / "train.csv").write_text("id,attribute_ids\na1,0 9\n")
     with pytest.raises(ValueError, match=r"train.csv:2: unknown attribute id '9'"):
-        collection_for_extraction(cache=str(tmp_path / "cache"), collection="imet", images=None,
+        open_collection(cache=str(tmp_path / "cache"), collection="imet", images=None,
                                   manifest=str(tmp_path / "train.csv"),
                                   attributes=str(tmp_path / "labels.csv"),
                                   root=str(tmp_path / "train"))
@@ -92,9 +92,9 @@ def test_multi_label_manifest_columns(tmp_path):
     for k in range(2):
         make_image(tmp_path / f"{k}.jpg", seed=k)
     (tmp_path / "m.csv").write_text("image,tags,kind\n0.jpg,b; a,x\n1.jpg,a,y\n")
-    c = collection_for_extraction(cache=str(tmp_path / "cache"), collection="m", images=None,
+    c = open_collection(cache=str(tmp_path / "cache"), collection="m", images=None,
                                   manifest=str(tmp_path / "m.csv"), multi_label="tags")
     assert c.labels["tags"] == ["a;b", "a"] and c.multi_label == {"tags": ";"}
     with pytest.raises(ValueError, match="--multi-label column 'nope'"):
-        collection_for_extraction(cache=str(tmp_path / "cache"), collection="m", images=None,
+        open_collection(cache=str(tmp_path / "cache"), collection="m", images=None,
                                   manifest=str(tmp_path / "m.csv"), multi_label="nope")
