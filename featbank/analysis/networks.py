@@ -21,8 +21,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from featbank.data.collection import Collection
 from featbank.data.images import decode_views, normalize
+from featbank.data.preprocess import Preprocess
 from featbank.data.tasks import SplitSpec
-from featbank.models.registry import BackboneSpec, Preprocess, get_spec
+from featbank.models.registry import BackboneSpec, get_spec
 from featbank.models.trunks import (
     Weights,
     load_described_trunk,

@@ -249,53 +249,25 @@ def saliency(collection: Collection, config: SaliencyConfig, *, warn=print) -> d
     device = resolve_device(config.device)
     network, model, classes, task, split_spec, source = _classifier(collection, config)
     keys, paths, truths = _images(collection, config, task, split_spec)
-    pre = network.preprocess
-    views = []
-    for key, path in zip(keys, paths):
-        [view], reason = decode_views(path, [pre])
-        if reason:
-            raise ValueError(f"image {key} cannot be read: {reason}")
-        views.append(view)
-    views = torch.stack(views)
-    models = {"trained": model}
-    if config.sanity:
-        models["randomised"] = randomised(model, config.seed)
-    batches = [normalize(views[k:k + CHUNK], pre) for k in range(0, len(views), CHUNK)]
+    views = _views(keys, paths, network.preprocess)
+    batches = [normalize(views[k:k + CHUNK], network.preprocess)
+               for k in range(0, len(views), CHUNK)]
     model.to(device)
     with torch.no_grad():
         probabilities = torch.cat([torch.softmax(model(x.to(device)).float(), dim=1).cpu()
                                    for x in batches])
     targets = probabilities.argmax(1)
-    maps = {}
-    for name, m in models.items():
-        m.to(device)
-        stage_list = named_stages(m.trunk)
-        maps[name] = np.concatenate([
-            saliency_maps(m, stage_list, x.to(device), y.to(device), config.method,
-                          steps=config.steps) for x, y in zip(batches, targets.split(CHUNK))])
-        m.cpu()
-    probabilities, predicted = probabilities.numpy(), targets.numpy()
+    models = {"trained": model}
+    if config.sanity:
+        models["randomised"] = randomised(model, config.seed)
+    maps = {name: _maps(m, batches, targets, config, device) for name, m in models.items()}
     folder = output_folder(config.cache_root, collection.name, "saliency")
     stem = (f"{file_label(network.label)}__{config.method}" if config.run else
             f"{file_label(task)}__{network.spec.name}__{file_label(network.label)}__{config.head}"
             f"__{config.method}")
     (folder / stem).mkdir(exist_ok=True)
-    results, grid = [], []
-    for k, key in enumerate(keys):
-        view = views[k].permute(1, 2, 0).numpy()
-        picture = overlay(view, maps["trained"][k])
-        out = folder / stem / f"{k:03d}__{file_label(Path(key).stem)}.png"
-        _save_png(out, np.concatenate([view, picture], axis=1))
-        item = {"image": key, "true": truths[k], "predicted": classes[predicted[k]],
-                "probability": float(probabilities[k, predicted[k]]), "overlay": str(out)}
-        row = [(view, f"true: {str(truths[k] or '?')[:18]}"),
-               (picture, f"pred: {classes[predicted[k]][:14]} ({item['probability']:.2f})")]
-        if config.sanity:
-            item["rank_correlation"] = rank_correlation(maps["trained"][k], maps["randomised"][k])
-            row.append((overlay(view, maps["randomised"][k]),
-                        f"randomised (ρ = {item['rank_correlation']:.2f})"))
-        results.append(item)
-        grid.append((Path(key).name[:18], row))
+    results, grid = _pictures(folder / stem, keys, views, truths, maps, classes,
+                              probabilities.numpy(), sanity=config.sanity)
     report = {
         "command": "saliency", "collection": collection.name, "method": config.method,
         "source": source, "run": config.run, "backbone": network.spec.name,
@@ -316,6 +288,54 @@ def saliency(collection: Collection, config: SaliencyConfig, *, warn=print) -> d
     atomic_write_json(folder / f"{stem}.json", report)
     report["json"] = str(folder / f"{stem}.json")
     return report
+
+
+def _views(keys: list[str], paths: list[Path], pre) -> torch.Tensor:
+    """The images' uint8 views (n, 3, S, S); an unreadable image is bad input."""
+    views = []
+    for key, path in zip(keys, paths):
+        [view], reason = decode_views(path, [pre])
+        if reason:
+            raise ValueError(f"image {key} cannot be read: {reason}")
+        views.append(view)
+    return torch.stack(views)
+
+
+def _maps(model: Classifier, batches: list[torch.Tensor], targets: torch.Tensor,
+          config: SaliencyConfig, device: torch.device) -> np.ndarray:
+    """One model's maps (n, S, S) of every batch, for the targets given."""
+    model.to(device)
+    stage_list = named_stages(model.trunk)
+    maps = np.concatenate([
+        saliency_maps(model, stage_list, x.to(device), y.to(device), config.method,
+                      steps=config.steps) for x, y in zip(batches, targets.split(CHUNK))])
+    model.cpu()
+    return maps
+
+
+def _pictures(folder: Path, keys: list[str], views: torch.Tensor, truths: list, maps: dict,
+              classes: list[str], probabilities: np.ndarray, *, sanity: bool
+              ) -> tuple[list[dict], list]:
+    """Each image's overlay (PNG beside the picture), its entry in the JSON, and its row
+    of the grid (picture, overlay and with ``sanity`` the randomised model's overlay)."""
+    results, grid = [], []
+    predicted = probabilities.argmax(1)
+    for k, key in enumerate(keys):
+        view = views[k].permute(1, 2, 0).numpy()
+        picture = overlay(view, maps["trained"][k])
+        out = folder / f"{k:03d}__{file_label(Path(key).stem)}.png"
+        _save_png(out, np.concatenate([view, picture], axis=1))
+        item = {"image": key, "true": truths[k], "predicted": classes[predicted[k]],
+                "probability": float(probabilities[k, predicted[k]]), "overlay": str(out)}
+        row = [(view, f"true: {str(truths[k] or '?')[:18]}"),
+               (picture, f"pred: {classes[predicted[k]][:14]} ({item['probability']:.2f})")]
+        if sanity:
+            item["rank_correlation"] = rank_correlation(maps["trained"][k], maps["randomised"][k])
+            row.append((overlay(view, maps["randomised"][k]),
+                        f"randomised (ρ = {item['rank_correlation']:.2f})"))
+        results.append(item)
+        grid.append((Path(key).name[:18], row))
+    return results, grid
 
 
 def _classifier(collection: Collection, config: SaliencyConfig):

@@ -7,8 +7,7 @@ Analyses (:mod:`featbank.api.analyses`): :func:`retrieve`, :func:`cka`,
 The scripts (``extract.py``, ...) parse their arguments and call these.
 """
 from featbank.api.analyses import cka, export, layers, map2d, retrieve, saliency, top_images
-from featbank.api.stages import (classify, extract, finetune, fit_head, load_features,
-                                 results_table)
+from featbank.api.stages import classify, extract, finetune, fit_head, load_features, results_table
 
 __all__ = ["extract", "load_features", "fit_head", "classify", "results_table", "finetune",
            "retrieve", "cka", "map2d", "export", "layers", "top_images", "saliency"]

@@ -10,8 +10,15 @@ from __future__ import annotations
 import os
 from typing import Any, Sequence
 
-from featbank.analysis.config import (CkaConfig, ExportConfig, LayersConfig, MapConfig,
-                                      RetrieveConfig, SaliencyConfig, TopImagesConfig)
+from featbank.analysis.config import (
+    CkaConfig,
+    ExportConfig,
+    LayersConfig,
+    MapConfig,
+    RetrieveConfig,
+    SaliencyConfig,
+    TopImagesConfig,
+)
 from featbank.data.sources import cached_collection
 from featbank.data.tasks import SplitSpec
 
@@ -75,7 +82,8 @@ def retrieve(backbone: str, task: str | None = None, *, collection: str | None =
                             queries=[str(q) for q in queries], cache_root=str(cache),
                             **_split(settings))
     found = cached_collection(cache=cache, collection=collection)
-    from featbank.analysis.retrieve import lookup, retrieve as evaluate_retrieval
+    from featbank.analysis.retrieve import lookup
+    from featbank.analysis.retrieve import retrieve as evaluate_retrieval
 
     return (lookup if config.queries else evaluate_retrieval)(found, config, warn=warn)
 

@@ -18,7 +18,8 @@ from featbank.data.sources import cached_collection, open_collection
 from featbank.data.tasks import SplitSpec
 from featbank.extraction.config import ExtractConfig
 from featbank.finetuning.config import FinetuneConfig
-from featbank.heads.registry import HEADS, HeadOptions, fit_head as _fit, make_head
+from featbank.heads.registry import HEADS, HeadOptions, make_head
+from featbank.heads.registry import fit_head as _fit
 from featbank.models.registry import check_names
 from featbank.store.features import Features, one_feature_file
 from featbank.store.results import load_results

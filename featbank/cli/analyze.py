@@ -24,9 +24,18 @@ import json
 import sys
 from pathlib import Path
 
-from featbank.analysis.config import (EXPORT_FORMATS, MAP_METHODS, SALIENCY_METHODS, CkaConfig,
-                                      ExportConfig, LayersConfig, MapConfig, RetrieveConfig,
-                                      SaliencyConfig, TopImagesConfig)
+from featbank.analysis.config import (
+    EXPORT_FORMATS,
+    MAP_METHODS,
+    SALIENCY_METHODS,
+    CkaConfig,
+    ExportConfig,
+    LayersConfig,
+    MapConfig,
+    RetrieveConfig,
+    SaliencyConfig,
+    TopImagesConfig,
+)
 from featbank.api import analyses
 from featbank.cli.common import Parser, add_options, make_parser
 from featbank.core.settings import defaults

@@ -23,8 +23,14 @@ import argparse
 from featbank.api.stages import extract
 from featbank.cli.common import add_options, make_parser, source_of
 from featbank.core.settings import defaults
-from featbank.extraction.config import (DECODES, DTYPES, ENGINES, JPEG_DECODERS, PRECISIONS,
-                                        ExtractConfig)
+from featbank.extraction.config import (
+    DECODES,
+    DTYPES,
+    ENGINES,
+    JPEG_DECODERS,
+    PRECISIONS,
+    ExtractConfig,
+)
 from featbank.models.registry import available_backbones
 
 

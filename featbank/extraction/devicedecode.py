@@ -44,7 +44,7 @@ from PIL import Image
 from torch.utils.data import get_worker_info
 
 from featbank.core.fileio import first_line
-from featbank.models.registry import Preprocess
+from featbank.data.preprocess import Preprocess
 
 JPEG_START = b"\xff\xd8\xff"
 JPEG_END = b"\xff\xd9"

@@ -18,36 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from featbank.data.preprocess import Preprocess
+
 RANDOM_SEED = 0
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """How an image becomes the backbone's input tensor.
-
-    ``resize="squash"`` resizes the whole image to ``input_size`` square
-    (Sabatelli et al.'s Keras ``target_size``: nothing of the artwork is
-    cropped away); ``resize="center_crop"`` resizes the shorter side to
-    ``input_size / crop_pct`` and crops the centre (the timm convention).
-    """
-
-    input_size: int
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    resize: str = "squash"
-    crop_pct: float = 1.0
-    interpolation: str = "bilinear"
-
-    def geometry(self) -> tuple:
-        """What decides the uint8 pixels; backbones sharing it share one decoded view."""
-        return (self.input_size, self.resize, self.crop_pct, self.interpolation)
-
-    def attrs(self) -> dict:
-        return {"input_size": self.input_size, "mean": list(self.mean), "std": list(self.std),
-                "resize": self.resize, "crop_pct": self.crop_pct,
-                "interpolation": self.interpolation}
 
 
 @dataclass(frozen=True)
@@ -96,7 +69,7 @@ def _torchvision_model(name: str, pretrained: bool, pretrained_kwargs: dict, ran
 
 def _tv_features(name: str) -> Callable[[bool], object]:
     def build(pretrained: bool):
-        from featbank.models.trunks import GapTrunk
+        from featbank.models.gap import GapTrunk
 
         return GapTrunk(_torchvision_model(name, pretrained, {}, {}).features)
     return build

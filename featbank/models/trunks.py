@@ -36,20 +36,6 @@ class WeightsUnavailableError(FileNotFoundError):
     """Pretrained weights are neither cached nor downloadable."""
 
 
-class GapTrunk(nn.Module):
-    """``features`` followed by global average pooling (VGG, AlexNet, SqueezeNet).
-
-    The attribute is named ``features`` so the state_dict keys are torchvision's.
-    """
-
-    def __init__(self, features: nn.Module):
-        super().__init__()
-        self.features = features
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x).mean(dim=(2, 3))
-
-
 # -- which weights ----------------------------------------------------------------
 
 @dataclass(frozen=True)

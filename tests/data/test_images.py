@@ -5,7 +5,7 @@ from helpers import make_image
 from PIL import Image
 
 from featbank.data.images import DecodeError, load_rgb, min_decode_size, normalize, to_view
-from featbank.models.registry import Preprocess
+from featbank.data.preprocess import Preprocess
 
 FORMATS = {".jpg": ("JPEG", "RGB L"), ".png": ("PNG", "RGB L P RGBA"),
            ".tif": ("TIFF", "RGB L P RGBA"), ".webp": ("WEBP", "RGB L P RGBA"),

@@ -15,6 +15,7 @@ from PIL import Image
 
 from featbank.data.collection import from_folder
 from featbank.data.images import load_rgb, to_view
+from featbank.data.preprocess import Preprocess
 from featbank.extraction.devicedecode import (
     JPEG_DECODERS,
     MAX_PILLOW_SHARE,
@@ -26,7 +27,7 @@ from featbank.extraction.devicedecode import (
     resize_views,
 )
 from featbank.extraction.engine import ExtractConfig, extract
-from featbank.models.registry import Preprocess, get_spec
+from featbank.models.registry import get_spec
 from featbank.store.features import read_features
 
 
