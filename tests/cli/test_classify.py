@@ -41,10 +41,14 @@ def test_errors_keep_what_was_computed(run_script, toy):
     assert (toy / "table.csv").is_file() and (toy / "table.json").is_file()
 
 
-def test_default_collection_is_the_last_extracted(run_script, toy):
+def test_without_collection_the_only_one_is_used_and_several_are_listed(run_script, toy,
+                                                                        tmp_path):
     result = run_script("classify.py", "--head", "knn", "--task", "style")
     assert result.returncode == 0, result.stderr
-    assert "collection: toy" in result.stderr
+    assert (tmp_path / "cache/toy/results.jsonl").is_file()
+    write_toy_cache(tmp_path / "cache", name="other")
+    result = run_script("classify.py", "--head", "knn", "--task", "style")
+    assert_one_line_error(result, "holds the collections other, toy; name one with --collection")
 
 
 @needs_heritage
