@@ -70,7 +70,9 @@ class ExtractReport:
     # were decoded by Pillow), and the library that called it.
     device_decoded: int | None = None
     jpeg_decoder: str | None = None
-    # The collection's list of images without a row, and its hidden or system files left out.
+    # The collection, its list of images without a row, and its hidden or system files
+    # left out.
+    collection: str = ""
     skipped_csv: Path | None = None
     ignored: int = 0
 
@@ -224,6 +226,7 @@ def extract(collection: Collection, config: ExtractConfig) -> list[ExtractReport
     skipped_csv = write_skipped_list(folder, collection.missing,
                                      [f.path for f in files.values() if f.path.is_file()])
     for report in reports:
+        report.collection = collection.name
         report.skipped_csv, report.ignored = skipped_csv, collection.ignored
     return reports
 
