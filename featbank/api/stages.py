@@ -240,7 +240,7 @@ def table(collection: str | None = None, *, cache: PathLike = "cache",
     repeats = config.repeated()
     columns, records = build_table(load_results(folder, warn=warn), folder=folder,
                                    split_tag=[c.split.tag for c in repeats],
-                                   variant=[c.variant for c in repeats])
+                                   variant=[c.variant for c in repeats], head_order=list(HEADS))
     return Table(columns, records, found.name)
 
 

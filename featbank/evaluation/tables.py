@@ -60,8 +60,8 @@ def row_weights(row: dict) -> str:
 
 
 def build_table(rows: list[dict], *, split_tag: str | list[str] | None = None,
-                variant: str | list[str] | None = None, folder: Path | None = None
-                ) -> tuple[list[str], list[dict]]:
+                variant: str | list[str] | None = None, folder: Path | None = None,
+                head_order: list[str] | None = None) -> tuple[list[str], list[dict]]:
     """Rows task x backbone x weights; a column per head and its settings, per head ensemble
     (``--ensemble``: the row of the backbones it averages), plus fine-tuning.
 
@@ -71,7 +71,9 @@ def build_table(rows: list[dict], *, split_tag: str | list[str] | None = None,
     bootstrap interval, or over repeats the mean and the standard deviation.
     ``marked`` lists the cells of a row not significantly worse than its best
     (:func:`mark_cells`; mAP cells need their ``test_scores``, files in the store's
-    ``folder``). Returns (columns, records).
+    ``folder``). Columns come in one order whatever order the rows were stored in:
+    heads in ``head_order`` (the registry's; others after, by name), then their
+    ensembles, then fine-tuning. Returns (columns, records).
     """
     tags = [split_tag] if isinstance(split_tag, str) else split_tag
     variants = [variant] if isinstance(variant, str) else variant
@@ -81,7 +83,12 @@ def build_table(rows: list[dict], *, split_tag: str | list[str] | None = None,
             or (r["method"] in ("off-the-shelf", "ensemble")
                 and (variants is None or r.get("variant") in variants))]
     order = {"off-the-shelf": 0, "ensemble": 1, "fine-tuning": 2}
-    heads = list(dict.fromkeys(column_label(r) for r in sorted(rows, key=lambda r: order[r["method"]])))
+    rank = {head: k for k, head in enumerate(head_order or [])}
+
+    def place(row: dict) -> tuple:
+        head = row.get("head") or ""
+        return order[row["method"]], rank.get(head, len(rank)), head, column_label(row)
+    heads = list(dict.fromkeys(column_label(r) for r in sorted(rows, key=place)))
     grouped: dict[tuple, dict[str, list[dict]]] = {}
     for r in rows:
         key = (r["task"], r["backbone"], r["weights"])

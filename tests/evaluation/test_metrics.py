@@ -53,13 +53,17 @@ def test_table_has_a_column_per_head_and_fine_tuning(tmp_path):
             _row(method="fine-tuning", head=None, top1=0.8, cell="c3"),
             _row(head="svm", top1=0.1, cell="c4", variant="other")]
     columns, records = build_table(rows, split_tag="t", variant="v")
-    assert columns == ["task", "backbone", "weights", "dim", "svm", "softmax", "fine-tuning"]
+    assert columns == ["task", "backbone", "weights", "dim", "softmax", "svm", "fine-tuning"]
     assert records == [{"task": "type", "backbone": "vgg19", "weights": "imagenet", "dim": 512,
                         "svm": 0.7, "softmax": 0.6, "fine-tuning": 0.8, "spread": {},
                         "repeats": {"svm": 1, "softmax": 1, "fine-tuning": 1}, "marked": [],
                         "chosen": {"svm": {"C": 0.1}, "softmax": {"alpha": 0.0001}}}]
-    assert table_notes(columns, records) == ["type / vgg19 / imagenet: svm C=0.1, softmax alpha=0.0001"]
-    assert "| type | vgg19 | imagenet | 512 | 0.700 | 0.600 | 0.800 |" in to_markdown(columns, records)
+    assert table_notes(columns, records) == ["type / vgg19 / imagenet: softmax alpha=0.0001, svm C=0.1"]
+    assert "| type | vgg19 | imagenet | 512 | 0.600 | 0.700 | 0.800 |" in to_markdown(columns, records)
+    # the column order is the registry's, whatever order the rows were stored in
+    for stored in (rows, rows[::-1]):
+        ordered, _ = build_table(stored, split_tag="t", variant="v", head_order=["svm", "softmax"])
+        assert ordered[4:] == ["svm", "softmax", "fine-tuning"]
     csv_path, json_path = write_table(tmp_path, columns, records)
     assert json.loads(json_path.read_text())["rows"][0]["fine-tuning"] == 0.8
     assert csv_path.read_text().splitlines()[0].startswith("task,backbone")
