@@ -26,11 +26,16 @@ demo: install
 	$(PY) classify.py --head all --collection demo
 	$(PY) analyze.py retrieve --backbone squeezenet1_1 --task type --collection demo --no-progress
 
+# The import contracts (setup.cfg), the docs site (a broken link or API page fails it),
+# then every test.
 test: install
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mkdocs build --strict --quiet -d build/site
 	$(PY) -m pytest
 
-# Everything but the subprocess and Ray tests (marked slow): about two minutes.
+# The contracts and the tests not marked slow (the scripts in subprocesses, real images, Ray).
 test-fast: install
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -m "not slow"
 
 bench: install
