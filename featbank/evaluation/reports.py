@@ -24,7 +24,7 @@ def result_row(*, collection: str, backbone: str, weights: str, weights_exact: s
                method: str, head: str | None, test: dict, val: dict, n_train: int, n_val: int,
                n_test: int, n_classes: int, feature_dim: int, n_params: int, seconds: float,
                split_tag: str, test_ids, test_hits, cell: str, **extra) -> dict:
-    """One row of the store, off the shelf or fine-tuned (the keys DESIGN.md promises).
+    """One row of the store, off the shelf or fine-tuned (the keys of docs/design.md, "The results store").
 
     test / val : :func:`metrics` of the test and validation parts (test with
     ``ci=True``); test_ids : the ids tested on (their digest tells identical

@@ -25,7 +25,7 @@ Differences from the CPU path: the CPU path decodes large JPEGs at 1/2, 1/4 or
 1/8 scale first (libjpeg DCT scaling) and resizes with Pillow; the device path
 decodes at full size and resizes with ``torch.nn.functional.interpolate``
 (antialiased, PIL's filter coefficients). Pixels differ by a few levels and
-features by about 1 % (README, "GPU fast path").
+features by about 1 % (docs/gpu.md).
 """
 from __future__ import annotations
 
@@ -228,7 +228,7 @@ class DecoderBalance:
 
     Which decoder an image gets then depends on timing; features from the two
     differ by about as much as ``--decode cpu`` and ``--decode device`` do
-    (README, "GPU"), and ``--decode cpu`` decodes everything with Pillow.
+    (docs/gpu.md), and ``--decode cpu`` decodes everything with Pillow.
     """
 
     READ, PILLOW = 0, 1

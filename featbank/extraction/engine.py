@@ -357,7 +357,7 @@ def _device_decoder(config: ExtractConfig, specs: list) -> str | None:
 
     Not the default yet: on an H100, nvJPEG overlapped with the forward pass ran
     ResNet50 at 5,400 img/s on 500x375 JPEGs, but stalled the GPU on a collection
-    of 64-px JPEGs (README, "GPU"); Pillow in the workers never did. (Measured
+    of 64-px JPEGs (docs/gpu.md); Pillow in the workers never did. (Measured
     with torchvision's decoder, before the decoding went a batch ahead and Pillow
     took a share of the JPEGs.)
     """

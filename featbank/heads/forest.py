@@ -15,7 +15,7 @@ a tree x classes, is above ``large`` (10,000 images and 100 classes), it grows
 every node stores a value per class, and 100 trees with leaves of 3 held
 4.4 GB at 5 % of the artist task. ``settings_`` records what was used. On heritage/test (1,124 training
 images, 10 classes) these 100 trees score as the 300-tree default does;
-``bench/bench_grid.py --reference`` measures the rest, and the README has
+``bench/bench_grid.py --reference`` measures the rest; docs/benchmarks.md has
 the figures.
 """
 from __future__ import annotations
