@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from featbank.core.errors import BadInput
 from featbank.core.fileio import atomic_path, safe_name
 from featbank.data.collection import Collection
 from featbank.models.registry import check_names
@@ -50,7 +51,7 @@ def single_feature_file(cache_root: str | Path, collection: str, backbone: str, 
 def task_labels(collection: Collection, task: str, ids: list[str]) -> np.ndarray:
     """Labels of ``task`` for ``ids`` (object array; None where unlabelled)."""
     if task not in collection.labels:
-        raise ValueError(f"unknown task {task!r}; collection {collection.name!r} has "
+        raise BadInput(f"unknown task {task!r}; collection {collection.name!r} has "
                          f"{', '.join(collection.tasks) or 'no tasks'}")
     by_id = collection.labels_by_id()[task]
     return np.array([by_id.get(i) for i in ids], dtype=object)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from featbank.core.errors import BadInput, MissingFile
 from featbank.core.settings import at_least, check_device_name, check_workers, one_of, runtime
 from featbank.data.tasks import SplitSpec
 from featbank.heads.registry import linear_heads
@@ -12,7 +13,7 @@ from featbank.models.registry import check_names
 
 def _one_backbone(name: str) -> str:
     if not name or name == "all" or "," in name or "+" in name:
-        raise ValueError(f"--backbone {name!r}: this analysis takes one backbone")
+        raise BadInput(f"--backbone {name!r}: this analysis takes one backbone")
     check_names([name])
     return name
 
@@ -39,7 +40,7 @@ class RetrieveConfig:
         at_least("--sheet", self.sheet, 0)
         check_device_name(self.device)
         if self.task is None and not self.queries:
-            raise ValueError("retrieve needs --task (test images query the rest) or --query IMAGE")
+            raise BadInput("retrieve needs --task (test images query the rest) or --query IMAGE")
 
 
 @dataclass
@@ -53,11 +54,11 @@ class CkaConfig:
 
     def __post_init__(self):
         if len(self.features) < 2:
-            raise ValueError("--features needs at least two feature files (a file may be given "
+            raise BadInput("--features needs at least two feature files (a file may be given "
                              "twice)")
         for path in self.features:
             if not os.path.isfile(path):
-                raise FileNotFoundError(f"feature file {path} not found")
+                raise MissingFile(f"feature file {path} not found")
 
 
 MAP_METHODS = ("auto", "umap", "tsne")
@@ -103,7 +104,7 @@ class ExportConfig:
 def _network_weights(option: str, value: str) -> None:
     """imagenet, random, or a path (a weights file or run folder, checked when loaded)."""
     if not value or value == "all":
-        raise ValueError(f"{option} {value!r}: name the trunk's weights: imagenet, random, a "
+        raise BadInput(f"{option} {value!r}: name the trunk's weights: imagenet, random, a "
                          "weights file or a fine-tuning run folder")
 
 
@@ -189,19 +190,19 @@ class SaliencyConfig:
         one_of("--method", self.method, SALIENCY_METHODS)
         if self.run is not None:
             if self.backbone or self.head:
-                raise ValueError("saliency takes --run RUN, or --backbone with --task and "
+                raise BadInput("saliency takes --run RUN, or --backbone with --task and "
                                  "--head, not both")
             if not os.path.isfile(os.path.join(self.run, "trunk.pth")):
-                raise FileNotFoundError(f"--run {self.run}: the folder has no trunk.pth "
+                raise MissingFile(f"--run {self.run}: the folder has no trunk.pth "
                                         "(finetune.py writes it when a run ends)")
         else:
             if not (self.backbone and self.task and self.head):
-                raise ValueError("saliency needs --run RUN (a fine-tuning run folder), or "
+                raise BadInput("saliency needs --run RUN (a fine-tuning run folder), or "
                                  "--backbone, --task and --head (a stored off-the-shelf head)")
             _one_backbone(self.backbone)
             _network_weights("--weights", self.weights)
             if self.head not in linear_heads():
-                raise ValueError(f"--head {self.head!r}: saliency needs a linear head "
+                raise BadInput(f"--head {self.head!r}: saliency needs a linear head "
                                  f"({', '.join(linear_heads())})")
         at_least("--n", self.n, 1)
         at_least("--steps", self.steps, 2)

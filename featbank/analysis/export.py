@@ -16,6 +16,7 @@ import numpy as np
 
 from featbank.analysis.common import describe, output_folder, read_entry, single_feature_file
 from featbank.analysis.config import ExportConfig
+from featbank.core.errors import BadInput
 from featbank.core.fileio import atomic_path, atomic_write_json
 from featbank.data.collection import Collection
 
@@ -61,7 +62,7 @@ def _require_pyarrow() -> None:
     try:
         import pyarrow  # noqa: F401
     except ImportError:
-        raise ValueError("--format parquet needs pyarrow: pip install 'featbank[analysis]' "
+        raise BadInput("--format parquet needs pyarrow: pip install 'featbank[analysis]' "
                           "(or use --format npy)") from None
 
 

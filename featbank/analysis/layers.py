@@ -15,6 +15,7 @@ from featbank.analysis.common import file_label, output_folder, progress_bar
 from featbank.analysis.config import LayersConfig
 from featbank.analysis.networks import load_network, sample_ids, stage_activations, weight_distance
 from featbank.analysis.similarity import linear_cka
+from featbank.core.errors import BadInput
 from featbank.core.fileio import atomic_write_json
 from featbank.data.collection import Collection
 from featbank.evaluation.plots import plot_layers
@@ -36,7 +37,7 @@ def layers(collection: Collection, config: LayersConfig, *, warn=print) -> dict:
     kept_a, outputs_a = stage_activations(first, collection, ids, stages_a, **run)
     kept_b, outputs_b = stage_activations(second, collection, ids, stages_b, **run)
     if kept_a != kept_b or len(kept_a) < 4:
-        raise ValueError(f"only {len(kept_a)} of {len(ids)} images could be read; layers needs "
+        raise BadInput(f"only {len(kept_a)} of {len(ids)} images could be read; layers needs "
                          "at least 4")
     rows = []
     for a, b, xa, xb in zip(stages_a, stages_b, outputs_a, outputs_b):

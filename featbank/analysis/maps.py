@@ -27,6 +27,7 @@ from featbank.analysis.common import (
     thumbnail_files,
 )
 from featbank.analysis.config import MapConfig
+from featbank.core.errors import BadInput
 from featbank.core.fileio import atomic_path, atomic_write_json, atomic_write_text, safe_name
 from featbank.data.collection import Collection
 from featbank.evaluation.plots import plot_map
@@ -48,7 +49,7 @@ def make_map(collection: Collection, config: MapConfig, *, warn=print) -> dict:
         warn(f"mapping a class-stratified sample of {len(rows)} of {len(labels)} images "
              "(--max-points to change)")
     if len(rows) < 10:
-        raise ValueError(f"{entry.path.name} holds {len(rows)} images; a map needs at least 10")
+        raise BadInput(f"{entry.path.name} holds {len(rows)} images; a map needs at least 10")
     method = _method(config.method)
     warn(f"{method} on {len(rows)} points ...")
     xy = embed(data.X[rows], method, config.seed)
@@ -112,7 +113,7 @@ def _require_umap() -> None:
     try:
         import umap  # noqa: F401
     except ImportError:
-        raise ValueError("--method umap needs umap-learn: pip install 'featbank[analysis]' "
+        raise BadInput("--method umap needs umap-learn: pip install 'featbank[analysis]' "
                           "(or use --method tsne)") from None
 
 

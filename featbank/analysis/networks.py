@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from featbank.core.errors import BadInput, MissingFile
 from featbank.data.collection import Collection
 from featbank.data.images import decode_views, normalize
 from featbank.data.preprocess import Preprocess
@@ -74,7 +75,7 @@ def load_run(run: str, *, progress: bool = True) -> Network:
     trunk_file = _trunk_file(run, "--run")
     _, description = read_weights_file(trunk_file)
     if not description.get("backbone") or not description.get("classes"):
-        raise ValueError(f"{trunk_file} does not say which backbone and classes it has; "
+        raise BadInput(f"{trunk_file} does not say which backbone and classes it has; "
                          "is it from finetune.py?")
     network = load_network(description["backbone"], str(trunk_file), option="--run",
                            progress=progress)
@@ -83,9 +84,9 @@ def load_run(run: str, *, progress: bool = True) -> Network:
         state = torch.load(best, map_location="cpu", weights_only=True)["model"]
         weight, bias = state["head.weight"], state["head.bias"]
     except FileNotFoundError:
-        raise FileNotFoundError(f"{folder} has no best.pt: the run's head is missing") from None
+        raise MissingFile(f"{folder} has no best.pt: the run's head is missing") from None
     except (KeyError, TypeError, RuntimeError) as err:
-        raise ValueError(f"{best} holds no fine-tuned head ({err})") from None
+        raise BadInput(f"{best} holds no fine-tuned head ({err})") from None
     head = nn.Linear(weight.shape[1], weight.shape[0])
     head.load_state_dict({"weight": weight, "bias": bias})
     network.head = head.eval().requires_grad_(False)
@@ -110,11 +111,11 @@ def _trunk_file(weights: str, option: str) -> str:
     path = Path(weights)
     if path.is_dir():
         if not (path / "trunk.pth").is_file():
-            raise FileNotFoundError(f"{option} {weights}: the folder has no trunk.pth (finetune.py "
+            raise MissingFile(f"{option} {weights}: the folder has no trunk.pth (finetune.py "
                                     "writes it when a run ends)")
         return str(path / "trunk.pth")
     if not path.is_file():
-        raise FileNotFoundError(f"{option} {weights}: no such weights file or run folder "
+        raise MissingFile(f"{option} {weights}: no such weights file or run folder "
                                 "(use imagenet, random, a weights file or a run folder)")
     return str(path)
 
@@ -158,7 +159,7 @@ def pick_stage(stage_list: list[Stage], wanted: str, backbone: str) -> Stage:
     for stage in stage_list:
         if wanted in (str(stage.index), stage.name) or wanted in stage.name.split("+"):
             return stage
-    raise ValueError(f"unknown --stage {wanted!r}; {backbone} has stages 1-{len(stage_list)}: "
+    raise BadInput(f"unknown --stage {wanted!r}; {backbone} has stages 1-{len(stage_list)}: "
                      + ", ".join(s.name for s in stage_list) + " (or last)")
 
 
@@ -166,7 +167,7 @@ def weight_distance(a: Stage, b: Stage) -> float:
     """Relative distance of the stage's parameters, ||θ_b - θ_a|| / ||θ_a||."""
     pa, pb = a.parameters(), b.parameters()
     if [p.shape for p in pa] != [p.shape for p in pb]:
-        raise ValueError(f"stage {a.name} differs in shape between the two trunks")
+        raise BadInput(f"stage {a.name} differs in shape between the two trunks")
     diff = sum(float(((q.double() - p.double()) ** 2).sum()) for p, q in zip(pa, pb))
     norm = sum(float((p.double() ** 2).sum()) for p in pa)
     return float(np.sqrt(diff / norm)) if norm > 0 else float("nan")

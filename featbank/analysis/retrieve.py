@@ -34,6 +34,7 @@ from featbank.analysis.common import (
 )
 from featbank.analysis.config import RetrieveConfig
 from featbank.analysis.similarity import average_precision_at_k, nearest, precision_at_k
+from featbank.core.errors import BadInput, MissingFile
 from featbank.core.fileio import atomic_path, atomic_write_json, atomic_write_text, safe_name
 from featbank.data.collection import Collection
 from featbank.data.tasks import load_or_make_split
@@ -57,7 +58,7 @@ def retrieve(collection: Collection, config: RetrieveConfig, *, warn=print) -> d
     gallery = [i for i in split.ids if part[i] != "test" and i in row]
     queries = [i for i in split.ids if part[i] == "test" and i in row]
     if not queries or not gallery:
-        raise ValueError(f"task {config.task!r}: {len(queries)} test and {len(gallery)} train/val "
+        raise BadInput(f"task {config.task!r}: {len(queries)} test and {len(gallery)} train/val "
                          f"images have features in {entry.path.name}; run extract.py first")
     y_gallery = np.array([label[i] for i in gallery], dtype=object)
     y_query = np.array([label[i] for i in queries], dtype=object)
@@ -114,15 +115,15 @@ def lookup(collection: Collection, config: RetrieveConfig, *, warn=print) -> dic
     change = preprocess_change(data.provenance, spec.preprocess.attrs())
     if change:  # queries must be preprocessed as the file's images were
         key, was, now = change
-        raise ValueError(f"{entry.path.name} was extracted with {key}={was!r}, but "
+        raise BadInput(f"{entry.path.name} was extracted with {key}={was!r}, but "
                          f"{entry.backbone} now preprocesses with {now!r}; re-extract it")
     views = []
     for path in config.queries:
         if not Path(path).is_file():
-            raise FileNotFoundError(f"query image {path} not found")
+            raise MissingFile(f"query image {path} not found")
         [view], reason = decode_views(path, [spec.preprocess])
         if reason:
-            raise ValueError(f"query image {path} cannot be read: {reason}")
+            raise BadInput(f"query image {path} cannot be read: {reason}")
         views.append(view)
     weights = _trunk_weights(entry, data.provenance, config.weights_file)
     runner = TrunkRunner(spec, load_trunk(spec, weights, option="--weights-file",
@@ -166,7 +167,7 @@ def _trunk_weights(entry: FeatureFile, attrs: dict, weights_file: str | None) ->
 
     if weights_file:
         if weights_id(weights_file, option="--weights-file") != entry.weights:
-            raise ValueError(f"--weights-file {weights_file} is not the file {entry.path.name} "
+            raise BadInput(f"--weights-file {weights_file} is not the file {entry.path.name} "
                              f"was extracted with ({entry.weights[:19]})")
         return weights_file
     last_run = entry.path.parent.parent / "extract_config.json"
@@ -175,7 +176,7 @@ def _trunk_weights(entry: FeatureFile, attrs: dict, weights_file: str | None) ->
     for path in filter(None, candidates):
         if Path(path).is_file() and weights_id(path) == entry.weights:
             return path
-    raise FileNotFoundError(f"{entry.path.name} was extracted with a weights file "
+    raise MissingFile(f"{entry.path.name} was extracted with a weights file "
                             f"({entry.weights[:19]}) that is no longer at its recorded path; "
                             "pass --weights-file PATH")
 

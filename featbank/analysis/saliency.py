@@ -38,6 +38,7 @@ from featbank.analysis.networks import (
     sample_ids,
     trunk_source,
 )
+from featbank.core.errors import BadInput, MissingFile
 from featbank.core.fileio import atomic_path, atomic_write_json
 from featbank.data.collection import Collection
 from featbank.data.images import decode_views, normalize
@@ -83,7 +84,7 @@ def head_to_torch(pipeline) -> nn.Module:
     normalise = isinstance(first, Normalizer)
     rest = pipeline[1:] if normalise else pipeline
     if not hasattr(rest, "decision_function"):
-        raise ValueError(f"the stored {type(pipeline[-1]).__name__} head has no linear scores")
+        raise BadInput(f"the stored {type(pipeline[-1]).__name__} head has no linear scores")
     d = next(step.n_features_in_ for _, step in pipeline.steps
              if step not in (None, "passthrough"))
     scores = _scores(rest, np.vstack([np.zeros(d), np.eye(d)]))
@@ -94,7 +95,7 @@ def head_to_torch(pipeline) -> nn.Module:
     expected = _scores(rest, probe)
     if not np.allclose(probe @ weight.T + bias, expected, rtol=1e-3,
                        atol=1e-3 * max(1.0, np.abs(expected).max())):
-        raise ValueError(f"the stored {type(pipeline[-1]).__name__} head is not linear")
+        raise BadInput(f"the stored {type(pipeline[-1]).__name__} head is not linear")
     linear = nn.Linear(d, weight.shape[0])
     with torch.no_grad():
         linear.weight.copy_(torch.from_numpy(weight))
@@ -121,13 +122,13 @@ def stored_head(collection: Collection, config: SaliencyConfig):
             and r.get("task") == config.task and r.get("backbone") == config.backbone
             and r.get("weights") == weights and r.get("head_path")]
     if not rows:
-        raise FileNotFoundError(
+        raise MissingFile(
             f"no stored {config.head} head for task {config.task!r} on {config.backbone} "
             f"({weights[:19]}); run classify.py --head {config.head} --backbone "
             f"{config.backbone} --task {config.task} first")
     path = Path(rows[-1]["head_path"])
     if not path.is_file():
-        raise FileNotFoundError(f"stored head {path} is gone; run classify.py --force again")
+        raise MissingFile(f"stored head {path} is gone; run classify.py --force again")
     return joblib.load(path)
 
 
@@ -163,7 +164,7 @@ def visual_backprop(trunk: nn.Module, stage_list: list[Stage], x: torch.Tensor) 
         for handle in handles:
             handle.remove()
     if not averaged:
-        raise ValueError("VisualBackProp needs convolutional feature maps; this trunk has none")
+        raise BadInput("VisualBackProp needs convolutional feature maps; this trunk has none")
     mask = averaged[-1]
     for previous in reversed(averaged[:-1]):
         mask = _deconvolve(mask, previous.shape[-2:]) * previous
@@ -296,7 +297,7 @@ def _views(keys: list[str], paths: list[Path], pre) -> torch.Tensor:
     for key, path in zip(keys, paths):
         [view], reason = decode_views(path, [pre])
         if reason:
-            raise ValueError(f"image {key} cannot be read: {reason}")
+            raise BadInput(f"image {key} cannot be read: {reason}")
         views.append(view)
     return torch.stack(views)
 
@@ -350,7 +351,7 @@ def _classifier(collection: Collection, config: SaliencyConfig):
         head, classes = head_to_torch(pipeline), [str(c) for c in pipeline.classes_]
         task, split_spec, source = config.task, config.split, f"off-the-shelf {config.head}"
     if task not in collection.labels:
-        raise ValueError(f"the classifier's task {task!r} is not a task of collection "
+        raise BadInput(f"the classifier's task {task!r} is not a task of collection "
                          f"{collection.name!r} ({', '.join(collection.tasks) or 'none'})")
     model = Classifier(network.trunk, head).eval().requires_grad_(False)
     return network, model, classes, task, split_spec, source
@@ -372,7 +373,7 @@ def _images(collection: Collection, config: SaliencyConfig, task: str, split_spe
             if not path.is_file():
                 path = collection.path(image)  # an id of the collection
             if not path.is_file():
-                raise FileNotFoundError(f"image {image} not found (a file, or an id of "
+                raise MissingFile(f"image {image} not found (a file, or an id of "
                                         f"collection {collection.name!r})")
             resolved = path.resolve()
             inside = resolved.is_relative_to(root)

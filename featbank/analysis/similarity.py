@@ -9,6 +9,8 @@ from typing import Callable
 
 import numpy as np
 
+from featbank.core.errors import BadInput
+
 # -- linear CKA (Kornblith et al. 2019) ----------------------------------------------
 
 
@@ -22,7 +24,7 @@ class GramStats:
     def __init__(self, features: np.ndarray, *, debiased: bool = False):
         x = np.asarray(features, dtype=np.float64)
         if x.ndim != 2 or len(x) < (4 if debiased else 2):
-            raise ValueError(f"CKA needs a 2-D matrix with at least {4 if debiased else 2} rows, "
+            raise BadInput(f"CKA needs a 2-D matrix with at least {4 if debiased else 2} rows, "
                              f"not shape {x.shape}")
         self.x = x - x.mean(axis=0, keepdims=True)
         self.debiased = debiased
@@ -50,7 +52,7 @@ def linear_cka(x: np.ndarray, y: np.ndarray, *, debiased: bool = False) -> float
     estimator, better for small n relative to the feature dimensions.
     """
     if len(x) != len(y):
-        raise ValueError(f"CKA compares the same samples: {len(x)} rows vs {len(y)}")
+        raise BadInput(f"CKA compares the same samples: {len(x)} rows vs {len(y)}")
     a, b = GramStats(x, debiased=debiased), GramStats(y, debiased=debiased)
     return cka_from_stats(a, b)
 
@@ -58,7 +60,7 @@ def linear_cka(x: np.ndarray, y: np.ndarray, *, debiased: bool = False) -> float
 def cka_from_stats(a: GramStats, b: GramStats) -> float:
     denominator = np.sqrt(a.self_similarity * b.self_similarity)
     if not denominator > 0:
-        raise ValueError("CKA is undefined for a constant representation (all rows equal)")
+        raise BadInput("CKA is undefined for a constant representation (all rows equal)")
     return float(a.similarity(b) / denominator)
 
 
@@ -91,7 +93,7 @@ def nearest(gallery: np.ndarray, queries: np.ndarray, k: int, *, batch: int = 40
     from sklearn.preprocessing import normalize
 
     if not 1 <= k <= len(gallery):
-        raise ValueError(f"k={k} but the gallery holds {len(gallery)} images; use --k between 1 "
+        raise BadInput(f"k={k} but the gallery holds {len(gallery)} images; use --k between 1 "
                          f"and {len(gallery)}")
     index = NearestNeighbors(n_neighbors=k, metric="euclidean", algorithm="brute")
     index.fit(normalize(np.asarray(gallery, dtype=np.float32)))

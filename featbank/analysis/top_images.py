@@ -33,6 +33,7 @@ from featbank.analysis.networks import (
     sample_ids,
     stage_activations,
 )
+from featbank.core.errors import BadInput
 from featbank.core.fileio import atomic_write_json
 from featbank.data.collection import Collection
 from featbank.evaluation.plots import plot_image_grid
@@ -46,7 +47,7 @@ def top_images(collection: Collection, config: TopImagesConfig, *, warn=print) -
     started = time.perf_counter()
     task = config.task or (collection.tasks[0] if collection.tasks else None)
     if task not in collection.labels:
-        raise ValueError(f"unknown task {task!r}; collection {collection.name!r} has "
+        raise BadInput(f"unknown task {task!r}; collection {collection.name!r} has "
                          f"{', '.join(collection.tasks) or 'no tasks'}")
     networks = [load_network(config.backbone, config.weights, progress=config.progress)]
     if config.compare:
@@ -65,12 +66,12 @@ def top_images(collection: Collection, config: TopImagesConfig, *, warn=print) -
                 workers=resolve_workers(config.workers, device),
                 progress=progress_bar(config.progress), preprocess=networks[0].preprocess)
             if x is None:
-                raise ValueError(f"stage {stage.name} does not run in the eval forward pass; "
+                raise BadInput(f"stage {stage.name} does not run in the eval forward pass; "
                                  "pick another --stage")
             activations.append(x)
         ids, source = kept, "computed"
     if len(ids) < config.k:
-        raise ValueError(f"--k {config.k} is more than the {len(ids)} images ranked")
+        raise BadInput(f"--k {config.k} is more than the {len(ids)} images ranked")
     y = np.array([label[i] for i in ids], dtype=object)
     tops = [_top_k(x, config.k) for x in activations]  # (channels, k) row indices
     entropies = [_entropy(y[top]) for top in tops]

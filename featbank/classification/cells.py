@@ -12,6 +12,7 @@ import joblib
 import numpy as np
 
 from featbank.classification.config import ClassifyConfig
+from featbank.core.errors import BadInput
 from featbank.core.fileio import atomic_path, safe_name
 from featbank.core.settings import digest, identity
 from featbank.data.collection import Collection
@@ -102,7 +103,7 @@ def task_splits(collection: Collection, tasks: str, spec: SplitSpec, folder: Pat
                 raise
             warn(f"skipping {err}")
     if not splits:
-        raise ValueError(f"no task of collection {collection.name!r} can be split "
+        raise BadInput(f"no task of collection {collection.name!r} can be split "
                          f"({', '.join(collection.tasks)})")
     for task, split in splits.items():
         if split.dropped:

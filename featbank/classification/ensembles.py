@@ -16,6 +16,7 @@ from scipy.special import expit
 
 from featbank.classification.cells import cell_key
 from featbank.classification.config import ClassifyConfig
+from featbank.core.errors import MissingFile
 from featbank.core.fileio import safe_name
 from featbank.core.settings import digest
 from featbank.data.tasks import Split
@@ -45,7 +46,7 @@ def ensembles(folder: Path, collection: str, splits: dict[str, Split],
             continue
         members = [stored.get(cell_key(collection, task, e, head, config)) for e in entries]
         if None in members or not all(Path(m["head_path"]).is_file() for m in members):
-            raise FileNotFoundError(f"a member of the {task} / {head} ensemble has no stored "
+            raise MissingFile(f"a member of the {task} / {head} ensemble has no stored "
                                     "head; run classify.py again with --force")
         sets = sets or [e.read() for e in entries]
         row = run_ensemble(collection=collection, task=task, split=splits[task],

@@ -14,6 +14,7 @@ import joblib
 from featbank.classification.cells import cell_key, run_cell, task_splits
 from featbank.classification.config import ClassifyConfig
 from featbank.classification.ensembles import ensembles
+from featbank.core.errors import BadInput
 from featbank.data.collection import Collection
 from featbank.heads.registry import resolve_heads
 from featbank.models.registry import parse_selection
@@ -40,7 +41,7 @@ def _classify_once(collection: Collection, config: ClassifyConfig, *, warn) -> l
     entries = select_features(folder, parse_selection(config.backbones), config.weights,
                               warn=warn)
     if config.ensemble and len(entries) < 2:
-        raise ValueError(f"--ensemble needs at least two feature sources, found "
+        raise BadInput(f"--ensemble needs at least two feature sources, found "
                          f"{len(entries)}; name them, e.g. --backbone resnet50,vgg19 or "
                          "squeezenet1_1@imagenet,squeezenet1_1@random")
     splits = task_splits(collection, config.tasks, config.split, folder, warn=warn)

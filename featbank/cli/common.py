@@ -1,25 +1,36 @@
 """What the command-line scripts share: error handling and the options they have in common.
 
-Library code raises ``ValueError`` / ``FileNotFoundError`` with a message that
-says what to do; ``run`` turns them into one line on stderr and a non-zero
-exit (set ``FEATBANK_DEBUG=1`` for the traceback). Options used by several
-scripts are declared here once (:func:`add_options`), with one help text.
-Nothing here imports torch: a bad argument fails in well under two seconds.
+Library code raises a ``FeatbankError`` (``core.errors``) for what the user can
+fix, with a message that says what to do; ``run`` turns it into one line on
+stderr and exit 2, as it does for what the file system refuses (a full disk, a
+read-only cache, a missing path). Anything else is featbank's own bug: one line
+``internal error: ...`` and exit 3 (``FEATBANK_DEBUG=1`` shows the traceback of
+either). Options used by several scripts are declared here once
+(:func:`add_options`), with one help text. Nothing here imports torch: a bad
+argument fails in well under two seconds.
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 
+from featbank.core.errors import FeatbankError
 from featbank.core.settings import default_workers
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERNAL = 3
 EXIT_INTERRUPTED = 130
+# What the file system says that the user can act on: a path that is not there, no
+# permission, a full disk or quota, a read-only file system.
+USER_ERRNOS = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT,
+               errno.EROFS, errno.ENOTDIR, errno.EISDIR}
 
 
 def run(main, argv=None) -> int:
-    """Call ``main(argv)``; bad input -> one line and exit 2, Ctrl-C -> exit 130."""
+    """Call ``main(argv)``: what the user can fix -> one line and exit 2; featbank's own
+    bugs -> one line saying so and exit 3; Ctrl-C -> exit 130."""
     try:
         main(argv)
         return 0
@@ -27,12 +38,22 @@ def run(main, argv=None) -> int:
         print("interrupted: everything finished so far is kept; run the same command "
               "again to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (ValueError, OSError) as err:
+    except Exception as err:  # noqa: BLE001 - every error ends as one line, never a traceback
         if os.environ.get("FEATBANK_DEBUG"):
             raise
         message = " ".join(str(err).split()) or type(err).__name__
-        print(f"error: {message}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        if _users(err):
+            print(f"error: {message}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        print(f"internal error: {type(err).__name__}: {message} (please report it; "
+              "FEATBANK_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+def _users(err: Exception) -> bool:
+    """Whether the user can fix ``err``: featbank says so, or the file system does."""
+    return isinstance(err, FeatbankError) or (isinstance(err, OSError)
+                                              and err.errno in USER_ERRNOS)
 
 
 class Parser(argparse.ArgumentParser):

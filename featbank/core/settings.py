@@ -18,6 +18,8 @@ import os
 import re
 from dataclasses import field
 
+from featbank.core.errors import BadInput
+
 
 def defaults(config_class) -> dict:
     """Field name -> default value of a config class (for help texts)."""
@@ -72,23 +74,23 @@ def check_workers(value: int | None) -> None:
 def check_device_name(device: str) -> str:
     """auto, cpu, cuda or cuda:N; whether CUDA is there is checked when the stage starts."""
     if device not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", device):
-        raise ValueError(f"unknown --device {device!r}; use auto, cpu, cuda or cuda:N")
+        raise BadInput(f"unknown --device {device!r}; use auto, cpu, cuda or cuda:N")
     return device
 
 
 def at_least(option: str, value, low) -> None:
     if value is None or value < low:
-        raise ValueError(f"{option} must be at least {low}, not {value}")
+        raise BadInput(f"{option} must be at least {low}, not {value}")
 
 
 def one_of(option: str, value, choices) -> None:
     if value not in choices:
-        raise ValueError(f"unknown {option} {value!r}; use {', '.join(map(str, choices))}")
+        raise BadInput(f"unknown {option} {value!r}; use {', '.join(map(str, choices))}")
 
 
 def fraction(option: str, value: float) -> None:
     if not 0 < value <= 1:
-        raise ValueError(f"{option} must be in (0, 1], not {value}")
+        raise BadInput(f"{option} must be in (0, 1], not {value}")
 
 
 def seeded_repeats(config):

@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from featbank.core.errors import BadInput, MissingFile
 from featbank.core.fileio import atomic_write_json, atomic_write_text
 
 # Extensions a manifest may leave out (an extension-less reference is looked up
@@ -48,7 +49,7 @@ class Collection:
         self.root = Path(self.root)
         for task, column in self.labels.items():
             if len(column) != len(self.ids):
-                raise ValueError(f"task {task!r} has {len(column)} labels for {len(self.ids)} images")
+                raise BadInput(f"task {task!r} has {len(column)} labels for {len(self.ids)} images")
 
     @property
     def tasks(self) -> list[str]:
@@ -72,7 +73,7 @@ class Collection:
 
 def check_name(name: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name or ""):
-        raise ValueError(f"collection name {name!r} must be letters, digits, '.', '_' or '-'")
+        raise BadInput(f"collection name {name!r} must be letters, digits, '.', '_' or '-'")
     return name
 
 
@@ -103,7 +104,7 @@ def from_folder(root: str | os.PathLike, *, name: str | None = None,
     """
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"image folder {root} does not exist")
+        raise MissingFile(f"image folder {root} does not exist")
     ids, labels, ignored = [], [], 0
     for class_dir in sorted(p for p in root.iterdir() if p.is_dir()):
         if is_litter(class_dir.name):
@@ -120,7 +121,7 @@ def from_folder(root: str | os.PathLike, *, name: str | None = None,
                 ids.append((Path(dirpath) / filename).relative_to(root).as_posix())
                 labels.append(class_dir.name)
     if not ids:
-        raise ValueError(f"no images found in {root}: expected one sub-folder per class "
+        raise BadInput(f"no images found in {root}: expected one sub-folder per class "
                          "holding image files")
     order = sorted(range(len(ids)), key=ids.__getitem__)
     return Collection(name=check_name(name or default_name(root)), root=root,
@@ -150,10 +151,10 @@ def mark_multi_label(labels: dict[str, list], columns: list[str] | None, separat
     """Check the ``--multi-label`` columns and normalise their cells in place
     (``"b; a"`` -> ``"a;b"``); returns task -> separator."""
     if not separator:
-        raise ValueError("--label-separator must not be empty")
+        raise BadInput("--label-separator must not be empty")
     for column in columns or []:
         if column not in labels:
-            raise ValueError(f"--multi-label column {column!r} is not a task of {source}; "
+            raise BadInput(f"--multi-label column {column!r} is not a task of {source}; "
                              f"its tasks are {', '.join(labels) or 'none'}")
         labels[column] = [separator.join(split_labels(v, separator)) or None
                           for v in labels[column]]
@@ -183,13 +184,13 @@ def _resolve(ref: str, root: Path, index: dict[str, str]) -> str | None:
 def _pick_image_column(columns: list[str], image_column: str | None, csv_path) -> str:
     if image_column is not None:
         if image_column not in columns:
-            raise ValueError(f"{csv_path} has no column {image_column!r}; its columns are "
+            raise BadInput(f"{csv_path} has no column {image_column!r}; its columns are "
                              f"{', '.join(c for c in columns if c)}")
         return image_column
     for column in columns:
         if column.lower() in IMAGE_COLUMN_GUESSES:
             return column
-    raise ValueError(f"cannot tell which column of {csv_path} names the images "
+    raise BadInput(f"cannot tell which column of {csv_path} names the images "
                      f"({', '.join(c for c in columns if c)}); pass --image-column")
 
 
@@ -206,10 +207,10 @@ def from_manifest(csv_path: str | os.PathLike, *, root: str | os.PathLike | None
     """
     csv_path = Path(csv_path)
     if not csv_path.is_file():
-        raise FileNotFoundError(f"manifest {csv_path} does not exist")
+        raise MissingFile(f"manifest {csv_path} does not exist")
     root = Path(root) if root is not None else csv_path.parent
     if not root.is_dir():
-        raise FileNotFoundError(f"image root {root} does not exist")
+        raise MissingFile(f"image root {root} does not exist")
     with open(csv_path, newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
         columns = list(reader.fieldnames or [])
@@ -219,7 +220,7 @@ def from_manifest(csv_path: str | os.PathLike, *, root: str | os.PathLike | None
         label_columns = [c for c in columns if c and c != image_column]
     for column in label_columns:
         if column not in columns:
-            raise ValueError(f"{csv_path} has no column {column!r}; its columns are "
+            raise BadInput(f"{csv_path} has no column {column!r}; its columns are "
                              f"{', '.join(c for c in columns if c)}")
     index = _index_files(root)
     found: dict[str, dict] = {}
@@ -232,7 +233,7 @@ def from_manifest(csv_path: str | os.PathLike, *, root: str | os.PathLike | None
         else:
             found.setdefault(image_id, row)
     if not found:
-        raise ValueError(f"none of the {len(rows)} images named in {csv_path} were found "
+        raise BadInput(f"none of the {len(rows)} images named in {csv_path} were found "
                          f"under {root}; check --root")
     ids = sorted(found)
     labels = {c: [clean_label(found[i].get(c)) for i in ids] for c in label_columns}
@@ -260,7 +261,7 @@ def load_metadata(folder: Path) -> Collection:
     """The collection as extraction saved it (no image folder needed)."""
     meta_path = folder / "collection.json"
     if not meta_path.is_file():
-        raise FileNotFoundError(f"no collection in {folder}; run extract.py first")
+        raise MissingFile(f"no collection in {folder}; run extract.py first")
     meta = json.loads(meta_path.read_text())
     with open(folder / "labels.csv", newline="", encoding="utf-8") as fh:
         rows = list(csv.reader(fh))

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from featbank.core.errors import BadInput
 from featbank.data.preprocess import Preprocess
 
 _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
@@ -91,7 +92,7 @@ def to_view(im: Image.Image, pre: Preprocess) -> torch.Tensor:
         left, top = (im.size[0] - size) // 2, (im.size[1] - size) // 2
         im = im.crop((left, top, left + size, top + size))
     else:
-        raise ValueError(f"unknown resize policy {pre.resize!r}; use squash or center_crop")
+        raise BadInput(f"unknown resize policy {pre.resize!r}; use squash or center_crop")
     array = np.asarray(im, dtype=np.uint8)
     return torch.from_numpy(array.copy()).permute(2, 0, 1)
 

@@ -19,6 +19,7 @@ import csv
 import os
 from pathlib import Path
 
+from featbank.core.errors import BadInput, MissingFile
 from featbank.data.collection import (
     Collection,
     _index_files,
@@ -46,9 +47,9 @@ def _records(xml_path: Path):
     try:
         tree = ElementTree.parse(xml_path)
     except ElementTree.ParseError as err:
-        raise ValueError(f"{xml_path}: malformed XML ({err})") from None
+        raise BadInput(f"{xml_path}: malformed XML ({err})") from None
     except DefusedXmlException as err:
-        raise ValueError(f"{xml_path}: refused unsafe XML ({type(err).__name__})") from None
+        raise BadInput(f"{xml_path}: refused unsafe XML ({type(err).__name__})") from None
     records = []
     for element in tree.iter():
         fields = [(child.tag[len(DC):], (child.text or "").strip()) for child in element
@@ -64,13 +65,13 @@ def from_dublin_core(source: str | os.PathLike, *, root: str | os.PathLike | Non
     """A collection from Dublin Core XML records (see the module docstring)."""
     source = Path(source)
     if not source.exists():
-        raise FileNotFoundError(f"manifest {source} does not exist")
+        raise MissingFile(f"manifest {source} does not exist")
     root = Path(root) if root is not None else (source if source.is_dir() else source.parent)
     if not root.is_dir():
-        raise FileNotFoundError(f"image root {root} does not exist")
+        raise MissingFile(f"image root {root} does not exist")
     files = sorted(p for p in source.rglob("*.xml")) if source.is_dir() else [source]
     if not files:
-        raise ValueError(f"no .xml records in {source}")
+        raise BadInput(f"no .xml records in {source}")
     index = _index_files(root)
     names = _by_file_name(index)
     found: dict[str, dict[str, list[str]]] = {}
@@ -91,13 +92,13 @@ def from_dublin_core(source: str | os.PathLike, *, root: str | os.PathLike | Non
                     values.setdefault(key, []).append(text)
             found.setdefault(image_id, values)
     if not found:
-        raise ValueError(f"none of the records in {source} names an image found under "
+        raise BadInput(f"none of the records in {source} names an image found under "
                          f"{root}; check --root and the records' dc:identifier")
     elements = sorted({k for values in found.values() for k in values})
     if label_columns is not None:
         unknown = [c for c in label_columns if c not in elements]
         if unknown:
-            raise ValueError(f"{source}: no dc:{unknown[0]} element in any record; the records "
+            raise BadInput(f"{source}: no dc:{unknown[0]} element in any record; the records "
                              f"have {', '.join(elements)}")
         elements = label_columns
     ids = sorted(found)
@@ -146,10 +147,10 @@ def from_imet(csv_path: str | os.PathLike, attributes: str | os.PathLike, *,
     csv_path, attributes = Path(csv_path), Path(attributes)
     for path in (csv_path, attributes):
         if not path.is_file():
-            raise FileNotFoundError(f"{path} does not exist")
+            raise MissingFile(f"{path} does not exist")
     root = Path(root) if root is not None else csv_path.parent
     if not root.is_dir():
-        raise FileNotFoundError(f"image root {root} does not exist")
+        raise MissingFile(f"image root {root} does not exist")
     names: dict[str, tuple[str, str]] = {}
     with open(attributes, newline="", encoding="utf-8-sig") as fh:
         for number, row in enumerate(csv.DictReader(fh), 2):
@@ -157,7 +158,7 @@ def from_imet(csv_path: str | os.PathLike, attributes: str | os.PathLike, *,
                 prefix, _, value = row["attribute_name"].partition("::")
                 names[row["attribute_id"].strip()] = (prefix.strip(), value.strip() or prefix)
             except (KeyError, AttributeError):
-                raise ValueError(f"{attributes}:{number}: expected columns attribute_id,"
+                raise BadInput(f"{attributes}:{number}: expected columns attribute_id,"
                                  "attribute_name") from None
     tasks = sorted({prefix for prefix, _ in names.values()})
     index = _index_files(root)
@@ -166,7 +167,7 @@ def from_imet(csv_path: str | os.PathLike, attributes: str | os.PathLike, *,
     with open(csv_path, newline="", encoding="utf-8-sig") as fh:
         for number, row in enumerate(csv.DictReader(fh), 2):
             if "id" not in row or "attribute_ids" not in row:
-                raise ValueError(f"{csv_path}:{number}: expected columns id,attribute_ids")
+                raise BadInput(f"{csv_path}:{number}: expected columns id,attribute_ids")
             image_id = _resolve(row["id"].strip(), root, index)
             if image_id is None:
                 missing.append(row["id"].strip())
@@ -174,13 +175,13 @@ def from_imet(csv_path: str | os.PathLike, attributes: str | os.PathLike, *,
             values: dict[str, set] = {}
             for attribute in (row["attribute_ids"] or "").split():
                 if attribute not in names:
-                    raise ValueError(f"{csv_path}:{number}: unknown attribute id {attribute!r} "
+                    raise BadInput(f"{csv_path}:{number}: unknown attribute id {attribute!r} "
                                      f"(not in {attributes})")
                 prefix, value = names[attribute]
                 values.setdefault(prefix, set()).add(value.replace(separator, ","))
             found.setdefault(image_id, values)
     if not found:
-        raise ValueError(f"none of the images named in {csv_path} were found under {root}; "
+        raise BadInput(f"none of the images named in {csv_path} were found under {root}; "
                          "check --root")
     ids = sorted(found)
     labels = {t: [separator.join(sorted(found[i][t])) if t in found[i] else None for i in ids]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from featbank.core.errors import BadInput
 from featbank.data.collection import (
     Collection,
     from_folder,
@@ -32,7 +33,7 @@ def open_collection(*, cache: str | Path, collection: str | None = None,
     (CSV, Dublin Core XML, or iMet's with ``attributes``), a collection already in the
     cache (``collection``), or the built-in demo (none of these); scanned from its images."""
     if (attributes or multi_label) and not manifest:
-        raise ValueError("--attributes and --multi-label describe a --manifest; give one")
+        raise BadInput("--attributes and --multi-label describe a --manifest; give one")
     if images:
         found = from_folder(images, name=collection)
     elif manifest and attributes:
@@ -61,7 +62,7 @@ def _check_same_root(folder: Path, found: Collection) -> None:
     except FileNotFoundError:
         return
     if known.root.resolve() != found.root.resolve():
-        raise ValueError(f"collection {found.name!r} in {folder.parent} holds images of "
+        raise BadInput(f"collection {found.name!r} in {folder.parent} holds images of "
                          f"{known.root}, not {found.root}; pass --collection NAME")
 
 
@@ -72,7 +73,7 @@ def cached_collection(*, cache: str | Path, collection: str | None) -> Collectio
     if collection is None:
         names = cached_names(cache)
         if len(names) > 1:
-            raise ValueError(f"the cache {cache} holds the collections {', '.join(names)}; "
+            raise BadInput(f"the cache {cache} holds the collections {', '.join(names)}; "
                              "name one with --collection NAME")
         collection = names[0] if names else "demo"
     return load_metadata(Path(cache) / collection)

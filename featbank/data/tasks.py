@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from featbank.core.errors import BadInput
 from featbank.core.fileio import atomic_path, atomic_write_json
 from featbank.data.collection import Collection
 
@@ -39,9 +40,9 @@ class SplitSpec:
     def __post_init__(self):
         fractions = (self.train, self.val, self.test)
         if min(fractions) <= 0 or not math.isclose(sum(fractions), 1.0, abs_tol=1e-6):
-            raise ValueError(f"split fractions must be positive and sum to 1, not {fractions}")
+            raise BadInput(f"split fractions must be positive and sum to 1, not {fractions}")
         if self.min_per_class is not None and self.min_per_class < 3:
-            raise ValueError(f"--min-per-class {self.min_per_class}: a class needs at least 3 "
+            raise BadInput(f"--min-per-class {self.min_per_class}: a class needs at least 3 "
                              "images, one for each of train, val and test")
 
     @classmethod
@@ -52,7 +53,7 @@ class SplitSpec:
         except ValueError:
             parts = []
         if len(parts) != 3:
-            raise ValueError(f"--split {text!r}: give train/val/test, e.g. 80/10/10 or 70/10/20")
+            raise BadInput(f"--split {text!r}: give train/val/test, e.g. 80/10/10 or 70/10/20")
         total = sum(parts)
         return cls(*(p / total for p in parts), **kwargs)
 
@@ -138,7 +139,7 @@ def _held_out(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int
     n_splits = max(2, round(1 / fraction))
     n_groups = len(np.unique(groups))
     if n_groups < n_splits:
-        raise ValueError(f"{n_groups} groups cannot be split {n_splits} ways; --group-by needs "
+        raise BadInput(f"{n_groups} groups cannot be split {n_splits} ways; --group-by needs "
                          "a column with more distinct values, or use another --split")
     folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     with warnings.catch_warnings():  # classes rarer than n_splits: stratified as far as possible
@@ -172,10 +173,10 @@ def make_split(collection: Collection, task: str, spec: SplitSpec) -> Split:
     under the minimum.
     """
     if task not in collection.labels:
-        raise ValueError(f"unknown task {task!r}; collection {collection.name!r} has "
+        raise BadInput(f"unknown task {task!r}; collection {collection.name!r} has "
                          f"{', '.join(collection.tasks) or 'no tasks'}")
     if spec.group_by is not None and spec.group_by not in collection.labels:
-        raise ValueError(f"unknown --group-by column {spec.group_by!r}; collection "
+        raise BadInput(f"unknown --group-by column {spec.group_by!r}; collection "
                          f"{collection.name!r} has {', '.join(collection.tasks) or 'no columns'}")
     if task in collection.multi_label:
         return make_multi_label_split(collection, task, spec)
@@ -184,11 +185,11 @@ def make_split(collection: Collection, task: str, spec: SplitSpec) -> Split:
     for _, y in pairs:
         counts[y] = counts.get(y, 0) + 1
     if len(counts) < 2:
-        raise ValueError(f"task {task!r} has {len(counts)} class(es) "
+        raise BadInput(f"task {task!r} has {len(counts)} class(es) "
                          f"({', '.join(counts) or 'no labels'}); a classifier needs at least two")
     kept = {c for c, n in counts.items() if n >= spec.minimum}
     if len(kept) < 2:
-        raise ValueError(f"task {task!r}: {len(kept)} of its {len(counts)} classes have at least "
+        raise BadInput(f"task {task!r}: {len(kept)} of its {len(counts)} classes have at least "
                          f"{spec.minimum} images (the minimum for one image in every split); "
                          "lower --min-per-class or use another --split")
     pairs = [(i, y) for i, y in pairs if y in kept]
@@ -200,7 +201,7 @@ def make_split(collection: Collection, task: str, spec: SplitSpec) -> Split:
         parts = grouped_parts(labels, _groups(collection, ids, spec.group_by), spec)
         everywhere = set.intersection(*(set(labels[parts == p]) for p in SPLITS))
         if len(everywhere) < 2:
-            raise ValueError(f"task {task!r} grouped by {spec.group_by!r}: {len(everywhere)} "
+            raise BadInput(f"task {task!r} grouped by {spec.group_by!r}: {len(everywhere)} "
                              "classes reach train, val and test; the groups are too few or "
                              "too large for this split")
         kept = everywhere
@@ -253,7 +254,7 @@ def make_multi_label_split(collection: Collection, task: str, spec: SplitSpec) -
             counts[c] = counts.get(c, 0) + 1
     kept = {c for c, n in counts.items() if n >= spec.minimum}
     if len(kept) < 2:
-        raise ValueError(f"task {task!r}: {len(kept)} of its {len(counts)} labels are on at "
+        raise BadInput(f"task {task!r}: {len(kept)} of its {len(counts)} labels are on at "
                          f"least {spec.minimum} images (the minimum for one image in every "
                          "split); lower --min-per-class or use another --split")
     pairs = [(i, tuple(c for c in s if c in kept)) for i, s in pairs]
@@ -269,7 +270,7 @@ def make_multi_label_split(collection: Collection, task: str, spec: SplitSpec) -
         parts = grouped_parts(rarest, _groups(collection, ids, spec.group_by), spec)
     everywhere = np.all([Y[parts == p].any(axis=0) for p in SPLITS], axis=0)
     if everywhere.sum() < 2:
-        raise ValueError(f"task {task!r}: {int(everywhere.sum())} labels reach train, val and "
+        raise BadInput(f"task {task!r}: {int(everywhere.sum())} labels reach train, val and "
                          "test; the task has too few images per label for this split")
     labels = [sep.join(c for c, on in zip(classes, Y[k] & everywhere) if on)
               for k in range(len(ids))]

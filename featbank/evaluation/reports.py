@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import classification_report, confusion_matrix
 
-from featbank.core.fileio import atomic_path
+from featbank.core.errors import DamagedFile
+from featbank.core.fileio import atomic_path, first_line
 from featbank.data.tasks import ids_digest
 from featbank.evaluation.plots import plot_confusion
 from featbank.evaluation.stats import mean_average_precision, pack_hits, resamples_digest
@@ -106,12 +107,19 @@ def save_test_scores(folder: Path, name: str, test_ids, truth: np.ndarray, score
 
 
 def load_test_scores(folder: Path | None, row: dict) -> dict[str, np.ndarray] | None:
-    """The arrays of a row's ``test_scores`` file (:func:`save_test_scores`); None when it
-    has none or the file is gone or unreadable."""
+    """The arrays of a row's ``test_scores`` file (:func:`save_test_scores`); None when the
+    row has none or its file is gone (the cell is then not compared). A file that is there
+    but cannot be read is a :class:`~featbank.core.errors.DamagedFile`: a table must not
+    silently lose a mark."""
     if folder is None or not row.get("test_scores"):
         return None
-    try:
-        with np.load(Path(folder) / row["test_scores"]) as data:
-            return {key: data[key] for key in data.files}
-    except (OSError, KeyError, ValueError):
+    path = Path(folder) / row["test_scores"]
+    if not path.is_file():
         return None
+    try:
+        with np.load(path) as data:
+            return {key: data[key] for key in data.files}
+    except (OSError, KeyError, ValueError, EOFError) as err:
+        raise DamagedFile(f"{path} (per-image test scores of a {row.get('head') or row['method']} "
+                          f"cell) cannot be read ({first_line(err)}); run the cell again with "
+                          "--force to rewrite it") from None

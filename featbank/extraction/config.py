@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from featbank.core.errors import BadInput
 from featbank.core.settings import at_least, check_device_name, check_workers, one_of, runtime
 from featbank.models.registry import check_names
 
@@ -47,11 +48,11 @@ class ExtractConfig:
         one_of("--decode", self.decode, DECODES)
         one_of("--jpeg-decoder", self.jpeg_decoder, JPEG_DECODERS)
         if self.jpeg_decoder != "auto" and self.decode != "device":
-            raise ValueError("--jpeg-decoder chooses nvJPEG's library for --decode device; "
+            raise BadInput("--jpeg-decoder chooses nvJPEG's library for --decode device; "
                              f"it has no use with --decode {self.decode}")
         one_of("--engine", self.engine, ENGINES)
         if self.ray_actors is not None:
             at_least("--ray-actors", self.ray_actors, 1)
         if self.engine == "ray" and self.decode == "device":
-            raise ValueError("--decode device is for --engine local; the Ray engine decodes "
+            raise BadInput("--decode device is for --engine local; the Ray engine decodes "
                              "with Pillow in its tasks")

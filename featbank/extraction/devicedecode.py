@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import get_worker_info
 
+from featbank.core.errors import BadInput
 from featbank.core.fileio import first_line
 from featbank.data.preprocess import Preprocess
 
@@ -121,15 +122,15 @@ def jpeg_decoder(name: str = "auto") -> tuple[str, JpegDecode]:
                 return jpeg_decoder(candidate)
             except ValueError:
                 continue
-        raise ValueError("no JPEG decoder imports: neither torchcodec nor torchvision.io")
+        raise BadInput("no JPEG decoder imports: neither torchcodec nor torchvision.io")
     if name not in JPEG_DECODERS:
-        raise ValueError(f"unknown JPEG decoder {name!r}; use auto, "
+        raise BadInput(f"unknown JPEG decoder {name!r}; use auto, "
                          + " or ".join(JPEG_DECODERS))
     try:
         return name, JPEG_DECODERS[name]()
     except (ImportError, OSError, RuntimeError) as err:  # absent, or built for another torch
         hint = " (pip install 'featbank[gpu]')" if name == "torchcodec" else ""
-        raise ValueError(f"the {name} JPEG decoder does not import: {first_line(err)}"
+        raise BadInput(f"the {name} JPEG decoder does not import: {first_line(err)}"
                          f"{hint}") from err
 
 
@@ -197,7 +198,7 @@ def _resize(batch: torch.Tensor, pre: Preprocess, *, height: int, width: int) ->
     if pre.resize == "squash":
         return _interpolate(batch, (size, size), pre.interpolation)
     if pre.resize != "center_crop":
-        raise ValueError(f"unknown resize policy {pre.resize!r}; use squash or center_crop")
+        raise BadInput(f"unknown resize policy {pre.resize!r}; use squash or center_crop")
     ratio = math.floor(size / pre.crop_pct) / min(width, height)
     new_w, new_h = max(size, round(width * ratio)), max(size, round(height * ratio))
     resized = _interpolate(batch, (new_h, new_w), pre.interpolation)

@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm import tqdm
 
+from featbank.core.errors import BadInput
 from featbank.core.fileio import atomic_write_json, hold_lock
 from featbank.data.collection import Collection, save_metadata
 from featbank.data.images import decode_views, min_decode_size
@@ -365,7 +366,7 @@ def _device_decoder(config: ExtractConfig, specs: list) -> str | None:
         return None
     pres, _ = shared_views(specs)
     if not all(device_resizable(p) for p in pres):
-        raise ValueError("--decode device cannot resize with "
+        raise BadInput("--decode device cannot resize with "
                          f"{sorted({p.interpolation for p in pres})}; use --decode cpu")
     return jpeg_decoder(config.jpeg_decoder)[0]
 

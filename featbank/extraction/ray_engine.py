@@ -21,6 +21,7 @@ import logging
 import numpy as np
 import torch
 
+from featbank.core.errors import BadInput
 from featbank.data.images import decode_views, min_decode_size
 from featbank.models.inference import (
     TrunkRunner,
@@ -73,7 +74,7 @@ def _ray():
         import ray
         import ray.data  # noqa: F401
     except ImportError:
-        raise ValueError("--engine ray needs Ray: pip install 'featbank[ray]' "
+        raise BadInput("--engine ray needs Ray: pip install 'featbank[ray]' "
                          "(or use --engine local)") from None
     return ray
 

@@ -5,6 +5,7 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 
+from featbank.core.errors import BadInput
 from featbank.core.settings import (
     at_least,
     check_device_name,
@@ -52,7 +53,7 @@ class FinetuneConfig:
 
     def __post_init__(self):
         if self.backbone == "all" or "," in self.backbone:
-            raise ValueError(f"--backbone {self.backbone!r}: fine-tuning takes one backbone")
+            raise BadInput(f"--backbone {self.backbone!r}: fine-tuning takes one backbone")
         check_names([self.backbone])
         at_least("--epochs", self.epochs, 1)
         at_least("--patience", self.patience, 1)
@@ -63,10 +64,10 @@ class FinetuneConfig:
             at_least("--image-size", self.image_size, 32)
         for option, value in (("--lr", self.lr), ("--head-lr", self.head_lr)):
             if value is not None and not value > 0:
-                raise ValueError(f"{option} must be positive, not {value}")
+                raise BadInput(f"{option} must be positive, not {value}")
         one_of("--optimizer", self.optimizer, OPTIMIZERS)
         if not FREEZE_SYNTAX.fullmatch(str(self.freeze).strip()):
-            raise ValueError(f"--freeze {self.freeze!r}: use none, trunk, last:N (train the last "
+            raise BadInput(f"--freeze {self.freeze!r}: use none, trunk, last:N (train the last "
                              "N units, the head counting as one) or K (freeze the first K stages)")
         fraction("--train-fraction", self.train_fraction)
         at_least("--repeats", self.repeats, 1)

@@ -16,6 +16,7 @@ import torch
 from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
 
+from featbank.core.errors import BadInput
 from featbank.finetuning.config import FinetuneConfig
 from featbank.models.registry import BackboneSpec
 from featbank.models.trunks import (
@@ -62,7 +63,7 @@ def frozen_count(freeze: str, n_stages: int) -> int:
         return max(0, n_stages - (int(text[5:]) - 1))
     if text.isdigit() and int(text) <= n_stages:
         return int(text)
-    raise ValueError(f"--freeze {freeze!r}: use none, trunk, last:N (train the last N units, "
+    raise BadInput(f"--freeze {freeze!r}: use none, trunk, last:N (train the last N units, "
                      f"the head counting as one) or K <= {n_stages} (freeze the first K stages)")
 
 
@@ -140,4 +141,4 @@ def make_optimizer(model: FineTuneNet, config: FinetuneConfig) -> torch.optim.Op
         return torch.optim.Adam(groups, lr=config.lr)
     if config.optimizer == "rmsprop":
         return torch.optim.RMSprop(groups, lr=config.lr, alpha=0.9, eps=1e-8)
-    raise ValueError(f"unknown optimizer {config.optimizer!r}; use sgd, adam or rmsprop")
+    raise BadInput(f"unknown optimizer {config.optimizer!r}; use sgd, adam or rmsprop")

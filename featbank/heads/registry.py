@@ -23,6 +23,7 @@ from typing import Callable
 
 import numpy as np
 
+from featbank.core.errors import BadInput
 from featbank.heads.recipes import RECIPES
 
 NORMALIZATIONS = ("standard", "l2", "none")
@@ -40,13 +41,13 @@ class HeadOptions:
 
     def __post_init__(self):
         if self.softmax_recipe not in RECIPES:
-            raise ValueError(f"unknown softmax recipe {self.softmax_recipe!r}; use "
+            raise BadInput(f"unknown softmax recipe {self.softmax_recipe!r}; use "
                              f"{', '.join(RECIPES)}")
         if self.normalize not in NORMALIZATIONS:
-            raise ValueError(f"unknown normalization {self.normalize!r}; use "
+            raise BadInput(f"unknown normalization {self.normalize!r}; use "
                              f"{', '.join(NORMALIZATIONS)}")
         if self.pca is not None and self.pca < 1:
-            raise ValueError(f"--pca must be a positive number of dimensions, not {self.pca}")
+            raise BadInput(f"--pca must be a positive number of dimensions, not {self.pca}")
 
     @property
     def class_weight(self) -> str | None:
@@ -74,7 +75,7 @@ HEADS: dict[str, HeadEntry] = {}
 def register_head(name: str, *, grid=None, linear: bool = False):
     def decorator(factory: Callable[[HeadOptions], object]):
         if name in HEADS:
-            raise ValueError(f"head {name!r} is already registered")
+            raise BadInput(f"head {name!r} is already registered")
         HEADS[name] = HeadEntry(factory, grid if callable(grid) else dict(grid or {}), linear)
         return factory
     return decorator
@@ -136,7 +137,7 @@ def resolve_heads(names: str | list[str]) -> list[str]:
         return list(HEADS)
     unknown = [n for n in names if n not in HEADS]
     if unknown or not names:
-        raise ValueError(f"unknown head {', '.join(map(repr, unknown)) or '(none)'}; choose from "
+        raise BadInput(f"unknown head {', '.join(map(repr, unknown)) or '(none)'}; choose from "
                          f"{', '.join(HEADS)} or all")
     return list(dict.fromkeys(names))
 
@@ -239,7 +240,7 @@ def n_parameters(pipeline) -> int:
         return int(np.size(head.coef_) + np.size(head.intercept_))
     if hasattr(head, "estimators_"):
         return int(sum(tree.tree_.node_count for tree in head.estimators_))
-    raise ValueError(f"cannot count the parameters of {type(head).__name__}")
+    raise TypeError(f"cannot count the parameters of {type(head).__name__}")
 
 
 def class_scores(pipeline, X) -> np.ndarray:

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from featbank.core.errors import BadInput
 from featbank.core.settings import default_workers
 from featbank.data.images import normalize
 from featbank.models.registry import BackboneSpec
@@ -25,9 +26,9 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise ValueError(f"unknown device {device!r}; use auto, cpu or cuda")
+        raise BadInput(f"unknown device {device!r}; use auto, cpu or cuda")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda asked for, but torch sees no CUDA device; use --device cpu")
+        raise BadInput("--device cuda asked for, but torch sees no CUDA device; use --device cpu")
     return torch.device(device)
 
 
@@ -43,7 +44,7 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
             return None
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if precision not in choices:
-        raise ValueError(f"unknown precision {precision!r}; use auto, fp32, bf16 or fp16")
+        raise BadInput(f"unknown precision {precision!r}; use auto, fp32, bf16 or fp16")
     return choices[precision]
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from featbank.core.errors import BadInput, MissingFile
 from featbank.data.preprocess import Preprocess
 
 RANDOM_SEED = 0
@@ -116,7 +117,7 @@ def timm_spec(model_name: str, *, resize: str = "center_crop") -> BackboneSpec:
     import timm
 
     if not timm.is_model(model_name):
-        raise ValueError(f"unknown timm model {model_name!r}; see timm.list_models()")
+        raise BadInput(f"unknown timm model {model_name!r}; see timm.list_models()")
     cfg = timm.models.get_pretrained_cfg(model_name)
     tag = cfg.tag if cfg is not None and (cfg.hf_hub_id or cfg.url or cfg.file) else None
     dim, data = _timm_meta(model_name)
@@ -134,7 +135,7 @@ BACKBONES: dict[str, BackboneSpec] = {}
 
 def register(spec: BackboneSpec) -> BackboneSpec:
     if spec.name in BACKBONES:
-        raise ValueError(f"backbone {spec.name!r} is already registered")
+        raise BadInput(f"backbone {spec.name!r} is already registered")
     BACKBONES[spec.name] = spec
     return spec
 
@@ -189,7 +190,7 @@ def get_spec(name: str) -> BackboneSpec:
     try:
         return BACKBONES[name]
     except KeyError:
-        raise ValueError(f"unknown backbone {name!r}; choose from "
+        raise BadInput(f"unknown backbone {name!r}; choose from "
                          f"{', '.join(available_backbones())}") from None
 
 
@@ -198,7 +199,7 @@ def check_names(names: str | list[str]) -> list[str]:
     if isinstance(names, str):
         names = [n.strip() for n in names.split(",") if n.strip()]
     if not names:
-        raise ValueError(f"no backbone given; choose from {', '.join(available_backbones())}")
+        raise BadInput(f"no backbone given; choose from {', '.join(available_backbones())}")
     if "all" in names:
         return sorted(BACKBONES)
     for name in names:
@@ -230,7 +231,7 @@ def weights_id(weights: str, *, option: str = "--weights") -> str:
         return weights
     path = Path(weights)
     if not path.is_file():
-        raise FileNotFoundError(f"weights file {weights} not found; use {option} "
+        raise MissingFile(f"weights file {weights} not found; use {option} "
                                 "imagenet, random, or the path of a state_dict")
     return "sha256:" + file_sha256(path)
 
@@ -248,7 +249,7 @@ def parse_weights_filter(text: str) -> str:
     digits = text.removeprefix("sha256:")
     if re.fullmatch(r"[0-9a-fA-F]{4,64}", digits):
         return "sha256:" + digits.lower()
-    raise ValueError(f"weights {text!r}: use imagenet, random or a sha256 prefix "
+    raise BadInput(f"weights {text!r}: use imagenet, random or a sha256 prefix "
                      "(sha256:6701bb3d0ded)")
 
 
@@ -261,10 +262,10 @@ def parse_selection(text: str) -> list[tuple[Part, ...]]:
     """
     items = [item.strip() for item in text.split(",") if item.strip()]
     if not items:
-        raise ValueError(f"no backbone given; choose from {', '.join(available_backbones())}")
+        raise BadInput(f"no backbone given; choose from {', '.join(available_backbones())}")
     if "all" in items:
         if len(items) > 1:
-            raise ValueError(f"--backbone {text!r}: 'all' stands alone")
+            raise BadInput(f"--backbone {text!r}: 'all' stands alone")
         return []
     selection = []
     for item in items:
@@ -274,6 +275,6 @@ def parse_selection(text: str) -> list[tuple[Part, ...]]:
             check_names([name])
             parts.append((name, parse_weights_filter(weights) if at else None))
         if len(parts) != len(set(parts)):
-            raise ValueError(f"--backbone {item!r} names the same features twice")
+            raise BadInput(f"--backbone {item!r} names the same features twice")
         selection.append(tuple(parts))
     return selection

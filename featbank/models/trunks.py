@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from featbank.core.errors import BadInput, MissingFile
 from featbank.core.fileio import atomic_path, first_line
 from featbank.models.registry import RANDOM_SEED, BackboneSpec, weights_id
 from featbank.store.provenance import weights_label
@@ -32,7 +33,7 @@ RANDOM_EXACT = f"random:library-init:seed{RANDOM_SEED}"
 TRUNK_FORMAT = "featbank-trunk/1"
 
 
-class WeightsUnavailableError(FileNotFoundError):
+class WeightsUnavailableError(MissingFile):
     """Pretrained weights are neither cached nor downloadable."""
 
 
@@ -78,7 +79,7 @@ def resolve_weights(spec: BackboneSpec, weights: str, *, option: str = "--weight
         return Weights(wid, wid, source=source,
                        label=weights_label(wid, wid, description, source))
     if spec.imagenet is None:
-        raise ValueError(f"{spec.name} has no published ImageNet weights; use {option} PATH "
+        raise BadInput(f"{spec.name} has no published ImageNet weights; use {option} PATH "
                          "(a state_dict) or random")
     url = _checkpoint_url(spec)
     match = torch.hub.HASH_REGEX.search(url.rsplit("/", 1)[-1]) if url else None
@@ -141,7 +142,7 @@ def build_pretrained(spec: BackboneSpec, *, option: str = "--weights",
     first when missing; a cached file that does not fit is named in one line.
     """
     if spec.imagenet is None:
-        raise ValueError(f"{spec.name} has no published ImageNet weights; use {option} PATH "
+        raise BadInput(f"{spec.name} has no published ImageNet weights; use {option} PATH "
                          "(a state_dict) or random")
     url = _checkpoint_url(spec)
     if url is not None:
@@ -151,7 +152,7 @@ def build_pretrained(spec: BackboneSpec, *, option: str = "--weights",
             try:
                 load_state_dict_file(trunk, path, spec=spec)
             except ValueError as err:
-                raise ValueError(f"{err}; it is in torch's weights cache: delete it to download "
+                raise BadInput(f"{err}; it is in torch's weights cache: delete it to download "
                                  f"it again, or use {option} PATH or random") from None
             return trunk
     try:
@@ -163,7 +164,7 @@ def build_pretrained(spec: BackboneSpec, *, option: str = "--weights",
             f"{spec.imagenet.model}.{spec.imagenet.tag} in the HF cache (HF_HOME), "
             f"or use {option} PATH (a state_dict) or {option} random") from None
     except RuntimeError as err:
-        raise ValueError(f"cached ImageNet weights of {spec.name} do not load ({first_line(err)}); "
+        raise BadInput(f"cached ImageNet weights of {spec.name} do not load ({first_line(err)}); "
                          f"delete them to download again, or use {option} PATH or random") from None
 
 
@@ -202,9 +203,9 @@ def read_weights_file(path: str | os.PathLike, *, mmap: bool = False) -> tuple[d
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except FileNotFoundError:
-        raise FileNotFoundError(f"weights file {path} not found") from None
+        raise MissingFile(f"weights file {path} not found") from None
     except Exception as err:
-        raise ValueError(f"{path} is not a readable PyTorch state_dict ({first_line(err)})") from None
+        raise BadInput(f"{path} is not a readable PyTorch state_dict ({first_line(err)})") from None
     description = {}
     if isinstance(state, dict) and state.get("format") == TRUNK_FORMAT:
         description = {k: v for k, v in state.items() if k != "state_dict"}
@@ -215,7 +216,7 @@ def read_weights_file(path: str | os.PathLike, *, mmap: bool = False) -> tuple[d
         state = {k.removeprefix("trunk."): v for k, v in state["model"].items()
                  if k.startswith("trunk.")}
     if not isinstance(state, dict):
-        raise ValueError(f"{path} holds a {type(state).__name__}, not a state_dict")
+        raise BadInput(f"{path} holds a {type(state).__name__}, not a state_dict")
     return state, description
 
 
@@ -229,21 +230,21 @@ def load_state_dict_file(module: nn.Module, path: str | os.PathLike, *,
     state, description = read_weights_file(path)
     if (spec is not None and description.get("format") == TRUNK_FORMAT
             and description.get("backbone") not in (None, spec.name)):
-        raise ValueError(f"{path} is a {description['backbone']} trunk, not {spec.name}")
+        raise BadInput(f"{path} is a {description['backbone']} trunk, not {spec.name}")
     state = {k.removeprefix("module."): v for k, v in state.items()}
     expected = set(module.state_dict())
     head_prefixes = spec.head_prefixes if spec is not None else ()
     missing = sorted(expected - set(state))
     extra = sorted(k for k in set(state) - expected if not k.startswith(head_prefixes))
     if missing or extra:
-        raise ValueError(f"{path} does not fit {spec.name if spec else 'this backbone'}: "
+        raise BadInput(f"{path} does not fit {spec.name if spec else 'this backbone'}: "
                          f"{len(missing)} missing keys {missing[:3]}, "
                          f"{len(extra)} unexpected keys {extra[:3]}")
     try:
         module.load_state_dict({k: state[k] for k in expected}, strict=True)
     except RuntimeError as err:
         first = str(err).strip().splitlines()[-1].strip()
-        raise ValueError(f"{path} does not fit {spec.name if spec else 'this backbone'}: "
+        raise BadInput(f"{path} does not fit {spec.name if spec else 'this backbone'}: "
                          f"{first}") from None
     return description
 

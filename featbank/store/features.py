@@ -23,6 +23,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from featbank.core.errors import BadInput, MissingFile
 from featbank.core.fileio import atomic_path, first_line
 from featbank.store.provenance import plain_attrs, provenance_value, weights_label
 
@@ -57,7 +58,7 @@ class Features:
 def read_features(path: str | os.PathLike) -> Features:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"feature file {path} does not exist; run extract.py first")
+        raise MissingFile(f"feature file {path} does not exist; run extract.py first")
     with h5py.File(path, "r") as f:
         _check_shards(f["features"], path)
         return Features(ids=list(f["ids"].asstr()[:]), X=f["features"][:],
@@ -72,7 +73,7 @@ def _check_shards(features: h5py.Dataset, path: Path) -> None:
         return
     for source in features.virtual_sources():
         if not (path.parent / source.file_name).is_file():
-            raise ValueError(f"{path} lacks its shard {path.parent / source.file_name}; copy the "
+            raise BadInput(f"{path} lacks its shard {path.parent / source.file_name}; copy the "
                              f"{path.name}.shards folder with it, or delete both to re-extract")
 
 
@@ -133,12 +134,12 @@ def feature_files(folder: Path, backbones: str = "all", weights: str = "all", *,
             continue
         entries.append(entry)
     if not entries:
-        raise FileNotFoundError(f"no usable feature files in {Path(folder) / 'features'}; "
+        raise MissingFile(f"no usable feature files in {Path(folder) / 'features'}; "
                                 "run extract.py first")
     wanted = {b.strip() for b in backbones.split(",")} - {"all"}
     known = sorted({e.backbone for e in entries})
     if wanted - set(known):
-        raise ValueError(f"no features of {', '.join(sorted(wanted - set(known)))} for "
+        raise BadInput(f"no features of {', '.join(sorted(wanted - set(known)))} for "
                          f"collection {Path(folder).name!r}; it has {', '.join(known)} "
                          "(run extract.py --backbone ... first)")
     chosen = [e for e in entries if not wanted or e.backbone in wanted]
@@ -151,7 +152,7 @@ def one_feature_file(folder: Path, backbone: str, weights: str = "all", *,
     (``all``: the only one there is; several is an error naming their weights)."""
     entries = feature_files(folder, backbone, weights, warn=warn)
     if len(entries) > 1:
-        raise ValueError(f"{backbone} has features with weights "
+        raise BadInput(f"{backbone} has features with weights "
                          f"{', '.join(e.weights[:19] for e in entries)}; pick one with --weights")
     return entries[0]
 
@@ -217,11 +218,11 @@ def align_on_ids(sets: list[Features], names: list[str]) -> tuple[list[str], lis
     shared = set(sets[0].ids)
     for name, data in zip(names[1:], sets[1:]):
         if not shared & set(data.ids):
-            raise ValueError(f"{names[0]} and {name} have no image ids in common; use feature "
+            raise BadInput(f"{names[0]} and {name} have no image ids in common; use feature "
                              "files of one collection")
         shared &= set(data.ids)
     if not shared:
-        raise ValueError(f"{', '.join(names)} have no image id in all of them; use feature files "
+        raise BadInput(f"{', '.join(names)} have no image id in all of them; use feature files "
                          "of one collection")
     ids = [i for i in sets[0].ids if i in shared]
     blocks = []
@@ -252,7 +253,7 @@ def select_features(folder: Path, parsed: list[tuple[tuple[str, str | None], ...
             continue
         for (name, _), found in zip(item, matches):
             if len(found) > 1:
-                raise ValueError(f"{name} has feature files with weights "
+                raise BadInput(f"{name} has feature files with weights "
                                  f"{', '.join(e.weights[:19] for e in found)}; name one in the "
                                  f"combination, e.g. {name}@{found[0].weights[:19]}")
         sources.append(Concatenation(tuple(found[0] for found in matches)))
@@ -264,7 +265,7 @@ def _admitted(entries: list[FeatureFile], weights: str, name: str) -> list[Featu
         return entries
     chosen = [e for e in entries if e.weights == weights or e.weights.startswith(weights)]
     if not chosen:
-        raise ValueError(f"no {'' if name == 'all' else name + ' '}features with weights "
+        raise BadInput(f"no {'' if name == 'all' else name + ' '}features with weights "
                          f"{weights!r}; found "
                          f"{', '.join(sorted({e.weights[:19] for e in entries}))}")
     return chosen

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from featbank.core.errors import BadInput
 from featbank.core.fileio import safe_name
 from featbank.core.version import __version__
 
@@ -45,7 +46,7 @@ def file_attrs(*, backbone: str, feature_dim: int, preprocess: dict, weights: di
     preprocess : ``Preprocess.attrs()``; weights : ``Weights.attrs()`` (id, exact, hash).
     """
     if dtype not in ("float32", "float16"):
-        raise ValueError(f"unknown storage dtype {dtype!r}; use float32 or float16")
+        raise BadInput(f"unknown storage dtype {dtype!r}; use float32 or float16")
     return {"backbone": backbone, "feature_dim": feature_dim, **weights, **preprocess,
             "dtype": dtype, "collection": collection, "featbank_version": __version__,
             "torch_version": _version("torch"), "torchvision_version": _version("torchvision"),

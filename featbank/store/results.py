@@ -12,6 +12,7 @@ import json
 import os
 from pathlib import Path
 
+from featbank.core.errors import BadInput, WriteFailed
 from featbank.core.fileio import atomic_path, first_line, hold_lock
 
 RESULT_KEYS = ("backbone", "weights", "task", "method", "head", "split", "top1", "top5",
@@ -68,8 +69,8 @@ def _append_whole(path: Path, line: bytes) -> None:
             os.fsync(fd)
         except OSError as err:
             os.ftruncate(fd, size)  # nothing half-written stays behind
-            raise OSError(err.errno, f"cannot write {path} ({err.strerror or err}); this row "
-                                     "was not stored, the rows before it are intact") from None
+            raise WriteFailed(err.errno, f"cannot write {path} ({err.strerror or err}); this "
+                                         "row was not stored, the rows before it are intact") from None
     finally:
         os.close(fd)
 
@@ -102,7 +103,7 @@ def load_results(folder: Path, *, warn=None) -> list[dict]:
         try:
             row = json.loads(line)
             if not isinstance(row, dict):
-                raise ValueError(f"a JSON {type(row).__name__}, not an object")
+                raise BadInput(f"a JSON {type(row).__name__}, not an object")
             rows.append(row)
         except ValueError as err:
             if warn is not None:

@@ -33,6 +33,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from featbank.core.errors import BadInput
 from featbank.core.fileio import atomic_path, atomic_write_json
 from featbank.store.provenance import PROVENANCE_KEYS, plain_attrs, provenance_value, same_attr
 
@@ -70,7 +71,7 @@ class FeatureWriter:
         for where, attrs in found:
             for key in PROVENANCE_KEYS:
                 if not same_attr(provenance_value(attrs, key), provenance_value(self.attrs, key)):
-                    raise ValueError(
+                    raise BadInput(
                         f"{where} was written with {key}={provenance_value(attrs, key)!r}, not "
                         f"{provenance_value(self.attrs, key)!r}; delete it (or use another --cache) "
                         "to re-extract")

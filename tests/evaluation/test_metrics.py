@@ -225,3 +225,15 @@ def test_map_cells_are_marked_by_a_paired_test_of_their_stored_scores(tmp_path, 
                         lambda *a, **kw: recomputed.append(1) or paired_map_p(*a, **kw))
     [record] = build_table(rows, split_tag="t", variant="v", folder=tmp_path)[1]
     assert sorted(record["marked"]) == ["logreg", "svm"] and len(recomputed) == 2
+
+
+def test_an_unreadable_score_file_is_named_not_silently_unmarked(tmp_path):
+    from featbank.core.errors import DamagedFile
+    from featbank.evaluation.reports import load_test_scores
+
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports/svm_test_scores.npz").write_bytes(b"PK\x03\x04 truncated")
+    row = _row(head="svm", test_scores="reports/svm_test_scores.npz")
+    with pytest.raises(DamagedFile, match="svm_test_scores.npz .* cannot be read.*--force"):
+        load_test_scores(tmp_path, row)
+    assert load_test_scores(tmp_path, {**row, "test_scores": "reports/gone.npz"}) is None
