@@ -8,6 +8,7 @@ scores, which the table's paired test of mAP reads back.
 from __future__ import annotations
 
 import csv
+import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -119,7 +120,7 @@ def load_test_scores(folder: Path | None, row: dict) -> dict[str, np.ndarray] | 
     try:
         with np.load(path) as data:
             return {key: data[key] for key in data.files}
-    except (OSError, KeyError, ValueError, EOFError) as err:
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as err:
         raise DamagedFile(f"{path} (per-image test scores of a {row.get('head') or row['method']} "
                           f"cell) cannot be read ({first_line(err)}); run the cell again with "
                           "--force to rewrite it") from None
