@@ -46,7 +46,7 @@ from featbank.data.tasks import load_or_make_split
 from featbank.evaluation.plots import plot_image_grid
 from featbank.heads.registry import decision_scores
 from featbank.models.inference import resolve_device
-from featbank.store.results import load_results
+from featbank.store.results import load_results, stored_path
 
 CHUNK = 8  # images per attribution call
 ALPHA = 0.5  # heat-map opacity on the overlays
@@ -126,7 +126,7 @@ def stored_head(collection: Collection, config: SaliencyConfig):
             f"no stored {config.head} head for task {config.task!r} on {config.backbone} "
             f"({weights[:19]}); run classify.py --head {config.head} --backbone "
             f"{config.backbone} --task {config.task} first")
-    path = Path(rows[-1]["head_path"])
+    path = stored_path(folder, rows[-1]["head_path"])
     if not path.is_file():
         raise MissingFile(f"stored head {path} is gone; run classify.py --force again")
     return joblib.load(path)

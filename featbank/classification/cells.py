@@ -85,7 +85,8 @@ def run_cell(*, folder: Path, collection: str, task: str, split: Split, entry: C
         head_engine=getattr(pipeline[-1], "engine_", None),
         head_settings=getattr(pipeline[-1], "settings_", None),
         tuning_val_scores=tuning.scores if tuning else None,
-        head_path=str(head_path), features=entry.paths)
+        head_path=str(head_path.relative_to(folder)),
+        features=" + ".join(f"features/{p.path.name}" for p in entry.parts))
 
 
 def task_splits(collection: Collection, tasks: str, spec: SplitSpec, folder: Path,

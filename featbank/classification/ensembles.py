@@ -24,7 +24,7 @@ from featbank.evaluation.metrics import hits, metrics, score_of
 from featbank.evaluation.reports import result_row, save_test_scores
 from featbank.heads.registry import class_scores
 from featbank.store.features import Concatenation, Features
-from featbank.store.results import append_result, latest_rows, load_results
+from featbank.store.results import append_result, latest_rows, load_results, stored_path
 
 
 def ensemble_key(collection: str, task: str, entries: list[Concatenation], head: str,
@@ -45,7 +45,8 @@ def ensembles(folder: Path, collection: str, splits: dict[str, Split],
         if key in stored and not config.force:
             continue
         members = [stored.get(cell_key(collection, task, e, head, config)) for e in entries]
-        if None in members or not all(Path(m["head_path"]).is_file() for m in members):
+        if None in members or not all(stored_path(folder, m["head_path"]).is_file()
+                                      for m in members):
             raise MissingFile(f"a member of the {task} / {head} ensemble has no stored "
                                     "head; run classify.py again with --force")
         sets = sets or [e.read() for e in entries]
@@ -73,7 +74,7 @@ def run_ensemble(*, collection: str, task: str, split: Split, entries: list[Conc
     start = time.perf_counter()
     models = []
     for data, member in zip(sets, members):
-        models.append((joblib.load(member["head_path"]), data.X,
+        models.append((joblib.load(stored_path(folder, member["head_path"])), data.X,
                        {image_id: k for k, image_id in enumerate(data.ids)}))
     if split.multi_label:  # every member's columns follow split.classes
         classes = np.array(split.classes, dtype=object)

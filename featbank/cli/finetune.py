@@ -89,6 +89,7 @@ def main(argv=None) -> None:
     scores = []
     for result in results if isinstance(results, list) else [results]:
         row = result.row
+        trunk = result.folder / "trunk.pth"
         score, value, (low, high) = score_of(row)
         scores.append(value)
         measures = (f"test mAP {row['mAP']:.3f} [{low:.3f}, {high:.3f}], top-1 "
@@ -97,7 +98,7 @@ def main(argv=None) -> None:
                     f"{row['top5']:.3f}, balanced {row['balanced_accuracy']:.3f}")
         print(f"{row['backbone']} fine-tuned on {row['task']}: {measures} (best epoch "
               f"{row['best_epoch']} of {row['epochs_run']}); trunk for extract.py --weights: "
-              f"{row['trunk_path']}")
+              f"{trunk}")
     if len(scores) > 1:
         print(f"over {len(scores)} splits: test {score} {mean(scores):.3f} ± {stdev(scores):.3f} "
               "(mean ± standard deviation)")

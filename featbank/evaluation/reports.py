@@ -20,6 +20,7 @@ from featbank.core.fileio import atomic_path, first_line
 from featbank.data.tasks import ids_digest
 from featbank.evaluation.plots import plot_confusion
 from featbank.evaluation.stats import mean_average_precision, pack_hits, resamples_digest
+from featbank.store.results import stored_path
 
 
 def result_row(*, collection: str, backbone: str, weights: str, weights_exact: str, task: str,
@@ -114,7 +115,7 @@ def load_test_scores(folder: Path | None, row: dict) -> dict[str, np.ndarray] | 
     silently lose a mark."""
     if folder is None or not row.get("test_scores"):
         return None
-    path = Path(folder) / row["test_scores"]
+    path = stored_path(folder, row["test_scores"])
     if not path.is_file():
         return None
     try:

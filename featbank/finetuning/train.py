@@ -92,6 +92,11 @@ class _Run:
     device: torch.device
     log: object
 
+    @property
+    def store(self) -> Path:
+        """The results store's folder, ``<cache>/<collection>``: rows keep paths relative to it."""
+        return Path(self.config.cache_root) / self.collection.name
+
     def checkpoint(self, epoch: int, best_loss: float, waited: int, history: list) -> None:
         _atomic_save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                       "epoch": epoch, "best_loss": best_loss, "waited": waited,
@@ -170,9 +175,8 @@ class _Run:
         tested = [i for i, ok in zip(self.data["test"].ids, decodable) if ok]
         paired = {}
         if self.split.multi_label:  # the store's folder holds the run folders
-            store = Path(self.config.cache_root) / self.collection.name
             paired["test_scores"] = save_test_scores(
-                store, str((self.folder / "test_scores.npz").relative_to(store)), tested, truth,
+                self.store, str((self.folder / "test_scores.npz").relative_to(self.store)), tested, truth,
                 scores, classes, results["test"], self.split.spec.seed)
         return self._row(results, history, tested, hits(truth, scores, classes), **paired)
 
@@ -193,7 +197,8 @@ class _Run:
                              "fine-tuning", self.digest]),
             split_group_by=self.split.spec.group_by, freeze=c.freeze, init=c.init, epochs_run=history[-1]["epoch"],
             best_epoch=min(history, key=lambda h: h["val_loss"])["epoch"],
-            trunk_path=str(self.folder / "trunk.pth"), run=str(self.folder), **extra)
+            trunk_path=str((self.folder / "trunk.pth").relative_to(self.store)),
+            run=str(self.folder.relative_to(self.store)), **extra)
 
 
 def _prepare(collection: Collection, config: FinetuneConfig, log) -> _Run:

@@ -117,3 +117,20 @@ def latest_rows(rows: list[dict]) -> list[dict]:
     for row in rows:
         latest[row.get("cell") or json.dumps(row, sort_keys=True)] = row
     return list(latest.values())
+
+
+# The folders of a collection's cache that rows point into.
+STORED_FOLDERS = ("heads", "reports", "finetune", "features")
+
+
+def stored_path(folder: Path, value: str) -> Path:
+    """Where a path a row keeps (``head_path``, ``trunk_path``, ``run``, ``test_scores``)
+    lies: rows keep them relative to the store's folder, so a cache folder moved or
+    renamed, or a command run from elsewhere, still finds them. Rows written before
+    that kept absolute or working-directory paths: their part from ``heads/``,
+    ``finetune/`` or ``reports/`` on is looked up in ``folder`` too."""
+    path = Path(value)
+    for k, part in enumerate(path.parts):
+        if part in STORED_FOLDERS:
+            return Path(folder).joinpath(*path.parts[k:])
+    return path if path.is_absolute() else Path(folder) / path
