@@ -29,7 +29,7 @@ def test_grid_rows_follow_the_contract(tmp_path):
         assert all(k in row for k in RESULT_KEYS)
         assert row["method"] == "off-the-shelf" and row["split"] == "test"
         assert row["top1"] >= 0.9 and row["n_test"] == 6 and row["n_train"] == 48
-        pipeline = joblib.load(row["head_path"])
+        pipeline = joblib.load(folder / row["head_path"])  # relative to the store
         assert list(pipeline.classes_) == ["baroque", "cubism", "gothic"]
         # chosen on validation, and the stored head is the chosen one
         [(name, value)] = row["tuned"].items()
@@ -137,7 +137,7 @@ def test_combined_backbones_concatenate_on_shared_ids(tmp_path):
                                                     backbones="resnet18+vgg19"),
                      warn=lambda m: None)
     assert row["backbone"] == "resnet18+vgg19" and row["weights"] == "random+random"
-    assert row["feature_dim"] == 64 and joblib.load(row["head_path"]).n_features_in_ == 64
+    assert row["feature_dim"] == 64 and joblib.load(folder / row["head_path"]).n_features_in_ == 64
     assert row["n_test"] + row["n_val"] + row["n_train"] == 30  # only the ids both files hold
     assert row["top1"] >= 0.9 and "resnet18__random.h5 + " in row["features"]
 
@@ -179,8 +179,8 @@ def test_ensemble_averages_member_probabilities(tmp_path):
     ids, labels = split.select("test")
     total = 0
     for member in members:
-        data = read_features(member["features"])
-        pipeline = joblib.load(member["head_path"])
+        data = read_features(folder / member["features"])
+        pipeline = joblib.load(folder / member["head_path"])
         total = total + class_scores(pipeline, data.X[[data.ids.index(i) for i in ids]])
     predicted = pipeline.classes_[np.argmax(total, axis=1)]
     assert ensemble["top1"] == pytest.approx(np.mean(predicted == np.array(labels)))
@@ -231,7 +231,7 @@ def test_multi_label_task_scored_by_map_with_every_head(tmp_path):
         low, high = row["mAP_ci"]
         assert low <= row["mAP"] <= high and high > low
         assert row["top1_ci"][0] <= row["top1"] <= row["top1_ci"][1]
-        pipeline = joblib.load(row["head_path"])
+        pipeline = joblib.load(folder / row["head_path"])  # relative to the store
         assert type(pipeline[-1]).__name__ == "OneVsRestClassifier"
         stored = load_test_scores(folder, row)  # for the table's paired test
         assert len(stored["truth"]) == row["n_test"] and len(stored["map_resamples"]) == 1000
@@ -266,8 +266,8 @@ def test_multi_label_ensemble_averages_each_labels_probability(tmp_path):
         members = [r for r in rows if r["method"] == "off-the-shelf" and r["head"] == head]
         total = 0
         for member in members:
-            data = read_features(member["features"])
-            pipeline = joblib.load(member["head_path"])
+            data = read_features(folder / member["features"])
+            pipeline = joblib.load(folder / member["head_path"])
             X = data.X[[data.ids.index(i) for i in ids]]
             # svm has no probabilities: each label's sigmoid of its decision score
             total = total + (pipeline.predict_proba(X) if head == "logreg"
