@@ -27,3 +27,11 @@ def run_script(tmp_path):
     return run
 
 
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _remembered_hashes(tmp_path_factory):
+    """Weights digests are remembered in a file of the session's, not the user's cache."""
+    import os
+
+    os.environ["FEATBANK_HASHES"] = str(tmp_path_factory.mktemp("hashes") / "sha256.json")

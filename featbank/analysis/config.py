@@ -8,7 +8,7 @@ from featbank.core.errors import BadInput, MissingFile
 from featbank.core.settings import at_least, check_device_name, check_workers, one_of, runtime
 from featbank.data.tasks import SplitSpec
 from featbank.heads.registry import linear_heads
-from featbank.models.registry import check_names
+from featbank.models.registry import check_names, parse_weights_filter
 
 
 def _one_backbone(name: str) -> str:
@@ -24,7 +24,8 @@ class RetrieveConfig:
 
     backbone: str
     task: str | None = None  # None only with queries
-    weights: str = "all"  # imagenet | random | sha256:<prefix>; all = the only file there is
+    # imagenet | random | sha256:<prefix> | a weights file; all = the only file there is
+    weights: str = "all"
     k: int = 10
     queries: list[str] = field(default_factory=list)  # image files to look up instead
     weights_file: str | None = runtime(None)  # the weights file, when the cache lost its path
@@ -36,6 +37,7 @@ class RetrieveConfig:
 
     def __post_init__(self):
         _one_backbone(self.backbone)
+        self.weights = parse_weights_filter(self.weights)
         at_least("--k", self.k, 1)
         at_least("--sheet", self.sheet, 0)
         check_device_name(self.device)
@@ -79,6 +81,7 @@ class MapConfig:
 
     def __post_init__(self):
         _one_backbone(self.backbone)
+        self.weights = parse_weights_filter(self.weights)
         one_of("--method", self.method, MAP_METHODS)
         at_least("--max-points", self.max_points, 10)
         at_least("--seed", self.seed, 0)
@@ -98,6 +101,7 @@ class ExportConfig:
 
     def __post_init__(self):
         _one_backbone(self.backbone)
+        self.weights = parse_weights_filter(self.weights)
         one_of("--format", self.format, EXPORT_FORMATS)
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from featbank.core.settings import at_least, fraction, identity, runtime, seeded_repeats
 from featbank.data.tasks import SplitSpec
 from featbank.heads.registry import HeadOptions, resolve_heads
-from featbank.models.registry import parse_selection
+from featbank.models.registry import parse_selection, parse_weights_filter
 
 
 @dataclass
@@ -18,7 +18,8 @@ class ClassifyConfig:
     heads: str = runtime("all")
     # "all", or comma-separated sources: a backbone, or files joined "A@W+B@W" (concatenated)
     backbones: str = runtime("all")
-    weights: str = runtime("all")  # imagenet | random | sha256:... prefix | all
+    # imagenet | random | sha256:... prefix | a weights file | all
+    weights: str = runtime("all")
     tasks: str = runtime("all")
     cache_root: str = runtime("cache")
     split: SplitSpec = field(default_factory=SplitSpec)
@@ -34,6 +35,7 @@ class ClassifyConfig:
     def __post_init__(self):
         resolve_heads(self.heads)
         parse_selection(self.backbones)
+        self.weights = parse_weights_filter(self.weights)
         at_least("--seed", self.split.seed, 0)
         fraction("--train-fraction", self.train_fraction)
         at_least("--jobs", self.jobs, 1)

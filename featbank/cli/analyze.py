@@ -54,7 +54,8 @@ def _features_options(parser, d, *, task_required: bool | None) -> None:
     parser.add_argument("--backbone", required=True,
                         help=f"one of {', '.join(available_backbones())}")
     parser.add_argument("--weights", default="all",
-                        help="imagenet, random or sha256:<prefix> (default: the only feature "
+                        help="imagenet, random, sha256:<prefix> or the weights file extract.py "
+                             "was given (default: the only feature "
                              "file of the backbone)")
     if task_required is not None:
         parser.add_argument("--task", required=task_required, default=None,

@@ -38,7 +38,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                              "concatenates two feature files (W: imagenet, random or a sha256 "
                              "prefix) (default: all)")
     parser.add_argument("--weights", default=d["weights"],
-                        help="imagenet, random, sha256:<prefix> or all (default: all)")
+                        help="imagenet, random, sha256:<prefix>, the weights file extract.py was "
+                             "given, or all (default: all)")
     parser.add_argument("--task", default=d["tasks"], help="label column(s) or all (default: all)")
     add_options(parser, "cache", "collection", "split", "seed", defaults=d)
     parser.add_argument("--normalize", default="standard", choices=NORMALIZATIONS,

@@ -11,14 +11,13 @@ torch side (building, loading, freezing trunks) is :mod:`featbank.models.trunks`
 """
 from __future__ import annotations
 
-import hashlib
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from featbank.core.errors import BadInput, MissingFile
+from featbank.core.hashing import file_sha256
 from featbank.data.preprocess import Preprocess
 
 RANDOM_SEED = 0
@@ -217,14 +216,6 @@ def resolve_names(names: str | list[str]) -> list[str]:
     return names
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def weights_id(weights: str, *, option: str = "--weights") -> str:
     """Provenance of the weights: ``imagenet``, ``random``, or ``sha256:<hex>`` of the file."""
     if weights in ("imagenet", "random"):
@@ -242,15 +233,23 @@ Part = tuple[str, "str | None"]  # (backbone, weights filter or None)
 
 
 def parse_weights_filter(text: str) -> str:
-    """``imagenet``, ``random``, ``sha256:<hex prefix>`` or a bare hex prefix -> a filter."""
+    """Which feature files ``--weights`` picks, as ``extract.py --weights`` named them:
+    ``imagenet``, ``random``, ``all``, a sha256 prefix (``sha256:6701bb3d0ded`` or bare
+    hex), or the weights file itself (or a fine-tuning run folder, for its trunk),
+    which stands for its sha256."""
     text = text.strip()
     if text in ("imagenet", "random", "all"):
         return text
+    path = Path(text)
+    if path.is_dir() and (path / "trunk.pth").is_file():
+        path = path / "trunk.pth"
+    if path.is_file():
+        return "sha256:" + file_sha256(path)
     digits = text.removeprefix("sha256:")
     if re.fullmatch(r"[0-9a-fA-F]{4,64}", digits):
         return "sha256:" + digits.lower()
-    raise BadInput(f"weights {text!r}: use imagenet, random or a sha256 prefix "
-                     "(sha256:6701bb3d0ded)")
+    raise BadInput(f"weights {text!r}: use imagenet, random, a sha256 prefix "
+                   "(sha256:6701bb3d0ded) or the weights file extract.py was given")
 
 
 def parse_selection(text: str) -> list[tuple[Part, ...]]:

@@ -23,6 +23,7 @@ from torch import nn
 
 from featbank.core.errors import BadInput, MissingFile
 from featbank.core.fileio import atomic_path, first_line
+from featbank.core.hashing import file_sha256
 from featbank.models.registry import RANDOM_SEED, BackboneSpec, weights_id
 from featbank.store.provenance import weights_label
 
@@ -82,8 +83,33 @@ def resolve_weights(spec: BackboneSpec, weights: str, *, option: str = "--weight
         raise BadInput(f"{spec.name} has no published ImageNet weights; use {option} PATH "
                          "(a state_dict) or random")
     url = _checkpoint_url(spec)
+    published = _published_hash(url)
+    if published:
+        check_pinned_file(spec, cached_checkpoint(url), published, option=option)
+    return Weights(wid, spec.imagenet.exact, f"sha256:{published}" if published else None)
+
+
+def _published_hash(url: str | None) -> str | None:
+    """The sha256 prefix a publisher puts in a checkpoint's file name (``-b8a52dc0.pth``)."""
     match = torch.hub.HASH_REGEX.search(url.rsplit("/", 1)[-1]) if url else None
-    return Weights(wid, spec.imagenet.exact, f"sha256:{match.group(1)}" if match else None)
+    return match.group(1) if match else None
+
+
+def check_pinned_file(spec: BackboneSpec, path: Path, published: str, *,
+                      option: str = "--weights") -> None:
+    """Refuse a file at a pinned checkpoint's name whose bytes are not that checkpoint's.
+
+    torch.hub checks the hash when it downloads; a file copied there by hand is not
+    checked, and rows made with it would be labelled with weights they are not.
+    """
+    if not path.is_file():
+        return
+    found = file_sha256(path)
+    if not found.startswith(published):
+        raise BadInput(
+            f"{path} has the name of {spec.imagenet.exact} (sha256 {published}...) but its "
+            f"sha256 is {found[:12]}...: it is another file. Delete it (featbank downloads the "
+            f"published file when it can), or use it as what it is with {option} {path}")
 
 
 def _checkpoint_url(spec: BackboneSpec) -> str | None:
@@ -176,6 +202,7 @@ def _fetch(spec: BackboneSpec, url: str, *, option: str, progress: bool) -> Path
     """
     path = cached_checkpoint(url)
     if path.is_file():
+        check_pinned_file(spec, path, _published_hash(url) or "", option=option)
         return path
     match = torch.hub.HASH_REGEX.search(path.name)
     try:

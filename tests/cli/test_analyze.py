@@ -160,3 +160,27 @@ def test_heritage_layers_top_images_and_saliency_of_a_fine_tuned_squeezenet(run_
     maps = report("saliency", "--run", run, "--method", "gradcam", "--n", "8", "--sanity")
     assert maps["n_images"] == 8 and maps["sanity_rank_correlation"] < 0.9
     assert all(open(i["overlay"], "rb").read(4) == b"\x89PNG" for i in maps["images"])
+
+
+@needs_heritage
+@needs_squeezenet
+def test_weights_path_means_the_same_in_every_script(run_script, tmp_path):
+    """The --weights PATH extract.py took picks its features in classify.py and analyze.py."""
+    images = tmp_path / "few"
+    for cls in ("altar", "apse", "column"):
+        for k, path in enumerate(sorted((HERITAGE / "test" / cls).iterdir())[:12]):
+            (images / cls).mkdir(parents=True, exist_ok=True)
+            (images / cls / path.name).write_bytes(path.read_bytes())
+    for weights in (SQUEEZENET, "random"):
+        result = run_script("extract.py", "--backbone", "squeezenet1_1", "--weights", weights,
+                            "--images", images, "--no-progress", "--workers", "0")
+        assert result.returncode == 0, result.stderr
+    result = run_script("classify.py", "--head", "logreg", "--weights", SQUEEZENET,
+                        "--min-per-class", "3", "--collection", "few")
+    assert result.returncode == 0, result.stderr
+    assert "sha256:6701bb3d0ded" in result.stdout and "| random |" not in result.stdout
+    result = run_script("analyze.py", "retrieve", "--backbone", "squeezenet1_1", "--task",
+                        "label", "--weights", SQUEEZENET, "--min-per-class", "3",
+                        "--collection", "few", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert "(sha256:6701bb3d0ded)" in result.stdout

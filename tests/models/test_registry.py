@@ -1,4 +1,5 @@
 import shutil
+from pathlib import Path
 import subprocess
 import sys
 
@@ -152,16 +153,29 @@ def test_offline_imagenet_names_the_file_and_alternatives(tmp_path, monkeypatch,
     assert not list(tmp_path.rglob("*.pth*"))  # no partial download left behind
 
 
+def _pin(monkeypatch, content: bytes, tmp_path) -> Path:
+    """Pretend torchvision publishes ``content``: its URL carries that file's sha256 prefix
+    (no real torchvision file is on these machines), and torch's cache holds it."""
+    import hashlib
+
+    import featbank.models.trunks as trunks
+
+    prefix = hashlib.sha256(content).hexdigest()[:8]
+    url = f"https://download.pytorch.org/models/squeezenet1_1-{prefix}.pth"
+    monkeypatch.setattr(trunks, "_checkpoint_url", lambda spec: url)
+    target = cached_checkpoint(url)
+    assert target == tmp_path / "hub" / "checkpoints" / f"squeezenet1_1-{prefix}.pth"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(content)
+    return target
+
+
 @needs_squeezenet
 def test_cached_imagenet_file_loads_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     _offline(monkeypatch)
     spec = get_spec("squeezenet1_1")
-    url = "https://download.pytorch.org/models/squeezenet1_1-b8a52dc0.pth"
-    target = cached_checkpoint(url)
-    assert target == tmp_path / "hub" / "checkpoints" / "squeezenet1_1-b8a52dc0.pth"
-    target.parent.mkdir(parents=True)
-    shutil.copy(SQUEEZENET, target)  # trunk-only: the classifier keys may be absent
+    _pin(monkeypatch, SQUEEZENET.read_bytes(), tmp_path)  # trunk-only: no classifier keys
     trunk = load_trunk(spec, "imagenet")
     expected = load_trunk(spec, str(SQUEEZENET))
     assert all(torch.equal(a, b) for a, b in zip(trunk.state_dict().values(),
@@ -172,14 +186,23 @@ def test_cached_imagenet_file_loads_offline(tmp_path, monkeypatch):
 def test_truncated_cached_file_is_named_in_one_line(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     _offline(monkeypatch)
-    target = tmp_path / "hub" / "checkpoints" / "squeezenet1_1-b8a52dc0.pth"
-    target.parent.mkdir(parents=True)
-    target.write_bytes(SQUEEZENET.read_bytes()[:100_000])
-    with pytest.raises(ValueError, match=r"squeezenet1_1-b8a52dc0\.pth is not a readable.*"
+    # a file the real download's hash would not match is refused by that hash first
+    wrong = tmp_path / "hub" / "checkpoints" / "squeezenet1_1-b8a52dc0.pth"
+    wrong.parent.mkdir(parents=True)
+    wrong.write_bytes(SQUEEZENET.read_bytes()[:100_000])
+    with pytest.raises(ValueError, match=r"squeezenet1_1-b8a52dc0\.pth has the name of .*"
+                                         r"it is another file\. Delete it"):
+        load_trunk(get_spec("squeezenet1_1"), "imagenet")
+    # one whose hash matches but that does not load is named too
+    target = _pin(monkeypatch, SQUEEZENET.read_bytes()[:100_000], tmp_path)
+    with pytest.raises(ValueError, match=rf"{target.name} is not a readable.*"
                                          r"weights cache: delete it"):
         load_trunk(get_spec("squeezenet1_1"), "imagenet")
-    torch.save({"features.0.weight": torch.zeros(1)}, target)  # keys missing
-    with pytest.raises(ValueError, match=r"squeezenet1_1-b8a52dc0\.pth does not fit squeezenet1_1"):
+    import io
+    buffer = io.BytesIO()
+    torch.save({"features.0.weight": torch.zeros(1)}, buffer)  # keys missing
+    target = _pin(monkeypatch, buffer.getvalue(), tmp_path)
+    with pytest.raises(ValueError, match=rf"{target.name} does not fit squeezenet1_1"):
         load_trunk(get_spec("squeezenet1_1"), "imagenet")
 
 
