@@ -1,7 +1,6 @@
 """The docs hold: every command the README shows runs as written unless it is marked
 ``# template``; every script command in docs/ parses with that script's options; the
 notebook example runs and gives the table as a DataFrame."""
-import os
 import re
 import runpy
 import shlex

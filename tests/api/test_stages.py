@@ -58,6 +58,6 @@ def test_classify_then_results_table_as_a_dataframe(tmp_path):
     table = fb.results_table(cache=cache)
     assert list(table.columns) == ["logreg", "knn"]  # the registry's order
     assert len(table) == 2 and table.notna().all().all()
-    key = table.index[0]
+    table.index[0]
     assert set(table.attrs["spread"]) == {(k, c) for k in table.index for c in table.columns}
     assert all(column in ("logreg", "knn") for _, column in table.attrs["bold"])
