@@ -27,7 +27,6 @@ machine without CUDA it says so, and measures the loader and the CPU path on a
 few images.
 """
 import argparse
-import contextlib
 import faulthandler
 import os
 import tempfile
@@ -41,15 +40,9 @@ from PIL import Image
 
 from featbank.core.settings import default_workers
 from featbank.data.collection import Collection, from_folder
-from featbank.extraction import devicedecode
 from featbank.extraction.devicedecode import JPEG_DECODERS, jpeg_decoder
-from featbank.extraction.engine import (
-    ExtractConfig,
-    _batches_on_device,
-    _collate,
-    _Images,
-    extract,
-)
+from featbank.extraction.engine import ExtractConfig, extract
+from featbank.extraction.loader import Images, batches_on_device, collate
 from featbank.models.inference import TrunkRunner
 from featbank.models.registry import get_spec
 from featbank.models.trunks import load_trunk
@@ -88,9 +81,9 @@ def _loader(collection: Collection, *, batch_size: int, workers: int, jpeg_bytes
             pin: bool = False):
     pre = get_spec("resnet50").preprocess
     paths = [collection.path(i) for i in collection.ids]
-    loader = torch.utils.data.DataLoader(_Images(paths, [pre], jpeg_bytes=jpeg_bytes),
+    loader = torch.utils.data.DataLoader(Images(paths, [pre], jpeg_bytes=jpeg_bytes),
                                          batch_size=batch_size, num_workers=workers,
-                                         collate_fn=_collate, pin_memory=pin)
+                                         collate_fn=collate, pin_memory=pin)
     return loader, [pre], paths
 
 
@@ -122,7 +115,7 @@ def decode_rate(collection: Collection, device: torch.device, *, batch_size: int
     """img/s of extraction's own device decoding (nvJPEG + resize, a batch ahead), no model."""
     loader, pres, paths = _loader(collection, batch_size=batch_size, workers=workers,
                                   jpeg_bytes=True, pin=True)
-    batches = _batches_on_device(loader, pres, device, paths, decode_ahead=True, decoder=decoder)
+    batches = batches_on_device(loader, pres, device, paths, decode_ahead=True, decoder=decoder)
     return _rate((batch for batch, _, _ in batches), cuda=True)
 
 
@@ -144,7 +137,7 @@ def end_to_end(collection: Collection, *, batch_size: int, workers: int, device:
                precision: str, decode: str = "device",
                jpeg_decoder: str = "auto") -> tuple[float, float, float | None]:
     """(img/s from the first batch to the committed file, img/s of the whole call,
-    share of the images decoded by Pillow with ``decode="device"``).
+    share of the images decoded by Pillow with ``decode="device+pillow"``).
 
     A first extraction of a few batches warms up what a long run pays once
     (CUDA context, cuDNN plans, the nvJPEG decoder, the autocast check).
@@ -227,10 +220,11 @@ def main():
             decode = decode_rate(collection, device, batch_size=args.batch_size,
                                  workers=args.workers, decoder=decoder)
             print(f"{'decode only, ' + decoder:<28}{decode:>10.0f} img/s", flush=True)
-            with _no_pillow_share():  # first without Pillow's share: nvJPEG alone
-                alone, wall, _ = end_to_end(collection, **run, jpeg_decoder=decoder)
+            alone, wall, _ = end_to_end(collection, **{**run, "decode": "device"},
+                                        jpeg_decoder=decoder)
             _print_end_to_end(f"end to end, {decoder} alone", alone, wall, forward)
-            fast, wall, pillow = end_to_end(collection, **run, jpeg_decoder=decoder)
+            fast, wall, pillow = end_to_end(collection, **{**run, "decode": "device+pillow"},
+                                            jpeg_decoder=decoder)
             _print_end_to_end(f"end to end, {decoder} + Pillow {pillow:.0%}", fast, wall, forward)
 
 
@@ -250,18 +244,6 @@ def _decoders(choice: str) -> list[str]:
 def _print_end_to_end(what: str, rate: float, wall: float, forward: float) -> None:
     print(f"{what:<36}{rate:>10.0f} img/s   ({wall:.0f} img/s counting worker start and "
           f"model load); ratio end to end / forward only: {rate / forward:.2f}", flush=True)
-
-
-@contextlib.contextmanager
-def _no_pillow_share():
-    """Extraction with every JPEG to nvJPEG (``DecoderBalance`` reads these two in the
-    main process, when it starts and when it re-balances)."""
-    saved = devicedecode.FIRST_PILLOW_SHARE, devicedecode.MAX_PILLOW_SHARE
-    devicedecode.FIRST_PILLOW_SHARE = devicedecode.MAX_PILLOW_SHARE = 0.0
-    try:
-        yield
-    finally:
-        devicedecode.FIRST_PILLOW_SHARE, devicedecode.MAX_PILLOW_SHARE = saved
 
 
 if __name__ == "__main__":

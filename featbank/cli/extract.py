@@ -50,9 +50,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                              "features stay within 1%% of fp32, else fp32 (default: auto)")
     parser.add_argument("--decode", default=d["decode"], choices=DECODES,
                         help="where images are decoded: cpu = Pillow in the worker processes; "
-                             "device = JPEGs by nvJPEG on the GPU, a share of them by Pillow "
-                             "when the workers have time (experimental, see docs/gpu.md); "
-                             "auto = cpu for now (default: auto)")
+                             "device = the JPEGs nvJPEG takes on the GPU, the rest by Pillow; "
+                             "device+pillow = besides, Pillow takes the share of the JPEGs the "
+                             "workers have time for, so which decoder made a row follows "
+                             "timing (experimental, see docs/gpu.md); auto = cpu for now "
+                             "(default: auto)")
     parser.add_argument("--jpeg-decoder", default=d["jpeg_decoder"],
                         choices=JPEG_DECODERS,
                         help="with --decode device, the library that calls nvJPEG: auto = "
@@ -68,6 +70,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ray-actors", type=int, default=None,
                         help="trunk actors for --engine ray (default: one per GPU in the "
                              "cluster, one if it has none)")
+    parser.add_argument("--force-new", action="store_true",
+                        help="when a feature file's rows were made otherwise (weights, "
+                             "preprocessing, decoding, precision, storage, library release), "
+                             "keep it in features/replaced/ and start a new one, instead of "
+                             "stopping")
     add_options(parser, "no-progress", defaults=d)
     return parser
 
@@ -79,7 +86,8 @@ def main(argv=None) -> None:
                       workers=args.workers, device=args.device, dtype=args.dtype,
                       precision=args.precision, decode=args.decode,
                       jpeg_decoder=args.jpeg_decoder, engine=args.engine,
-                      ray_address=args.ray_address, ray_actors=args.ray_actors)
+                      ray_address=args.ray_address, ray_actors=args.ray_actors,
+                      force_new=args.force_new)
     for report in reports:
         print(f"{report.backbone}: {report.n_rows} rows ({report.n_new} new, "
               f"{report.n_skipped} undecodable) -> {report.path} [{report.seconds:.1f} s]")

@@ -10,7 +10,7 @@ from featbank.models.registry import check_names
 # The choices of each option, offered by the command line and checked here.
 DTYPES = ("float32", "float16")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-DECODES = ("auto", "cpu", "device")
+DECODES = ("auto", "cpu", "device", "device+pillow")
 JPEG_DECODERS = ("auto", "torchcodec", "torchvision")
 ENGINES = ("local", "ray")
 
@@ -26,9 +26,11 @@ class ExtractConfig:
     device: str = runtime("auto")
     dtype: str = "float32"
     precision: str = "auto"
-    # cpu: Pillow in the DataLoader workers; device: nvJPEG on the GPU for the JPEGs
-    # Pillow has no time for (devicedecode.DecoderBalance), the rest by Pillow.
-    # auto = cpu for now (see extraction.engine._device_decoder).
+    # cpu: Pillow in the DataLoader workers; device: nvJPEG on the GPU for the JPEGs it
+    # takes, Pillow for the rest; device+pillow: besides, Pillow takes the share of the
+    # JPEGs the workers have time for (devicedecode.DecoderBalance), so which decoder
+    # made a row follows timing. auto = cpu for now (see engine._device_decoder).
+    # Recorded in the file's provenance (``decode``), like the precision.
     decode: str = runtime("auto")
     # With --decode device, the library that calls nvJPEG: auto = torchcodec when it
     # imports, else torchvision (devicedecode.jpeg_decoder).
@@ -37,6 +39,9 @@ class ExtractConfig:
     ray_address: str | None = runtime(None)  # None: RAY_ADDRESS, else a local Ray
     ray_actors: int | None = runtime(None)  # trunk actors; None: one per GPU, else one
     progress: bool = runtime(True)
+    # A file whose rows were made otherwise (provenance) is set aside in features/replaced/
+    # and a new one started, instead of the run being refused.
+    force_new: bool = runtime(False)
 
     def __post_init__(self):
         self.backbones = check_names(self.backbones)
@@ -47,12 +52,12 @@ class ExtractConfig:
         one_of("--precision", self.precision, PRECISIONS)
         one_of("--decode", self.decode, DECODES)
         one_of("--jpeg-decoder", self.jpeg_decoder, JPEG_DECODERS)
-        if self.jpeg_decoder != "auto" and self.decode != "device":
+        if self.jpeg_decoder != "auto" and not self.decode.startswith("device"):
             raise BadInput("--jpeg-decoder chooses nvJPEG's library for --decode device; "
                              f"it has no use with --decode {self.decode}")
         one_of("--engine", self.engine, ENGINES)
         if self.ray_actors is not None:
             at_least("--ray-actors", self.ray_actors, 1)
-        if self.engine == "ray" and self.decode == "device":
+        if self.engine == "ray" and self.decode.startswith("device"):
             raise BadInput("--decode device is for --engine local; the Ray engine decodes "
                              "with Pillow in its tasks")

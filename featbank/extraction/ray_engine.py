@@ -24,8 +24,8 @@ import torch
 from featbank.core.errors import BadInput
 from featbank.data.images import decode_views, min_decode_size
 from featbank.models.inference import (
+    AUTOCAST,
     TrunkRunner,
-    autocast_dtype,
     backbone_share,
     resolve_device,
     shared_views,
@@ -57,7 +57,8 @@ def run_ray(collection, pending: list[str], specs, files, todo, config) -> None:
                .map_batches(_Trunks, fn_constructor_kwargs={
                                 "names": [s.name for s in specs], "weights": config.weights,
                                 "device": config.device if gpus else "cpu",
-                                "precision": config.precision},
+                                # the files' provenance, settled by the driver (extract)
+                                "made": {s.name: _made(files[s.name]) for s in specs}},
                             compute=ray.data.ActorPoolStrategy(size=actors),
                             num_gpus=1 if gpus else 0, num_cpus=cpus_per_actor,
                             batch_size=config.batch_size,
@@ -88,15 +89,29 @@ def _decode(batch: dict[str, np.ndarray], pres: list) -> dict[str, np.ndarray]:
     return out
 
 
-class _Trunks:
-    """Ray Data actor: every backbone's trunk, loaded once; views in, features out."""
+def _made(out) -> dict:
+    """How a file's rows are computed, which every actor must follow: its precision (checked
+    against fp32 only while the file has no rows) and whether TF32 is on."""
+    return {"precision": out.attrs["precision"], "tf32": bool(out.attrs["tf32"]),
+            "check": not out.stored_attrs()}
 
-    def __init__(self, names: list[str], weights: str, device: str, precision: str):
+
+class _Trunks:
+    """Ray Data actor: every backbone's trunk, loaded once; views in, features out.
+
+    Each trunk computes in its file's recorded precision (an autocast that strays from
+    fp32 is refused, not replaced: other actors may have used it), with TF32 as recorded.
+    """
+
+    def __init__(self, names: list[str], weights: str, device: str, made: dict):
         specs = [get_spec(name) for name in names]
         _, self.view_of = shared_views(specs)
         target = resolve_device(device)
-        autocast = autocast_dtype(precision, target)
-        self.runners = {s.name: TrunkRunner(s, load_trunk(s, weights, progress=False), target, autocast)
+        tf32 = any(m["tf32"] for m in made.values())
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
+        self.runners = {s.name: TrunkRunner(s, load_trunk(s, weights, progress=False), target,
+                                            AUTOCAST[made[s.name]["precision"]],
+                                            check=made[s.name]["check"], fallback=False)
                         for s in specs}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -37,15 +37,31 @@ def resolve_workers(workers: int | None, device: torch.device) -> int:
     return default_workers(device.type) if workers is None else workers
 
 
+AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    choices = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+    """The autocast dtype ``--precision`` means on ``device`` (None: fp32). ``auto`` is
+    bf16 (fp16 without bf16) on a GPU and fp32 on a CPU."""
+    return AUTOCAST[resolve_precision(precision, device)]
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``fp32``, ``bf16`` or ``fp16``: what ``--precision`` means on ``device``."""
     if precision == "auto":
         if device.type != "cuda":
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if precision not in choices:
+            return "fp32"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if precision not in AUTOCAST:
         raise BadInput(f"unknown precision {precision!r}; use auto, fp32, bf16 or fp16")
-    return choices[precision]
+    return precision
+
+
+def tf32_in_use(device: torch.device) -> bool:
+    """Whether fp32 convolutions and matmuls may run as TF32 on ``device`` (cuDNN's and
+    cuBLAS's switches; on a CPU, never)."""
+    return device.type == "cuda" and bool(torch.backends.cudnn.allow_tf32
+                                          or torch.backends.cuda.matmul.allow_tf32)
 
 
 def training_autocast(device: torch.device):
@@ -56,15 +72,27 @@ def training_autocast(device: torch.device):
 
 
 class TrunkRunner:
-    """One frozen trunk on its device, with the autocast decision made on its first batch."""
+    """One frozen trunk on its device, with the autocast decision made on its first batch.
+
+    ``check``: compare the first batch's autocast features with fp32 and keep autocast
+    only within ``AUTOCAST_TOLERANCE``; past it, fall back to fp32 (``fallback``) or
+    refuse (where the precision is already recorded, e.g. by the Ray driver).
+    :attr:`precision` says what the rows were made with.
+    """
 
     def __init__(self, spec: BackboneSpec, trunk: torch.nn.Module, device: torch.device,
-                 autocast: torch.dtype | None):
+                 autocast: torch.dtype | None, *, check: bool = True, fallback: bool = True):
         self.spec, self.device, self.autocast = spec, device, autocast
         self.trunk = trunk.to(device)
         if device.type == "cuda":
             self.trunk = self.trunk.to(memory_format=torch.channels_last)
-        self.checked = autocast is None
+        self.checked = autocast is None or not check
+        self.fallback = fallback
+
+    @property
+    def precision(self) -> str:
+        """``fp32``, ``bf16`` or ``fp16``: what this runner's features are computed in."""
+        return next(name for name, dtype in AUTOCAST.items() if dtype == self.autocast)
 
     @torch.inference_mode()
     def submit(self, pixels: torch.Tensor) -> Callable[[], np.ndarray]:
@@ -104,8 +132,11 @@ class TrunkRunner:
         with torch.autocast(self.device.type, dtype=self.autocast):
             fast = self.trunk(x).float()
         error = ((fast - reference).norm(dim=1) / reference.norm(dim=1).clamp_min(1e-12)).max()
+        if error > AUTOCAST_TOLERANCE and not self.fallback:
+            raise BadInput(f"{self.spec.name}: {self.precision} features differ from fp32 by "
+                           f"{error:.2e} (> {AUTOCAST_TOLERANCE}); use --precision fp32")
         if error > AUTOCAST_TOLERANCE:
-            tqdm.write(f"{self.spec.name}: {self.autocast} features differ from fp32 by "
+            tqdm.write(f"{self.spec.name}: {self.precision} features differ from fp32 by "
                        f"{error:.2e} (> {AUTOCAST_TOLERANCE}); using fp32")
             self.autocast = None
         self.checked = True

@@ -7,9 +7,12 @@ The attributes of a feature file (the contract in docs/design.md): ``backbone``,
 ``weights_source`` (a weights file's path when extracted, else empty),
 ``weights_label`` (what tables show), ``input_size``, ``mean``, ``std``,
 ``resize``, ``crop_pct``, ``interpolation``, ``dtype``, ``collection``,
-``featbank_version``, ``torch_version``, ``torchvision_version``, ``created``.
-Rows from two runs share a file only when every :data:`PROVENANCE_KEYS`
-attribute agrees.
+``featbank_version``, ``torch_version``, ``torchvision_version``, ``created``,
+and how the rows were computed: ``decode`` (``pillow``, ``nvjpeg:<library>``,
+or ``nvjpeg+pillow:<library>`` when Pillow took a share of the JPEGs),
+``precision`` (``fp32``, ``bf16``, ``fp16``), ``tf32``, ``torch_release`` and
+``torchvision_release`` (major.minor). Rows from two runs share a file only
+when every :data:`PROVENANCE_KEYS` attribute agrees.
 """
 from __future__ import annotations
 
@@ -26,7 +29,10 @@ from featbank.core.version import __version__
 
 # Attributes that must agree before rows from two runs may share a file.
 PROVENANCE_KEYS = ("backbone", "feature_dim", "weights", "weights_exact", "input_size", "mean",
-                   "std", "resize", "crop_pct", "interpolation", "dtype")
+                   "std", "resize", "crop_pct", "interpolation", "dtype", "decode", "precision",
+                   "tf32", "torch_release", "torchvision_release")
+# Keys files written before them do not record: such a file takes the first run's values.
+LATER_KEYS = ("decode", "precision", "tf32", "torch_release", "torchvision_release")
 
 
 def feature_path(cache_root: str | os.PathLike, collection: str, backbone: str,
@@ -40,17 +46,26 @@ def feature_path(cache_root: str | os.PathLike, collection: str, backbone: str,
 
 
 def file_attrs(*, backbone: str, feature_dim: int, preprocess: dict, weights: dict,
-               dtype: str, collection: str) -> dict:
+               dtype: str, collection: str, decode: str = "pillow", precision: str = "fp32",
+               tf32: bool = False) -> dict:
     """The attributes of a new feature file.
 
-    preprocess : ``Preprocess.attrs()``; weights : ``Weights.attrs()`` (id, exact, hash).
+    preprocess : ``Preprocess.attrs()``; weights : ``Weights.attrs()`` (id, exact, hash);
+    decode, precision, tf32 : how the rows are computed (see the module docstring).
     """
     if dtype not in ("float32", "float16"):
         raise BadInput(f"unknown storage dtype {dtype!r}; use float32 or float16")
     return {"backbone": backbone, "feature_dim": feature_dim, **weights, **preprocess,
-            "dtype": dtype, "collection": collection, "featbank_version": __version__,
+            "dtype": dtype, "decode": decode, "precision": precision, "tf32": bool(tf32),
+            "collection": collection, "featbank_version": __version__,
             "torch_version": _version("torch"), "torchvision_version": _version("torchvision"),
+            "torch_release": _release("torch"), "torchvision_release": _release("torchvision"),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def _release(package: str) -> str:
+    """``2.14`` of ``2.14.1+cu130``: a release's features change with major.minor."""
+    return ".".join(_version(package).split("+")[0].split(".")[:2])
 
 
 def _version(package: str) -> str:
@@ -106,3 +121,15 @@ def same_attr(a, b) -> bool:
     if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
         return np.allclose(np.asarray(a, dtype=float), np.asarray(b, dtype=float))
     return a == b
+
+
+def provenance_conflict(stored: dict, wanted: dict) -> tuple[str, object, object] | None:
+    """The first :data:`PROVENANCE_KEYS` attribute (key, stored, wanted) on which rows
+    already made (``stored``) and a run's (``wanted``) differ; None when they agree."""
+    for key in PROVENANCE_KEYS:
+        was, now = provenance_value(stored, key), provenance_value(wanted, key)
+        if was is None and key in LATER_KEYS:
+            continue
+        if not same_attr(was, now):
+            return key, was, now
+    return None

@@ -28,6 +28,7 @@ import os
 import shutil
 import uuid
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import h5py
@@ -35,7 +36,7 @@ import numpy as np
 
 from featbank.core.errors import BadInput
 from featbank.core.fileio import atomic_path, atomic_write_json
-from featbank.store.provenance import PROVENANCE_KEYS, plain_attrs, provenance_value, same_attr
+from featbank.store.provenance import plain_attrs, provenance_conflict
 
 _STR = h5py.string_dtype("utf-8")
 
@@ -44,6 +45,8 @@ _CHUNK_ROWS = 1024
 
 
 MAX_SHARDS = 32
+# Where --force-new keeps a feature file it replaces: <features>/replaced/<time>/
+REPLACED = "replaced"
 
 
 class FeatureWriter:
@@ -59,8 +62,9 @@ class FeatureWriter:
         self._live: _LiveShard | None = None  # this run's rows, ready to become its shard
 
     # -- reading what is done -------------------------------------------------
-    def check_compatible(self) -> None:
-        """Refuse to mix rows made with other weights or preprocessing."""
+    def stored_attrs(self) -> list[tuple[Path, dict]]:
+        """What rows already made say about themselves: the main file's attributes and a
+        killed run's parts' (``provenance.json``), each with where it was read."""
         found = []
         if self.path.is_file():
             with h5py.File(self.path, "r") as f:
@@ -68,13 +72,34 @@ class FeatureWriter:
         provenance = self.parts / "provenance.json"
         if provenance.is_file():
             found.append((self.parts, json.loads(provenance.read_text())))
-        for where, attrs in found:
-            for key in PROVENANCE_KEYS:
-                if not same_attr(provenance_value(attrs, key), provenance_value(self.attrs, key)):
-                    raise BadInput(
-                        f"{where} was written with {key}={provenance_value(attrs, key)!r}, not "
-                        f"{provenance_value(self.attrs, key)!r}; delete it (or use another --cache) "
-                        "to re-extract")
+        return found
+
+    def check_compatible(self) -> None:
+        """Refuse to mix rows made otherwise (weights, preprocessing, decoding, precision,
+        storage, library releases) into one file, in one line naming the key."""
+        for where, attrs in self.stored_attrs():
+            conflict = provenance_conflict(attrs, self.attrs)
+            if conflict:
+                key, was, now = conflict
+                raise BadInput(
+                    f"{where} holds rows made with {key}={was!r}; this run would make them with "
+                    f"{key}={now!r}. Run with the settings the file was made with, or start a "
+                    f"new file with --force-new (the old one is kept in {REPLACED}/)")
+
+    def set_aside(self) -> Path | None:
+        """Move the file, its shards and a killed run's parts to ``replaced/<time>/`` beside
+        it (kept whole and readable, never deleted) so that a new file can start; returns
+        where they went, or None when there was nothing."""
+        present = [p for p in (self.path, self.shards, self.parts) if p.exists()]
+        if not present:
+            return None
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+        target = self.path.parent / REPLACED / stamp
+        target.mkdir(parents=True)
+        for path in present:  # relative shard paths stay valid: they move together
+            os.replace(path, target / path.name)
+        self._next_part, self._live = None, None
+        return target
 
     def done_ids(self) -> set[str]:
         """Ids already extracted or known to be undecodable (file and parts)."""

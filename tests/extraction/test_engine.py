@@ -176,25 +176,25 @@ def test_a_failed_extraction_leaves_no_feature_file(tmp_path, image_folder):
 
 
 def _loader(image_folder, *, jpeg_bytes, workers=0, balance=None):
-    from featbank.extraction.engine import _collate, _Images
+    from featbank.extraction.loader import Images, collate
     from featbank.models.registry import get_spec
 
     collection = from_folder(image_folder)
     paths = [collection.path(i) for i in collection.ids]
     pres = [get_spec("squeezenet1_1").preprocess]
-    dataset = _Images(paths, pres, jpeg_bytes=jpeg_bytes, balance=balance)
+    dataset = Images(paths, pres, jpeg_bytes=jpeg_bytes, balance=balance)
     loader = torch.utils.data.DataLoader(dataset, batch_size=5, num_workers=workers,
-                                         collate_fn=_collate)
+                                         collate_fn=collate)
     return loader, pres, paths
 
 
 def test_decoding_ahead_in_a_thread_keeps_the_batches_and_their_order(image_folder):
-    from featbank.extraction.engine import _batches_on_device
+    from featbank.extraction.loader import batches_on_device
 
     loader, pres, paths = _loader(image_folder, jpeg_bytes=True)
     cpu = torch.device("cpu")
-    inline = list(_batches_on_device(loader, pres, cpu, paths, decode_ahead=False))
-    ahead = list(_batches_on_device(loader, pres, cpu, paths, decode_ahead=True))
+    inline = list(batches_on_device(loader, pres, cpu, paths, decode_ahead=False))
+    ahead = list(batches_on_device(loader, pres, cpu, paths, decode_ahead=True))
     assert [b.index.tolist() for b, _, _ in ahead] == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9], [10, 11]]
     for (_, views, reasons), (_, same, why) in zip(ahead, inline):
         assert reasons == why and torch.equal(views[0], same[0])
@@ -202,17 +202,17 @@ def test_decoding_ahead_in_a_thread_keeps_the_batches_and_their_order(image_fold
 
 def test_a_failure_while_decoding_ahead_reaches_the_caller_after_the_batches_before(
         image_folder, monkeypatch):
-    import featbank.extraction.engine as extract_module
+    import featbank.extraction.loader as extract_module
 
-    real = extract_module._device_views
+    real = extract_module.device_views
 
     def failing(batch, *args):
         if batch.index[0] == 5:
             raise OSError("disk gone")
         return real(batch, *args)
-    monkeypatch.setattr(extract_module, "_device_views", failing)
+    monkeypatch.setattr(extract_module, "device_views", failing)
     loader, pres, paths = _loader(image_folder, jpeg_bytes=True)
-    batches = extract_module._batches_on_device(loader, pres, torch.device("cpu"), paths,
+    batches = extract_module.batches_on_device(loader, pres, torch.device("cpu"), paths,
                                                 decode_ahead=True)
     assert next(batches)[0].index.tolist() == [0, 1, 2, 3, 4]
     with pytest.raises(OSError, match="disk gone"):
@@ -245,16 +245,16 @@ def test_workers_send_the_balances_share_to_pillow_and_time_both_paths(image_fol
 
 def test_a_share_set_while_the_workers_run_reaches_them(image_folder):
     from featbank.extraction.devicedecode import DecoderBalance
-    from featbank.extraction.engine import _collate, _Images
+    from featbank.extraction.loader import Images, collate
     from featbank.models.registry import get_spec
 
     collection = from_folder(image_folder)
     balance = DecoderBalance(workers=1)
     balance.share.fill_(0.0)
-    dataset = _Images([collection.path(i) for i in collection.ids],
+    dataset = Images([collection.path(i) for i in collection.ids],
                       [get_spec("squeezenet1_1").preprocess], jpeg_bytes=True, balance=balance)
     loader = iter(torch.utils.data.DataLoader(dataset, batch_size=2, num_workers=1,
-                                              prefetch_factor=2, collate_fn=_collate))
+                                              prefetch_factor=2, collate_fn=collate))
     batches = [next(loader)]
     balance.share.fill_(1.0)  # batch 3 is asked of the worker once batch 1 is taken, after this
     batches += list(loader)
@@ -264,7 +264,7 @@ def test_a_share_set_while_the_workers_run_reaches_them(image_folder):
 
 def test_decoding_ahead_rebalances_from_the_costs_it_measured(image_folder, monkeypatch):
     import featbank.extraction.devicedecode as devicedecode
-    from featbank.extraction.engine import _batches_on_device
+    from featbank.extraction.loader import batches_on_device
 
     calls, real = [], devicedecode.balanced_share
     monkeypatch.setattr(devicedecode, "balanced_share",
@@ -272,7 +272,7 @@ def test_decoding_ahead_rebalances_from_the_costs_it_measured(image_folder, monk
     balance = devicedecode.DecoderBalance(workers=1)
     assert float(balance.share) == devicedecode.FIRST_PILLOW_SHARE
     loader, pres, paths = _loader(image_folder, jpeg_bytes=True, workers=1, balance=balance)
-    batches = list(_batches_on_device(loader, pres, torch.device("cpu"), paths,
+    batches = list(batches_on_device(loader, pres, torch.device("cpu"), paths,
                                       decode_ahead=True, balance=balance))
     assert sum(len(b.reasons) for b, _, _ in batches) == 12
     assert balance.device_images == sum(len(b.jpeg_at) for b, _, _ in batches) > 0
@@ -288,8 +288,11 @@ def test_decoding_ahead_rebalances_from_the_costs_it_measured(image_folder, monk
 def test_extract_reports_what_the_device_decoded(tmp_path, image_folder):
     [cpu] = extract(from_folder(image_folder), _config(tmp_path / "cpu", workers=2))
     [device] = extract(from_folder(image_folder),
-                       _config(tmp_path / "device", workers=2, decode="device"))
-    assert cpu.device_decoded is None and 0 < device.device_decoded < 12
+                       _config(tmp_path / "device", workers=2, decode="device+pillow"))
+    assert cpu.device_decoded is None and 0 < device.device_decoded < 12  # Pillow's share
+    [alone] = extract(from_folder(image_folder),
+                      _config(tmp_path / "alone", workers=2, decode="device"))
+    assert alone.device_decoded == 12  # without the share, every JPEG to the device
     ours, theirs = read_features(device.path), read_features(cpu.path)
     assert ours.ids == theirs.ids
     cosine = (ours.X * theirs.X).sum(1) / (

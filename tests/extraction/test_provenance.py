@@ -1,0 +1,72 @@
+"""Rows made differently never share a file: precision, decoding, TF32 and library releases
+are provenance, a resumed run that differs is refused in one line naming the key, and
+--force-new keeps the old file aside and starts a new one."""
+import h5py
+import pytest
+
+from featbank.core.errors import BadInput
+from featbank.data.collection import from_folder
+from featbank.extraction.config import ExtractConfig
+from featbank.extraction.engine import extract
+from featbank.store.features import read_features
+from helpers import make_image
+
+
+def _folder(root, n=4):
+    for cls in ("a", "b"):
+        for k in range(n):
+            make_image(root / cls / f"{k}.jpg", seed=10 * ord(cls) + k, size=(40, 40), quality=90)
+    return root
+
+
+def _extract(root, cache, **settings):
+    config = ExtractConfig(backbones="squeezenet1_1", weights="random", cache_root=str(cache),
+                           workers=0, batch_size=4, progress=False, **settings)
+    return extract(from_folder(root), config)
+
+
+def test_the_file_records_how_its_rows_were_made(tmp_path):
+    [report] = _extract(_folder(tmp_path / "art"), tmp_path / "cache")
+    attrs = read_features(report.path).provenance
+    assert attrs["decode"] == "pillow" and attrs["precision"] == "fp32"
+    assert attrs["tf32"] is False or attrs["tf32"] == 0
+    assert attrs["torch_release"].count(".") == 1 and attrs["torchvision_release"]
+
+
+@pytest.mark.parametrize("first,then,key,new", [
+    ({"precision": "fp32"}, {"precision": "bf16"}, "precision", "bf16"),
+    ({"decode": "cpu"}, {"decode": "device"}, "decode", "nvjpeg:")])
+def test_a_resumed_run_made_otherwise_is_refused_naming_the_key(tmp_path, first, then, key, new):
+    root = _folder(tmp_path / "art")
+    [report] = _extract(root, tmp_path / "cache", **first)
+    make_image(root / "a" / "new.jpg", seed=99, size=(40, 40), quality=90)  # work to do
+    with pytest.raises(BadInput) as err:
+        _extract(root, tmp_path / "cache", **then)
+    message = str(err.value)
+    assert f"holds rows made with {key}=" in message and "--force-new" in message
+    assert "\n" not in message
+    assert read_features(report.path).X.shape[0] == 8  # nothing was added or lost
+    [again] = _extract(root, tmp_path / "cache", **then, force_new=True)
+    assert again.n_rows == 9 and read_features(again.path).provenance[key].startswith(new)
+    [kept] = (tmp_path / "cache/art/features/replaced").glob("*/*.h5")
+    assert read_features(kept).X.shape[0] == 8  # the old rows, whole and readable
+
+
+def test_auto_precision_continues_in_the_file_s_precision(tmp_path):
+    root = _folder(tmp_path / "art")
+    [report] = _extract(root, tmp_path / "cache", precision="bf16")
+    make_image(root / "b" / "new.jpg", seed=98, size=(40, 40), quality=90)
+    [grown] = _extract(root, tmp_path / "cache", precision="auto")  # fp32 on a CPU otherwise
+    assert grown.n_rows == 9 and read_features(grown.path).provenance["precision"] == "bf16"
+
+
+def test_a_file_from_before_these_keys_takes_the_run_s(tmp_path):
+    root = _folder(tmp_path / "art")
+    [report] = _extract(root, tmp_path / "cache")
+    with h5py.File(report.path, "a") as f:  # as a file written before they existed
+        for key in ("decode", "precision", "tf32", "torch_release", "torchvision_release"):
+            del f.attrs[key]
+    make_image(root / "a" / "new.jpg", seed=97, size=(40, 40), quality=90)
+    [grown] = _extract(root, tmp_path / "cache")
+    attrs = read_features(grown.path).provenance
+    assert grown.n_rows == 9 and attrs["decode"] == "pillow" and attrs["precision"] == "fp32"
