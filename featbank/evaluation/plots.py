@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from featbank.core.fileio import atomic_path
+
 
 def pyplot():
     """matplotlib.pyplot on the Agg backend (imported on first use: it is slow to import)."""
@@ -18,6 +20,13 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _save(fig, path: Path, *, dpi: int) -> None:
+    """Write the figure as PNG, whole or not at all (a temporary file renamed), and close it."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+    pyplot().close(fig)
 
 
 def plot_confusion(matrix: np.ndarray, classes: list[str], path: Path) -> None:
@@ -35,8 +44,7 @@ def plot_confusion(matrix: np.ndarray, classes: list[str], path: Path) -> None:
     ax.set_ylabel("true")
     fig.colorbar(image, ax=ax, fraction=0.046, label="fraction of the true class")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path, dpi=100)
 
 
 def plot_history(history: list[dict], path: Path) -> None:
@@ -53,8 +61,7 @@ def plot_history(history: list[dict], path: Path) -> None:
         ax.set_ylabel("accuracy" if what == "acc" else "cross-entropy")
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path, dpi=100)
 
 
 def plot_similarity(matrix: np.ndarray, names: list[str], title: str, path: Path) -> None:
@@ -72,8 +79,7 @@ def plot_similarity(matrix: np.ndarray, names: list[str], title: str, path: Path
     fig.colorbar(image, ax=ax, fraction=0.046)
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, format="png", dpi=120)
-    plt.close(fig)
+    _save(fig, path, dpi=120)
 
 
 def plot_map(xy: np.ndarray, labels: np.ndarray, title: str, path: Path, *,
@@ -95,8 +101,7 @@ def plot_map(xy: np.ndarray, labels: np.ndarray, title: str, path: Path, *,
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7, markerscale=2, loc="center left", bbox_to_anchor=(1, 0.5))
     fig.tight_layout()
-    fig.savefig(path, format="png", dpi=110)
-    plt.close(fig)
+    _save(fig, path, dpi=110)
 
 
 def plot_layers(stages: list[dict], path: Path, *, title: str) -> Path:
@@ -116,8 +121,7 @@ def plot_layers(stages: list[dict], path: Path, *, title: str) -> Path:
     bottom.set_xlabel("stage (input → output)")
     top.set_title(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, format="png", dpi=110)
-    plt.close(fig)
+    _save(fig, path, dpi=110)
     return path
 
 
@@ -141,6 +145,5 @@ def plot_image_grid(rows: list[tuple[str, list[tuple[np.ndarray, str]]]], path: 
                         ha="right", va="center", fontsize=7)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / height))
-    fig.savefig(path, format="png", dpi=110)
-    plt.close(fig)
+    _save(fig, path, dpi=110)
     return path

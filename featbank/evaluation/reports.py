@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import zipfile
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -63,7 +64,7 @@ def write_reports(stem: Path, y_true, y_pred, classes, scores: np.ndarray | None
     classes = [str(c) for c in classes]
     if np.ndim(y_true) == 2:
         per_class = mean_average_precision(np.asarray(y_true), scores)[1]
-        with open(f"{stem}_per_class.csv", "w", newline="", encoding="utf-8") as fh:
+        with _whole(Path(f"{stem}_per_class.csv")) as fh:
             writer = csv.writer(fh)
             writer.writerow(["class", "average_precision", "positives"])
             for cls, ap, n in zip(classes, per_class, np.asarray(y_true).sum(axis=0)):
@@ -71,7 +72,7 @@ def write_reports(stem: Path, y_true, y_pred, classes, scores: np.ndarray | None
         return
     report = classification_report(y_true, y_pred, labels=classes, output_dict=True,
                                    zero_division=0)
-    with open(f"{stem}_per_class.csv", "w", newline="", encoding="utf-8") as fh:
+    with _whole(Path(f"{stem}_per_class.csv")) as fh:
         writer = csv.writer(fh)
         writer.writerow(["class", "precision", "recall", "f1", "support"])
         for cls in classes:
@@ -79,11 +80,18 @@ def write_reports(stem: Path, y_true, y_pred, classes, scores: np.ndarray | None
             writer.writerow([cls, f"{r['precision']:.4f}", f"{r['recall']:.4f}",
                              f"{r['f1-score']:.4f}", int(r["support"])])
     matrix = confusion_matrix(y_true, y_pred, labels=classes)
-    with open(f"{stem}_confusion.csv", "w", newline="", encoding="utf-8") as fh:
+    with _whole(Path(f"{stem}_confusion.csv")) as fh:
         writer = csv.writer(fh)
         writer.writerow(["true \\ predicted", *classes])
         writer.writerows([cls, *row] for cls, row in zip(classes, matrix.tolist()))
     plot_confusion(matrix, classes, Path(f"{stem}_confusion.png"))
+
+
+@contextmanager
+def _whole(path: Path):
+    """A CSV file to write, renamed into place only once it is whole."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+        yield fh
 
 
 def save_test_scores(folder: Path, name: str, test_ids, truth: np.ndarray, scores: np.ndarray,
