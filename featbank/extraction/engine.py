@@ -10,6 +10,8 @@ same batches as an uninterrupted one (bitwise-equal features on CPU).
 """
 from __future__ import annotations
 
+import shutil
+import sys
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -48,6 +50,7 @@ from featbank.models.registry import get_spec
 from featbank.models.trunks import load_trunk, resolve_weights
 from featbank.store.features import count_rows, read_skipped, write_skipped_list
 from featbank.store.provenance import feature_path, file_attrs
+from featbank.store.repair import repair
 from featbank.store.writer import FeatureWriter
 
 MAX_QUEUED = 4
@@ -105,6 +108,7 @@ def extract(collection: Collection, config: ExtractConfig) -> list[ExtractReport
                        "weights_exact": {n: w.exact for n, w in weights.items()}})
     skipped_csv = write_skipped_list(folder, collection.missing,
                                      [f.path for f in files.values() if f.path.is_file()])
+    _refuse_empty_files(files, collection, skipped_csv)
     for report in reports:
         report.collection = collection.name
         report.skipped_csv, report.ignored = skipped_csv, collection.ignored
@@ -117,6 +121,9 @@ def _extract_locked(collection, config: ExtractConfig, specs, files: dict, devic
     todo = {}
     for spec in specs:
         out = files[spec.name]
+        repaired = repair(out.path)  # a damaged file keeps its readable rows; the rest is redone
+        if repaired:
+            tqdm.write(str(repaired), file=sys.stderr)
         _settle_provenance(out, config)
         out.merge()  # parts left by an interrupted run
         done = out.done_ids()
@@ -179,6 +186,22 @@ def _run(collection, pending, specs, files, todo, config: ExtractConfig,
         while queued:
             queued.popleft().result()
     return first_batch_at, device_decoded if on_device else None
+
+
+def _refuse_empty_files(files: dict, collection: Collection, skipped_csv: Path) -> None:
+    """A feature file exists only once it holds rows: when no image of the collection
+    could be decoded, the file a run began is removed (``skipped.csv`` keeps why) and
+    the run is bad input."""
+    empty = [out for out in files.values() if out.path.is_file() and count_rows(out.path) == 0]
+    if not empty:
+        return
+    for out in empty:
+        out.path.unlink()
+        if out.shards.is_dir():
+            shutil.rmtree(out.shards)
+    raise BadInput(f"no image of collection {collection.name!r} could be decoded "
+                   f"({len(collection.ids)} listed with their reasons in {skipped_csv}); no "
+                   "feature file was written")
 
 
 def _settle_provenance(out: FeatureWriter, config: ExtractConfig) -> None:

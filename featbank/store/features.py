@@ -23,8 +23,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from featbank.core.errors import BadInput, MissingFile
+from featbank.core.errors import BadInput, DamagedFile, MissingFile
 from featbank.core.fileio import atomic_path, first_line
+from featbank.store.health import raise_if_damaged
 from featbank.store.provenance import plain_attrs, provenance_value, weights_label
 
 
@@ -56,25 +57,19 @@ class Features:
 
 
 def read_features(path: str | os.PathLike) -> Features:
+    """The ids, vectors, attributes and skipped images of a feature file, in memory.
+
+    A damaged file (:mod:`featbank.store.health`) is refused, naming it and the damage.
+    """
     path = Path(path)
     if not path.is_file():
         raise MissingFile(f"feature file {path} does not exist; run extract.py first")
+    raise_if_damaged(path)
     with h5py.File(path, "r") as f:
-        _check_shards(f["features"], path)
         return Features(ids=list(f["ids"].asstr()[:]), X=f["features"][:],
                           provenance=plain_attrs(dict(f.attrs)),
                           skipped=dict(zip(f["skipped_ids"].asstr()[:],
                                            f["skipped_reasons"].asstr()[:])))
-
-
-def _check_shards(features: h5py.Dataset, path: Path) -> None:
-    """A virtual ``features`` reads a missing shard as NaN: refuse that instead."""
-    if not features.is_virtual:
-        return
-    for source in features.virtual_sources():
-        if not (path.parent / source.file_name).is_file():
-            raise BadInput(f"{path} lacks its shard {path.parent / source.file_name}; copy the "
-                             f"{path.name}.shards folder with it, or delete both to re-extract")
 
 
 def read_skipped(path: str | os.PathLike) -> dict[str, str]:
@@ -111,24 +106,23 @@ def feature_files(folder: Path, backbones: str = "all", weights: str = "all", *,
                   warn=print) -> list[FeatureFile]:
     """The collection's feature files matching the backbone and weights filters.
 
-    A file that cannot be read or holds no rows (a failed extraction) is
-    reported through ``warn`` and left out; a named backbone with no usable
-    file is an error.
+    A damaged file is refused, named (:func:`~featbank.store.health.raise_if_damaged`);
+    one that holds no rows is reported through ``warn`` and left out; a named backbone
+    with no usable file is an error.
     """
     entries = []
     for path in sorted((Path(folder) / "features").glob("*.h5")):
+        raise_if_damaged(path)
         try:
             with h5py.File(path, "r") as f:
                 a = plain_attrs(dict(f.attrs))
-                _check_shards(f["features"], path)
                 exact = str(provenance_value(a, "weights_exact") or a["weights"])
                 entry = FeatureFile(path, str(a["backbone"]), str(a["weights"]), exact,
                                      int(a["feature_dim"]), int(f["ids"].shape[0]),
                                      str(a.get("weights_label") or weights_label(a["weights"], exact)))
-        except (OSError, KeyError, ValueError) as err:
-            warn(f"skipping {path}: not a readable feature file ({first_line(err)}); delete it "
-                 "and run extract.py again")
-            continue
+        except KeyError as err:  # an HDF5 file of something else
+            raise DamagedFile(f"{path} is not a feature file (no {first_line(err)} attribute); "
+                              "move it out of the features folder") from None
         if entry.n_rows == 0:
             warn(f"skipping {path}: it holds no rows; delete it and run extract.py again")
             continue

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -47,6 +48,8 @@ _CHUNK_ROWS = 1024
 MAX_SHARDS = 32
 # Where --force-new keeps a feature file it replaces: <features>/replaced/<time>/
 REPLACED = "replaced"
+# Seconds a shard no main file names any more stays on disk (see drop_unnamed_shards).
+SHARD_GRACE = 600
 
 
 class FeatureWriter:
@@ -169,11 +172,11 @@ class FeatureWriter:
         if live_holds_all:
             old = live.index  # what the file held when the shard began; this run holds its lock
         else:
-            old = _Index.read(self.path) if self.path.is_file() else _Index.empty()
+            old = Index.read(self.path) if self.path.is_file() else Index.empty()
         shards = self.shards
         shards.mkdir(parents=True, exist_ok=True)
         compact = live.compacts if live_holds_all else old.compacts()
-        target = shards / f"{_next_shard(shards):06d}.h5"
+        target = shards / f"{next_shard(shards):06d}.h5"
         if live_holds_all:  # it holds the stored rows too when it compacts
             writer = live.writer
             writer.close()
@@ -191,14 +194,15 @@ class FeatureWriter:
         if not writer.ids:
             target.unlink()
             sources = sources[:-1]
-        self._write_main(ids, sources, old)
-        _drop_unnamed_shards(shards, {name for name, _ in sources})
+        self.write_main(ids, sources, old)
+        drop_unnamed_shards(shards, {name for name, _ in sources},
+                            superseded={name for name, _ in old.sources})
         self._drop_parts()
         return len(ids) - len(old.ids)
 
-    def _fold(self, parts: list[Path], old: "_Index", compact: bool, target: Path) -> "_ShardWriter":
+    def _fold(self, parts: list[Path], old: "Index", compact: bool, target: Path) -> "ShardWriter":
         with atomic_path(target) as tmp:
-            writer = _ShardWriter(tmp, self.dim, self.dtype,
+            writer = ShardWriter(tmp, self.dim, self.dtype,
                                   seen=set() if compact else set(old.ids.tolist()))
             if compact:
                 writer.copy_from(self.path, old)
@@ -210,12 +214,12 @@ class FeatureWriter:
             writer.close()
         return writer
 
-    def _write_main(self, ids: np.ndarray, sources: list[tuple[str, int]], old: "_Index") -> None:
+    def write_main(self, ids: np.ndarray, sources: list[tuple[str, int]], old: "Index") -> None:
         attrs = dict(self.attrs)
         attrs["created"] = old.created or attrs.get("created")
         with atomic_path(self.path) as tmp, h5py.File(tmp, "w") as out:
-            out.create_dataset("ids", data=_fixed_utf8(ids))
-            _virtual_features(out, sources, self.path.name + ".shards", self.dim, self.dtype)
+            out.create_dataset("ids", data=fixed_utf8(ids))
+            virtual_features(out, sources, self.path.name + ".shards", self.dim, self.dtype)
             out.create_dataset("skipped_ids", data=list(old.skipped), dtype=_STR)
             out.create_dataset("skipped_reasons", data=list(old.skipped.values()), dtype=_STR)
             out.attrs.update({k: v for k, v in attrs.items() if v is not None})
@@ -228,7 +232,7 @@ class FeatureWriter:
 
 
 @dataclass
-class _Index:
+class Index:
     """What a main file says: ids, skipped, its shards (name, rows); legacy = plain dataset."""
 
     ids: np.ndarray  # UTF-8 bytes: reading, comparing and rewriting 100k of them is 10x
@@ -244,11 +248,11 @@ class _Index:
         return self.legacy or len(self.sources) + 1 > MAX_SHARDS
 
     @classmethod
-    def empty(cls) -> "_Index":
+    def empty(cls) -> "Index":
         return cls(ids=np.array([], dtype=bytes), skipped={}, sources=[], created=None)
 
     @classmethod
-    def read(cls, path: Path) -> "_Index":
+    def read(cls, path: Path) -> "Index":
         with h5py.File(path, "r") as f:
             features = f["features"]
             sources = [(Path(vds.file_name).name, _rows(vds.vspace))
@@ -260,7 +264,7 @@ class _Index:
                        legacy=not features.is_virtual and f["ids"].shape[0] > 0)
 
 
-def _fixed_utf8(ids: np.ndarray) -> np.ndarray:
+def fixed_utf8(ids: np.ndarray) -> np.ndarray:
     """Ids as fixed-length UTF-8 strings: written and read in one copy, unlike
     variable-length ones; ``f["ids"].asstr()[:]`` reads both kinds."""
     return ids.astype(h5py.string_dtype("utf-8", max(1, ids.dtype.itemsize)))
@@ -271,7 +275,7 @@ def _rows(selection) -> int:
     return last - first + 1
 
 
-def _virtual_features(out: h5py.File, sources, folder: str, dim: int, dtype) -> None:
+def virtual_features(out: h5py.File, sources, folder: str, dim: int, dtype) -> None:
     """``features`` as a virtual dataset over the shards (paths relative to the file)."""
     total = sum(rows for _, rows in sources)
     if total == 0:
@@ -286,14 +290,24 @@ def _virtual_features(out: h5py.File, sources, folder: str, dim: int, dtype) -> 
     out.create_virtual_dataset("features", layout, fillvalue=np.nan)
 
 
-def _next_shard(folder: Path) -> int:
+def next_shard(folder: Path) -> int:
     numbers = [int(p.stem) for p in folder.glob("[0-9]*.h5") if p.stem.isdigit()]
     return max(numbers, default=-1) + 1
 
 
-def _drop_unnamed_shards(folder: Path, named: set[str]) -> None:
+def drop_unnamed_shards(folder: Path, named: set[str], superseded: set[str] = frozenset()
+                        ) -> None:
+    """Delete the shards no main file names, once they have been unnamed for
+    :data:`SHARD_GRACE` seconds: a reader that opened the previous main file just before
+    it was replaced still finds the shards it maps (they keep their names; new shards
+    get new numbers). ``superseded``: the shards the previous main file named, whose
+    grace starts now."""
+    now = time.time()
+    for name in superseded - named:
+        if (folder / name).is_file():
+            os.utime(folder / name, (now, now))
     for shard in folder.glob("*.h5"):
-        if shard.name not in named:
+        if shard.name not in named and now - shard.stat().st_mtime >= SHARD_GRACE:
             shard.unlink(missing_ok=True)
     if not any(folder.iterdir()):
         folder.rmdir()
@@ -306,29 +320,29 @@ class _LiveShard:
     Written beside the parts (which stay the crash-safe record), so that the
     merge at the end of a run renames this file instead of reading every part
     back: at GPU speed that re-read cost a sixth of the run. When that merge
-    will compact (``_Index.compacts``), the shard begins with a copy of the
+    will compact (``Index.compacts``), the shard begins with a copy of the
     stored rows and becomes the one shard. A killed run leaves it as a
     ``.tmp`` file, removed by the next merge.
     """
 
     path: Path
-    writer: "_ShardWriter"
-    index: "_Index"  # the main file when the shard began
+    writer: "ShardWriter"
+    index: "Index"  # the main file when the shard began
     parts: list[Path]
     skipped: dict[str, str]
     compacts: bool  # it began with a copy of the stored rows, to become the only shard
 
     @classmethod
     def start(cls, out: FeatureWriter) -> "_LiveShard":
-        index = _Index.read(out.path) if out.path.is_file() else _Index.empty()
+        index = Index.read(out.path) if out.path.is_file() else Index.empty()
         out.shards.mkdir(parents=True, exist_ok=True)
         path = out.shards / f"live.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
         compacts = index.compacts()
         if compacts:
-            writer = _ShardWriter(path, out.dim, out.dtype, seen=set())
+            writer = ShardWriter(path, out.dim, out.dtype, seen=set())
             writer.copy_from(out.path, index)
         else:
-            writer = _ShardWriter(path, out.dim, out.dtype, seen=set(index.ids.tolist()))
+            writer = ShardWriter(path, out.dim, out.dtype, seen=set(index.ids.tolist()))
         return cls(path, writer, index, parts=[], skipped={}, compacts=compacts)
 
     def add(self, part: Path, ids: list[str], features: np.ndarray,
@@ -346,7 +360,7 @@ class _LiveShard:
         self.path.unlink(missing_ok=True)
 
 
-class _ShardWriter:
+class ShardWriter:
     """Appends rows to a shard's resizable ``features``; drops ids seen before.
 
     (A part may repeat rows already folded in when a run died between the
@@ -369,7 +383,7 @@ class _ShardWriter:
             self.ids.extend(ids[k] for k in keep)
             self.seen.update(ids[k] for k in keep)
 
-    def copy_from(self, path: Path, old: _Index) -> None:
+    def copy_from(self, path: Path, old: Index) -> None:
         with h5py.File(path, "r") as f:
             for start in range(0, len(old.ids), _CHUNK_ROWS * 8):
                 stop = min(len(old.ids), start + _CHUNK_ROWS * 8)

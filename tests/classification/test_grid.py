@@ -100,20 +100,24 @@ def test_subsample_is_stratified_and_keeps_every_class():
     assert (labels[rows] == "a").sum() == 10 and (labels[rows] == "b").sum() == 1
 
 
-def test_unusable_feature_files_are_named_and_skipped(tmp_path):
+def test_a_damaged_feature_file_is_named_and_an_empty_one_skipped(tmp_path):
     folder = write_toy_cache(tmp_path)
-    (folder / "features" / "vgg19__imagenet.h5").write_bytes(b"half a file")
+    damaged = folder / "features" / "vgg19__imagenet.h5"
+    damaged.write_bytes(b"half a file")
+    with pytest.raises(ValueError, match=r"vgg19__imagenet.h5 cannot be opened .*extract.py"):
+        classify(load_metadata(folder), _config(tmp_path, heads="logreg"), warn=lambda m: None)
+    damaged.unlink()
     with h5py.File(folder / "features" / "alexnet__sha256-000000000000.h5", "w") as f:
-        f.create_dataset("ids", shape=(0,), dtype=h5py.string_dtype())
+        for name in ("ids", "skipped_ids", "skipped_reasons"):
+            f.create_dataset(name, shape=(0,), dtype=h5py.string_dtype())
         f.create_dataset("features", shape=(0, 4), dtype="f4")
         f.attrs.update(backbone="alexnet", weights="sha256:0", feature_dim=4)
     notes = []
     rows = classify(load_metadata(folder), _config(tmp_path, heads="logreg"), warn=notes.append)
     assert {(r["backbone"], r["weights"]) for r in rows} == {("resnet18", "random"),
                                                              ("alexnet", "random")}
-    named = [n for n in notes if n.startswith("skipping")]
-    assert len(named) == 2 and "vgg19__imagenet.h5: not a readable feature file" in named[1]
-    assert "holds no rows" in named[0]
+    [note] = [n for n in notes if n.startswith("skipping")]
+    assert "alexnet__sha256-000000000000.h5: it holds no rows" in note
 
 
 def _extra_file(cache, backbone, weights, keep):

@@ -298,3 +298,17 @@ def test_extract_reports_what_the_device_decoded(tmp_path, image_folder):
     cosine = (ours.X * theirs.X).sum(1) / (
         np.linalg.norm(ours.X, axis=1) * np.linalg.norm(theirs.X, axis=1))
     assert cosine.min() > 0.98, cosine
+
+
+def test_a_collection_where_nothing_decodes_is_bad_input_and_leaves_no_file(tmp_path):
+    root = tmp_path / "broken"
+    for cls in ("a", "b"):
+        (root / cls).mkdir(parents=True)
+        for k in range(3):
+            (root / cls / f"{k}.jpg").write_bytes(b"\xff\xd8 not really a JPEG")
+    with pytest.raises(ValueError, match=r"no image of collection 'broken' could be decoded "
+                                         r"\(6 listed with their reasons in .*skipped.csv\)"):
+        extract(from_folder(root), _config(tmp_path))
+    assert not list((tmp_path / "cache/broken/features").glob("*.h5"))
+    lines = (tmp_path / "cache/broken/skipped.csv").read_text().splitlines()
+    assert len(lines) == 7 and lines[0] == "id,reason"

@@ -72,7 +72,8 @@ def test_other_exact_weights_are_never_mixed_in(tmp_path):
 
 def test_other_provenance_is_never_mixed_in(tmp_path):
     _one_row(tmp_path / "f.h5")
-    with pytest.raises(ValueError, match="input_size=8.*delete it"):
+    with pytest.raises(ValueError, match="made with input_size=8; this run would make them with "
+                                         "input_size=224.*--force-new"):
         FeatureWriter(tmp_path / "f.h5", {**ATTRS, "input_size": 224}).check_compatible()
     with pytest.raises(ValueError, match="weights"):
         FeatureWriter(tmp_path / "f.h5", {**ATTRS, "weights": "imagenet"}).check_compatible()
@@ -118,7 +119,7 @@ def test_missing_shard_is_refused_not_read_as_nan(tmp_path):
     _grow(out, 0, 2)
     for shard in (tmp_path / "f.h5.shards").iterdir():
         shard.unlink()
-    with pytest.raises(ValueError, match="lacks its shard"):
+    with pytest.raises(ValueError, match="its shard 000000.h5 is missing"):
         read_features(tmp_path / "f.h5")
 
 
@@ -126,6 +127,7 @@ def test_shards_are_joined_past_the_limit_and_orphans_dropped(tmp_path, monkeypa
     import featbank.store.writer as cache
 
     monkeypatch.setattr(cache, "MAX_SHARDS", 3)
+    monkeypatch.setattr(cache, "SHARD_GRACE", 0)  # superseded shards go at once
     out = FeatureWriter(tmp_path / "f.h5", ATTRS)
     (tmp_path / "f.h5.shards").mkdir()
     (tmp_path / "f.h5.shards" / "000000.h5").write_bytes(b"left by a killed fold")
@@ -173,6 +175,7 @@ def test_a_run_that_compacts_writes_its_rows_once(tmp_path, monkeypatch):
     import featbank.store.writer as cache
 
     monkeypatch.setattr(cache, "MAX_SHARDS", 3)
+    monkeypatch.setattr(cache, "SHARD_GRACE", 0)
     out = FeatureWriter(tmp_path / "f.h5", ATTRS)
     for k in range(3):
         _grow(out, 2 * k, 2)
@@ -214,3 +217,22 @@ def test_a_live_shard_is_not_used_when_other_parts_are_pending(tmp_path):
     data = read_features(tmp_path / "f.h5")
     assert data.ids == ["a", "b"] and data.X[:, 0].tolist() == [1, 2]
     assert not list(out.shards.glob("*.tmp"))
+
+
+def test_a_reader_of_the_previous_main_file_still_reads_after_a_compaction(tmp_path,
+                                                                           monkeypatch):
+    """Compaction leaves the shards it supersedes in place for SHARD_GRACE seconds: a
+    reader that opened the main file just before it was replaced reads its rows, not NaN."""
+    import featbank.store.writer as cache
+
+    monkeypatch.setattr(cache, "MAX_SHARDS", 2)
+    out = FeatureWriter(tmp_path / "f.h5", ATTRS)
+    _grow(out, 0, 2)
+    _grow(out, 2, 2)
+    with h5py.File(tmp_path / "f.h5", "r") as before:  # opened, not read yet
+        _grow(FeatureWriter(tmp_path / "f.h5", ATTRS), 4, 2)  # joins every shard into one
+        assert before["features"][:].ravel().tolist() == list(range(12))
+    assert len(read_features(tmp_path / "f.h5").ids) == 6
+    monkeypatch.setattr(cache, "SHARD_GRACE", 0)
+    _grow(FeatureWriter(tmp_path / "f.h5", ATTRS), 6, 1)  # past the grace: gone
+    assert len(list((tmp_path / "f.h5.shards").iterdir())) == 2
