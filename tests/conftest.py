@@ -4,7 +4,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import REPO, make_image, script_env
+from helpers import HERITAGE, REPO, REQUIRE_SHARED, SHARED, SQUEEZENET, make_image, script_env
+
+
+def pytest_sessionstart(session):
+    """Under CI the real data must be there: a missing ../shared fails the run at once."""
+    if REQUIRE_SHARED and not (HERITAGE.is_dir() and SQUEEZENET.is_file()):
+        raise pytest.UsageError(f"FEATBANK_REQUIRE_SHARED=1 but {SHARED} lacks data/heritage or "
+                                "weights/squeezenet1_1-imagenet.pth")
 
 
 @pytest.fixture

@@ -224,12 +224,13 @@ def randomised(model: Classifier, seed: int) -> Classifier:
     return copied.eval().requires_grad_(False)
 
 
-def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman's rank correlation of two maps; a constant map ranks nothing: 0."""
+def rank_correlation(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Spearman's rank correlation of two maps; None when one is constant: it ranks
+    nothing, so the randomisation test says nothing about it (not that it passed)."""
     from scipy.stats import spearmanr
 
     if np.ptp(a) == 0 or np.ptp(b) == 0:
-        return 0.0
+        return None
     return float(spearmanr(a.ravel(), b.ravel()).statistic)
 
 
@@ -280,7 +281,9 @@ def saliency(collection: Collection, config: SaliencyConfig, *, warn=print) -> d
         "images": results, "settings": {**asdict(config), "split": split_spec.tag}}
     if config.sanity:
         report["sanity_test"] = "full model randomisation (Adebayo et al. 2018)"
-        report["sanity_rank_correlation"] = float(np.mean([r["rank_correlation"] for r in results]))
+        defined = [r["rank_correlation"] for r in results if r["rank_correlation"] is not None]
+        report["sanity_rank_correlation"] = float(np.mean(defined)) if defined else None
+        report["sanity_images"] = len(defined)  # a constant map has no rank correlation
     report["png"] = str(plot_image_grid(
         grid, folder / f"{stem}_grid.png", cell=2.0,
         title=f"{config.method}: {network.spec.name} ({source}), {task}"))
@@ -333,6 +336,8 @@ def _pictures(folder: Path, keys: list[str], views: torch.Tensor, truths: list, 
         if sanity:
             item["rank_correlation"] = rank_correlation(maps["trained"][k], maps["randomised"][k])
             row.append((overlay(view, maps["randomised"][k]),
+                        "randomised (ρ undefined: a constant map)"
+                        if item["rank_correlation"] is None else
                         f"randomised (ρ = {item['rank_correlation']:.2f})"))
         results.append(item)
         grid.append((Path(key).name[:18], row))

@@ -286,8 +286,11 @@ def _saliency(args) -> tuple[dict, list[str]]:
     accuracy = "" if report["accuracy"] is None else f"; accuracy {report['accuracy']:.2f}"
     line = (f"{report['method']} maps of {report['n_images']} images ({report['source']}, "
             f"{report['backbone']}, task {report['task']}{accuracy})")
-    if "sanity_rank_correlation" in report:
-        line += f"; sanity rank correlation {report['sanity_rank_correlation']:.3f}"
+    if report.get("sanity_rank_correlation") is not None:
+        line += (f"; sanity rank correlation {report['sanity_rank_correlation']:.3f} over "
+                 f"{report['sanity_images']} of {report['n_images']} images")
+    elif "sanity_rank_correlation" in report:
+        line += "; sanity rank correlation undefined (every map is constant)"
     print(line)
     return report, ["png"]
 

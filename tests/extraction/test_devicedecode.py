@@ -77,7 +77,8 @@ def test_resize_matches_pillow_within_a_level(tmp_path, pre):
     pillow = torch.stack([to_view(load_rgb(p), pre) for p in paths])
     assert ours.shape == pillow.shape == (4, 3, pre.input_size, pre.input_size)
     difference = (ours.int() - pillow.int()).abs()
-    assert difference.float().mean() < 0.6 and difference.max() <= 8
+    # docs/gpu.md: at most one grey level (measured: max 1, mean 0.17-0.20 here)
+    assert difference.max() <= 1 and difference.float().mean() < 0.25
 
 
 @pytest.mark.parametrize("decoder", list(JPEG_DECODERS))
@@ -119,6 +120,12 @@ def test_auto_takes_torchcodec_and_falls_back_to_torchvision(monkeypatch, decode
     monkeypatch.setitem(JPEG_DECODERS, "torchcodec", absent)
     jpeg_decoder.cache_clear()
     assert jpeg_decoder("auto")[0] == "torchvision"
+    # and what it falls back to decodes: libjpeg's pixels, as Pillow's
+    data = _jpeg_bytes(quality=90)
+    [image] = decode_jpegs([torch.frombuffer(bytearray(data), dtype=torch.uint8)],
+                           torch.device("cpu"), "auto")
+    pillow = np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).transpose(2, 0, 1)
+    assert torch.equal(image, torch.from_numpy(pillow.copy()))
     with pytest.raises(ValueError, match=r"torchcodec JPEG decoder does not import: No module "
                                          r"named 'torchcodec' \(pip install 'featbank\[gpu\]'\)"):
         jpeg_decoder("torchcodec")
