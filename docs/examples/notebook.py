@@ -30,7 +30,7 @@ CACHE = os.environ.get("FEATBANK_CACHE", "cache")
 [report] = fb.extract(IMAGES, backbone="squeezenet1_1", weights=WEIGHTS, cache=CACHE,
                       progress=False)
 collection = report.collection
-print(f"{report.n_rows} rows in {report.path} ({report.n_skipped} undecodable)")
+print(f"{report.n_rows} rows in {report.path} ({report.n_skipped} could not be decoded)")
 
 # %% [markdown]
 # ## 2. The features in memory: ids, matrix, labels, provenance

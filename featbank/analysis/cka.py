@@ -10,7 +10,7 @@ from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
-from featbank.analysis.common import output_folder, progress_bar
+from featbank.analysis.common import file_label, output_folder, progress_bar
 from featbank.analysis.config import CkaConfig
 from featbank.analysis.similarity import cka_matrix
 from featbank.core.fileio import atomic_path, atomic_write_json
@@ -32,7 +32,8 @@ def cka(config: CkaConfig, *, warn=print) -> dict:
     names = _names(config.features, sets)
     collection = str(sets[0].provenance.get("collection") or Path(config.features[0]).parent.parent.name)
     folder = output_folder(config.cache_root, collection, "cka")
-    stem = "cka__" + digest([str(Path(p).resolve()) for p in config.features] + [config.debiased], 8)
+    key = digest([str(Path(p).resolve()) for p in config.features] + [config.debiased], 8)
+    stem = "cka__" + "__".join(file_label(n) for n in names)[:100] + f"__{key}"
     report = {"command": "cka", "collection": collection, "names": names,
               "features": [str(p) for p in config.features],
               "weights_exact": [str(d.provenance.get("weights_exact", d.provenance.get("weights"))) for d in sets],

@@ -39,6 +39,7 @@ from featbank.analysis.config import (
 from featbank.api import analyses
 from featbank.cli.common import Parser, add_options, make_parser
 from featbank.core.settings import defaults
+from featbank.core.text import count
 from featbank.heads.registry import linear_heads
 from featbank.models.registry import available_backbones
 
@@ -225,15 +226,18 @@ def _map(args) -> tuple[dict, list[str]]:
                             weights=args.weights, method=args.method, cache=args.cache,
                             warn=_say, max_points=args.max_points, seed=args.seed,
                             progress=not args.no_progress)
-    print(f"{report['method']} map of {report['n_points']} images; silhouette of "
-          f"{report['task']} on the map: {report['silhouette_2d']}")
+    silhouette = report["silhouette_2d"]
+    print(f"{report['method']} map of {count(report['n_points'], 'image')}; silhouette of "
+          f"{report['task']} on the map: "
+          f"{'undefined' if silhouette is None else format(silhouette, '.3f')}")
     return report, ["png", "html", "points_csv"]
 
 
 def _export(args) -> tuple[dict, list[str]]:
     report = analyses.export(args.backbone, collection=args.collection, weights=args.weights,
                              format=args.format, cache=args.cache, warn=_say)
-    print(f"{report['n_rows']} rows x {report['feature_dim']} -> " + ", ".join(report["files"]))
+    print(f"{count(report['n_rows'], 'row')} x {report['feature_dim']} -> "
+          + ", ".join(report["files"]))
     return report, []
 
 
@@ -247,7 +251,7 @@ def _layers(args) -> tuple[dict, list[str]]:
     report = analyses.layers(args.backbone, args.weights, args.compare, n=args.n,
                              **_trunk_pass(args))
     print(f"{report['backbone']}: {report['label']} vs {report['compare_label']} on "
-          f"{report['n_images']} images")
+          f"{count(report['n_images'], 'image')}")
     print(f"{'stage':<28} {'weight distance':>15} {'CKA':>6}")
     for s in report["stages"]:
         cka = "-" if s["cka"] is None else f"{s['cka']:.3f}"
@@ -260,7 +264,7 @@ def _top_images(args) -> tuple[dict, list[str]]:
                                  stage=args.stage, k=args.k, task=args.task, n=args.n,
                                  **_trunk_pass(args))
     line = (f"{report['stage']}: {report['channels']} channels, top {report['k']} of "
-            f"{report['n_images']} images ({report['source']}); class entropy "
+            f"{count(report['n_images'], 'image')} ({report['source']}); class entropy "
             f"{report['entropy']['mean']:.3f} bits (random images: "
             f"{report['label_entropy']:.3f})")
     if "overlap" in report:
@@ -284,11 +288,11 @@ def _saliency(args) -> tuple[dict, list[str]]:
                                device=args.device, progress=not args.no_progress,
                                **_split(args))
     accuracy = "" if report["accuracy"] is None else f"; accuracy {report['accuracy']:.2f}"
-    line = (f"{report['method']} maps of {report['n_images']} images ({report['source']}, "
+    line = (f"{report['method']} maps of {count(report['n_images'], 'image')} ({report['source']}, "
             f"{report['backbone']}, task {report['task']}{accuracy})")
     if report.get("sanity_rank_correlation") is not None:
         line += (f"; sanity rank correlation {report['sanity_rank_correlation']:.3f} over "
-                 f"{report['sanity_images']} of {report['n_images']} images")
+                 f"{report['sanity_images']} of {count(report['n_images'], 'image')}")
     elif "sanity_rank_correlation" in report:
         line += "; sanity rank correlation undefined (every map is constant)"
     print(line)

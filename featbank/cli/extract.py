@@ -23,6 +23,7 @@ import argparse
 from featbank.api.stages import extract
 from featbank.cli.common import add_options, make_parser, source_of
 from featbank.core.settings import defaults
+from featbank.core.text import count
 from featbank.extraction.config import (
     DECODES,
     DTYPES,
@@ -89,12 +90,14 @@ def main(argv=None) -> None:
                       ray_address=args.ray_address, ray_actors=args.ray_actors,
                       force_new=args.force_new)
     for report in reports:
-        print(f"{report.backbone}: {report.n_rows} rows ({report.n_new} new, "
-              f"{report.n_skipped} undecodable) -> {report.path} [{report.seconds:.1f} s]")
+        undecodable = (f"; {count(report.n_skipped, 'image')} could not be decoded (listed "
+                       f"with the reason in {report.skipped_csv})" if report.n_skipped else "")
+        print(f"{report.backbone}: {count(report.n_rows, 'row')} in {report.path} "
+              f"({report.n_added:,} added now){undecodable} [{report.seconds:.1f} s]")
     if reports and reports[0].device_decoded is not None:
-        print(f"{reports[0].device_decoded} images decoded on the device "
+        print(f"{count(reports[0].device_decoded, 'image')} decoded on the device "
               f"({reports[0].jpeg_decoder}), the others by Pillow")
     if reports and reports[0].ignored:
-        print(f"{reports[0].ignored} hidden or system files ignored (.DS_Store, Thumbs.db, "
-              f"__MACOSX/, dotfiles); undecodable files are listed in {reports[0].skipped_csv}")
+        print(f"{count(reports[0].ignored, 'hidden or system file')} left out (.DS_Store, "
+              "Thumbs.db, __MACOSX/, dotfiles)")
 

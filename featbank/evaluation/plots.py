@@ -5,6 +5,7 @@ safe in worker processes); stages call the plotting functions here.
 """
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -119,7 +120,8 @@ def plot_layers(stages: list[dict], path: Path, *, title: str) -> Path:
     bottom.set_ylim(0, 1.05)
     bottom.set_xticks(x, [s["name"] for s in stages], rotation=60, ha="right", fontsize=7)
     bottom.set_xlabel("stage (input → output)")
-    top.set_title(title, fontsize=10)
+    width = max(40, int(fig.get_figwidth() * 11))  # characters that fit at 10 pt
+    top.set_title("\n".join(textwrap.wrap(title, width)), fontsize=10)
     fig.tight_layout()
     _save(fig, path, dpi=110)
     return path

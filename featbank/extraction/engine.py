@@ -62,10 +62,11 @@ __all__ = ["ExtractConfig", "ExtractReport", "extract"]
 class ExtractReport:
     backbone: str
     path: Path
-    n_rows: int
-    n_new: int
-    n_skipped: int
+    n_rows: int  # in the file now
+    n_new: int  # images this run tried (not in the file before)
+    n_skipped: int  # images of the file's collection that could not be decoded
     seconds: float
+    n_added: int = 0  # rows this run added
     # From the first decoded batch to the committed file: the steady pipeline,
     # without starting workers or loading the model (None when nothing was to do).
     stream_seconds: float | None = None
@@ -118,7 +119,7 @@ def extract(collection: Collection, config: ExtractConfig) -> list[ExtractReport
 def _extract_locked(collection, config: ExtractConfig, specs, files: dict, device,
                     decoder: str | None):
     started = time.perf_counter()
-    todo = {}
+    todo, before = {}, {}
     for spec in specs:
         out = files[spec.name]
         repaired = repair(out.path)  # a damaged file keeps its readable rows; the rest is redone
@@ -128,6 +129,7 @@ def _extract_locked(collection, config: ExtractConfig, specs, files: dict, devic
         out.merge()  # parts left by an interrupted run
         done = out.done_ids()
         todo[spec.name] = {i for i in collection.ids if i not in done}
+        before[spec.name] = count_rows(out.path) if out.path.is_file() else 0
     pending = [i for i in collection.ids if any(i in t for t in todo.values())]
     first_batch_at, device_decoded = None, None
     if pending and config.engine == "ray":
@@ -142,8 +144,8 @@ def _extract_locked(collection, config: ExtractConfig, specs, files: dict, devic
         out.merge()
     stream = None if first_batch_at is None else time.perf_counter() - first_batch_at
     seconds = time.perf_counter() - started
-    return [_report(spec.name, files[spec.name].path, len(todo[spec.name]), seconds, stream,
-                    device_decoded, decoder) for spec in specs]
+    return [_report(spec.name, files[spec.name].path, len(todo[spec.name]), before[spec.name],
+                    seconds, stream, device_decoded, decoder) for spec in specs]
 
 
 def _run(collection, pending, specs, files, todo, config: ExtractConfig,
@@ -276,10 +278,12 @@ def _submit(ids, reasons, pixels, todo, runner: TrunkRunner,
     return write
 
 
-def _report(name: str, path: Path, n_new: int, seconds: float, stream_seconds: float | None,
-            device_decoded: int | None, decoder: str | None) -> ExtractReport:
+def _report(name: str, path: Path, n_new: int, rows_before: int, seconds: float,
+            stream_seconds: float | None, device_decoded: int | None,
+            decoder: str | None) -> ExtractReport:
     exists = path.is_file()
-    return ExtractReport(backbone=name, path=path, n_rows=count_rows(path) if exists else 0,
+    n_rows = count_rows(path) if exists else 0
+    return ExtractReport(backbone=name, path=path, n_rows=n_rows, n_added=n_rows - rows_before,
                          n_new=n_new, n_skipped=len(read_skipped(path)) if exists else 0,
                          seconds=seconds, stream_seconds=stream_seconds,
                          device_decoded=device_decoded,

@@ -9,7 +9,7 @@ never the vectors already stored; past ``MAX_SHARDS`` shards they are joined
 into one (by the run that adds the shard past the limit, as it writes its
 rows).
 
-Concurrency: a run that writes a file holds its lock (``<file>.lock``, the
+Concurrency: a run that writes a file holds its lock (``.locks/<file>.lock``, the
 ``filelock`` package) from reading what is done to the last fold, so a second
 run on the same file waits, then finds the work done; rows are never
 computed twice into one file, and parts never collide.
@@ -119,9 +119,12 @@ class FeatureWriter:
 
     @property
     def lock_path(self) -> Path:
-        """This file's lock (``<file>.lock``): one writer at a time, across processes."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        return self.path.with_name(self.path.name + ".lock")
+        """This file's lock (``.locks/<file>.lock`` beside it): one writer at a time, across
+        processes. Lock files stay (deleting one another process may hold is unsafe), so
+        they live out of sight, one small file per feature file ever begun."""
+        locks = self.path.parent / ".locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        return locks / (self.path.name + ".lock")
 
     def _part_files(self) -> list[Path]:
         return sorted(self.parts.glob("*.npz")) if self.parts.is_dir() else []

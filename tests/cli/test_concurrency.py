@@ -43,8 +43,8 @@ def test_two_extractions_at_once_then_a_third_equal_one_run(tmp_path):
             for size in (16, 48)]
     outputs = [_finish(p) for p in runs]
     third, _ = _finish(_start(tmp_path, "extract.py", *base, "--cache", "shared"))
-    assert "96 rows (0 new" in third
-    new = sorted(int(out.split("rows (")[1].split(" new")[0]) for out, _ in outputs)
+    assert "96 rows in " in third and "(0 added now)" in third
+    new = sorted(int(out.split("(")[1].split(" added now")[0]) for out, _ in outputs)
     assert new == [0, 96]  # one did the work; the other waited and found it done
     a = read_features(tmp_path / "single/imgs/features/squeezenet1_1__random.h5")
     b = read_features(tmp_path / "shared/imgs/features/squeezenet1_1__random.h5")
