@@ -7,7 +7,7 @@ SHARED_WEIGHTS := ../shared/weights/squeezenet1_1-imagenet.pth
 # (no machine here can download weights), random weights otherwise.
 DEMO_WEIGHTS ?= $(if $(wildcard $(SHARED_WEIGHTS)),$(SHARED_WEIGHTS),random)
 
-.PHONY: install demo test test-fast bench clean-cache
+.PHONY: install demo test test-fast bench docs-tables clean-cache
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,13 +38,21 @@ test-fast: install
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -m "not slow"
 
+# Every benchmark (median and min-max of 3 repeats each, JSON in bench/results/), then
+# the docs' tables written from those files. About an hour on two cores.
 bench: install
 	$(PY) bench/bench_extract.py
-	$(PY) bench/bench_softmax.py --scale 0.1
-	$(PY) bench/bench_finetune.py
 	$(PY) bench/bench_cache.py
-	$(PY) bench/bench_retrieval.py --scale 0.1
+	$(PY) bench/bench_retrieval.py --scale 0.2
+	$(PY) bench/bench_softmax.py --scale 0.1
+	$(PY) bench/bench_grid.py --scale 0.05
+	$(PY) bench/bench_finetune.py
 	$(PY) bench/bench_gpu.py
+	$(PY) bench/tables.py
+
+# docs/generated/*.md from bench/results/*.json (the docs include them; never typed by hand)
+docs-tables: install
+	$(PY) bench/tables.py
 
 clean-cache:
 	find cache -mindepth 1 ! -name .gitkeep -exec rm -rf {} +

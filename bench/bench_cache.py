@@ -1,6 +1,6 @@
 """A feature file that grows in place: adding images vs rewriting the file, in one run.
 
-    python bench/bench_cache.py [--rows 100000] [--dim 2048] [--add 100]
+    .venv/bin/python bench/bench_cache.py [--rows 100000] [--dim 2048] [--add 100] [--repeats 3]
 
 Builds a ROWS x DIM float32 feature file (ResNet50's shape at Rijksmuseum
 scale, about 800 MB), then times:
@@ -12,6 +12,8 @@ scale, about 800 MB), then times:
   so no model is loaded).
 
 Goals: the addition under 5 % of the rewrite; the no-op re-run under 10 s.
+Median and min-max of ``--repeats`` runs after a warm-up (each addition adds new
+images); written to bench/results/bench_cache.json.
 """
 import argparse
 import tempfile
@@ -19,6 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from harness import Bench
 
 import featbank.store.writer as writer
 from featbank.data.collection import Collection
@@ -45,33 +48,46 @@ def main():
     parser.add_argument("--dim", type=int, default=2048, help="must be resnet50's 2048 for the "
                         "no-op extract() run (default: 2048)")
     parser.add_argument("--add", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    bench = Bench("bench_cache", repeats=args.repeats, settings=vars(args))
     spec = get_spec("resnet50")
     attrs = file_attrs(backbone=spec.name, feature_dim=spec.feature_dim,
-                             preprocess=spec.preprocess.attrs(),
-                             weights=resolve_weights(spec, "random").attrs(), dtype="float32",
-                             collection="bench")
+                       preprocess=spec.preprocess.attrs(),
+                       weights=resolve_weights(spec, "random").attrs(), dtype="float32",
+                       collection="bench")
     attrs["feature_dim"] = args.dim
+    writer.SHARD_GRACE = 0  # no reader shares this file: superseded shards go at once
     with tempfile.TemporaryDirectory() as root:
         path = feature_path(root, "bench", spec.name, "random")
         out = writer.FeatureWriter(path, attrs)
-        build = add_rows(out, 0, args.rows, args.dim)
-        print(f"built {args.rows} x {args.dim} in {build:.1f} s")
-        grow = add_rows(out, args.rows, args.add, args.dim)
-        limit, writer.MAX_SHARDS = writer.MAX_SHARDS, 0  # every fold joins all shards
-        rewrite = add_rows(out, args.rows + args.add, args.add, args.dim)
-        writer.MAX_SHARDS = limit
+        bench.record("build the file", [add_rows(out, 0, args.rows, args.dim)], unit="s")
+        next_id = [args.rows]
+
+        def grow() -> float:
+            next_id[0] += args.add
+            return add_rows(out, next_id[0] - args.add, args.add, args.dim)
+
+        def rewrite() -> float:
+            limit, writer.MAX_SHARDS = writer.MAX_SHARDS, 0  # every fold joins all shards
+            try:
+                return grow()
+            finally:
+                writer.MAX_SHARDS = limit
+        bench.measure(f"add {args.add} images", grow, unit="s")
+        bench.measure(f"add {args.add} images as a full rewrite", rewrite, unit="s")
+        bench.ratio("addition / rewrite (goal < 0.05)", f"add {args.add} images",
+                    f"add {args.add} images as a full rewrite")
         ids = [f"objects/{k:08d}.jpg" for k in range(args.rows)]
         collection = Collection(name="bench", root=Path(root) / "images", ids=ids,
                                 labels={"label": ["x"] * len(ids)})
-        start = time.perf_counter()
-        [report] = extract(collection, ExtractConfig(backbones="resnet50", weights="random",
-                                                     cache_root=root, progress=False))
-        noop = time.perf_counter() - start
-        assert report.n_new == 0 and report.n_rows == args.rows + 2 * args.add, report
-    print(f"add {args.add} images: {grow:.2f} s; the same as a full rewrite: {rewrite:.2f} s; "
-          f"ratio {grow / rewrite:.3f} (goal < 0.05)")
-    print(f"no-op re-run over {args.rows} cached ids: {noop:.2f} s (goal < 10 s)")
+
+        def noop() -> None:
+            [report] = extract(collection, ExtractConfig(backbones="resnet50", weights="random",
+                                                         cache_root=root, progress=False))
+            assert report.n_new == 0 and report.n_rows == next_id[0], report
+        bench.time(f"no-op re-run over {args.rows} cached ids (goal < 10 s)", noop)
+    bench.write()
 
 
 if __name__ == "__main__":

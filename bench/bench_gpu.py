@@ -1,6 +1,6 @@
 """GPU extraction: decode only, forward only and end to end (JPEG files -> HDF5), in one run.
 
-    python bench/bench_gpu.py [--images DIR] [--n 20000] [--size 500x375] [--batch-size 256]
+    .venv/bin/python bench/bench_gpu.py [--images DIR] [--n 20000] [--size 500x375] [--batch-size 256] [--repeats 3]
 
 With no ``--images``, N synthetic JPEGs of ``--size`` (ImageNet's typical
 500x375, quality 90) are generated into a temporary folder. ``--repeat K``
@@ -21,8 +21,9 @@ reuses a small real collection K times (hard links, so ids stay distinct).
   then with the share of images the workers decode with Pillow to help it
   (``devicedecode.DecoderBalance``), the run the ratio is taken from.
 
-Prints img/s for each and the ratio end to end / forward only, with the
-device named. Target on an H100: ratio >= 0.9 and >= 5,000 img/s. On a
+Records img/s for each and the ratio end to end / forward only, repeat by
+repeat (median and min-max of ``--repeats``, after a warm-up), with the
+machine, in bench/results/bench_gpu.json. Target on an H100: ratio >= 0.9 and >= 5,000 img/s. On a
 machine without CUDA it says so, and measures the loader and the CPU path on a
 few images.
 """
@@ -36,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from harness import Bench
 from PIL import Image
 
 from featbank.core.settings import default_workers
@@ -172,6 +174,7 @@ def main():
                         choices=["all", "auto", *JPEG_DECODERS],
                         help="the library that calls nvJPEG, for decode only and end to end "
                              "with --decode device (default: all: each one that imports)")
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--watchdog", type=float, default=0,
                         help="dump every thread's stack and exit after this many seconds")
     args = parser.parse_args()
@@ -190,42 +193,49 @@ def main():
             size = tuple(int(v) for v in args.size.split("x"))
             collection = synthetic_collection(Path(tmp), args.n, size)
             what = f"synthetic {args.size} JPEG q90"
-        print(f"{len(collection)} images ({what}), batch {args.batch_size}, "
-              f"{args.workers} workers, device: "
-              f"{torch.cuda.get_device_name() if cuda else 'CPU'}, torch {torch.__version__}")
-        for jpeg_bytes, what in ((False, "Pillow views"), (True, "JPEG bytes")):
-            rate = loader_rate(collection, batch_size=args.batch_size, workers=args.workers,
-                               jpeg_bytes=jpeg_bytes)
-            print(f"{'loader, ' + what:<28}{rate:>10.0f} img/s   "
-                  f"({rate / max(1, args.workers):.0f} per worker)", flush=True)
-        if not cuda:
-            fast, wall, _ = end_to_end(collection, batch_size=args.batch_size,
-                                       workers=args.workers, device="cpu", precision="fp32",
-                                       decode="cpu")
-            print(f"CPU end to end: {fast:.1f} img/s ({wall:.1f} img/s with start-up)")
-            return
-        device = torch.device("cuda")
-        spec = get_spec("resnet50")
-        runner = TrunkRunner(spec, load_trunk(spec, "random"), device, torch.bfloat16)
-        forward = forward_rate(runner, len(collection), args.batch_size)
-        precision = "bf16" if runner.autocast is not None else "fp32"
-        print(f"{'forward only (' + precision + ')':<28}{forward:>10.0f} img/s", flush=True)
-        run = dict(batch_size=args.batch_size, workers=args.workers, device="cuda",
-                   precision=precision, decode=args.decode)
-        if args.decode == "cpu":
-            fast, wall, _ = end_to_end(collection, **run)
-            _print_end_to_end("end to end (Pillow)", fast, wall, forward)
-            return
-        for decoder in _decoders(args.jpeg_decoder):
-            decode = decode_rate(collection, device, batch_size=args.batch_size,
-                                 workers=args.workers, decoder=decoder)
-            print(f"{'decode only, ' + decoder:<28}{decode:>10.0f} img/s", flush=True)
-            alone, wall, _ = end_to_end(collection, **{**run, "decode": "device"},
-                                        jpeg_decoder=decoder)
-            _print_end_to_end(f"end to end, {decoder} alone", alone, wall, forward)
-            fast, wall, pillow = end_to_end(collection, **{**run, "decode": "device+pillow"},
-                                            jpeg_decoder=decoder)
-            _print_end_to_end(f"end to end, {decoder} + Pillow {pillow:.0%}", fast, wall, forward)
+        bench = Bench("bench_gpu", repeats=args.repeats, settings={
+            "images": what, "n": len(collection), "batch_size": args.batch_size,
+            "workers": args.workers, "decode": args.decode})
+        measure(bench, args, collection, cuda)
+        bench.write()
+
+
+def measure(bench: Bench, args, collection: Collection, cuda: bool) -> None:
+    for jpeg_bytes, what in ((False, "Pillow views"), (True, "JPEG bytes")):
+        bench.measure(f"loader, {what} ({args.workers} workers)", lambda: loader_rate(
+            collection, batch_size=args.batch_size, workers=args.workers,
+            jpeg_bytes=jpeg_bytes), unit="img/s")
+    run = dict(batch_size=args.batch_size, workers=args.workers)
+    if not cuda:
+        bench.measure("CPU end to end (fp32, Pillow)", lambda: end_to_end(
+            collection, **run, device="cpu", precision="fp32", decode="cpu")[0],
+            unit="img/s", warmup=False)
+        return
+    device = torch.device("cuda")
+    spec = get_spec("resnet50")
+    runner = TrunkRunner(spec, load_trunk(spec, "random"), device, torch.bfloat16)
+    runner.submit(torch.zeros((args.batch_size, 3, 224, 224), dtype=torch.uint8))()
+    precision = runner.precision  # bf16, or fp32 when bf16 strays from it
+    forward = f"forward only ({precision})"
+    bench.measure(forward, lambda: forward_rate(runner, len(collection), args.batch_size),
+                  unit="img/s")
+    run.update(device="cuda", precision=precision)
+    if args.decode == "cpu":
+        bench.measure("end to end (Pillow)", lambda: end_to_end(collection, **run,
+                                                                decode="cpu")[0],
+                      unit="img/s", warmup=False)
+        bench.ratio("end to end (Pillow) / forward only", "end to end (Pillow)", forward)
+        return
+    for decoder in _decoders(args.jpeg_decoder):
+        bench.measure(f"decode only, {decoder}", lambda: decode_rate(
+            collection, device, batch_size=args.batch_size, workers=args.workers,
+            decoder=decoder), unit="img/s")
+        for mode in ("device", "device+pillow"):
+            label = f"end to end, {decoder}" + (" + Pillow's share" if "+" in mode else " alone")
+            bench.measure(label, lambda: end_to_end(collection, **run, decode=mode,
+                                                    jpeg_decoder=decoder)[0],
+                          unit="img/s", warmup=False)
+            bench.ratio(f"{label} / forward only", label, forward)
 
 
 def _decoders(choice: str) -> list[str]:
@@ -239,11 +249,6 @@ def _decoders(choice: str) -> list[str]:
         except ValueError as err:
             print(f"{name}: not measured; {err}")
     return found
-
-
-def _print_end_to_end(what: str, rate: float, wall: float, forward: float) -> None:
-    print(f"{what:<36}{rate:>10.0f} img/s   ({wall:.0f} img/s counting worker start and "
-          f"model load); ratio end to end / forward only: {rate / forward:.2f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Every head on one synthetic full-scale cell per Rijksmuseum task, tuning included.
 
-    python bench/bench_grid.py                      # full scale (~100k x 2048 a task)
-    python bench/bench_grid.py --scale 0.05         # 5 % of the images, a quick run
-    python bench/bench_grid.py --scale 0.1 --reference   # also scikit-learn's slow solvers
+    .venv/bin/python bench/bench_grid.py                      # full scale (~100k x 2048 a task)
+    .venv/bin/python bench/bench_grid.py --scale 0.05         # 5 % of the images, a quick run
+    .venv/bin/python bench/bench_grid.py --scale 0.1 --reference   # also scikit-learn's slow solvers
 
 The features are bench_softmax.py's (GAP-like, Zipf class sizes, material 206,
 type 1,054, artist 1,196 classes), split 80/10/10 by featbank's stratified
@@ -21,6 +21,10 @@ vectors, VGG19 512-d), of the cells measured at each one's feature size.
 accuracy comparison: LogisticRegression (lbfgs) and LinearSVC tuned over the
 same C grid, and a 300-tree random forest (scikit-learn's default settings).
 They take hours at full scale; run them at 10 %.
+
+Each cell runs ``--repeats`` times, each in a fresh process (so no warm-up
+run: a fresh process is the cold start a cell pays); the median and min-max of
+its seconds, and its accuracies, are written to bench/results/bench_grid.json.
 """
 import argparse
 import multiprocessing
@@ -33,6 +37,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_softmax import TASKS, synthetic_features  # noqa: E402
+from harness import Bench  # noqa: E402
 
 REFERENCES = {"logreg (sklearn)": ("logreg", {"head__engine": "sklearn"}),
               "svm (sklearn)": ("svm", {"head__engine": "sklearn"}),
@@ -86,34 +91,37 @@ def main():
                         help="feature size of each backbone of the estimated grid (default: "
                              "ResNet50, Inception-V3, Xception, VGG19)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     ours = resolve_heads(args.heads)
     heads = ours + [r for r, (name, _) in REFERENCES.items() if args.reference and name in ours]
     dims = [int(d) for d in args.dims.split(",")]
-    print(f"{'task':<10}{'n':>8}{'classes':>8}{'dim':>6}  {'head':<18}{'seconds':>9}{'val':>7}"
-          f"{'test':>7}  {'chosen':<16}{'engine':<9}{'peak GB':>8}", flush=True)
+    bench = Bench("bench_grid", repeats=args.repeats, settings=vars(args))
     total = {}
     spawn = multiprocessing.get_context("spawn")
     for dim in sorted(set(dims), reverse=True):
         for task in args.tasks.split(","):
             for head in heads:
-                # a fresh process per cell: its peak memory is its own
-                with ProcessPoolExecutor(1, mp_context=spawn) as pool:
-                    r = pool.submit(run_cell, task, int(100_000 * args.scale), head, args.seed,
-                                    dim).result()
-                print(f"{task:<10}{r['n']:>8}{r['classes']:>8}{dim:>6}  {head:<18}"
-                      f"{r['seconds']:>9.1f}{r['val']:>7.3f}{r['test']:>7.3f}  "
-                      f"{r['chosen']:<16}{r['engine']:<9}{r['peak_gb']:>8.2f}", flush=True)
+                results = []
+
+                def cell() -> float:  # a fresh process per run: its peak memory is its own
+                    with ProcessPoolExecutor(1, mp_context=spawn) as pool:
+                        results.append(pool.submit(run_cell, task, int(100_000 * args.scale),
+                                                   head, args.seed, dim).result())
+                    return results[-1]["seconds"]
+                label = f"{task} ({TASKS[task]} classes), {dim}-d, {head}"
+                figure = bench.measure(f"{label}: seconds", cell, unit="s", warmup=False)
+                r = results[-1]
+                for key in ("val", "test", "peak_gb"):
+                    bench.record(f"{label}: {key}", [x[key] for x in results],
+                                 unit="GB" if key == "peak_gb" else "")
+                bench.figures[f"{label}: seconds"].update(chosen=r["chosen"], engine=r["engine"])
                 if head in ours:
-                    total[task, head, dim] = r["seconds"]
+                    total[task, head, dim] = figure["median"]
     seconds_at = {d: sum(s for (_, _, at), s in total.items() if at == d) for d in set(dims)}
-    minutes = sum(seconds_at[d] for d in dims) / 60
-    slowest = max(total, key=total.get)
-    print(f"estimated grid, {len(dims)} backbones ({'/'.join(map(str, dims))}-d) x "
-          f"{len(set(k[0] for k in total))} tasks x {len(set(k[1] for k in total))} heads at "
-          f"scale {args.scale:g}: {minutes:.1f} min (goal at full scale: 30 min or less); "
-          f"slowest cell {slowest[1]} on {slowest[0]} ({slowest[2]}-d), {total[slowest]:.0f} s "
-          "(goal: 300 s or less)")
+    bench.record(f"estimated grid, {len(dims)} backbones, minutes (goal at full scale: 30)",
+                 [sum(seconds_at[d] for d in dims) / 60], unit="min")
+    bench.write()
 
 
 if __name__ == "__main__":

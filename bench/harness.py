@@ -1,0 +1,110 @@
+"""What every benchmark shares: warm-up, repeats, median and spread, the machine, a JSON file.
+
+A benchmark measures each figure ``repeats`` times (at least 3) after a warm-up
+run that is thrown away, and reports the median with the minimum and maximum;
+a ratio of two figures is taken per repeat (the i-th of one over the i-th of
+the other) and reported the same way. The machine (CPU model, cores, threads,
+torch, GPU) and the settings travel with the figures into
+``bench/results/<bench>.json``, from which ``bench/tables.py`` writes the docs'
+tables: no figure in the docs is typed by hand.
+
+These machines are shared and noisy (identical runs vary by up to 1.5x), so a
+single run is never a figure.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+RESULTS = Path(__file__).resolve().parent / "results"
+MIN_REPEATS = 3
+
+
+def machine() -> dict:
+    """What the figures were measured on."""
+    import torch
+
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": cpu, "cores": cores, "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
+            "gpu": gpu}
+
+
+def summary(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values),
+            "values": values}
+
+
+class Bench:
+    """Figures of one benchmark run: ``measure`` each, ``ratio`` pairs, then ``write``."""
+
+    def __init__(self, name: str, *, repeats: int = MIN_REPEATS, settings: dict | None = None):
+        if repeats < MIN_REPEATS:
+            raise SystemExit(f"--repeats must be at least {MIN_REPEATS}, not {repeats}")
+        self.name, self.repeats = name, repeats
+        self.settings = settings or {}
+        self.figures: dict[str, dict] = {}
+        self.machine = machine()
+        print(f"{name}: {self.machine['cpu']} ({self.machine['cores']} cores, "
+              f"{self.machine['torch_threads']} torch threads), torch {self.machine['torch']}"
+              + (f", {self.machine['gpu']}" if self.machine["gpu"] else "")
+              + f"; median and min-max of {repeats} repeats after a warm-up", flush=True)
+
+    def measure(self, label: str, run: Callable[[], float], *, unit: str,
+                warmup: bool = True) -> dict:
+        """Call ``run`` (it returns the figure: seconds, img/s, ...) once to warm up, then
+        ``repeats`` times; record and print the median and min-max."""
+        if warmup:
+            run()
+        values = [float(run()) for _ in range(self.repeats)]
+        return self.record(label, values, unit=unit)
+
+    def time(self, label: str, run: Callable[[], object], *, warmup: bool = True) -> dict:
+        """Seconds ``run`` takes (median of the repeats, after a warm-up)."""
+        def seconds() -> float:
+            start = time.perf_counter()
+            run()
+            return time.perf_counter() - start
+        return self.measure(label, seconds, unit="s", warmup=warmup)
+
+    def record(self, label: str, values: list[float], *, unit: str) -> dict:
+        figure = {**summary(values), "unit": unit}
+        self.figures[label] = figure
+        print(f"  {label}: {_fmt(figure)}", flush=True)
+        return figure
+
+    def ratio(self, label: str, numerator: str, denominator: str) -> dict:
+        """The ratio of two measured figures, repeat by repeat."""
+        a, b = self.figures[numerator]["values"], self.figures[denominator]["values"]
+        return self.record(label, [x / y for x, y in zip(a, b)], unit="x")
+
+    def write(self) -> Path:
+        RESULTS.mkdir(exist_ok=True)
+        path = RESULTS / f"{self.name}.json"
+        path.write_text(json.dumps({
+            "bench": self.name, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "machine": self.machine, "repeats": self.repeats, "settings": self.settings,
+            "figures": self.figures}, indent=2) + "\n")
+        print(f"written: {path}")
+        return path
+
+
+def _fmt(figure: dict) -> str:
+    digits = 3 if figure["unit"] == "x" or figure["median"] < 10 else 1
+    return (f"{figure['median']:.{digits}f} {figure['unit']} "
+            f"({figure['min']:.{digits}f}-{figure['max']:.{digits}f})")
