@@ -72,24 +72,30 @@ def main():
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=default_workers())
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--weights", action="append", default=[], metavar="BACKBONE=PATH",
+                        help="a weights file for a backbone (default: random weights; "
+                             "the same work either way, bar the file's reading)")
     args = parser.parse_args()
+    args.weights = dict(item.split("=", 1) for item in args.weights)
     collection = sample(args.images, args.n)
     bench = Bench("bench_extract", repeats=args.repeats, settings={
         "images": str(args.images), "n": len(collection), "batch_size": args.batch_size,
-        "workers": args.workers})
+        "workers": args.workers, "backbones": args.backbones})
     for name in args.backbones.split(","):
-        forward = f"{name}: bare forward"
-        bench.measure(forward, lambda: bare_forward_rate(name, len(collection), args.batch_size),
-                      unit="img/s")
+        weights = args.weights.get(name, "random")
+        forward, stream = f"{name}: bare forward", f"{name}: extract, first batch to file"
         rates = []
 
-        def stream() -> float:
-            rates.append(extract_rates(name, collection, args.batch_size, args.workers))
+        def extraction() -> float:
+            rates.append(extract_rates(name, collection, args.batch_size, args.workers,
+                                       weights))
             return rates[-1][0]
-        bench.measure(f"{name}: extract, first batch to file", stream, unit="img/s")
+        bench.interleave({  # each extraction right after a bare forward pass: fair pairs
+            forward: (lambda: bare_forward_rate(name, len(collection), args.batch_size,
+                                                weights), "img/s"),
+            stream: (extraction, "img/s")})
         bench.record(f"{name}: extract, whole call", [w for _, w in rates[1:]], unit="img/s")
-        bench.ratio(f"{name}: extract / bare forward", f"{name}: extract, first batch to file",
-                    forward)
+        bench.ratio(f"{name}: extract / bare forward", stream, forward)
     bench.write()
 
 

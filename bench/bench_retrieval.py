@@ -18,6 +18,7 @@ repeat by repeat; written to bench/results/bench_retrieval.json. Goal: the
 full 100k x 2048 search in a few minutes on 2 cores.
 """
 import argparse
+import time
 import numpy as np
 from harness import Bench
 
@@ -65,12 +66,19 @@ def main() -> None:
     yg, yq = y[:n_gallery], y[n_gallery:]
     bench = Bench("bench_retrieval", repeats=args.repeats, settings={
         "gallery": len(gallery), "queries": len(queries), "dim": args.dim, "k": args.k})
-    found = []
-    bench.time(f"featbank, {len(queries)} queries", lambda: found.append(
-        nearest(gallery, queries, args.k)[0]))
-    reference = []
-    bench.time(f"numpy float32 + argpartition, {len(queries)} queries", lambda: reference.append(
-        baseline(gallery, queries, args.k)))
+    found, reference = [], []
+
+    def timed(run, out):
+        def seconds() -> float:
+            start = time.perf_counter()
+            out.append(run())
+            return time.perf_counter() - start
+        return seconds, "s"
+    bench.interleave({
+        f"featbank, {len(queries)} queries": timed(
+            lambda: nearest(gallery, queries, args.k)[0], found),
+        f"numpy float32 + argpartition, {len(queries)} queries": timed(
+            lambda: baseline(gallery, queries, args.k), reference)})
     bench.ratio("speed-up (numpy time / featbank time)",
                 f"numpy float32 + argpartition, {len(queries)} queries",
                 f"featbank, {len(queries)} queries")

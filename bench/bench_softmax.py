@@ -21,6 +21,7 @@ bench/results/bench_softmax.json.
 """
 import argparse
 import resource
+import time
 import numpy as np
 from harness import Bench
 
@@ -56,17 +57,21 @@ def run_task(bench: Bench, name: str, n_classes: int, n: int, seed: int) -> None
     mean, std = X[train].mean(0), X[train].std(0) + 1e-6
     X = standardize(X, mean, std)
     (X_train, y_train), (X_val, y_val) = (X[train], y[train]), (X[val], y[val])
-    for recipe, alphas in (("paper", [0.0]), ("fast, untuned", [0.0]),
-                           ("fast, tuned", SOFTMAX_ALPHAS)):
-        heads = []
+    heads = {}
 
-        def fit() -> None:  # the fit alone, not the copy of the parts
+    def fitting(recipe: str, alphas):
+        def seconds() -> float:  # the fit alone, not the copy of the parts
+            start = time.perf_counter()
             head = SoftmaxClassifier(recipe="paper" if recipe == "paper" else "fast",
                                      random_state=seed)
             head.fit_path(X_train, y_train, X_val, y_val, "alpha", alphas)
-            heads.append(head)
-        bench.time(f"{name} ({len(y)} x {n_classes} classes): {recipe}", fit)
-        head = heads[-1]
+            heads[recipe] = head
+            return time.perf_counter() - start
+        return seconds, "s"
+    recipes = {"paper": [0.0], "fast, untuned": [0.0], "fast, tuned": SOFTMAX_ALPHAS}
+    bench.interleave({f"{name} ({len(y)} x {n_classes} classes): {recipe}": fitting(recipe, a)
+                      for recipe, a in recipes.items()})
+    for recipe, head in heads.items():
         for part, (Xp, yp) in {"val": (X_val, y_val), "test": (X[test], y[test])}.items():
             bench.record(f"{name}: {recipe}, {part} top-1", [head.score(Xp, yp)], unit="")
         bench.record(f"{name}: {recipe}, epochs", [head.n_epochs_], unit="")

@@ -74,6 +74,23 @@ class Bench:
         values = [float(run()) for _ in range(self.repeats)]
         return self.record(label, values, unit=unit)
 
+    def interleave(self, runs: dict[str, tuple[Callable[[], float], str]], *,
+                   warmup: bool = True) -> dict[str, dict]:
+        """Measure several figures in turns (A, B, A, B, ...): the i-th repeats of a ratio's
+        two figures then ran a moment apart, on the same state of a shared machine.
+
+        runs : label -> (the call returning the figure, its unit).
+        """
+        if warmup:
+            for run, _ in runs.values():
+                run()
+        values = {label: [] for label in runs}
+        for _ in range(self.repeats):
+            for label, (run, _) in runs.items():
+                values[label].append(float(run()))
+        return {label: self.record(label, values[label], unit=unit)
+                for label, (_, unit) in runs.items()}
+
     def time(self, label: str, run: Callable[[], object], *, warmup: bool = True) -> dict:
         """Seconds ``run`` takes (median of the repeats, after a warm-up)."""
         def seconds() -> float:

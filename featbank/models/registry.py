@@ -126,7 +126,16 @@ def timm_spec(model_name: str, *, resize: str = "center_crop") -> BackboneSpec:
                      interpolation=data.get("interpolation", "bilinear"))
     return BackboneSpec(name=f"timm:{model_name}", feature_dim=dim, preprocess=pre,
                         build=_timm_build(model_name, tag), source="timm",
-                        imagenet=Pretrained("timm", model_name, tag) if tag else None)
+                        imagenet=Pretrained("timm", model_name, tag) if tag else None,
+                        head_prefixes=_timm_classifier(cfg))
+
+
+def _timm_classifier(cfg) -> tuple[str, ...]:
+    """The key prefixes of a timm model's classifier (its pretrained config names them,
+    e.g. ``classifier`` or ``head.fc``): a full model's weights file may carry them."""
+    names = getattr(cfg, "classifier", None) if cfg is not None else None
+    names = [names] if isinstance(names, str) else list(names or [])
+    return tuple(f"{name}." for name in names)
 
 
 BACKBONES: dict[str, BackboneSpec] = {}
@@ -171,7 +180,8 @@ def _register_xception():
     pre = Preprocess(input_size=299, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
                      interpolation="bicubic")
     register(BackboneSpec("xception", 2048, pre, _timm_build("legacy_xception", "tf_in1k"),
-                          Pretrained("timm", "legacy_xception", "tf_in1k"), source="timm"))
+                          Pretrained("timm", "legacy_xception", "tf_in1k"), source="timm",
+                          head_prefixes=("fc.",)))
 
 
 _register_torchvision()

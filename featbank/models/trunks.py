@@ -14,6 +14,7 @@ a name stands for, offline.
 """
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from featbank.core.hashing import file_sha256
 from featbank.models.registry import RANDOM_SEED, BackboneSpec, weights_id
 from featbank.store.provenance import weights_label
 
+LOG = logging.getLogger("featbank")  # notes the user should see once, on stderr
 NORM_LAYERS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)
 # ``--weights random``: the library's own initialisation of the architecture, seeded.
 # (Fine-tuning's ``--init random`` is another one, He-uniform: see finetuning.model.)
@@ -262,11 +264,17 @@ def load_state_dict_file(module: nn.Module, path: str | os.PathLike, *,
     expected = set(module.state_dict())
     head_prefixes = spec.head_prefixes if spec is not None else ()
     missing = sorted(expected - set(state))
+    dropped = sorted(k for k in set(state) - expected if k.startswith(head_prefixes))
     extra = sorted(k for k in set(state) - expected if not k.startswith(head_prefixes))
+    name = spec.name if spec else "this backbone"
     if missing or extra:
-        raise BadInput(f"{path} does not fit {spec.name if spec else 'this backbone'}: "
-                         f"{len(missing)} missing keys {missing[:3]}, "
-                         f"{len(extra)} unexpected keys {extra[:3]}")
+        raise BadInput(f"{path} does not fit {name}: {_keys(len(missing), 'missing', missing)}, "
+                       f"{_keys(len(extra), 'unexpected', extra)}; is it the weights of "
+                       "another architecture?")
+    if dropped:
+        LOG.warning(f"{Path(path).name}: the classifier's {len(dropped)} keys "
+                    f"({', '.join(dropped[:2])}{', ...' if len(dropped) > 2 else ''}) are "
+                    f"not part of {name}'s trunk; dropped")
     try:
         module.load_state_dict({k: state[k] for k in expected}, strict=True)
     except RuntimeError as err:
@@ -274,6 +282,10 @@ def load_state_dict_file(module: nn.Module, path: str | os.PathLike, *,
         raise BadInput(f"{path} does not fit {spec.name if spec else 'this backbone'}: "
                          f"{first}") from None
     return description
+
+
+def _keys(n: int, what: str, keys: list[str]) -> str:
+    return f"{n} {what} key{'s' * (n != 1)}" + (f" (e.g. {keys[0]!r})" if keys else "")
 
 
 def export_trunk(trunk: nn.Module, path: str | os.PathLike, **description) -> None:
