@@ -105,6 +105,34 @@ class ExportConfig:
         one_of("--format", self.format, EXPORT_FORMATS)
 
 
+# Cosine similarity at which two images count as near-duplicates by default: chosen on
+# bench/bench_duplicates.py (copies of heritage images; docs/analysis.md has its table).
+DUPLICATE_THRESHOLD = 0.95
+
+
+@dataclass
+class DuplicatesConfig:
+    """Near-duplicate groups of one feature file, or pairs with another collection's."""
+
+    backbone: str
+    weights: str = "all"
+    threshold: float = DUPLICATE_THRESHOLD
+    k: int = 10  # neighbours each image is compared with
+    across: str | None = None  # another collection of the cache
+    sheet: int = runtime(8)  # groups on the contact sheet
+    cache_root: str = runtime("cache")
+    progress: bool = runtime(True)
+
+    def __post_init__(self):
+        _one_backbone(self.backbone)
+        self.weights = parse_weights_filter(self.weights)
+        if not 0 < self.threshold <= 1:
+            raise BadInput(f"--threshold must be a cosine similarity in (0, 1], "
+                           f"not {self.threshold}")
+        at_least("--k", self.k, 1)
+        at_least("--sheet", self.sheet, 0)
+
+
 def _network_weights(option: str, value: str) -> None:
     """imagenet, random, or a path (a weights file or run folder, checked when loaded)."""
     if not value or value == "all":

@@ -26,19 +26,19 @@ from featbank.analysis.common import (
     html_page,
     output_folder,
     preprocess_change,
-    progress_bar,
     read_entry,
     single_feature_file,
     thumbnail,
     thumbnail_files,
 )
 from featbank.analysis.config import RetrieveConfig
-from featbank.analysis.similarity import average_precision_at_k, nearest, precision_at_k
+from featbank.analysis.similarity import average_precision_at_k, precision_at_k
 from featbank.core.errors import BadInput, MissingFile
 from featbank.core.fileio import atomic_path, atomic_write_json, atomic_write_text, safe_name
 from featbank.data.collection import Collection
 from featbank.data.tasks import load_or_make_split
 from featbank.store.features import FeatureFile
+from featbank.store.index import ensure_index, search
 
 SHOWN = 10  # neighbours per query on a contact sheet
 COLORS = {"query": (40, 90, 200), True: (30, 160, 60), False: (210, 40, 40)}
@@ -62,9 +62,16 @@ def retrieve(collection: Collection, config: RetrieveConfig, *, warn=print) -> d
                          f"images have features in {entry.path.name}; run extract.py first")
     y_gallery = np.array([label[i] for i in gallery], dtype=object)
     y_query = np.array([label[i] for i in queries], dtype=object)
-    found, similarity = nearest(data.X[[row[i] for i in gallery]],
-                                data.X[[row[i] for i in queries]], config.k,
-                                progress=progress_bar(config.progress))
+    if config.k > len(gallery):
+        raise BadInput(f"--k {config.k} but the gallery holds {len(gallery)} images; use --k "
+                       f"between 1 and {len(gallery)}")
+    index, info = ensure_index(entry.path, warn=warn)  # built once, kept beside the file
+    gallery_rows = np.array([row[i] for i in gallery])
+    rows, similarity = search(index, data.X[[row[i] for i in queries]], config.k,
+                              rows=gallery_rows)
+    position = np.full(len(data.ids), -1)
+    position[gallery_rows] = np.arange(len(gallery_rows))
+    found = position[rows]
     relevant = y_gallery[found] == y_query[:, None]
     per_label = dict(zip(*np.unique(y_gallery, return_counts=True)))
     n_relevant = np.array([per_label.get(y, 0) for y in y_query])
@@ -80,6 +87,7 @@ def retrieve(collection: Collection, config: RetrieveConfig, *, warn=print) -> d
         "command": "retrieve", "collection": collection.name, "task": config.task,
         **describe(entry), "split_tag": split.spec.tag, "similarity": "cosine", "k": config.k,
         "gallery": "train+val", "n_gallery": len(gallery), "n_queries": len(queries),
+        "index": {"kind": info.kind, "factory": info.factory, "nprobe": info.nprobe},
         "precision_at_k": float(precision.mean()), "map_at_k": float(ap.mean()),
         # what precision@k would be with neighbours drawn at random from the gallery
         "chance_precision_at_k": float(np.mean(n_relevant / len(gallery))),
@@ -130,7 +138,8 @@ def lookup(collection: Collection, config: RetrieveConfig, *, warn=print) -> dic
                                           progress=config.progress),
                          resolve_device(config.device), None)
     vectors = runner.submit(torch.stack(views))()
-    found, similarity = nearest(data.X, vectors, config.k)
+    index, _ = ensure_index(entry.path, warn=warn)
+    found, similarity = search(index, vectors, min(config.k, len(data.ids)))
     labels = collection.labels_by_id()
     results = [{"image": str(path), "neighbours": [
         {"id": data.ids[g], "similarity": float(s),

@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 from featbank.analysis.config import (
     CkaConfig,
+    DuplicatesConfig,
     ExportConfig,
     LayersConfig,
     MapConfig,
@@ -86,6 +87,46 @@ def retrieve(backbone: str, task: str | None = None, *, collection: str | None =
     from featbank.analysis.retrieve import retrieve as evaluate_retrieval
 
     return (lookup if config.queries else evaluate_retrieval)(found, config, warn=warn)
+
+
+def duplicates(backbone: str, *, collection: str | None = None, weights: str = "all",
+               threshold: float | None = None, k: int = 10, across: str | None = None,
+               cache: PathLike = "cache", warn=_quiet, **settings: Any) -> dict:
+    """Near-duplicate images: groups within a collection, or pairs with another one.
+
+    Parameters
+    ----------
+    backbone : str
+    collection : str, optional
+        The collection in the cache (default: the only one it holds).
+    weights : str, default="all"
+    threshold : float, optional
+        Cosine similarity at which two images count as duplicates (default:
+        ``featbank.analysis.config.DUPLICATE_THRESHOLD``, chosen on
+        ``bench/bench_duplicates.py``).
+    k : int, default=10
+        Neighbours each image is compared with.
+    across : str, optional
+        Another collection of the cache: which of this collection's images it
+        already holds (its features made by the same backbone and weights).
+    cache : path, default="cache"
+    warn : callable, optional
+    **settings
+        ``sheet`` (groups on the contact sheet), ``progress``.
+
+    Returns
+    -------
+    dict
+        ``n_groups``, ``largest``, and the paths of the CSV, contact sheet and
+        HTML page; with ``across``, ``n_duplicated``, ``n_pairs`` and the CSV.
+    """
+    from featbank.analysis.duplicates import duplicates as find
+
+    if threshold is not None:
+        settings["threshold"] = threshold
+    config = DuplicatesConfig(backbone=backbone, weights=weights, k=k, across=across,
+                              cache_root=str(cache), **settings)
+    return find(cached_collection(cache=cache, collection=collection), config, warn=warn)
 
 
 def cka(features: Sequence[PathLike], *, debiased: bool = False, cache: PathLike = "cache",

@@ -29,6 +29,7 @@ from featbank.analysis.config import (
     MAP_METHODS,
     SALIENCY_METHODS,
     CkaConfig,
+    DuplicatesConfig,
     ExportConfig,
     LayersConfig,
     MapConfig,
@@ -38,6 +39,7 @@ from featbank.analysis.config import (
 )
 from featbank.api import analyses
 from featbank.cli.common import Parser, add_options, make_parser
+from featbank.core.errors import BadInput
 from featbank.core.settings import defaults
 from featbank.core.text import count
 from featbank.heads.registry import linear_heads
@@ -124,6 +126,24 @@ def _add_export(commands) -> None:
                         help="npy (features, ids, labels.csv) or parquet (default: npy)")
 
 
+def _add_duplicates(commands) -> None:
+    d = defaults(DuplicatesConfig)
+    dup = commands.add_parser("duplicates", help="groups of near-duplicate images (CSV, contact "
+                              "sheets, HTML), or which images another collection already holds")
+    _features_options(dup, d, task_required=None)
+    dup.add_argument("--threshold", type=float, default=d["threshold"],
+                     help=f"cosine similarity from which two images are duplicates (default: "
+                          f"{d['threshold']:g}, chosen on bench/bench_duplicates.py)")
+    dup.add_argument("--k", type=int, default=d["k"],
+                     help=f"neighbours each image is compared with (default: {d['k']})")
+    dup.add_argument("--across", metavar="A,B", default=None,
+                     help="images of collection A that duplicate images of collection B "
+                          "(both extracted with this backbone and weights)")
+    dup.add_argument("--sheet", type=int, default=d["sheet"],
+                     help=f"groups on the contact sheet (default: {d['sheet']})")
+    add_options(dup, "no-progress", defaults=d)
+
+
 def _add_layers(commands) -> None:
     d = defaults(LayersConfig)
     layers = commands.add_parser("layers", help="per stage: relative weight distance and CKA "
@@ -180,8 +200,8 @@ def get_args_parser() -> Parser:
     parser = make_parser(__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                      parser_class=Parser)
-    for add in (_add_retrieve, _add_cka, _add_map, _add_export, _add_layers, _add_top_images,
-                _add_saliency):
+    for add in (_add_retrieve, _add_cka, _add_map, _add_export, _add_duplicates, _add_layers,
+                _add_top_images, _add_saliency):
         add(commands)
     return parser
 
@@ -239,6 +259,28 @@ def _export(args) -> tuple[dict, list[str]]:
     print(f"{count(report['n_rows'], 'row')} x {report['feature_dim']} -> "
           + ", ".join(report["files"]))
     return report, []
+
+
+def _duplicates(args) -> tuple[dict, list[str]]:
+    collection, across = args.collection, None
+    if args.across:
+        parts = [p.strip() for p in args.across.split(",")]
+        if len(parts) != 2 or not all(parts):
+            raise BadInput(f"--across {args.across!r}: name two collections, A,B")
+        collection, across = parts
+    report = analyses.duplicates(args.backbone, collection=collection, weights=args.weights,
+                                 threshold=args.threshold, k=args.k, across=across,
+                                 cache=args.cache, warn=_say, sheet=args.sheet,
+                                 progress=not args.no_progress)
+    if across:
+        print(f"{count(report['n_duplicated'], 'image')} of {report['collection']} "
+              f"({report['n_images']:,}) duplicate images of {across}: "
+              f"{count(report['n_pairs'], 'pair')} at cosine >= {report['threshold']:g}")
+        return report, ["csv"]
+    print(f"{count(report['n_groups'], 'group')} of near-duplicates (cosine >= "
+          f"{report['threshold']:g}) hold {count(report['n_images_in_groups'], 'image')} of "
+          f"{report['n_images']:,}; largest: {', '.join(map(str, report['largest'])) or '-'}")
+    return report, ["csv", "png", "html"]
 
 
 def _trunk_pass(args) -> dict:
@@ -300,6 +342,7 @@ def _saliency(args) -> tuple[dict, list[str]]:
 
 
 COMMANDS = {"retrieve": _retrieve, "cka": _cka, "map": _map, "export": _export,
+            "duplicates": _duplicates,
             "layers": _layers, "top-images": _top_images, "saliency": _saliency}
 
 

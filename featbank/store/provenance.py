@@ -118,7 +118,7 @@ def weights_label(wid: str, exact: str, description: dict | None = None,
 
 def same_attr(a, b) -> bool:
     """Two attribute values agree (sequences to float tolerance)."""
-    if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
+    if isinstance(a, (list, tuple, np.ndarray)) or isinstance(b, (list, tuple, np.ndarray)):
         return np.allclose(np.asarray(a, dtype=float), np.asarray(b, dtype=float))
     return a == b
 

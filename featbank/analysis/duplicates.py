@@ -1,0 +1,210 @@
+"""Near-duplicate images: re-scans, crops, colour-corrected copies, within a collection or
+across two.
+
+Every image queries the feature file's similarity index (:mod:`featbank.store.index`)
+for its ``k`` nearest neighbours; pairs at cosine ``threshold`` or more are
+linked, and linked images form groups (connected components). Outputs: a CSV
+(group, id, similarity to the group's first image), contact sheets of the
+largest groups, an HTML page to page through every group, and the JSON report.
+``across`` instead asks which images of this collection duplicate images of
+another one (its feature file made by the same backbone and weights): a CSV of
+pairs (id here, id there, similarity).
+"""
+from __future__ import annotations
+
+import csv
+import html
+import time
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from featbank.analysis.common import (
+    describe,
+    html_page,
+    output_folder,
+    single_feature_file,
+    thumbnail_files,
+)
+from featbank.analysis.config import DuplicatesConfig
+from featbank.core.errors import BadInput
+from featbank.core.fileio import atomic_path, atomic_write_json, atomic_write_text, safe_name
+from featbank.data.collection import Collection
+from featbank.data.sources import cached_collection
+from featbank.evaluation.plots import plot_image_grid
+from featbank.store.index import CHUNK, ensure_index, search
+from featbank.store.provenance import plain_attrs, provenance_conflict
+
+PER_PAGE = 20  # groups per HTML page
+
+
+def duplicates(collection: Collection, config: DuplicatesConfig, *, warn=print) -> dict:
+    """Groups of near-duplicates in ``collection`` (or, with ``config.across``, pairs with
+    another collection); writes CSV, PNG, HTML and JSON, returns the JSON report."""
+    started = time.perf_counter()
+    entry = single_feature_file(config.cache_root, collection.name, config.backbone,
+                                config.weights, warn=warn)
+    folder = output_folder(config.cache_root, collection.name, "duplicates")
+    if config.across:
+        return _across(collection, entry, config, folder, started, warn)
+    index, info = ensure_index(entry.path, warn=warn)
+    with h5py.File(entry.path, "r") as f:
+        ids = f["ids"].asstr()[:].tolist()
+        pairs = _pairs(index, f, config, skip_self=True)
+    groups = _groups(len(ids), pairs)
+    stem = f"{entry.path.stem}__{config.threshold:g}"
+    similarity = _to_first(entry.path, groups)
+    csv_path = _write_groups_csv(folder / f"{stem}.csv", groups, ids, similarity)
+    report = {"command": "duplicates", "collection": collection.name, **describe(entry),
+              "index": asdict(info), "threshold": config.threshold, "k": config.k,
+              "n_images": len(ids), "n_groups": len(groups),
+              "n_images_in_groups": int(sum(len(g) for g in groups)),
+              "largest": [len(g) for g in groups[:10]], "csv": str(csv_path),
+              "settings": asdict(config)}
+    shown = [[(ids[r], s) for r, s in zip(group, similarity[k])]
+             for k, group in enumerate(groups)]
+    if shown:
+        report["png"] = str(_sheet(folder / f"{stem}_largest.png", collection, shown[:config.sheet],
+                                   config.threshold))
+        report["html"] = str(_html(folder / f"{stem}.html", collection, shown, report))
+    return _finish(report, folder / f"{stem}.json", started)
+
+
+def _pairs(index, f: h5py.File, config: DuplicatesConfig, *, skip_self: bool) -> np.ndarray:
+    """(i, j, similarity) of every row i and neighbour j at ``threshold`` or more."""
+    found_pairs = []
+    total = f["features"].shape[0]
+    for start in range(0, total, CHUNK):
+        block = f["features"][start:min(total, start + CHUNK)]
+        found, similarity = search(index, block, min(config.k + skip_self, index.ntotal))
+        rows = np.repeat(np.arange(start, start + len(block)), found.shape[1])
+        keep = (similarity.ravel() >= config.threshold) & (found.ravel() >= 0)
+        if skip_self:
+            keep &= found.ravel() != rows
+        found_pairs.append(np.column_stack([rows[keep], found.ravel()[keep],
+                                            similarity.ravel()[keep]]))
+    return np.concatenate(found_pairs) if found_pairs else np.zeros((0, 3))
+
+
+def _groups(n: int, pairs: np.ndarray) -> list[list[int]]:
+    """Connected components of the linked rows (union-find), largest first; each group's
+    rows in file order, so its first image is the earliest."""
+    parent = np.arange(n)
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+    for i, j, _ in pairs:
+        a, b = root(int(i)), root(int(j))
+        if a != b:
+            parent[max(a, b)] = min(a, b)
+    members: dict[int, list[int]] = {}
+    linked = np.unique(pairs[:, :2].astype(int)) if len(pairs) else np.zeros(0, dtype=int)
+    for i in linked:
+        members.setdefault(root(int(i)), []).append(int(i))
+    return sorted((sorted(g) for g in members.values() if len(g) > 1),
+                  key=lambda g: (-len(g), g[0]))
+
+
+def _to_first(path: Path, groups: list[list[int]]) -> list[list[float]]:
+    """Each member's cosine similarity to its group's first image (1.0 for the first)."""
+    out = []
+    with h5py.File(path, "r") as f:
+        for group in groups:
+            X = f["features"][np.array(group)]
+            X = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+            out.append((X @ X[0]).round(4).tolist())
+    return out
+
+
+def _write_groups_csv(path: Path, groups, ids, similarity) -> Path:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["group", "id", "similarity_to_first"])
+        for k, group in enumerate(groups, 1):
+            writer.writerows((k, ids[r], f"{s:.4f}") for r, s in zip(group, similarity[k - 1]))
+    return path
+
+
+def _across(collection, entry, config: DuplicatesConfig, folder: Path, started: float, warn):
+    other = cached_collection(cache=config.cache_root, collection=config.across)
+    theirs = single_feature_file(config.cache_root, other.name, config.backbone, config.weights,
+                                 warn=warn)
+    with h5py.File(entry.path, "r") as a, h5py.File(theirs.path, "r") as b:
+        conflict = provenance_conflict(plain_attrs(dict(b.attrs)), plain_attrs(dict(a.attrs)))
+        if conflict:
+            key, was, now = conflict
+            raise BadInput(f"{entry.path.name} ({collection.name}) and {theirs.path.name} "
+                           f"({other.name}) were made differently ({key}: {now!r} vs {was!r}); "
+                           "extract both with the same backbone and weights")
+        index, _ = ensure_index(theirs.path, warn=warn)
+        ours_ids, their_ids = a["ids"].asstr()[:].tolist(), b["ids"].asstr()[:].tolist()
+        pairs = _pairs(index, a, config, skip_self=False)
+    path = folder / f"{entry.path.stem}__across-{safe_name(other.name)}__{config.threshold:g}.csv"
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["id", f"id in {other.name}", "similarity"])
+        for i, j, s in sorted(pairs.tolist(), key=lambda p: (p[0], -p[2])):
+            writer.writerow([ours_ids[int(i)], their_ids[int(j)], f"{s:.4f}"])
+    found = sorted({int(i) for i in pairs[:, 0]}) if len(pairs) else []
+    report = {"command": "duplicates --across", "collection": collection.name,
+              "across": other.name, **describe(entry), "threshold": config.threshold,
+              "k": config.k, "n_images": len(ours_ids), "n_duplicated": len(found),
+              "n_pairs": int(len(pairs)), "csv": str(path), "settings": asdict(config)}
+    return _finish(report, path.with_suffix(".json"), started)
+
+
+def _finish(report: dict, path: Path, started: float) -> dict:
+    report["seconds"] = round(time.perf_counter() - started, 3)
+    report["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    atomic_write_json(path, report)
+    report["json"] = str(path)
+    return report
+
+
+def _sheet(path: Path, collection: Collection, groups, threshold: float) -> Path:
+    """A contact sheet: one row per group (the largest first), its images captioned with
+    their similarity to the group's first."""
+    from featbank.analysis.common import thumbnail
+
+    rows = []
+    for k, group in enumerate(groups, 1):
+        cells = [(np.asarray(thumbnail(collection.path(i))), f"{s:.3f}") for i, s in group[:8]]
+        rows.append((f"group {k} ({len(group)})", cells))
+    return plot_image_grid(rows, path, cell=1.6,
+                           title=f"near-duplicates, cosine >= {threshold:g}: largest groups")
+
+
+def _html(path: Path, collection: Collection, groups, report: dict) -> Path:
+    """Every group, PER_PAGE a page, with buttons to page through them (plain JavaScript)."""
+    keys = {i: collection.path(i) for group in groups for i, _ in group}
+    thumbs = thumbnail_files(keys, path.parent)
+    blocks = []
+    for k, group in enumerate(groups, 1):
+        figures = "".join(
+            f"<figure><img src='{thumbs[i]}' alt='{html.escape(i)}'><figcaption>"
+            f"{html.escape(i)}<br>{s:.3f}</figcaption></figure>" for i, s in group)
+        blocks.append(f"<section class='group' data-page='{(k - 1) // PER_PAGE}'><h2>group {k} "
+                      f"({len(group)} images)</h2>{figures}</section>")
+    pages = max(1, (len(groups) + PER_PAGE - 1) // PER_PAGE)
+    body = (f"<p>{report['n_groups']} groups of near-duplicates (cosine &ge; "
+            f"{report['threshold']:g}) among {report['n_images']} images of "
+            f"{html.escape(report['collection'])}; {html.escape(report['backbone'])}.</p>"
+            "<nav><button id='prev'>previous</button> <span id='where'></span> "
+            "<button id='next'>next</button></nav>" + "".join(blocks) +
+            f"<script>let page=0;const pages={pages};function show(){{"
+            "document.querySelectorAll('.group').forEach(g=>g.style.display="
+            "g.dataset.page==page?'block':'none');document.getElementById('where')"
+            ".textContent='page '+(page+1)+' of '+pages;}"
+            "document.getElementById('prev').onclick=()=>{if(page>0){page--;show();}};"
+            "document.getElementById('next').onclick=()=>{if(page<pages-1){page++;show();}};"
+            "show();</script>")
+    style = ("figure{display:inline-block;margin:3px;width:120px;font-size:10px;"
+             "text-align:center;vertical-align:top;word-break:break-all}")
+    atomic_write_text(path, html_page(f"Near-duplicates: {report['collection']}", body, style))
+    return path
