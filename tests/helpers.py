@@ -1,6 +1,7 @@
 """What the tests share: paths of the real data, tiny generated collections and caches,
 and checks of the command-line contract (one-line errors)."""
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -102,3 +103,25 @@ def tiny_run(cache: Path, collection, **settings) -> Path:
                   split=SplitSpec(min_per_class=3))
     config.update(settings)
     return finetune(collection, FinetuneConfig(**config), log=lambda m: None).folder
+
+
+# HTML pages are tested as a person sees them: Debian's chromium, driven by playwright.
+# .ci/run installs chromium and sets FEATBANK_REQUIRE_BROWSER=1, so there it never skips.
+needs_browser = pytest.mark.skipif(
+    not Path("/usr/bin/chromium").exists() and os.environ.get("FEATBANK_REQUIRE_BROWSER") != "1",
+    reason="Debian's chromium is not installed (.ci/run installs it)")
+
+
+@contextmanager
+def browser_page():
+    """A headless chromium page (closed after the block)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--no-first-run"])
+        try:
+            yield browser.new_page()
+        finally:
+            browser.close()

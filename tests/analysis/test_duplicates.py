@@ -1,8 +1,6 @@
 """Near-duplicates: planted copies are grouped, the CSV lists them with their similarity,
 the HTML pages through the groups in a real browser, and --across pairs two collections."""
 import csv
-import os
-import shutil
 
 import numpy as np
 import pytest
@@ -11,7 +9,7 @@ import featbank as fb
 from featbank.data.collection import Collection, save_metadata
 from featbank.store.provenance import feature_path
 from featbank.store.writer import FeatureWriter
-from helpers import make_image
+from helpers import browser_page, make_image, needs_browser
 
 ATTRS = {"backbone": "squeezenet1_1", "feature_dim": 16, "weights": "random",
          "weights_exact": "random:library-init:seed0", "input_size": 224,
@@ -71,20 +69,13 @@ def test_across_finds_which_new_scans_are_already_held(planted, tmp_path):
     assert {("a/0.jpg", "a/3.jpg"), ("a/1.jpg", "a/7.jpg")} <= pairs
 
 
-@pytest.mark.skipif(not shutil.which("chromium") and not os.environ.get("FEATBANK_REQUIRE_BROWSER"),
-                    reason="Debian's chromium is not installed (.ci/run installs it; there a "
-                           "missing browser fails this test)")
+@needs_browser
 def test_the_html_page_pages_through_the_groups_in_a_browser(planted, monkeypatch):
-    from playwright.sync_api import sync_playwright
-
     import featbank.analysis.duplicates as module
 
     monkeypatch.setattr(module, "PER_PAGE", 2)  # 3 groups: two pages
     report = fb.duplicates("squeezenet1_1", collection="scans", cache=planted, threshold=0.98)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium",
-                                    args=["--no-sandbox", "--disable-gpu"])
-        page = browser.new_page()
+    with browser_page() as page:
         page.goto(f"file://{report['html']}")
         shown = lambda: [h.text_content() for h in page.query_selector_all(".group h2")  # noqa
                          if h.is_visible()]
@@ -94,4 +85,3 @@ def test_the_html_page_pages_through_the_groups_in_a_browser(planted, monkeypatc
         assert shown() == ["group 3 (2 images)"] and page.text_content("#where") == "page 2 of 2"
         images = page.query_selector_all(".group img")
         assert all(img.evaluate("i => i.naturalWidth") > 0 for img in images)  # thumbnails load
-        browser.close()

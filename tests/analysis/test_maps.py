@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from helpers import write_toy_cache
+from helpers import browser_page, needs_browser, write_toy_cache
 
 from featbank.analysis.config import MapConfig
 from featbank.analysis.maps import sample_rows
@@ -46,3 +46,23 @@ def test_map_options_are_checked():
         MapConfig(backbone="resnet18", task="style", method="pca")
     with pytest.raises(ValueError, match="--max-points"):
         MapConfig(backbone="resnet18", task="style", max_points=2)
+
+
+@needs_browser
+def test_hovering_a_point_shows_its_image_and_labels_in_a_browser(tmp_path):
+    from featbank.analysis.maps import make_map
+
+    cache = tmp_path / "cache"
+    write_toy_cache(cache)
+    report = make_map(load_metadata(cache / "toy"),
+                      MapConfig(backbone="resnet18", task="style", method="tsne",
+                                cache_root=str(cache), progress=False), warn=lambda m: None)
+    with browser_page() as page:
+        page.goto(f"file://{report['html']}")
+        assert not page.is_visible("#tip")
+        page.hover("circle[data-k='7']")
+        tip = page.text_content("#tip")
+        assert page.is_visible("#tip") and "7.jpg" in tip and "style: baroque" in tip
+        assert page.eval_on_selector("#tip img", "i => i.naturalWidth") > 0
+        page.mouse.move(0, 0)
+        assert not page.is_visible("#tip")
