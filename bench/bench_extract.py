@@ -78,7 +78,10 @@ def main():
     args = parser.parse_args()
     args.weights = dict(item.split("=", 1) for item in args.weights)
     collection = sample(args.images, args.n)
-    bench = Bench("bench_extract", repeats=args.repeats, settings={
+    default = parser.get_default("backbones")
+    name = "bench_extract" + ("" if args.backbones == default else
+                              "_" + args.backbones.replace(",", "_").replace(":", "-"))
+    bench = Bench(name, repeats=args.repeats, settings={
         "images": str(args.images), "n": len(collection), "batch_size": args.batch_size,
         "workers": args.workers, "backbones": args.backbones})
     for name in args.backbones.split(","):
