@@ -1,6 +1,7 @@
 """Extraction throughput against the bare model's forward throughput, on real images.
 
     .venv/bin/python bench/bench_extract.py [--images DIR] [--n 512] [--batch-size 32] [--repeats 3]
+        [--backbones squeezenet1_1,xception --weights xception=PATH] [--layers all|none]
 
 For each backbone: (a) the frozen trunk's forward pass alone over ready-made
 normalised tensors, batch after batch, for the same number of images, batch
@@ -9,7 +10,10 @@ images into a fresh cache: decoding, resizing, forward, writing the HDF5 file,
 timed from the first decoded batch to the committed file (the steady
 pipeline), and as the whole call (with model loading and worker start-up).
 (b) / (a), repeat by repeat, is the ratio: 1.0 means decoding and writing cost
-nothing the model does not already wait for. Median and min-max of
+nothing the model does not already wait for. (c) with ``--layers all`` (the
+default), the same extraction caching every layer of the trunk from the one
+forward pass (a file per layer); (c) / (b) in time is what every depth costs
+over the trunk's output alone. Median and min-max of
 ``--repeats`` runs after a warm-up; written to bench/results/bench_extract.json.
 """
 import argparse
@@ -44,14 +48,16 @@ def bare_forward_rate(name: str, n: int, batch_size: int, weights: str = "random
 
 
 def extract_rates(name: str, collection: Collection, batch_size: int, workers: int,
-                  weights: str = "random") -> tuple[float, float]:
-    """(img/s from the first batch to the committed file, img/s of the whole call)."""
+                  weights: str = "random", layers: str = "final") -> tuple[float, float]:
+    """(img/s from the first batch to the committed files, img/s of the whole call)."""
     with tempfile.TemporaryDirectory() as cache:
         config = ExtractConfig(backbones=name, weights=weights, cache_root=cache,
-                               batch_size=batch_size, workers=workers, progress=False)
-        [report] = extract(collection, config)
-    assert report.n_rows == len(collection)
-    return len(collection) / report.stream_seconds, len(collection) / report.seconds
+                               batch_size=batch_size, workers=workers, progress=False,
+                               layers=layers)
+        reports = extract(collection, config)
+    assert all(r.n_rows == len(collection) for r in reports)
+    assert layers == "final" or len(reports) > 1
+    return len(collection) / reports[0].stream_seconds, len(collection) / reports[0].seconds
 
 
 def sample(images: str, n: int) -> Collection:
@@ -75,6 +81,8 @@ def main():
     parser.add_argument("--weights", action="append", default=[], metavar="BACKBONE=PATH",
                         help="a weights file for a backbone (default: random weights; "
                              "the same work either way, bar the file's reading)")
+    parser.add_argument("--layers", default="all", choices=("all", "none"),
+                        help="also time extract --layers all (default: all)")
     args = parser.parse_args()
     args.weights = dict(item.split("=", 1) for item in args.weights)
     collection = sample(args.images, args.n)
@@ -83,7 +91,7 @@ def main():
                               "_" + args.backbones.replace(",", "_").replace(":", "-"))
     bench = Bench(name, repeats=args.repeats, settings={
         "images": str(args.images), "n": len(collection), "batch_size": args.batch_size,
-        "workers": args.workers, "backbones": args.backbones})
+        "workers": args.workers, "backbones": args.backbones, "layers": args.layers})
     for name in args.backbones.split(","):
         weights = args.weights.get(name, "random")
         forward, stream = f"{name}: bare forward", f"{name}: extract, first batch to file"
@@ -93,12 +101,19 @@ def main():
             rates.append(extract_rates(name, collection, args.batch_size, args.workers,
                                        weights))
             return rates[-1][0]
-        bench.interleave({  # each extraction right after a bare forward pass: fair pairs
+        every = f"{name}: extract --layers all, first batch to files"
+        steps = {  # each extraction right after a bare forward pass: fair pairs
             forward: (lambda: bare_forward_rate(name, len(collection), args.batch_size,
                                                 weights), "img/s"),
-            stream: (extraction, "img/s")})
+            stream: (extraction, "img/s")}
+        if args.layers == "all":
+            steps[every] = (lambda: extract_rates(name, collection, args.batch_size,
+                                                  args.workers, weights, "all")[0], "img/s")
+        bench.interleave(steps)
         bench.record(f"{name}: extract, whole call", [w for _, w in rates[1:]], unit="img/s")
         bench.ratio(f"{name}: extract / bare forward", stream, forward)
+        if args.layers == "all":  # a time ratio: the single layer's rate over every layer's
+            bench.ratio(f"{name}: time of --layers all / final only", stream, every)
     bench.write()
 
 

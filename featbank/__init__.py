@@ -16,8 +16,8 @@ Layers, from the top: ``cli`` and ``api`` gather the stages ``extraction``,
 from featbank.core.version import __version__
 
 __all__ = ["__version__", "extract", "load_features", "fit_head", "classify", "results_table",
-           "finetune", "retrieve", "cka", "map2d", "export", "duplicates", "layers", "top_images",
-           "saliency"]
+           "finetune", "retrieve", "cka", "map2d", "export", "duplicates", "layers", "layer_curve",
+           "top_images", "saliency"]
 
 
 def __getattr__(name: str):

@@ -125,3 +125,28 @@ def browser_page():
             yield browser.new_page()
         finally:
             browser.close()
+
+
+def write_layered_cache(cache: Path, name: str = "toy") -> Path:
+    """:func:`write_toy_cache` with resnet18's features of two earlier layers too (as
+    ``extract.py --layers layer1,layer3,final`` would write them): ``layer1`` barely
+    separates the styles, ``layer3`` more, ``final`` (the toy's) best."""
+    from featbank.data.collection import load_metadata
+    from featbank.store.features import read_features
+    from featbank.store.provenance import feature_path
+    from featbank.store.writer import FeatureWriter
+
+    folder = write_toy_cache(cache, name, backbones=(("resnet18", 32),))
+    final = read_features(feature_path(cache, name, "resnet18", "random"))
+    styles = np.array(load_metadata(folder).labels["style"])
+    rng = np.random.default_rng(1)
+    for index, (layer, signal) in enumerate((("layer1", 0.15), ("layer3", 0.5)), start=2):
+        means = rng.normal(scale=3.0 * signal, size=(3, 16))
+        X = means[np.searchsorted(["baroque", "cubism", "gothic"], styles)]
+        X = (X + rng.normal(size=X.shape)).astype(np.float32)
+        attrs = {**final.provenance, "feature_dim": 16, "layer": layer, "layer_index": index,
+                 "pool": "gap"}
+        out = FeatureWriter(feature_path(cache, name, "resnet18", "random", layer), attrs)
+        out.add_batch(final.ids, X)
+        out.merge()
+    return folder

@@ -24,13 +24,13 @@ from featbank.data.collection import Collection
 from featbank.data.images import decode_views, normalize
 from featbank.data.preprocess import Preprocess
 from featbank.data.tasks import SplitSpec
+from featbank.models.layers import Layer, layers, pooling
 from featbank.models.registry import BackboneSpec, get_spec
 from featbank.models.trunks import (
     Weights,
     load_described_trunk,
     read_weights_file,
     resolve_weights,
-    stages,
 )
 
 LAST = "last"
@@ -133,22 +133,12 @@ def _label(weights: str) -> str:
 
 # -- stages ------------------------------------------------------------------------------
 
-@dataclass
-class Stage:
-    """One unit of :func:`featbank.models.trunks.stages`: its modules (norm layers joined)."""
-
-    index: int  # 1 = nearest the input
-    name: str
-    modules: list[nn.Module]
-
-    def parameters(self) -> list[torch.Tensor]:
-        return [p for m in self.modules for p in m.parameters()]
+Stage = Layer  # a unit of models.trunks.stages, its norm layers joined
 
 
 def named_stages(trunk: nn.Module) -> list[Stage]:
-    names = {id(m): n for n, m in trunk.named_modules()}
-    return [Stage(k, "+".join(names[id(m)] for m in group), group)
-            for k, group in enumerate(stages(trunk), 1)]
+    """The units ``finetune.py --freeze`` counts, input first (the trunk's output left out)."""
+    return [layer for layer in layers(trunk, opened=False) if layer.modules]
 
 
 def pick_stage(stage_list: list[Stage], wanted: str, backbone: str) -> Stage:
@@ -171,15 +161,6 @@ def weight_distance(a: Stage, b: Stage) -> float:
     diff = sum(float(((q.double() - p.double()) ** 2).sum()) for p, q in zip(pa, pb))
     norm = sum(float((p.double() ** 2).sum()) for p in pa)
     return float(np.sqrt(diff / norm)) if norm > 0 else float("nan")
-
-
-def pooled(output: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) -> (B, C) by global average pooling; tokens (B, N, C) -> mean over N."""
-    if output.dim() == 4:
-        return output.mean(dim=(2, 3))
-    if output.dim() == 3:
-        return output.mean(dim=1)
-    return output.flatten(1)
 
 
 # -- images --------------------------------------------------------------------------------
@@ -233,7 +214,7 @@ def stage_activations(network: Network, collection: Collection, ids: list[str],
 
     def hook(index):
         def keep(module, inputs, output):
-            current[index] = pooled(output).float().cpu()
+            current[index] = pooling(output, "gap").cpu()
         return keep
 
     handles = [s.modules[-1].register_forward_hook(hook(s.index)) for s in chosen
@@ -249,7 +230,7 @@ def stage_activations(network: Network, collection: Collection, ids: list[str],
             start += len(views)
             current.clear()
             with torch.no_grad():
-                final = pooled(trunk(normalize(views.to(device), pre))).float().cpu()
+                final = pooling(trunk(normalize(views.to(device), pre)), "gap").cpu()
             current[last.index] = final
             for index in outputs:
                 if index in current:

@@ -1,4 +1,5 @@
-"""The analyses as functions: retrieval, CKA, 2-D maps, export; layers, top images, saliency.
+"""The analyses as functions: retrieval, CKA, 2-D maps, export; layers, the layer curve, top
+images, saliency.
 
 Each builds the sub-command's checked configuration from keywords, runs it
 on a collection of the cache and returns its report: the dict that
@@ -151,6 +152,35 @@ def cka(features: Sequence[PathLike], *, debiased: bool = False, cache: PathLike
 
     return compare(CkaConfig(features=[str(f) for f in features], debiased=debiased,
                              cache_root=str(cache), progress=False), warn=warn)
+
+
+def layer_curve(collection: str | None = None, *, head: str = "all", task: str = "all",
+                cache: PathLike = "cache", split: str = "80/10/10", seed: int = 0,
+                warn=_quiet, **settings: Any) -> list[dict]:
+    """Test score ± interval against depth, from the cells ``classify(layers="all")``
+    stored: a plot and its points per task, a line per backbone, weights and head.
+
+    Parameters
+    ----------
+    collection : str, optional
+        The collection in the cache (default: the only one it holds).
+    head, task : str
+        Which heads and tasks to draw, comma-separated or ``all``.
+    cache : path, default="cache"
+    split, seed, **settings
+        Which cells count, as for :func:`featbank.api.stages.results_table`.
+
+    Returns
+    -------
+    list of dict
+        Per task: its ``lines`` (points: layer ``name``, ``x``, ``score``,
+        ``spread``), the ``plot`` (PNG) and ``json`` paths.
+    """
+    from featbank.analysis.layer_curve import layer_curve as draw
+    from featbank.api.stages import table
+
+    return draw(table(collection, cache=cache, split=split, seed=seed, warn=warn, **settings),
+                cache, heads=head, tasks=task)
 
 
 def map2d(backbone: str, task: str, *, collection: str | None = None, weights: str = "all",

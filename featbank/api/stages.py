@@ -79,7 +79,9 @@ def extract(images: PathLike | None = None, *, backbone: str | Sequence[str],
         Show a progress bar.
     **settings
         Any other field of :class:`featbank.extraction.config.ExtractConfig`:
-        ``batch_size``, ``workers``, ``device``, ``dtype``, ``precision``,
+        ``layers`` (``"all"``, ``"layer3,final"``: a feature file per layer),
+        ``pool`` (a token network's pooling), ``batch_size``, ``workers``,
+        ``device``, ``dtype``, ``precision``,
         ``decode``, ``jpeg_decoder``, ``engine``, ``ray_address``, ``ray_actors``.
 
     Returns

@@ -25,9 +25,11 @@ from featbank.store.features import Concatenation
 
 def cell_key(collection: str, task: str, entry: Concatenation, head: str,
              config: ClassifyConfig) -> str:
-    """A cell's identity: what decides its result, every identity field of the config included."""
+    """A cell's identity: what decides its result, every identity field of the config included
+    (and the layer, for a file of another than the trunk's output)."""
+    layer = [entry.layer_tag] if entry.layer_tag else []
     return json.dumps([collection, task, entry.backbone, entry.weights_exact, entry.n_rows, head,
-                       identity(config)], sort_keys=True)
+                       identity(config), *layer], sort_keys=True)
 
 
 def _cell_stem(task: str, entry: Concatenation, head: str, config: ClassifyConfig) -> str:
@@ -86,7 +88,14 @@ def run_cell(*, folder: Path, collection: str, task: str, split: Split, entry: C
         head_settings=getattr(pipeline[-1], "settings_", None),
         tuning_val_scores=tuning.scores if tuning else None,
         head_path=str(head_path.relative_to(folder)),
-        features=" + ".join(f"features/{p.path.name}" for p in entry.parts))
+        features=" + ".join(f"features/{p.path.name}" for p in entry.parts),
+        **layer_fields(entry))
+
+
+def layer_fields(entry: Concatenation) -> dict:
+    """A row's ``layer``, ``layer_index`` and ``pool`` (docs/design.md, "The results store")."""
+    return {"layer": entry.layer, "layer_index": entry.layer_index,
+            "pool": "+".join(p.pool for p in entry.parts)}
 
 
 def task_splits(collection: Collection, tasks: str, spec: SplitSpec, folder: Path,

@@ -18,6 +18,9 @@ class ClassifyConfig:
     heads: str = runtime("all")
     # "all", or comma-separated sources: a backbone, or files joined "A@W+B@W" (concatenated)
     backbones: str = runtime("all")
+    # the trunk's layers whose files to train on: final (the trunks' outputs), all, or
+    # layer names and numbers (extract.py --layers)
+    layers: str = runtime("final")
     # imagenet | random | sha256:... prefix | a weights file | all
     weights: str = runtime("all")
     tasks: str = runtime("all")

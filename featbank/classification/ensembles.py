@@ -120,7 +120,9 @@ def run_ensemble(*, collection: str, task: str, split: Split, entries: list[Conc
         members=[{"backbone": m["backbone"], "weights": m["weights"],
                   score_of(m)[0]: score_of(m)[1]} for m in members],
         member_top1=[m["top1"] for m in members], ensemble_scores=scores,
-        features=" | ".join(e.paths for e in entries))
+        features=" | ".join(e.paths for e in entries),
+        **({"layer": " | ".join(e.layer for e in entries)}
+           if any(e.layer_tag for e in entries) else {}))
 
 
 def _probabilities(pipeline, X, multi_label: bool = False) -> np.ndarray:

@@ -39,7 +39,7 @@ def _classify_once(collection: Collection, config: ClassifyConfig, *, warn) -> l
     heads = resolve_heads(config.heads)
     folder = Path(config.cache_root) / collection.name
     entries = select_features(folder, parse_selection(config.backbones), config.weights,
-                              warn=warn)
+                              layers=config.layers, warn=warn)
     if config.ensemble and len(entries) < 2:
         raise BadInput(f"--ensemble needs at least two feature sources, found "
                          f"{len(entries)}; name them, e.g. --backbone resnet50,vgg19 or "

@@ -8,6 +8,7 @@ Examples:
     python analyze.py map --backbone squeezenet1_1 --task label
     python analyze.py export --backbone squeezenet1_1 --format parquet
     python analyze.py layers --backbone resnet50 --weights imagenet --compare cache/wikiart/finetune/RUN
+    python analyze.py layer-curve --head logreg    # after extract.py/classify.py --layers all
     python analyze.py top-images --backbone resnet50 --weights imagenet --compare RUN --k 9
     python analyze.py saliency --run cache/wikiart/finetune/RUN --method gradcam --n 8 --sanity
 
@@ -153,6 +154,16 @@ def _add_layers(commands) -> None:
                         help=f"collection images for CKA, a seeded sample (default: {d['n']})")
 
 
+def _add_layer_curve(commands) -> None:
+    curve = commands.add_parser("layer-curve", help="test score ± interval against depth, a "
+                                "line per backbone, weights and head (classify.py --layers)")
+    curve.add_argument("--head", default="all",
+                       help="heads (table columns) to draw, comma-separated (default: all)")
+    curve.add_argument("--task", default="all", help="tasks to draw (default: all)")
+    add_options(curve, "cache", "collection", "split", "seed", "repeats",
+                defaults={"cache_root": "cache", "repeats": 1})
+
+
 def _add_top_images(commands) -> None:
     d = defaults(TopImagesConfig)
     top = commands.add_parser("top-images", help="each channel's most activating images: class "
@@ -201,7 +212,7 @@ def get_args_parser() -> Parser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                      parser_class=Parser)
     for add in (_add_retrieve, _add_cka, _add_map, _add_export, _add_duplicates, _add_layers,
-                _add_top_images, _add_saliency):
+                _add_layer_curve, _add_top_images, _add_saliency):
         add(commands)
     return parser
 
@@ -301,6 +312,21 @@ def _layers(args) -> tuple[dict, list[str]]:
     return report, ["png"]
 
 
+def _layer_curve(args) -> tuple[dict, list[str]]:
+    reports = analyses.layer_curve(args.collection, head=args.head, task=args.task,
+                                   cache=args.cache, warn=_say, repeats=args.repeats,
+                                   **_split(args))
+    for report in reports:
+        print(f"{report['task']}: test {report['metric']} by layer")
+        for line in report["lines"]:
+            best = max(line["points"], key=lambda p: p["score"])
+            print(f"  {line['label']}: " + ", ".join(
+                f"{p['name']} {p['score']:.3f}" for p in line["points"])
+                + f"; best {best['name']}")
+    return {"json": ", ".join(r["json"] for r in reports),
+            "png": ", ".join(r["plot"] for r in reports)}, ["png"]
+
+
 def _top_images(args) -> tuple[dict, list[str]]:
     report = analyses.top_images(args.backbone, args.weights, compare=args.compare,
                                  stage=args.stage, k=args.k, task=args.task, n=args.n,
@@ -343,7 +369,8 @@ def _saliency(args) -> tuple[dict, list[str]]:
 
 COMMANDS = {"retrieve": _retrieve, "cka": _cka, "map": _map, "export": _export,
             "duplicates": _duplicates,
-            "layers": _layers, "top-images": _top_images, "saliency": _saliency}
+            "layers": _layers, "layer-curve": _layer_curve, "top-images": _top_images,
+            "saliency": _saliency}
 
 
 def main(argv=None) -> None:

@@ -7,11 +7,14 @@ Examples:
     python classify.py --head logreg --normalize l2 --pca 128 --train-fraction 0.25
     python classify.py --head logreg --backbone "resnet50@imagenet+vgg19@imagenet"
     python classify.py --head softmax --backbone resnet50,vgg19,xception --ensemble
+    python classify.py --head logreg --layers all   # every layer extract.py --layers cached
 
 Every head, backbone and fine-tuning run reads the same saved split of a task.
 Writes <cache>/<collection>/results.jsonl (one row per model), table.csv and
 table.json; fitted heads in heads/, per-class reports and confusion matrices
-(CSV and PNG) in reports/. Cells already in results.jsonl are reused.
+(CSV and PNG) in reports/; with results on several layers, the layer curve
+(analyze.py layer-curve) in analysis/layer-curve/. Cells already in
+results.jsonl are reused.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from featbank.api.analyses import layer_curve
 from featbank.api.stages import classify, table
 from featbank.classification.config import ClassifyConfig
 from featbank.cli.common import add_options, make_parser
@@ -40,6 +44,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weights", default=d["weights"],
                         help="imagenet, random, sha256:<prefix>, the weights file extract.py was "
                              "given, or all (default: all)")
+    parser.add_argument("--layers", default=d["layers"],
+                        help="the layers whose feature files to train on (extract.py "
+                             "--layers): final (the trunks' outputs), all, or layer names and "
+                             "numbers (default: final)")
     parser.add_argument("--task", default=d["tasks"], help="label column(s) or all (default: all)")
     add_options(parser, "cache", "collection", "split", "seed", defaults=d)
     parser.add_argument("--normalize", default="standard", choices=NORMALIZATIONS,
@@ -68,7 +76,7 @@ def main(argv=None) -> None:
                     repeats=args.repeats)
     classify(collection=args.collection, head=args.head, backbone=args.backbone, task=args.task,
              weights=args.weights, jobs=args.jobs, force=args.force, ensemble=args.ensemble,
-             warn=say, **settings)
+             layers=args.layers, warn=say, **settings)
     result = table(args.collection, warn=say, **settings)
     print(result.markdown())
     print(f"\n{TABLE_LEGEND}")
@@ -79,3 +87,6 @@ def main(argv=None) -> None:
     csv_path, _ = result.write(folder)
     print(f"\ntest top-1; results in {folder / 'results.jsonl'}, table in {csv_path} and .json",
           file=sys.stderr)
+    if "layer" in result.columns:
+        curves = layer_curve(result.collection, head=args.head, **settings)
+        print("layer curve: " + ", ".join(c["plot"] for c in curves), file=sys.stderr)

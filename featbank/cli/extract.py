@@ -5,6 +5,9 @@ Examples:
     python extract.py --backbone squeezenet1_1 \
         --weights ../shared/weights/squeezenet1_1-imagenet.pth \
         --images ../shared/data/heritage/test
+    python extract.py --backbone squeezenet1_1 --weights random --layers all  # every depth
+    python extract.py --backbone timm:vit_small_patch16_224 --weights random --pool cls \
+        --layers all
     python extract.py --backbone vgg19,resnet50,inception_v3,xception \
         --manifest metadata.csv --root images/ --image-column ImageId
     python extract.py --backbone all --images paintings/ --device cuda
@@ -14,6 +17,7 @@ Examples:
 
 Re-running skips images already in the cache; an interrupted run resumes.
 Output: <cache>/<collection>/features/<backbone>__<weights>.h5 (docs/design.md),
+with --layers one more file per layer (<backbone>__<weights>__<layer>.h5),
 undecodable images in <cache>/<collection>/skipped.csv.
 """
 from __future__ import annotations
@@ -29,6 +33,7 @@ from featbank.extraction.config import (
     DTYPES,
     ENGINES,
     JPEG_DECODERS,
+    POOLS,
     PRECISIONS,
     ExtractConfig,
 )
@@ -43,6 +48,17 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weights", default=d["weights"],
                         help="imagenet (the exact published weights the registry pins; see docs/extract.md), random (seeded) or PATH to a state_dict or a trunk "
                              f"exported by finetune.py (default: {d['weights']})")
+    parser.add_argument("--layers", default=d["layers"],
+                        help="the trunk's layers to cache from one forward pass, each in a "
+                             "feature file of its own: final (the trunk's output), all, or "
+                             "stage names and numbers from 1, e.g. layer3,final (an unknown "
+                             "one lists the trunk's) (default: final)")
+    parser.add_argument("--pool", default=d["pool"], choices=POOLS,
+                        help="how a token network's (ViT, DeiT, EVA, ...) outputs become "
+                             "vectors: cls token, mean of the patch tokens, gap (mean of "
+                             "every token) or model (the network's own); recorded in the "
+                             "file. Feature maps are always average-pooled (default: auto = "
+                             "model)")
     add_options(parser, "cache", "source", "batch-size", "workers", "device", defaults=d)
     parser.add_argument("--dtype", default=d["dtype"], choices=DTYPES,
                         help=f"storage type of the features (default: {d['dtype']})")
@@ -88,11 +104,12 @@ def main(argv=None) -> None:
                       precision=args.precision, decode=args.decode,
                       jpeg_decoder=args.jpeg_decoder, engine=args.engine,
                       ray_address=args.ray_address, ray_actors=args.ray_actors,
-                      force_new=args.force_new)
+                      force_new=args.force_new, layers=args.layers, pool=args.pool)
     for report in reports:
         undecodable = (f"; {count(report.n_skipped, 'image')} could not be decoded (listed "
                        f"with the reason in {report.skipped_csv})" if report.n_skipped else "")
-        print(f"{report.backbone}: {count(report.n_rows, 'row')} in {report.path} "
+        layer = "" if report.layer == "final" else f" {report.layer}"
+        print(f"{report.backbone}{layer}: {count(report.n_rows, 'row')} in {report.path} "
               f"({report.n_added:,} added now){undecodable} [{report.seconds:.1f} s]")
     if reports and reports[0].device_decoded is not None:
         print(f"{count(reports[0].device_decoded, 'image')} decoded on the device "

@@ -149,3 +149,33 @@ def plot_image_grid(rows: list[tuple[str, list[tuple[np.ndarray, str]]]], path: 
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / height))
     _save(fig, path, dpi=110)
     return path
+
+
+def plot_layer_curve(lines: list[dict], path: Path, *, title: str, ylabel: str) -> Path:
+    """Score ± interval against depth, a line per network and head (``lines``: each with
+    ``label`` and ``points`` of ``x``, ``name``, ``score``, ``spread``). When every
+    line has the same layers, the x axis names them; else it is the relative depth."""
+    plt = pyplot()
+    names = {tuple(p["name"] for p in line["points"]) for line in lines}
+    shared = len(names) == 1
+    fig, ax = plt.subplots(figsize=(max(6.5, 0.45 * max(len(n) for n in names) + 3), 4.5))
+    for line in lines:
+        points = line["points"]
+        x = [p["x"] if shared else p["depth"] for p in points]
+        ax.errorbar(x, [p["score"] for p in points], yerr=[p["spread"] or 0 for p in points],
+                    marker="o", markersize=4, capsize=3, label=line["label"])
+    if shared:
+        points = lines[0]["points"]
+        ax.set_xticks([p["x"] for p in points], [p["name"] for p in points], rotation=60,
+                      ha="right", fontsize=7)
+        ax.set_xlabel("layer (input → output)")
+    else:
+        ax.set_xlabel("relative depth (layer k of n; 1 = the trunk's output)")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    width = max(40, int(fig.get_figwidth() * 11))
+    ax.set_title("\n".join(textwrap.wrap(title, width)), fontsize=10)
+    fig.tight_layout()
+    _save(fig, path, dpi=110)
+    return path

@@ -21,6 +21,7 @@ from featbank.store.provenance import weights_label
 from featbank.store.results import latest_rows
 
 SIGNIFICANCE = 0.05  # of the paired tests behind the table's marks
+FINAL_PLACE = 10**6  # where a trunk's output sorts among its layers: after them all
 
 
 TABLE_LEGEND = ("Test top-1 (mAP for multi-label tasks) ± half the 95 % bootstrap interval "
@@ -91,7 +92,7 @@ def build_table(rows: list[dict], *, split_tag: str | list[str] | None = None,
     heads = list(dict.fromkeys(column_label(r) for r in sorted(rows, key=place)))
     grouped: dict[tuple, dict[str, list[dict]]] = {}
     for r in rows:
-        key = (r["task"], r["backbone"], r["weights"])
+        key = (r["task"], r["backbone"], r["weights"], *layer_place(r))
         grouped.setdefault(key, {}).setdefault(column_label(r), []).append(r)
     records = []
     for key in sorted(grouped):
@@ -99,8 +100,9 @@ def build_table(rows: list[dict], *, split_tag: str | list[str] | None = None,
         first = next(iter(cells.values()))[0]
         metric = score_of(first)[0]
         record = {"task": key[0] + (" (mAP)" if metric == "mAP" else ""), "backbone": key[1],
-                  "weights": row_weights(first), "dim": first.get("feature_dim"),
-                  "spread": {}, "repeats": {}}
+                  "weights": row_weights(first), "layer": key[4],
+                  "layer_index": key[3] if key[3] < FINAL_PLACE else None,
+                  "dim": first.get("feature_dim"), "spread": {}, "repeats": {}}
         for column, members in cells.items():
             values = [score_of(m)[1] for m in members]
             record[column] = float(np.mean(values))
@@ -115,7 +117,19 @@ def build_table(rows: list[dict], *, split_tag: str | list[str] | None = None,
         record["marked"] = mark_cells({c: min(m, key=lambda r: r["split_tag"])
                                        for c, m in cells.items()}, folder=folder)
         records.append(record)
-    return ["task", "backbone", "weights", "dim", *heads], records
+    layered = any(r["layer"] != "final" for r in records)
+    return ["task", "backbone", "weights", *(["layer"] if layered else []), "dim", *heads], records
+
+
+def layer_place(row: dict) -> tuple[int, str]:
+    """(place from the input, name) of a row's layer; the trunk's output (``final``, and
+    rows from before layers) after every stage, a pool other than the model's named."""
+    layer = row.get("layer") or "final"
+    pool = row.get("pool") or "model"
+    name = layer if layer != "final" or pool == "model" else f"final ({pool})"
+    if layer == "final":
+        return FINAL_PLACE, name
+    return int(row.get("layer_index") or 0), name
 
 
 def mark_cells(cells: dict[str, dict], *, folder: Path | None = None) -> list[str]:
@@ -179,7 +193,9 @@ def table_notes(columns: list[str], records: list[dict]) -> list[str]:
                                           for k, v in chosen[column].items())
                  for column in columns if column in chosen]
         if parts:
-            notes.append(f"{r['task']} / {r['backbone']} / {r['weights']}: " + ", ".join(parts))
+            layer = f" / {r['layer']}" if "layer" in columns else ""
+            notes.append(f"{r['task']} / {r['backbone']} / {r['weights']}{layer}: "
+                         + ", ".join(parts))
     return notes
 
 
@@ -207,7 +223,7 @@ def write_table(folder: Path, columns: list[str], records: list[dict]) -> tuple[
     return csv_path, json_path
 
 
-INDEX = ("task", "backbone", "weights", "dim")
+INDEX = ("task", "backbone", "weights", "layer", "dim")
 
 
 @dataclass
@@ -229,14 +245,16 @@ class Table:
         return write_table(folder, self.columns, self.records)
 
     def frame(self):
-        """As a pandas DataFrame indexed by (task, backbone, weights, dim), a column per
-        head; ``attrs["spread"]`` and ``attrs["bold"]`` key their cells by (index, column)."""
+        """As a pandas DataFrame indexed by (task, backbone, weights, dim), with ``layer``
+        after weights when the table has layers, a column per head; ``attrs["spread"]``
+        and ``attrs["bold"]`` key their cells by (index, column)."""
         import pandas as pd
 
-        heads = self.columns[len(INDEX):]
+        index = [c for c in self.columns if c in INDEX]
+        heads = self.columns[len(index):]
         frame = pd.DataFrame([{c: r.get(c) for c in self.columns} for r in self.records],
-                             columns=self.columns).set_index(list(INDEX))
-        keys = [tuple(r[c] for c in INDEX) for r in self.records]
+                             columns=self.columns).set_index(index)
+        keys = [tuple(r[c] for c in index) for r in self.records]
         frame.attrs["spread"] = {(key, c): v for key, r in zip(keys, self.records)
                                  for c, v in r["spread"].items()}
         frame.attrs["bold"] = {(key, c) for key, r in zip(keys, self.records)

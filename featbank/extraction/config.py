@@ -13,6 +13,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DECODES = ("auto", "cpu", "device", "device+pillow")
 JPEG_DECODERS = ("auto", "torchcodec", "torchvision")
 ENGINES = ("local", "ray")
+POOLS = ("auto", "cls", "mean", "gap", "model")  # models.layers
 
 @dataclass
 class ExtractConfig:
@@ -35,6 +36,11 @@ class ExtractConfig:
     # With --decode device, the library that calls nvJPEG: auto = torchcodec when it
     # imports, else torchvision (devicedecode.jpeg_decoder).
     jpeg_decoder: str = runtime("auto")
+    # The trunk's layers to cache, each in a feature file of its own (models.layers):
+    # "final" (the trunk's output), "all", or names and numbers, e.g. "layer3,final".
+    layers: str = "final"
+    # How a token network's outputs become vectors (models.layers); auto = the model's own.
+    pool: str = "auto"
     engine: str = runtime("local")  # local: this machine; ray: Ray Data (ray_engine.py)
     ray_address: str | None = runtime(None)  # None: RAY_ADDRESS, else a local Ray
     ray_actors: int | None = runtime(None)  # trunk actors; None: one per GPU, else one
@@ -55,7 +61,13 @@ class ExtractConfig:
         if self.jpeg_decoder != "auto" and not self.decode.startswith("device"):
             raise BadInput("--jpeg-decoder chooses nvJPEG's library for --decode device; "
                              f"it has no use with --decode {self.decode}")
+        one_of("--pool", self.pool, POOLS)
+        if not str(self.layers).strip():
+            raise BadInput("--layers needs a layer: final, all, or names and numbers")
         one_of("--engine", self.engine, ENGINES)
+        if self.engine == "ray" and (self.layers != "final" or self.pool != "auto"):
+            raise BadInput("--layers and --pool are for --engine local; the Ray engine "
+                           "caches the trunk's output (final) only")
         if self.ray_actors is not None:
             at_least("--ray-actors", self.ray_actors, 1)
         if self.engine == "ray" and self.decode.startswith("device"):

@@ -3,8 +3,10 @@
 Each image is decoded once per run, whatever the number of backbones: a
 DataLoader worker turns it into one uint8 view per distinct geometry (input
 size, resize policy), and each backbone normalises its view on the device.
-Only images not yet in a backbone's file are decoded, so a re-run is a no-op
-and a killed run resumes where it stopped. Batches are cut from the list of
+With ``--layers``, one forward pass fills a feature file per layer
+(:mod:`featbank.extraction.targets`). Only images not yet in a target's file
+are decoded, so a re-run is a no-op, a layer added later is the only one
+computed, and a killed run resumes where it stopped. Batches are cut from the list of
 images still to do, in collection order, so a resumed run feeds the model the
 same batches as an uninterrupted one (bitwise-equal features on CPU).
 """
@@ -36,6 +38,7 @@ from featbank.extraction.devicedecode import (
     jpeg_decoder,
 )
 from featbank.extraction.loader import Images, batches_on_device, collate
+from featbank.extraction.targets import Target, plan
 from featbank.models.inference import (
     AUTOCAST,
     TrunkRunner,
@@ -46,6 +49,7 @@ from featbank.models.inference import (
     shared_views,
     tf32_in_use,
 )
+from featbank.models.layers import FINAL
 from featbank.models.registry import get_spec
 from featbank.models.trunks import load_trunk, resolve_weights
 from featbank.store.features import count_rows, read_skipped, write_skipped_list
@@ -79,30 +83,38 @@ class ExtractReport:
     collection: str = ""
     skipped_csv: Path | None = None
     ignored: int = 0
+    layer: str = FINAL  # the trunk's layer the file holds (models.layers)
 
 
 def extract(collection: Collection, config: ExtractConfig) -> list[ExtractReport]:
-    """Fill the cache for every backbone of ``config``; returns one report per backbone."""
+    """Fill the cache for every backbone (and layer) of ``config``; returns one report per
+    feature file."""
     device = resolve_device(config.device)  # a missing GPU is an error even with nothing to do
     specs = [get_spec(name) for name in config.backbones]
     decoder = _device_decoder(config, specs)
     weights = {s.name: resolve_weights(s, config.weights) for s in specs}
     folder = Path(config.cache_root) / collection.name
     save_metadata(collection, folder)
-    files = {}
+    files, targets, trunks = {}, {}, {}
     made = {"decode": _decode_mode(config, decoder), "tf32": tf32_in_use(device),
             "precision": resolve_precision(config.precision, device)}
     for spec in specs:
-        attrs = file_attrs(backbone=spec.name, feature_dim=spec.feature_dim,
-                           preprocess=spec.preprocess.attrs(), weights=weights[spec.name].attrs(),
-                           dtype=config.dtype, collection=collection.name, **made)
-        files[spec.name] = FeatureWriter(feature_path(config.cache_root, collection.name, spec.name,
-                                                    weights[spec.name].id), attrs)
+        targets[spec.name], trunks[spec.name] = plan(spec, config)
+        for t in targets[spec.name]:
+            attrs = file_attrs(backbone=spec.name, feature_dim=t.dim,
+                               preprocess=spec.preprocess.attrs(),
+                               weights=weights[spec.name].attrs(), dtype=config.dtype,
+                               collection=collection.name, layer=t.layer.name,
+                               layer_index=t.layer.index, pool=t.pool, **made)
+            files[t.key] = FeatureWriter(feature_path(
+                config.cache_root, collection.name, spec.name, weights[spec.name].id,
+                t.layer.name, t.named_pool), attrs)
     with ExitStack() as held:
         for out in sorted(files.values(), key=lambda f: f.path):  # one order: no deadlock
             held.enter_context(hold_lock(out.lock_path, on_wait=lambda o=out: tqdm.write(
                 f"waiting for another run that is writing {o.path}")))
-        reports = _extract_locked(collection, config, specs, files, device, decoder)
+        reports = _extract_locked(collection, config, targets, files, device, decoder,
+                                  trunks)
     atomic_write_json(folder / "extract_config.json",
                       {**asdict(config), "workers": resolve_workers(config.workers, device),
                        "jpeg_decoder": decoder,
@@ -116,48 +128,53 @@ def extract(collection: Collection, config: ExtractConfig) -> list[ExtractReport
     return reports
 
 
-def _extract_locked(collection, config: ExtractConfig, specs, files: dict, device,
-                    decoder: str | None):
+def _extract_locked(collection, config: ExtractConfig, targets: dict[str, list[Target]],
+                    files: dict, device, decoder: str | None, trunks: dict):
     started = time.perf_counter()
     todo, before = {}, {}
-    for spec in specs:
-        out = files[spec.name]
+    for key, out in files.items():
         repaired = repair(out.path)  # a damaged file keeps its readable rows; the rest is redone
         if repaired:
             tqdm.write(str(repaired), file=sys.stderr)
         _settle_provenance(out, config)
         out.merge()  # parts left by an interrupted run
         done = out.done_ids()
-        todo[spec.name] = {i for i in collection.ids if i not in done}
-        before[spec.name] = count_rows(out.path) if out.path.is_file() else 0
+        todo[key] = {i for i in collection.ids if i not in done}
+        before[key] = count_rows(out.path) if out.path.is_file() else 0
     pending = [i for i in collection.ids if any(i in t for t in todo.values())]
     first_batch_at, device_decoded = None, None
-    if pending and config.engine == "ray":
+    specs = [ts[0].spec for ts in targets.values()]
+    if pending and config.engine == "ray":  # the trunks' outputs only (ExtractConfig)
         from featbank.extraction.ray_engine import run_ray
 
         first_batch_at = time.perf_counter()
-        run_ray(collection, pending, specs, files, todo, config)
+        run_ray(collection, pending, specs, {k[0]: v for k, v in files.items()},
+                {k[0]: v for k, v in todo.items()}, config)
     elif pending:
-        first_batch_at, device_decoded = _run(collection, pending, specs, files, todo, config,
-                                              device, decoder)
+        first_batch_at, device_decoded = _run(collection, pending, targets, files, todo,
+                                              config, device, decoder, trunks)
     for out in files.values():
         out.merge()
     stream = None if first_batch_at is None else time.perf_counter() - first_batch_at
     seconds = time.perf_counter() - started
-    return [_report(spec.name, files[spec.name].path, len(todo[spec.name]), before[spec.name],
-                    seconds, stream, device_decoded, decoder) for spec in specs]
+    return [_report(key, files[key].path, len(todo[key]), before[key], seconds, stream,
+                    device_decoded, decoder) for key in files]
 
 
-def _run(collection, pending, specs, files, todo, config: ExtractConfig,
-         device: torch.device, decoder: str | None) -> tuple[float | None, int | None]:
+def _run(collection, pending, targets: dict[str, list[Target]], files, todo,
+         config: ExtractConfig, device: torch.device, decoder: str | None,
+         trunks: dict) -> tuple[float | None, int | None]:
     """Decode, forward and write the ``pending`` ids; ``decoder``: the JPEG decoder
     with ``--decode device``, else None.
 
     Returns when the first batch arrived, and with ``--decode device`` how many
     images the device decoded.
     """
+    specs = [ts[0].spec for ts in targets.values()]
     pres, view_of = shared_views(specs)
-    runners = {s.name: _runner(s, files[s.name], config, device) for s in specs}
+    mine = {s.name: {t.key: files[t.key] for t in targets[s.name]} for s in specs}
+    runners = {s.name: _runner(s, targets[s.name], mine[s.name], todo, config, device,
+                               trunks[s.name]) for s in specs}
     paths = [collection.path(i) for i in pending]
     on_device = decoder is not None
     workers = resolve_workers(config.workers, device)
@@ -179,8 +196,8 @@ def _run(collection, pending, specs, files, todo, config: ExtractConfig,
             device_decoded += len(batch.jpeg_at)
             ids = [pending[k] for k in batch.index.tolist()]
             for spec in specs:
-                write = _submit(ids, reasons, views[view_of[spec.name]], todo[spec.name],
-                                runners[spec.name], files[spec.name])
+                write = _submit(ids, reasons, views[view_of[spec.name]], todo,
+                                runners[spec.name], mine[spec.name])
                 queued.append(writer.submit(write))
             while len(queued) > MAX_QUEUED * len(specs) or (queued and queued[0].done()):
                 queued.popleft().result()  # raises what the writer raised
@@ -252,38 +269,52 @@ def _device_decoder(config: ExtractConfig, specs: list) -> str | None:
     return jpeg_decoder(config.jpeg_decoder)[0]
 
 
-def _runner(spec, out: FeatureWriter, config: ExtractConfig, device) -> TrunkRunner:
-    """The backbone's trunk in the file's precision. Only a file with no rows yet has its
-    autocast checked against fp32 (and falls back to fp32): rows already made settled it."""
-    trunk = load_trunk(spec, config.weights, progress=config.progress)
-    return TrunkRunner(spec, trunk, device, AUTOCAST[out.attrs["precision"]],
-                       check=not out.stored_attrs())
+def _runner(spec, targets: list[Target], outs: dict, todo: dict, config: ExtractConfig,
+            device, trunk) -> TrunkRunner:
+    """The backbone's trunk in its files' precision, tapping the layers still to fill. Only
+    when no file has rows yet is autocast checked against fp32 (and falls back to fp32):
+    rows already made settled it."""
+    precisions = {out.attrs["precision"] for out in outs.values()}
+    if len(precisions) > 1:
+        raise BadInput(f"the files of {spec.name}'s layers record precisions "
+                       f"{', '.join(sorted(precisions))}; extract them in separate runs")
+    trunk = trunk if trunk is not None else load_trunk(spec, config.weights,
+                                                       progress=config.progress)
+    tapped = [t.layer for t in targets if t.layer.name != FINAL and todo[t.key]]
+    return TrunkRunner(spec, trunk, device, AUTOCAST[precisions.pop()],
+                       check=not any(out.stored_attrs() for out in outs.values()),
+                       layers=tapped, pools={t.layer.name: t.pool for t in targets})
 
 
-def _submit(ids, reasons, pixels, todo, runner: TrunkRunner,
-            out: FeatureWriter) -> Callable[[], None]:
-    """Queue one backbone's share of a batch; the returned call writes it as a part."""
-    need, good, skipped = backbone_share(ids, reasons, todo)
+def _submit(ids, reasons, pixels, todo: dict, runner: TrunkRunner,
+            outs: dict[tuple[str, str], FeatureWriter]) -> Callable[[], None]:
+    """Queue one backbone's share of a batch (one forward pass for all its layers); the
+    returned call writes each layer's rows as a part of its file."""
+    _, good, _ = backbone_share(ids, reasons, set().union(*(todo[key] for key in outs)))
     if good:
-        features = runner.submit(pixels if len(good) == len(ids)
-                                 else pixels[device_index(good, pixels.device)])
-    else:
-        empty = np.zeros((0, runner.spec.feature_dim), dtype=np.float32)
-        features = lambda: empty  # noqa: E731
+        computed = runner.submit_layers(pixels if len(good) == len(ids)
+                                        else pixels[device_index(good, pixels.device)])
+    position = {j: k for k, j in enumerate(good)}
 
     def write() -> None:
-        if need:
+        arrays = computed() if good else {}
+        for (_, layer), out in outs.items():
+            need, mine, skipped = backbone_share(ids, reasons, todo[(runner.spec.name, layer)])
+            if not need:
+                continue
             out.attrs["precision"] = runner.precision  # settled by the first batch's check
-            out.add_batch([ids[j] for j in good], features(), skipped)
+            rows = arrays[layer][[position[j] for j in mine]] if mine else \
+                np.zeros((0, out.dim), dtype=np.float32)
+            out.add_batch([ids[j] for j in mine], rows, skipped)
     return write
 
 
-def _report(name: str, path: Path, n_new: int, rows_before: int, seconds: float,
+def _report(key: tuple[str, str], path: Path, n_new: int, rows_before: int, seconds: float,
             stream_seconds: float | None, device_decoded: int | None,
             decoder: str | None) -> ExtractReport:
     exists = path.is_file()
     n_rows = count_rows(path) if exists else 0
-    return ExtractReport(backbone=name, path=path, n_rows=n_rows, n_added=n_rows - rows_before,
+    return ExtractReport(backbone=key[0], layer=key[1], path=path, n_rows=n_rows, n_added=n_rows - rows_before,
                          n_new=n_new, n_skipped=len(read_skipped(path)) if exists else 0,
                          seconds=seconds, stream_seconds=stream_seconds,
                          device_decoded=device_decoded,

@@ -15,6 +15,7 @@ from tqdm import tqdm
 from featbank.core.errors import BadInput
 from featbank.core.settings import default_workers
 from featbank.data.images import normalize
+from featbank.models.layers import FINAL, Layer, Taps, final_output
 from featbank.models.registry import BackboneSpec
 
 # Autocast is kept only when every feature row stays this close to fp32
@@ -81,26 +82,37 @@ class TrunkRunner:
     """
 
     def __init__(self, spec: BackboneSpec, trunk: torch.nn.Module, device: torch.device,
-                 autocast: torch.dtype | None, *, check: bool = True, fallback: bool = True):
+                 autocast: torch.dtype | None, *, check: bool = True, fallback: bool = True,
+                 layers: list[Layer] | None = None, pools: dict[str, str] | None = None):
         self.spec, self.device, self.autocast = spec, device, autocast
         self.trunk = trunk.to(device)
         if device.type == "cuda":
             self.trunk = self.trunk.to(memory_format=torch.channels_last)
         self.checked = autocast is None or not check
         self.fallback = fallback
+        # Layers tapped in the same forward pass (models.layers): each batch gives a
+        # vector per image and layer; ``pools`` (layer -> resolved pool) says how a token
+        # network's outputs become vectors.
+        self.pools = pools or {}
+        self.taps = Taps(self.trunk, layers, self.pools) if layers else None
 
     @property
     def precision(self) -> str:
         """``fp32``, ``bf16`` or ``fp16``: what this runner's features are computed in."""
         return next(name for name, dtype in AUTOCAST.items() if dtype == self.autocast)
 
-    @torch.inference_mode()
     def submit(self, pixels: torch.Tensor) -> Callable[[], np.ndarray]:
         """Queue the forward pass of uint8 (B, 3, S, S) pixels; call the result for (B, D).
 
         On a GPU the features are copied to pinned memory without waiting, so
         the host prepares the next batch while this one runs.
         """
+        result = self.submit_layers(pixels)
+        return lambda: result()[FINAL]
+
+    @torch.inference_mode()
+    def submit_layers(self, pixels: torch.Tensor) -> Callable[[], dict[str, np.ndarray]]:
+        """As :meth:`submit`, for every tapped layer and ``final``: layer -> (B, D_layer)."""
         # channels_last on a GPU; CPU trunks keep the layout (and sums) of before. The
         # layout is set on the uint8 pixels, a quarter of the bytes of the floats.
         layout = torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
@@ -110,27 +122,32 @@ class TrunkRunner:
             self._check_autocast(x)
         with torch.autocast(self.device.type, dtype=self.autocast or torch.float32,
                             enabled=self.autocast is not None):
-            out = self.trunk(x).float()
-        if out.shape != (x.shape[0], self.spec.feature_dim):
-            raise AssertionError(f"{self.spec.name} gave {tuple(out.shape)}, "
-                                 f"expected (B, {self.spec.feature_dim})")
+            out = {FINAL: self._final(x).float(), **(self.taps.out if self.taps else {})}
+        if out[FINAL].shape[0] != x.shape[0] or out[FINAL].ndim != 2:
+            raise AssertionError(f"{self.spec.name} gave {tuple(out[FINAL].shape)}, "
+                                 "expected (B, D)")
         if self.device.type != "cuda":
-            array = out.numpy()
-            return lambda: array
-        host = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
-        host.copy_(out, non_blocking=True)
+            arrays = {name: value.numpy() for name, value in out.items()}
+            return lambda: arrays
+        hosts = {name: torch.empty(value.shape, dtype=value.dtype, pin_memory=True)
+                 for name, value in out.items()}
+        for name, value in out.items():
+            hosts[name].copy_(value, non_blocking=True)
         copied = torch.cuda.Event()
         copied.record()
 
-        def result() -> np.ndarray:
+        def result() -> dict[str, np.ndarray]:
             copied.synchronize()
-            return host.numpy()
+            return {name: host.numpy() for name, host in hosts.items()}
         return result
 
+    def _final(self, x: torch.Tensor) -> torch.Tensor:
+        return final_output(self.trunk, x, self.pools.get(FINAL, "model"))
+
     def _check_autocast(self, x: torch.Tensor) -> None:
-        reference = self.trunk(x).float()
+        reference = self._final(x).float()
         with torch.autocast(self.device.type, dtype=self.autocast):
-            fast = self.trunk(x).float()
+            fast = self._final(x).float()
         error = ((fast - reference).norm(dim=1) / reference.norm(dim=1).clamp_min(1e-12)).max()
         if error > AUTOCAST_TOLERANCE and not self.fallback:
             raise BadInput(f"{self.spec.name}: {self.precision} features differ from fp32 by "

@@ -1,6 +1,7 @@
 """Feature files on disk and the features read from them.
 
-One HDF5 file per collection x backbone x weights, readable with plain h5py
+One HDF5 file per collection x backbone x weights (x layer, with
+``extract.py --layers``), readable with plain h5py
 (the contract in docs/design.md):
 
 - ``features``: (N, D) float32 (or float16 by option); row i belongs to ``ids[i]``;
@@ -26,7 +27,7 @@ import numpy as np
 from featbank.core.errors import BadInput, DamagedFile, MissingFile
 from featbank.core.fileio import atomic_path, first_line
 from featbank.store.health import raise_if_damaged
-from featbank.store.provenance import plain_attrs, provenance_value, weights_label
+from featbank.store.provenance import FINAL, plain_attrs, provenance_value, weights_label
 
 
 @dataclass
@@ -96,6 +97,15 @@ class FeatureFile:
     feature_dim: int
     n_rows: int
     weights_label: str = ""  # readable, for tables (provenance.weights_label)
+    layer: str = FINAL  # the trunk's layer (models.layers); files before layers: final
+    layer_index: int | None = None  # its place from the input (1 first)
+    pool: str = "model"  # how its output became a vector
+
+    @property
+    def layer_tag(self) -> str:
+        """Empty for the trunk's own output, else ``<layer>/<pool>``: what tells this
+        file's cells from those of the backbone's final file."""
+        return "" if self.layer == FINAL and self.pool == "model" else f"{self.layer}/{self.pool}"
 
     def read(self) -> Features:
         """The file's ids, vectors, attributes and skipped images, in memory."""
@@ -103,8 +113,9 @@ class FeatureFile:
 
 
 def feature_files(folder: Path, backbones: str = "all", weights: str = "all", *,
-                  warn=print) -> list[FeatureFile]:
-    """The collection's feature files matching the backbone and weights filters.
+                  layers: str = FINAL, warn=print) -> list[FeatureFile]:
+    """The collection's feature files matching the backbone, weights and layers filters
+    (:func:`pick_layers`; by default the trunks' outputs, ``final``).
 
     A damaged file is refused, named (:func:`~featbank.store.health.raise_if_damaged`);
     one that holds no rows is reported through ``warn`` and left out; a named backbone
@@ -118,8 +129,10 @@ def feature_files(folder: Path, backbones: str = "all", weights: str = "all", *,
                 a = plain_attrs(dict(f.attrs))
                 exact = str(provenance_value(a, "weights_exact") or a["weights"])
                 entry = FeatureFile(path, str(a["backbone"]), str(a["weights"]), exact,
-                                     int(a["feature_dim"]), int(f["ids"].shape[0]),
-                                     str(a.get("weights_label") or weights_label(a["weights"], exact)))
+                                    int(a["feature_dim"]), int(f["ids"].shape[0]),
+                                    str(a.get("weights_label") or weights_label(a["weights"], exact)),
+                                    str(a.get("layer", FINAL)), a.get("layer_index"),
+                                    str(a.get("pool", "model")))
         except KeyError as err:  # an HDF5 file of something else
             raise DamagedFile(f"{path} is not a feature file (no {first_line(err)} attribute); "
                               "move it out of the features folder") from None
@@ -137,7 +150,24 @@ def feature_files(folder: Path, backbones: str = "all", weights: str = "all", *,
                          f"collection {Path(folder).name!r}; it has {', '.join(known)} "
                          "(run extract.py --backbone ... first)")
     chosen = [e for e in entries if not wanted or e.backbone in wanted]
-    return _admitted(chosen, weights, "all")
+    return pick_layers(_admitted(chosen, weights, "all"), layers)
+
+
+def pick_layers(entries: list[FeatureFile], layers: str) -> list[FeatureFile]:
+    """The files of the layers ``layers`` names: ``all``, or layer names and numbers
+    (``final`` the trunks' outputs), comma-separated; a name no file has is refused,
+    naming those there are."""
+    wanted = [w.strip() for w in layers.split(",") if w.strip()]
+    if "all" in wanted:
+        return entries
+    chosen = [e for e in entries if e.layer in wanted or str(e.layer_index) in wanted]
+    found = {w for w in wanted for e in chosen if w in (e.layer, str(e.layer_index))}
+    if set(wanted) - found:
+        known = sorted({e.layer for e in entries}, key=lambda n: (n == FINAL, n))
+        raise BadInput(f"--layers {','.join(sorted(set(wanted) - found))}: no such layer among "
+                       f"the feature files ({', '.join(known)}); extract it with extract.py "
+                       "--layers")
+    return chosen
 
 
 def one_feature_file(folder: Path, backbone: str, weights: str = "all", *,
@@ -177,6 +207,20 @@ class Concatenation:
     @property
     def feature_dim(self) -> int:
         return sum(p.feature_dim for p in self.parts)
+
+    @property
+    def layer(self) -> str:
+        return "+".join(p.layer for p in self.parts)
+
+    @property
+    def layer_index(self) -> int | None:
+        return self.parts[0].layer_index if len(self.parts) == 1 else None
+
+    @property
+    def layer_tag(self) -> str:
+        """Empty when every part is a trunk's output (see :attr:`FeatureFile.layer_tag`)."""
+        tags = [p.layer_tag for p in self.parts]
+        return "+".join(tags) if any(tags) else ""
 
     @property
     def n_rows(self) -> int | tuple[int, ...]:
@@ -227,7 +271,8 @@ def align_on_ids(sets: list[Features], names: list[str]) -> tuple[list[str], lis
 
 
 def select_features(folder: Path, parsed: list[tuple[tuple[str, str | None], ...]],
-                    weights: str = "all", *, warn=print) -> list[Concatenation]:
+                    weights: str = "all", *, layers: str = FINAL,
+                    warn=print) -> list[Concatenation]:
     """The feature sources ``--backbone`` names, parsed by
     :func:`featbank.models.registry.parse_selection` (``[]``: every file).
 
@@ -235,7 +280,7 @@ def select_features(folder: Path, parsed: list[tuple[tuple[str, str | None], ...
     part of a combination ``A+B`` must name exactly one file (``A@imagenet``).
     """
     names = sorted({name for item in parsed for name, _ in item}) or ["all"]
-    entries = feature_files(folder, ",".join(names), "all", warn=warn)
+    entries = feature_files(folder, ",".join(names), "all", layers=layers, warn=warn)
     if not parsed:
         return [Concatenation((e,)) for e in _admitted(entries, weights, "all")]
     sources = []

@@ -11,8 +11,12 @@ The attributes of a feature file (the contract in docs/design.md): ``backbone``,
 and how the rows were computed: ``decode`` (``pillow``, ``nvjpeg:<library>``,
 or ``nvjpeg+pillow:<library>`` when Pillow took a share of the JPEGs),
 ``precision`` (``fp32``, ``bf16``, ``fp16``), ``tf32``, ``torch_release`` and
-``torchvision_release`` (major.minor). Rows from two runs share a file only
-when every :data:`PROVENANCE_KEYS` attribute agrees.
+``torchvision_release`` (major.minor); and where in the trunk: ``layer``
+(``final``, or a stage's name), ``layer_index`` (its place from the input, 1
+first; absent for a ``final`` file made without looking inside the trunk) and
+``pool`` (how the layer's output became a vector: ``model``, ``gap``, ``cls``,
+``mean``; see :mod:`featbank.models.layers`). Rows from two runs share a file
+only when every :data:`PROVENANCE_KEYS` attribute agrees.
 """
 from __future__ import annotations
 
@@ -30,34 +34,41 @@ from featbank.core.version import __version__
 # Attributes that must agree before rows from two runs may share a file.
 PROVENANCE_KEYS = ("backbone", "feature_dim", "weights", "weights_exact", "input_size", "mean",
                    "std", "resize", "crop_pct", "interpolation", "dtype", "decode", "precision",
-                   "tf32", "torch_release", "torchvision_release")
+                   "tf32", "torch_release", "torchvision_release", "layer", "pool")
 # Keys files written before them do not record: such a file takes the first run's values.
-LATER_KEYS = ("decode", "precision", "tf32", "torch_release", "torchvision_release")
+LATER_KEYS = ("decode", "precision", "tf32", "torch_release", "torchvision_release", "layer",
+              "pool")
+FINAL = "final"  # the layer of a file that holds the trunk's output
 
 
 def feature_path(cache_root: str | os.PathLike, collection: str, backbone: str,
-                 weights: str) -> Path:
-    """``<cache>/<collection>/features/<backbone>__<weights>.h5``.
+                 weights: str, layer: str = FINAL, pool: str = "") -> Path:
+    """``<cache>/<collection>/features/<backbone>__<weights>[__<layer>][__<pool>].h5``.
 
-    weights : ``imagenet``, ``random`` or ``sha256:<hex>`` (shortened to 12 digits).
+    weights : ``imagenet``, ``random`` or ``sha256:<hex>`` (shortened to 12 digits);
+    layer : named when not ``final``; pool : named when not the layer's default.
     """
     tag = weights if ":" not in weights else "sha256-" + weights.split(":", 1)[1][:12]
-    return Path(cache_root) / collection / "features" / f"{safe_name(backbone)}__{safe_name(tag)}.h5"
+    parts = [backbone, tag] + ([layer] if layer != FINAL else []) + ([pool] if pool else [])
+    return Path(cache_root) / collection / "features" / ("__".join(map(safe_name, parts)) + ".h5")
 
 
 def file_attrs(*, backbone: str, feature_dim: int, preprocess: dict, weights: dict,
                dtype: str, collection: str, decode: str = "pillow", precision: str = "fp32",
-               tf32: bool = False) -> dict:
+               tf32: bool = False, layer: str = FINAL, layer_index: int | None = None,
+               pool: str = "model") -> dict:
     """The attributes of a new feature file.
 
     preprocess : ``Preprocess.attrs()``; weights : ``Weights.attrs()`` (id, exact, hash);
-    decode, precision, tf32 : how the rows are computed (see the module docstring).
+    decode, precision, tf32 : how the rows are computed; layer, layer_index, pool :
+    where in the trunk (see the module docstring).
     """
     if dtype not in ("float32", "float16"):
         raise BadInput(f"unknown storage dtype {dtype!r}; use float32 or float16")
     return {"backbone": backbone, "feature_dim": feature_dim, **weights, **preprocess,
             "dtype": dtype, "decode": decode, "precision": precision, "tf32": bool(tf32),
-            "collection": collection, "featbank_version": __version__,
+            "layer": layer, **({"layer_index": int(layer_index)} if layer_index else {}),
+            "pool": pool, "collection": collection, "featbank_version": __version__,
             "torch_version": _version("torch"), "torchvision_version": _version("torchvision"),
             "torch_release": _release("torch"), "torchvision_release": _release("torchvision"),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}

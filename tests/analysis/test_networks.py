@@ -9,7 +9,6 @@ from featbank.analysis.networks import (
     load_run,
     named_stages,
     pick_stage,
-    pooled,
     sample_ids,
     stage_activations,
     weight_distance,
@@ -51,12 +50,6 @@ def test_weight_distance_is_relative():
         for p in other.parameters():
             p.mul_(1.1)
     assert weight_distance(stage, other) == pytest.approx(0.1, rel=1e-5)
-
-
-def test_pooled_shapes():
-    assert pooled(torch.ones(2, 5, 3, 3)).shape == (2, 5)
-    assert pooled(torch.ones(2, 7, 5)).shape == (2, 5)  # tokens: mean over the 7
-    assert pooled(torch.ones(2, 5)).shape == (2, 5)
 
 
 def test_sample_ids_is_seeded_and_keeps_order():

@@ -296,3 +296,25 @@ def test_grouped_repeats_name_their_splits(tmp_path):
     assert sorted(r["split_tag"] for r in rows) == sorted(
         f"80-10-10_min10_seed{s}_by-group" for s in (0, 0, 1, 1))
     assert all(r["split_group_by"] == "group" for r in rows)
+
+
+def test_layers_all_trains_a_cell_per_layer_and_the_default_keeps_the_final_files(tmp_path):
+    from helpers import write_layered_cache
+
+    folder = write_layered_cache(tmp_path)
+    collection = load_metadata(folder)
+    quiet = lambda m: None  # noqa: E731
+    [final] = classify(collection, _config(tmp_path, heads="logreg"), warn=quiet)
+    assert final["layer"] == "final" and final["pool"] == "model"
+    rows = classify(collection, _config(tmp_path, heads="logreg", layers="all"), warn=quiet)
+    assert sorted((r["layer"], r["layer_index"]) for r in rows) == [("layer1", 2), ("layer3", 3)]
+    assert len({r["cell"] for r in rows} | {final["cell"]}) == 3  # the final cell was reused
+    columns, records = build_table(load_results(folder))
+    assert columns[:5] == ["task", "backbone", "weights", "layer", "dim"]
+    assert [(r["layer"], r["dim"]) for r in records] == [("layer1", 16), ("layer3", 16),
+                                                          ("final", 32)]
+    scores = [r["logreg"] for r in records]
+    assert scores[0] < scores[2] and scores[2] == final["top1"]
+    with pytest.raises(Exception, match="--layers layer9: no such layer among the feature "
+                                        "files \\(layer1, layer3, final\\)"):
+        classify(collection, _config(tmp_path, heads="logreg", layers="layer9"), warn=quiet)

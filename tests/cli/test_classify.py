@@ -73,3 +73,20 @@ def test_heritage_all_heads(run_script, tmp_path):
     assert "Chosen on the validation split:" in result.stdout
     header = next(l for l in result.stdout.splitlines() if l.startswith("| task"))
     assert all(h in header for h in ("softmax", "svm", "rf", "logreg", "knn", "dim"))
+
+
+def test_layers_all_prints_a_row_per_layer_and_draws_the_curve(run_script, tmp_path):
+    from helpers import write_layered_cache
+
+    write_layered_cache(tmp_path / "cache")
+    out = run_script("classify.py", "--head", "logreg", "--task", "style", "--layers", "all")
+    assert out.returncode == 0, out.stderr
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| style |")]
+    assert [row.split(" | ")[3] for row in rows] == ["layer1", "layer3", "final"]
+    plot = tmp_path / "cache/toy/analysis/layer-curve/layer_curve__style.png"
+    assert f"layer curve: {plot.relative_to(tmp_path)}" in out.stderr and plot.is_file()
+    curve = run_script("analyze.py", "layer-curve", "--head", "logreg")
+    assert curve.returncode == 0, curve.stderr
+    assert "resnet18 · random · logreg: layer1 " in curve.stdout and "final" in curve.stdout
+    assert_one_line_error(run_script("classify.py", "--head", "logreg", "--layers", "layer7"),
+                          "--layers layer7: no such layer among the feature files")

@@ -183,3 +183,19 @@ def test_heritage_imagenet_features_separate_the_classes(run_script, tmp_path):
         scores[weights] = _half_split_score(path)
     assert scores[str(SQUEEZENET)] >= 0.85
     assert scores["random"] <= 0.65
+
+
+def test_layers_prints_a_line_per_layer_and_refuses_an_unknown_one(run_script, image_folder):
+    out = run_script("extract.py", "--backbone", "squeezenet1_1", "--weights", "random",
+                     "--images", image_folder, "--layers", "features.3,final", "--no-progress",
+                     "--workers", "0")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("squeezenet1_1 features.3: 12 rows in cache/images/features/"
+                               "squeezenet1_1__random__features.3.h5 (12 added now)")
+    assert lines[1].startswith("squeezenet1_1: 12 rows in cache/images/features/"
+                               "squeezenet1_1__random.h5")
+    assert_one_line_error(run_script("extract.py", "--backbone", "squeezenet1_1", "--weights",
+                                     "random", "--images", image_folder, "--layers", "stage9"),
+                          "--layers 'stage9': no such layer in squeezenet1_1, which has "
+                          "features.0, features.3")

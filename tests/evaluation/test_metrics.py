@@ -55,6 +55,7 @@ def test_table_has_a_column_per_head_and_fine_tuning(tmp_path):
     columns, records = build_table(rows, split_tag="t", variant="v")
     assert columns == ["task", "backbone", "weights", "dim", "softmax", "svm", "fine-tuning"]
     assert records == [{"task": "type", "backbone": "vgg19", "weights": "imagenet", "dim": 512,
+                        "layer": "final", "layer_index": None,
                         "svm": 0.7, "softmax": 0.6, "fine-tuning": 0.8, "spread": {},
                         "repeats": {"svm": 1, "softmax": 1, "fine-tuning": 1}, "marked": [],
                         "chosen": {"svm": {"C": 0.1}, "softmax": {"alpha": 0.0001}}}]
