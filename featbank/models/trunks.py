@@ -268,8 +268,9 @@ def load_state_dict_file(module: nn.Module, path: str | os.PathLike, *,
     extra = sorted(k for k in set(state) - expected if not k.startswith(head_prefixes))
     name = spec.name if spec else "this backbone"
     if missing or extra:
-        raise BadInput(f"{path} does not fit {name}: {_keys(len(missing), 'missing', missing)}, "
-                       f"{_keys(len(extra), 'unexpected', extra)}; is it the weights of "
+        found = [_keys(len(keys), what, keys) for what, keys in
+                 (("missing", missing), ("unexpected", extra)) if keys]
+        raise BadInput(f"{path} does not fit {name}: {', '.join(found)}; is it the weights of "
                        "another architecture?")
     if dropped:
         LOG.warning(f"{Path(path).name}: the classifier's {len(dropped)} keys "

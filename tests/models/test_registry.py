@@ -92,10 +92,11 @@ def test_state_dict_path_strict_on_trunk_keys(tmp_path):
     load_trunk(spec, str(tmp_path / "full.pth"))
     partial = {k: v for k, v in full.items() if not k.startswith("layer4")}
     torch.save(partial, tmp_path / "partial.pth")
-    with pytest.raises(ValueError, match="missing keys"):
+    with pytest.raises(ValueError, match="does not fit resnet18: 30 missing keys \\(e.g. "
+                                         "'layer4.0.bn1.bias'\\); is it"):
         load_trunk(spec, str(tmp_path / "partial.pth"))
     torch.save({**full, "bogus.weight": torch.zeros(1)}, tmp_path / "extra.pth")
-    with pytest.raises(ValueError, match="unexpected keys.*bogus"):
+    with pytest.raises(ValueError, match="resnet18: 1 unexpected key \\(e.g. 'bogus.weight'\\); is it"):
         load_trunk(spec, str(tmp_path / "extra.pth"))
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="junk.pth is not a readable PyTorch state_dict"):
