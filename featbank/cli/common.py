@@ -38,6 +38,9 @@ def run(main, argv=None) -> int:
         print("interrupted: everything finished so far is kept; run the same command "
               "again to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # output piped into ``head``, which has seen enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as err:  # noqa: BLE001 - every error ends as one line, never a traceback
         if os.environ.get("FEATBANK_DEBUG"):
             raise
