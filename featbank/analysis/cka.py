@@ -1,7 +1,10 @@
 """Linear CKA between feature files (Kornblith et al. 2019; used by Gonthier et al.).
 
 Every pair of files is compared on the image ids they share, rows aligned by
-id. The matrix goes to JSON (key ``cka``) with a heatmap beside it.
+id. The layers of one network (``extract.py --layers``) come in depth order
+whatever order the files were given in, so ``--features features/xception__*``
+gives the stage x stage matrix, and files of two networks the matrix within and
+across them. The matrix goes to JSON (key ``cka``) with a heatmap beside it.
 """
 from __future__ import annotations
 
@@ -23,6 +26,8 @@ def cka(config: CkaConfig, *, warn=print) -> dict:
     """CKA between every pair of ``config.features``; writes JSON and a heatmap PNG."""
     started = time.perf_counter()
     sets = [read_features(path) for path in config.features]
+    order = _depth_order(sets)
+    sets, config.features = [sets[k] for k in order], [config.features[k] for k in order]
     ids, matrices = align_on_ids(sets, [Path(p).name for p in config.features])
     for path, data in zip(config.features, sets):
         if len(data.ids) > len(ids):
@@ -49,7 +54,26 @@ def cka(config: CkaConfig, *, warn=print) -> dict:
     return report
 
 
+def _depth_order(sets) -> list[int]:
+    """Positions of the files: networks in the order first given, each one's layers from
+    the input to its output (``final`` last)."""
+    def network(data):
+        return data.provenance.get("backbone"), str(data.provenance.get("weights_exact"))
+    first = {}
+    for k, data in enumerate(sets):
+        first.setdefault(network(data), k)
+
+    def place(k):
+        attrs = sets[k].provenance
+        depth = 10**6 if attrs.get("layer", "final") == "final" else attrs.get("layer_index", 0)
+        return first[network(sets[k])], depth, k
+    return sorted(range(len(sets)), key=place)
+
+
 def _names(paths: list[str], sets) -> list[str]:
-    """``backbone@weights`` per file; the file name where two would read the same."""
-    names = [f"{d.provenance.get('backbone')}@{str(d.provenance.get('weights'))[:19]}" for d in sets]
+    """``backbone@weights`` per file (``:layer`` for a stage's file); the file name where
+    two would read the same."""
+    names = [f"{d.provenance.get('backbone')}@{str(d.provenance.get('weights'))[:19]}"
+             + ("" if d.provenance.get("layer", "final") == "final"
+                else f":{d.provenance['layer']}") for d in sets]
     return [name if names.count(name) == 1 else Path(path).stem for name, path in zip(names, paths)]

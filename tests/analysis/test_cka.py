@@ -63,3 +63,19 @@ def test_cka_bad_inputs(tmp_path):
         CkaConfig(features=[str(a)])
     with pytest.raises(FileNotFoundError, match="missing.h5"):
         CkaConfig(features=[str(a), str(tmp_path / "missing.h5")])
+
+
+def test_a_networks_layers_come_in_depth_order_named_by_layer(tmp_path):
+    from helpers import write_layered_cache
+
+    from featbank.analysis.cka import cka
+
+    folder = write_layered_cache(tmp_path)
+    files = sorted((folder / "features").glob("*.h5"), reverse=True)  # final, layer3, layer1
+    report = cka(CkaConfig(features=[str(f) for f in files], cache_root=str(tmp_path),
+                           progress=False))
+    assert report["names"] == ["resnet18@random:layer1", "resnet18@random:layer3",
+                               "resnet18@random"]
+    assert [p.rsplit("/", 1)[1] for p in report["features"]] == [
+        "resnet18__random__layer1.h5", "resnet18__random__layer3.h5", "resnet18__random.h5"]
+    assert np.allclose(np.diag(report["cka"]), 1.0)
