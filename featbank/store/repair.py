@@ -78,7 +78,7 @@ def _rebuild(path: Path, aside: Path) -> tuple[int, int]:
     target = shards / f"{next_shard(shards):06d}.h5"
     start, bad = 0, []
     with atomic_path(target) as tmp:
-        writer = ShardWriter(tmp, dim, dtype, seen=set())
+        writer = ShardWriter(tmp, dim, dtype)
         for name, rows in index.sources:
             ids, start = index.ids[start:start + rows], start + rows
             if shard_problem(shards / name, rows):

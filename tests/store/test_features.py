@@ -45,6 +45,13 @@ def test_merge_appends_and_ignores_rows_already_merged(tmp_path):
     out.merge()
     data = read_features(tmp_path / "f.h5")
     assert data.ids == ["x", "w"] and data.X[0].tolist() == [1, 1, 1]
+    # ids longer than any stored, and a repeat within one batch, are told apart too
+    out.add_batch(["a/longer-than-stored.jpg", "w", "x", "a/longer-than-stored.jpg"],
+                  np.full((4, 3), 3, np.float32))
+    out.merge()
+    data = read_features(tmp_path / "f.h5")
+    assert data.ids == ["x", "w", "a/longer-than-stored.jpg"]
+    assert data.X[:2].tolist() == [[1, 1, 1], [2, 2, 2]]
 
 
 def _one_row(path, attrs=ATTRS):
