@@ -5,56 +5,88 @@
 - ``parquet``: ``<stem>.parquet``, one row per image: ``id``, one column per
   task and ``embedding`` (a fixed-size list of float32), with the feature
   file's attributes in the schema metadata (key ``featbank``).
+
+Both are written a chunk of rows at a time (a Parquet row group per chunk; the
+``.npy`` files through memory maps), so a file of millions of rows is exported
+without its matrix in memory.
 """
 from __future__ import annotations
 
 import csv
 import json
 from datetime import datetime, timezone
+from pathlib import Path
 
+import h5py
 import numpy as np
 
-from featbank.analysis.common import describe, output_folder, read_entry, single_feature_file
+from featbank.analysis.common import describe, output_folder, single_feature_file
 from featbank.analysis.config import ExportConfig
 from featbank.core.errors import BadInput
 from featbank.core.fileio import atomic_path, atomic_write_json
 from featbank.data.collection import Collection
+from featbank.store.features import iter_rows
+from featbank.store.provenance import plain_attrs
+
+CHUNK = 65_536  # rows written at a time
 
 
 def export(collection: Collection, config: ExportConfig, *, warn=print) -> dict:
     """Write one feature file in ``config.format``; returns the JSON report (files written)."""
     entry = single_feature_file(config.cache_root, collection.name, config.backbone,
                                 config.weights, warn=warn)
-    if config.format == "parquet":
-        _require_pyarrow()
-    data = read_entry(entry)
-    labels = {t: [by_id.get(i) for i in data.ids] for t, by_id in collection.labels_by_id().items()}
     folder = output_folder(config.cache_root, collection.name, "export")
     stem = entry.path.stem
-    if config.format == "npy":
-        files = _write_npy(folder, stem, data.ids, data.X, labels)
-    else:
-        files = _write_parquet(folder / f"{stem}.parquet", data.ids, data.X, labels,
-                               data.provenance)
+    files = write_export(entry.path, folder / stem, config.format, collection.labels_by_id())
     report = {"command": "export", "collection": collection.name, **describe(entry),
               "format": config.format, "files": [str(f) for f in files],
-              "tasks": collection.tasks, "n_rows": len(data.ids),
+              "tasks": collection.tasks, "n_rows": entry.n_rows,
               "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     atomic_write_json(folder / f"{stem}.{config.format}.json", report)
     report["json"] = str(folder / f"{stem}.{config.format}.json")
     return report
 
 
-def _write_npy(folder, stem, ids, features, labels):
-    paths = [folder / f"{stem}.features.npy", folder / f"{stem}.ids.npy",
-             folder / f"{stem}.labels.csv"]
-    for path, array in zip(paths, (features.astype(np.float32, copy=False), np.array(ids, dtype=str))):
-        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-            np.save(fh, array, allow_pickle=False)
-    with atomic_path(paths[2]) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+def write_export(path: Path, stem: Path, fmt: str,
+                 labels: dict[str, dict[str, str | None]]) -> list[Path]:
+    """Stream the feature file ``path`` to ``<stem>.*`` files in ``fmt`` (npy or parquet);
+    ``labels``: task -> {id -> label}."""
+    if fmt == "parquet":
+        _require_pyarrow()
+        return _write_parquet(path, stem.with_name(f"{stem.name}.parquet"), labels)
+    return _write_npy(path, stem, labels)
+
+
+def _shape(path: Path) -> tuple[int, int, int, dict]:
+    """(rows, dim, longest id in bytes, attributes) of a feature file."""
+    with h5py.File(path, "r") as f:
+        rows, dim = f["features"].shape
+        return rows, dim, max(1, f["ids"].dtype.itemsize), plain_attrs(dict(f.attrs))
+
+
+def _write_npy(path: Path, stem: Path, labels) -> list[Path]:
+    rows, dim, id_bytes, _ = _shape(path)
+    paths = [stem.with_name(f"{stem.name}.{suffix}")
+             for suffix in ("features.npy", "ids.npy", "labels.csv")]
+    with atomic_path(paths[0]) as features_tmp, atomic_path(paths[1]) as ids_tmp, \
+            atomic_path(paths[2]) as labels_tmp, \
+            open(labels_tmp, "w", newline="", encoding="utf-8") as fh:
+        features = np.lib.format.open_memmap(features_tmp, mode="w+", dtype=np.float32,
+                                             shape=(rows, dim))
+        ids_out = np.lib.format.open_memmap(ids_tmp, mode="w+", dtype=f"<U{id_bytes}",
+                                            shape=(rows,))
         writer = csv.writer(fh)
         writer.writerow(["id", *labels])
-        writer.writerows(zip(ids, *([v or "" for v in column] for column in labels.values())))
+        start = 0
+        for ids, X in iter_rows(path, CHUNK):
+            features[start:start + len(ids)] = X
+            ids_out[start:start + len(ids)] = ids
+            writer.writerows([i, *(by_id.get(i) or "" for by_id in labels.values())]
+                             for i in ids)
+            start += len(ids)
+        features.flush()
+        ids_out.flush()
+        del features, ids_out
     return paths
 
 
@@ -66,18 +98,19 @@ def _require_pyarrow() -> None:
                           "(or use --format npy)") from None
 
 
-def _write_parquet(path, ids, features, labels, attrs: dict):
+def _write_parquet(path: Path, target: Path, labels) -> list[Path]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    n, d = features.shape
-    embedding = pa.FixedSizeListArray.from_arrays(
-        pa.array(np.ascontiguousarray(features, dtype=np.float32).reshape(-1)), d)
-    columns = {"id": pa.array(ids, pa.string()),
-               **{task: pa.array(values, pa.string()) for task, values in labels.items()},
-               "embedding": embedding}
-    table = pa.table(columns).replace_schema_metadata(
-        {"featbank": json.dumps(attrs, default=str)})
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
-    return [path]
+    _, dim, _, attrs = _shape(path)
+    schema = pa.schema([("id", pa.string()), *((task, pa.string()) for task in labels),
+                        ("embedding", pa.list_(pa.float32(), dim))],
+                       metadata={"featbank": json.dumps(attrs, default=str)})
+    with atomic_path(target) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+        for ids, X in iter_rows(path, CHUNK):
+            embedding = pa.FixedSizeListArray.from_arrays(pa.array(X.reshape(-1)), dim)
+            columns = [pa.array(ids, pa.string()),
+                       *(pa.array([by_id.get(i) for i in ids], pa.string())
+                         for by_id in labels.values()), embedding]
+            writer.write_table(pa.Table.from_arrays(columns, schema=schema))
+    return [target]

@@ -79,6 +79,17 @@ def read_skipped(path: str | os.PathLike) -> dict[str, str]:
         return dict(zip(f["skipped_ids"].asstr()[:], f["skipped_reasons"].asstr()[:]))
 
 
+def iter_rows(path: str | os.PathLike, chunk: int = 65_536):
+    """(ids, float32 vectors) of a feature file, ``chunk`` rows at a time, in file order:
+    a file of any size read without holding its matrix. Damage is refused first."""
+    raise_if_damaged(Path(path))
+    with h5py.File(path, "r") as f:
+        ids, features = f["ids"].asstr(), f["features"]
+        for start in range(0, features.shape[0], chunk):
+            stop = min(features.shape[0], start + chunk)
+            yield list(ids[start:stop]), features[start:stop].astype(np.float32, copy=False)
+
+
 def count_rows(path: str | os.PathLike) -> int:
     with h5py.File(path, "r") as f:
         return int(f["ids"].shape[0])

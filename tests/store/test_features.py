@@ -243,3 +243,19 @@ def test_a_reader_of_the_previous_main_file_still_reads_after_a_compaction(tmp_p
     monkeypatch.setattr(cache, "SHARD_GRACE", 0)
     _grow(FeatureWriter(tmp_path / "f.h5", ATTRS), 6, 1)  # past the grace: gone
     assert len(list((tmp_path / "f.h5.shards").iterdir())) == 2
+
+
+def test_iter_rows_streams_a_file_in_chunks_in_file_order(tmp_path):
+    from featbank.store.features import iter_rows
+
+    out = FeatureWriter(tmp_path / "f.h5", ATTRS)
+    ids = [f"Müller/{k}.jpg" for k in range(7)]
+    out.add_batch(ids[:4], np.arange(12, dtype=np.float32).reshape(4, 3))
+    out.merge()
+    out.add_batch(ids[4:], np.arange(12, 21, dtype=np.float32).reshape(3, 3))
+    out.merge()
+    chunks = list(iter_rows(tmp_path / "f.h5", chunk=3))
+    assert [len(i) for i, _ in chunks] == [3, 3, 1]
+    assert sum((i for i, _ in chunks), []) == ids
+    assert np.array_equal(np.concatenate([X for _, X in chunks]),
+                          np.arange(21, dtype=np.float32).reshape(7, 3))
