@@ -28,7 +28,6 @@ its seconds, and its accuracies, are written to bench/results/bench_grid.json.
 """
 import argparse
 import multiprocessing
-import resource
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -37,7 +36,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_softmax import TASKS, synthetic_features  # noqa: E402
-from harness import Bench  # noqa: E402
+from harness import Bench, peak_rss_gb  # noqa: E402
 
 REFERENCES = {"logreg (sklearn)": ("logreg", {"head__engine": "sklearn"}),
               "svm (sklearn)": ("svm", {"head__engine": "sklearn"}),
@@ -74,7 +73,7 @@ def run_cell(task: str, n: int, head: str, seed: int, dim: int = 2048) -> dict:
             "test": float(np.mean(pipeline.predict(X[te]) == y[te])),
             "chosen": ", ".join(f"{k}={v:g}" for k, v in tuning.chosen.items()) if tuning else "",
             "engine": getattr(fitted, "engine_", ""),
-            "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20}
+            "peak_gb": peak_rss_gb()}
 
 
 def main():

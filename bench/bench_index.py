@@ -13,7 +13,9 @@ its peak memory (RSS) is its own:
 - recall@10 of those 1,000 queries against exact search (a streamed pass over
   the file, chunk by chunk, keeping each query's 10 best);
 - growth: 1 % more rows added to the file, then ``ensure_index`` again (only
-  the new rows are indexed), its time against the build's.
+  the new rows are indexed), its time against the build's;
+- export: the file streamed to Parquet (``analyze.py export``'s writer), its
+  time and peak memory, in a fresh process, once.
 
 Goals at 5M x 512: build <= 20 minutes, peak memory <= 6 GB, recall@10 >= 0.90,
 >= 500 queries/s in batches, growth by 1 % <= 5 % of the build time. The build
@@ -21,7 +23,6 @@ and growth are measured once per repeat on a fresh copy of the index state;
 written to bench/results/bench_index.json (or bench_index_<rows>.json).
 """
 import argparse
-import resource
 import shutil
 import sys
 import tempfile
@@ -34,7 +35,7 @@ import h5py
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import Bench  # noqa: E402
+from harness import Bench, peak_rss_gb  # noqa: E402
 
 CHUNK = 65_536
 
@@ -64,9 +65,20 @@ def _index_run(path: str) -> dict:
     start = time.perf_counter()
     index, info = ensure_index(Path(path), warn=lambda m: None)
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20,
+    return {"seconds": seconds, "peak_gb": peak_rss_gb(),
             "disk_gb": index_path(Path(path)).stat().st_size / 2 ** 30, "factory": info.factory,
             "nprobe": info.nprobe, "rows": info.rows}
+
+
+def _export_run(path: str, target: str) -> dict:
+    """In a fresh process: the Parquet export's seconds, peak memory and size."""
+    from featbank.analysis.export import write_export
+
+    start = time.perf_counter()
+    [written] = write_export(Path(path), Path(target), "parquet", {})
+    return {"seconds": time.perf_counter() - start,
+            "peak_gb": peak_rss_gb(),
+            "disk_gb": written.stat().st_size / 2 ** 30}
 
 
 def _in_process(function, *args):
@@ -154,6 +166,11 @@ def main():
             return grown[-1]["seconds"]
         bench.measure("grow by 1 % of the rows", grow, unit="s", warmup=False)
         bench.ratio("growth / build (goal <= 0.05)", "grow by 1 % of the rows", "build")
+        shutil.rmtree(copy)
+        exported = _in_process(_export_run, str(path), str(Path(tmp) / "export"))
+        bench.record("export to Parquet", [exported["seconds"]], unit="s")
+        bench.record("export to Parquet, peak memory", [exported["peak_gb"]], unit="GB")
+        bench.record("Parquet size on disk", [exported["disk_gb"]], unit="GB")
     bench.write()
 
 

@@ -20,10 +20,9 @@ Median and min-max of ``--repeats`` fits after a warm-up; written to
 bench/results/bench_softmax.json.
 """
 import argparse
-import resource
 import time
 import numpy as np
-from harness import Bench
+from harness import Bench, peak_rss_gb
 
 from featbank.data.tasks import SplitSpec, stratified_parts
 from featbank.heads.registry import SOFTMAX_ALPHAS
@@ -90,7 +89,7 @@ def main():
     bench = Bench("bench_softmax", repeats=args.repeats, settings=vars(args))
     for name in args.tasks.split(","):
         run_task(bench, name, TASKS[name], int(100_000 * args.scale), args.seed)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
+    peak = peak_rss_gb()
     bench.record("peak memory", [peak], unit="GB")
     bench.write()
 

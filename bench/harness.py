@@ -45,6 +45,22 @@ def machine() -> dict:
             "gpu": gpu}
 
 
+def peak_rss_gb() -> float:
+    """This process's peak resident memory, in GB: the kernel's high-water mark of its own
+    address space (VmHWM). ``getrusage``'s ru_maxrss is kept across fork and exec, so in
+    a freshly spawned process it starts at the parent's peak; VmHWM does not."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2 ** 20
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+
+
 def summary(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values),
             "values": values}
