@@ -175,6 +175,9 @@ def _run(collection, pending, targets: dict[str, list[Target]], files, todo,
     mine = {s.name: {t.key: files[t.key] for t in targets[s.name]} for s in specs}
     runners = {s.name: _runner(s, targets[s.name], mine[s.name], todo, config, device,
                                trunks[s.name]) for s in specs}
+    # The ids a backbone's forward pass serves: those any of its layers still needs.
+    wanted = {s.name: todo[targets[s.name][0].key] if len(targets[s.name]) == 1 else
+              set().union(*(todo[t.key] for t in targets[s.name])) for s in specs}
     paths = [collection.path(i) for i in pending]
     on_device = decoder is not None
     workers = resolve_workers(config.workers, device)
@@ -196,8 +199,8 @@ def _run(collection, pending, targets: dict[str, list[Target]], files, todo,
             device_decoded += len(batch.jpeg_at)
             ids = [pending[k] for k in batch.index.tolist()]
             for spec in specs:
-                write = _submit(ids, reasons, views[view_of[spec.name]], todo,
-                                runners[spec.name], mine[spec.name])
+                write = _submit(ids, reasons, views[view_of[spec.name]], wanted[spec.name],
+                                todo, runners[spec.name], mine[spec.name])
                 queued.append(writer.submit(write))
             while len(queued) > MAX_QUEUED * len(specs) or (queued and queued[0].done()):
                 queued.popleft().result()  # raises what the writer raised
@@ -286,11 +289,11 @@ def _runner(spec, targets: list[Target], outs: dict, todo: dict, config: Extract
                        layers=tapped, pools={t.layer.name: t.pool for t in targets})
 
 
-def _submit(ids, reasons, pixels, todo: dict, runner: TrunkRunner,
+def _submit(ids, reasons, pixels, wanted: set[str], todo: dict, runner: TrunkRunner,
             outs: dict[tuple[str, str], FeatureWriter]) -> Callable[[], None]:
-    """Queue one backbone's share of a batch (one forward pass for all its layers); the
-    returned call writes each layer's rows as a part of its file."""
-    _, good, _ = backbone_share(ids, reasons, set().union(*(todo[key] for key in outs)))
+    """Queue one backbone's share of a batch (one forward pass for all its layers, over
+    the ``wanted`` ids); the returned call writes each layer's rows as a part of its file."""
+    _, good, _ = backbone_share(ids, reasons, wanted)
     if good:
         computed = runner.submit_layers(pixels if len(good) == len(ids)
                                         else pixels[device_index(good, pixels.device)])
