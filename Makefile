@@ -39,7 +39,7 @@ test-fast: install
 	$(PY) -m pytest -m "not slow"
 
 # Every benchmark (median and min-max of 3 repeats each, JSON in bench/results/), then
-# the docs' tables written from those files. About an hour on two cores.
+# the docs' tables written from those files. About an hour and a half on two cores.
 bench: install
 	$(PY) bench/bench_extract.py
 	$(PY) bench/bench_cache.py
@@ -48,6 +48,8 @@ bench: install
 	$(PY) bench/bench_grid.py --scale 0.05
 	$(PY) bench/bench_finetune.py
 	$(PY) bench/bench_gpu.py
+	$(PY) bench/bench_duplicates.py
+	$(PY) bench/bench_index.py --rows 1000000 --dim 512
 	$(PY) bench/tables.py
 
 # docs/generated/*.md from bench/results/*.json (the docs include them; never typed by hand)
