@@ -246,8 +246,12 @@ def finetune(collection: Collection, config: FinetuneConfig, *, log=print) -> Fi
     run = _prepare(collection, config, log)
     # One process trains a run at a time: a second one with the same settings waits,
     # then resumes from the first's last checkpoint (usually: nothing left to train).
+    # The lock lives in finetune/.locks/, so the run folders stand alone (a glob of them
+    # matches folders only), as feature files' locks do in features/.locks/.
     waiting = f"another process is training {run.folder.name} with these settings; waiting"
-    with hold_lock(f"{run.folder}.lock", on_wait=lambda: log(waiting)):
+    locks = run.folder.parent / ".locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with hold_lock(str(locks / f"{run.folder.name}.lock"), on_wait=lambda: log(waiting)):
         return _train_and_test(run, collection, config, log)
 
 

@@ -109,6 +109,8 @@ def test_finetune_outputs_and_exported_trunk(tmp_path, folder20):
     for name in ("history.csv", "curves.png", "best.pt", "last.pt", "trunk.pth", "config.json",
                  "test_confusion.png"):
         assert (run / name).is_file(), name
+    # the run's lock is kept apart, so a glob of run folders matches folders only
+    assert sorted(p.name for p in run.parent.iterdir()) == [".locks", run.name]
     assert [h["epoch"] for h in result.history] == [0, 1, 2]
     [row] = load_results(tmp_path / "cache" / "art")
     assert row["method"] == "fine-tuning" and row["weights"] == "he-uniform" and row["n_test"] == 2
