@@ -95,7 +95,7 @@ def run_cell(*, folder: Path, collection: str, task: str, split: Split, entry: C
 def layer_fields(entry: Concatenation) -> dict:
     """A row's ``layer``, ``layer_index`` and ``pool`` (docs/design.md, "The results store")."""
     return {"layer": entry.layer, "layer_index": entry.layer_index,
-            "pool": "+".join(p.pool for p in entry.parts)}
+            "pool": "+".join(p.pool for p in entry.parts) if entry.layer_tag else "model"}
 
 
 def task_splits(collection: Collection, tasks: str, spec: SplitSpec, folder: Path,

@@ -87,6 +87,6 @@ def main(argv=None) -> None:
     csv_path, _ = result.write(folder)
     print(f"\ntest top-1; results in {folder / 'results.jsonl'}, table in {csv_path} and .json",
           file=sys.stderr)
-    if "layer" in result.columns:
+    if args.layers != "final" and "layer" in result.columns:
         curves = layer_curve(result.collection, head=args.head, **settings)
         print("layer curve: " + ", ".join(c["plot"] for c in curves), file=sys.stderr)

@@ -221,7 +221,8 @@ class Concatenation:
 
     @property
     def layer(self) -> str:
-        return "+".join(p.layer for p in self.parts)
+        """``final`` when every part is a trunk's output, else the parts' layers joined."""
+        return "+".join(p.layer for p in self.parts) if self.layer_tag else FINAL
 
     @property
     def layer_index(self) -> int | None:

@@ -144,6 +144,8 @@ def test_combined_backbones_concatenate_on_shared_ids(tmp_path):
     assert row["feature_dim"] == 64 and joblib.load(folder / row["head_path"]).n_features_in_ == 64
     assert row["n_test"] + row["n_val"] + row["n_train"] == 30  # only the ids both files hold
     assert row["top1"] >= 0.9 and "resnet18__random.h5 + " in row["features"]
+    # two trunks' outputs joined are a trunk output: no layer column in the table
+    assert row["layer"] == "final" and "layer" not in build_table([row], folder=folder)[0]
 
 
 def test_combination_parts_must_each_name_one_file(tmp_path):
