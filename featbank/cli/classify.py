@@ -27,9 +27,11 @@ from featbank.api.stages import classify, table
 from featbank.classification.config import ClassifyConfig
 from featbank.cli.common import add_options, make_parser
 from featbank.core.settings import defaults
+from featbank.evaluation.members import describe, versus_best_member
 from featbank.evaluation.tables import TABLE_LEGEND
 from featbank.heads.recipes import RECIPES
 from featbank.heads.registry import HEADS, NORMALIZATIONS
+from featbank.store.results import load_results
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -84,6 +86,10 @@ def main(argv=None) -> None:
     if notes:
         print("\nChosen on the validation split:\n" + "\n".join(f"- {n}" for n in notes))
     folder = Path(args.cache) / result.collection
+    combinations = versus_best_member(load_results(folder), folder=folder)
+    if combinations:
+        print("\nCombinations against their best member (paired test on the same test "
+              "images):\n" + "\n".join(f"- {describe(c)}" for c in combinations))
     csv_path, _ = result.write(folder)
     print(f"\ntest top-1; results in {folder / 'results.jsonl'}, table in {csv_path} and .json",
           file=sys.stderr)

@@ -140,12 +140,8 @@ def mark_cells(cells: dict[str, dict], *, folder: Path | None = None) -> list[st
     ``folder``). Rows without them, or on other test images, are not compared (and
     not marked)."""
     metric = score_of(next(iter(cells.values())))[0]
-    paired = {}
-    for column, row in cells.items():
-        if metric == "top1" and row.get("test_correct"):
-            paired[column] = unpack_hits(row["test_correct"], row["n_test"])
-        elif metric == "mAP" and (stored := load_test_scores(folder, row)) is not None:
-            paired[column] = stored
+    paired = {column: data for column, row in cells.items()
+              if (data := paired_data(row, metric, folder)) is not None}
     if not paired:
         return []
     best_column = max(paired, key=lambda c: score_of(cells[c])[1])
@@ -155,14 +151,24 @@ def mark_cells(cells: dict[str, dict], *, folder: Path | None = None) -> list[st
         if cells[column].get("test_ids_sha256") != best.get("test_ids_sha256"):
             continue
         if column != best_column:
-            p = _paired_p(metric, best_data, data)
+            p = paired_test(metric, best_data, data)
             if p is None or p < SIGNIFICANCE:
                 continue
         marked.append(column)
     return marked
 
 
-def _paired_p(metric: str, best, other) -> float | None:
+def paired_data(row: dict, metric: str, folder: Path | None = None):
+    """What a paired test needs of a row: its per-image top-1 hits, or for mAP its stored
+    per-image scores; None when the row has none."""
+    if metric == "top1" and row.get("test_correct"):
+        return unpack_hits(row["test_correct"], row["n_test"])
+    if metric == "mAP":
+        return load_test_scores(folder, row)
+    return None
+
+
+def paired_test(metric: str, best, other) -> float | None:
     """p-value of the paired test of ``metric``; None when the two cannot be paired."""
     if metric == "top1":
         return mcnemar_p(best, other)
