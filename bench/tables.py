@@ -16,6 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 GENERATED = ROOT / "docs" / "generated"
+README = ROOT / "README.md"
 
 
 def _number(value: float, unit: str) -> str:
@@ -44,6 +45,43 @@ def table(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def duplicates_summary(result: dict) -> str:
+    """The README's near-duplicates table: precision and recall of each kind of copy at
+    the threshold of best F1 that bench_duplicates found."""
+    figures = result["figures"]
+    threshold = figures["threshold of best F1 (all kinds)"]["median"]
+    prefix = f"cosine >= {threshold:g}, "
+    kinds = [label[len(prefix):-len(": recall")] for label in figures
+             if label.startswith(prefix) and label.endswith(": recall")]
+    lines = [f"At cosine >= {threshold:g} ({result['date'][:10]}, "
+             f"{result['settings']['copies_per_kind']} copies of each kind):", "",
+             "| copy | " + " | ".join(kinds) + " |", "|---" * (len(kinds) + 1) + "|"]
+    for measure in ("precision", "recall"):
+        lines.append(f"| {measure} | " + " | ".join(
+            f"{figures[f'{prefix}{kind}: {measure}']['median']:.3f}" for kind in kinds) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# README blocks written from a bench's results: <!-- bench:NAME --> ... <!-- /bench:NAME -->
+README_BLOCKS = {"bench_duplicates": duplicates_summary}
+
+
+def readme_block(name: str, text: str) -> str:
+    return f"<!-- bench:{name} -->\n{text}<!-- /bench:{name} -->"
+
+
+def fill_readme(readme: str) -> str:
+    """``readme`` with every generated block rewritten from bench/results."""
+    for name, render in README_BLOCKS.items():
+        start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+        if start not in readme:
+            continue
+        result = json.loads((RESULTS / f"{name}.json").read_text())
+        head, rest = readme.split(start, 1)
+        readme = head + readme_block(name, render(result)) + rest.split(end, 1)[1]
+    return readme
+
+
 def main() -> None:
     GENERATED.mkdir(exist_ok=True)
     for path in sorted(RESULTS.glob("*.json")):
@@ -51,6 +89,10 @@ def main() -> None:
         target = GENERATED / f"{result['bench']}.md"
         target.write_text(table(result))
         print(f"written: {target.relative_to(ROOT)}")
+    readme = README.read_text()
+    if fill_readme(readme) != readme:
+        README.write_text(fill_readme(readme))
+        print(f"written: {README.relative_to(ROOT)} (its bench blocks)")
 
 
 if __name__ == "__main__":

@@ -149,3 +149,14 @@ def test_the_notebook_example_gives_the_heritage_table(tmp_path, monkeypatch):
     # the logreg of the heritage table in docs/seeds.md (seed-0 split): 0.929
     assert table.loc[(task, backbone, weights, dim), "logreg"] == pytest.approx(0.929, abs=0.005)
     assert names["retrieval"]["precision_at_k"] > 0.7  # 0.779 in docs/analysis.md
+
+
+def test_the_readme_s_bench_figures_are_the_ones_the_bench_wrote():
+    tables = runpy.run_path(str(REPO / "bench" / "tables.py"))
+    readme = (REPO / "README.md").read_text()
+    for name in tables["README_BLOCKS"]:
+        assert f"<!-- bench:{name} -->" in readme, name
+    # a figure typed into a block by hand differs from what bench/tables.py writes
+    assert tables["fill_readme"](readme) == readme
+    edited = readme.replace("| precision | ", "| precision | 0.999 | ", 1)
+    assert tables["fill_readme"](edited) == readme
