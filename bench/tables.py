@@ -90,8 +90,9 @@ def main() -> None:
         target.write_text(table(result))
         print(f"written: {target.relative_to(ROOT)}")
     readme = README.read_text()
-    if fill_readme(readme) != readme:
-        README.write_text(fill_readme(readme))
+    filled = fill_readme(readme)
+    if filled != readme:
+        README.write_text(filled)
         print(f"written: {README.relative_to(ROOT)} (its bench blocks)")
 
 
