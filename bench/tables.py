@@ -62,8 +62,20 @@ def duplicates_summary(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def index_summary(result: dict) -> str:
+    """The README's line on the similarity index at scale (bench_index)."""
+    f = {label: figure["median"] for label, figure in result["figures"].items()}
+    return (f"{result['settings']['rows']:,} x {result['settings']['dim']} "
+            f"({result['date'][:10]}): built in {f['build']:.0f} s at "
+            f"{f['build, peak memory']:.1f} GB peak memory, recall@10 "
+            f"{f['recall@10 against exact search']:.3f} against exact search, "
+            f"{f['queries/s, 1,000 in a batch']:,.0f} queries/s in batches; 1 % more rows "
+            f"cost {f['growth / build (goal <= 0.05)']:.3f} of the build.\n")
+
+
 # README blocks written from a bench's results: <!-- bench:NAME --> ... <!-- /bench:NAME -->
-README_BLOCKS = {"bench_duplicates": duplicates_summary}
+README_BLOCKS = {"bench_duplicates": duplicates_summary,
+                 "bench_index_5000000": index_summary}
 
 
 def readme_block(name: str, text: str) -> str:
