@@ -12,6 +12,7 @@ from pathlib import Path
 
 from featbank.evaluation.metrics import score_of
 from featbank.evaluation.tables import paired_data, paired_test
+from featbank.store.provenance import FINAL
 from featbank.store.results import latest_rows
 
 
@@ -24,12 +25,11 @@ def versus_best_member(rows: list[dict], *, folder: Path | None = None) -> list[
     """
     rows = latest_rows(rows)
     singles = {_key(r, r["backbone"], r["weights"]): r for r in rows
-               if r["method"] == "off-the-shelf" and "+" not in r["backbone"]
-               and (r.get("layer") or "final") == "final"}
+               if r["method"] == "off-the-shelf" and "+" not in r["backbone"] and _final(r)}
     found = []
     for row in rows:
         if "+" not in row["backbone"] or row["method"] not in ("off-the-shelf", "ensemble") \
-                or (row.get("layer") or "final") != "final":
+                or not _final(row):
             continue
         parts = zip(row["backbone"].split("+"), row["weights"].split("+"))
         members = [singles.get(_key(row, backbone, weights)) for backbone, weights in parts]
@@ -48,6 +48,11 @@ def versus_best_member(rows: list[dict], *, folder: Path | None = None) -> list[
                       "best_member": best["backbone"], "best_member_score": score_of(best)[1],
                       "p": p})
     return found
+
+
+def _final(row: dict) -> bool:
+    """Whether a row's features are trunk outputs (rows from before layers are)."""
+    return (row.get("layer") or FINAL) == FINAL
 
 
 def _key(row: dict, backbone: str, weights: str) -> tuple:
