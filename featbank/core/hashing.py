@@ -1,4 +1,5 @@
-"""A file's identity is its bytes: sha256, computed once per file version.
+"""A file's identity is its bytes: sha256, computed once per file version; an image's
+fingerprint (:class:`Stamp`) is its size, mtime and sha256.
 
 A weights file is recorded by its sha256 wherever featbank uses it. Hashing
 80 MB takes a fraction of a second but happens in every command that names the
@@ -11,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from featbank.core.fileio import atomic_write_json, hold_lock
@@ -55,3 +57,45 @@ def file_sha256(path: str | os.PathLike) -> str:
     except OSError:  # a read-only home: the digest is still right, only not remembered
         pass
     return value
+
+
+# -- an image file's fingerprint -----------------------------------------------------
+
+@dataclass(frozen=True)
+class Stamp:
+    """What an image file was when its row was computed, as make and rsync compare files:
+    its size and modification time (ns), and the sha256 of its bytes where it was read.
+
+    A file whose size or mtime differs may have changed; its sha256 then decides
+    (a file touched or copied with its content intact keeps its row). ``-1`` and ``""``
+    mean not known (rows written before featbank recorded them).
+    """
+
+    size: int = -1
+    mtime_ns: int = -1
+    sha256: str = ""
+
+    def same_file(self, other: "Stamp") -> bool:
+        """The cheap test: same size and modification time."""
+        return self.size == other.size and self.mtime_ns == other.mtime_ns
+
+
+UNKNOWN = Stamp()
+
+
+def stat_stamp(path: str | os.PathLike) -> Stamp | None:
+    """Size and mtime of ``path`` (no sha256: nothing is read); None when it is not a file."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return Stamp(stat.st_size, stat.st_mtime_ns)
+
+
+def read_stamped(path: str | os.PathLike) -> tuple[bytes, Stamp]:
+    """The bytes of ``path`` and its stamp, sha256 included, from one open file (the size
+    and mtime are those of the bytes read). Raises OSError as ``open`` does."""
+    with open(path, "rb") as fh:
+        stat = os.fstat(fh.fileno())
+        data = fh.read()
+    return data, Stamp(stat.st_size, stat.st_mtime_ns, hashlib.sha256(data).hexdigest())

@@ -1,32 +1,37 @@
-"""Filling a feature file: parts while a run goes, shards and a small main file at its end.
+"""Filling a feature file: parts while a run goes, a new shard and main file at its end.
 
-Rows live in shards: ``<file>.shards/NNNNNN.h5`` each hold a block of rows
-(``features``), and the file's ``features`` is an HDF5 virtual dataset over
-them, so plain h5py reads (N, D) as usual (a missing shard reads as NaN, and
-featbank's reader refuses it). Adding images writes one new shard and
-rewrites only the small main file (ids, skipped lists, the virtual layout),
-never the vectors already stored; past ``MAX_SHARDS`` shards they are joined
-into one (by the run that adds the shard past the limit, as it writes its
-rows).
+Rows live in shards (:mod:`featbank.store.shards`), written once; the main file says
+which shard rows are the file's rows (:mod:`featbank.store.layout`). Adding images
+writes one new shard and a small main file, never the vectors already stored; past
+``MAX_SHARDS`` shards (or ``MAX_SEGMENTS`` runs of rows) the run that writes joins
+every row into one shard as it writes its own.
+
+Which rows a file takes: every row carries the stamp of its image (size, mtime,
+sha256; :class:`featbank.core.hashing.Stamp`). A new row for an id the file already
+holds replaces the stored one when its image's stamp differs (the image changed),
+and is dropped when it is the same (a run killed after its merge folds its parts
+again); within a run the first row of an id stands unless a later one has another
+stamp. An undecodable image whose stamp changed takes its row out of the file.
+:meth:`FeatureWriter.remove` takes out the rows of images that left the
+collection, :meth:`FeatureWriter.refresh` records new stamps of images whose bytes
+did not change (a copy, a touch).
 
 Concurrency: a run that writes a file holds its lock (``.locks/<file>.lock``, the
-``filelock`` package) from reading what is done to the last fold, so a second
-run on the same file waits, then finds the work done; rows are never
-computed twice into one file, and parts never collide.
+``filelock`` package) from reading what is done to the last write, so a second run
+on the same file waits, then finds the work done.
 
-Crash safety: while extracting, every finished batch is written as an ``.npz``
-part in ``<file>.parts/`` (written to a temporary name, then renamed, so a
-part is whole or absent). Parts are folded in by writing a new shard, then a
-new main file, each to a temporary name renamed into place: a kill at any
-moment loses at most the batch in flight and never leaves a half-written
-file (a shard that no main file names yet is deleted by the next fold).
+Crash safety: while extracting, every finished batch is written as an ``.npz`` part
+in ``<file>.parts/`` (written to a temporary name, then renamed, so a part is whole
+or absent) and appended to the run's live shard. At the end the live shard is
+renamed into place, then a new layout and a new main file are written, each whole or
+absent: a kill at any moment loses at most the batch in flight; the next run folds
+the parts in (the live shard of a killed run is a ``.tmp`` it removes).
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
-import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -37,19 +42,40 @@ import numpy as np
 
 from featbank.core.errors import BadInput
 from featbank.core.fileio import atomic_path, atomic_write_json
+from featbank.core.hashing import Stamp
+from featbank.store.layout import Index, Mapping, shards_folder
 from featbank.store.provenance import plain_attrs, provenance_conflict
+from featbank.store.shards import SHA_DTYPE, ShardWriter, Stamps, new_shard_name
 
-_STR = h5py.string_dtype("utf-8")
-
-
-_CHUNK_ROWS = 1024
-
-
-MAX_SHARDS = 32
+_CHUNK_ROWS = 8192  # rows copied at a time when a run joins the stored rows into its shard
 # Where --force-new keeps a feature file it replaces: <features>/replaced/<time>/
 REPLACED = "replaced"
-# Seconds a shard no main file names any more stays on disk (see drop_unnamed_shards).
-SHARD_GRACE = 600
+
+
+@dataclass
+class Stored:
+    """What a feature file holds, for deciding what a run must compute: each row's id
+    and image stamp (size and mtime; the sha256 is read for the rows that need it), and
+    the undecodable images with the stamp they had."""
+
+    index: Index
+    path: Path
+
+    @property
+    def rows(self) -> dict[str, int]:
+        """id -> row."""
+        return {i.decode(): k for k, i in enumerate(self.index.ids.tolist())}
+
+    def stamp(self, row: int) -> Stamp:
+        return Stamp(int(self.index.size[row]), int(self.index.mtime_ns[row]))
+
+    def sha256(self, rows: list[int]) -> list[str]:
+        return [s.decode() for s in self.index.sha256(self.path, rows).tolist()]
+
+    @property
+    def skipped(self) -> dict[str, Stamp]:
+        stamps = self.index.skipped_stamps
+        return {i: Stamp(*stamps.get(i, (-1, -1))) for i in self.index.skipped}
 
 
 class FeatureWriter:
@@ -62,7 +88,9 @@ class FeatureWriter:
         self.dtype = np.dtype(self.attrs["dtype"])
         self.dim = int(self.attrs["feature_dim"])
         self._next_part: int | None = None  # number of the next part; read once from disk
-        self._live: _LiveShard | None = None  # this run's rows, ready to become its shard
+        self._live: _ShardBuild | None = None  # this run's rows, ready to become its shard
+        self._removed: set[bytes] = set()  # ids to take out at the next merge
+        self._refreshed: dict[bytes, tuple[int, int]] = {}  # id -> new (size, mtime)
 
     # -- reading what is done -------------------------------------------------
     def stored_attrs(self) -> list[tuple[Path, dict]]:
@@ -104,6 +132,12 @@ class FeatureWriter:
         self._next_part, self._live = None, None
         return target
 
+    def stored(self) -> Stored:
+        """The file's rows and skipped images as stored (parts not included: a run merges
+        a killed run's parts first)."""
+        index = Index.read(self.path) if self.path.is_file() else Index.empty()
+        return Stored(index, self.path)
+
     def done_ids(self) -> set[str]:
         """Ids already extracted or known to be undecodable (file and parts)."""
         done: set[str] = set()
@@ -126,13 +160,30 @@ class FeatureWriter:
         locks.mkdir(parents=True, exist_ok=True)
         return locks / (self.path.name + ".lock")
 
+    @property
+    def shards(self) -> Path:
+        return shards_folder(self.path)
+
     def _part_files(self) -> list[Path]:
         return sorted(self.parts.glob("*.npz")) if self.parts.is_dir() else []
 
     # -- writing --------------------------------------------------------------
+    def remove(self, ids) -> None:
+        """Take the rows (and skipped entries) of ``ids`` out at the next merge: images
+        that left the collection. Call before the run's first batch."""
+        self._removed.update(i.encode() for i in ids)
+
+    def refresh(self, stamps: dict[str, Stamp]) -> None:
+        """Record new sizes and mtimes of images whose bytes are those their rows were
+        computed from (their sha256 was compared), at the next merge."""
+        self._refreshed.update({i.encode(): (s.size, s.mtime_ns) for i, s in stamps.items()})
+
     def add_batch(self, ids: list[str], features: np.ndarray,
-                  skipped: dict[str, str] | None = None) -> None:
-        """Persist one batch as a part: features (len(ids), D), skipped id -> reason."""
+                  skipped: dict[str, str] | None = None, *,
+                  stamps: list[Stamp | None] | None = None,
+                  skipped_stamps: dict[str, Stamp] | None = None) -> None:
+        """Persist one batch as a part: features (len(ids), D), each row's image stamp
+        (unknown when not given), skipped id -> reason and the skipped images' stamps."""
         if features.shape != (len(ids), self.dim):
             raise AssertionError(f"batch of shape {features.shape} for {len(ids)} ids")
         if not self.parts.is_dir():
@@ -142,91 +193,65 @@ class FeatureWriter:
             existing = self._part_files()
             self._next_part = int(existing[-1].stem) + 1 if existing else 0
         number, self._next_part = self._next_part, self._next_part + 1
-        skipped = skipped or {}
+        skipped, skipped_stamps = skipped or {}, skipped_stamps or {}
+        rows = Stamps.of(stamps if stamps is not None else [None] * len(ids))
+        lost = Stamps.of([skipped_stamps.get(i) for i in skipped])
         features = features.astype(self.dtype, copy=False)
         part = self.parts / f"{number:08d}.npz"
         with atomic_path(part) as tmp, open(tmp, "wb") as fh:
             np.savez(fh, ids=np.array(ids, dtype=str), features=features,
+                     file_size=rows.size, file_mtime_ns=rows.mtime_ns, file_sha256=rows.sha256,
                      skipped_ids=np.array(list(skipped), dtype=str),
-                     skipped_reasons=np.array(list(skipped.values()), dtype=str))
+                     skipped_reasons=np.array(list(skipped.values()), dtype=str),
+                     skipped_size=lost.size, skipped_mtime_ns=lost.mtime_ns)
         if self._live is None:
-            self._live = _LiveShard.start(self)
-        self._live.add(part, ids, features, skipped)
-
-    @property
-    def shards(self) -> Path:
-        return self.path.with_name(self.path.name + ".shards")
+            self._live = _ShardBuild.start(self)
+        self._live.add(part, [i.encode() for i in ids], features, rows,
+                       {i.encode(): (r, int(s), int(m)) for i, r, s, m in
+                        zip(skipped, skipped.values(), lost.size, lost.mtime_ns)})
 
     def merge(self) -> int:
-        """Fold pending parts into the file: one new shard plus a new main file.
+        """Fold pending parts and edits into the file: one new shard (when there are rows
+        to add), a new layout and a new main file; returns the change in rows.
 
         The parts this object wrote are already in its live shard, which then
-        becomes the new shard as it is (with the stored rows when the merge
-        compacts); parts left by a killed run are read back.
+        becomes the new shard as it is; parts left by a killed run are read back.
         """
         parts = self._part_files()
-        live, self._live = self._live, None
-        if not parts:  # nothing to fold in; a file appears only once it holds rows
-            if live is not None:
-                live.discard()
+        build, self._live = self._live, None
+        if build is not None and not build.holds(parts):
+            build.discard()
+            build = None
+        if build is None:
+            for stale in self.shards.glob("*.tmp") if self.shards.is_dir() else []:
+                stale.unlink(missing_ok=True)  # a live shard or a write cut short by a kill
+            index = Index.read(self.path) if self.path.is_file() else Index.empty()
+            if parts or (index.version < 2 and len(index)):
+                build = _ShardBuild(self, index)
+                for part in parts:
+                    build.add_part(part)
+        else:
+            index = build.index
+        if build is None and not (self._removed or self._refreshed):
             self._drop_parts()
             return 0
-        live_holds_all = live is not None and live.holds(parts)
-        if live_holds_all:
-            old = live.index  # what the file held when the shard began; this run holds its lock
+        if build is None:
+            new = self._edited(index)
         else:
-            old = Index.read(self.path) if self.path.is_file() else Index.empty()
-        shards = self.shards
-        shards.mkdir(parents=True, exist_ok=True)
-        compact = live.compacts if live_holds_all else old.compacts()
-        target = shards / f"{next_shard(shards):06d}.h5"
-        if live_holds_all:  # it holds the stored rows too when it compacts
-            writer = live.writer
-            writer.close()
-            os.replace(live.path, target)
-            old.skipped.update(live.skipped)
-        else:
-            if live is not None:
-                live.discard()
-            for stale in shards.glob("*.tmp"):  # a live shard or a merge cut short by a kill
-                stale.unlink(missing_ok=True)
-            writer = self._fold(parts, old, compact, target)
-        new = np.array(writer.ids, dtype=bytes)
-        ids = new if compact else np.concatenate([old.ids, new])
-        sources = ([] if compact else old.sources) + [(target.name, len(writer.ids))]
-        if not writer.ids:
-            target.unlink()
-            sources = sources[:-1]
-        self.write_main(ids, sources, old)
-        drop_unnamed_shards(shards, {name for name, _ in sources},
-                            superseded={name for name, _ in old.sources})
+            new = build.finish(self.shards / new_shard_name(self.shards))
+        new.write(self.path, self.attrs, previous=index)
+        self._removed, self._refreshed = set(), {}
         self._drop_parts()
-        return len(ids) - len(old.ids)
+        return len(new) - len(index)
 
-    def _fold(self, parts: list[Path], old: "Index", compact: bool, target: Path) -> "ShardWriter":
-        with atomic_path(target) as tmp:
-            writer = ShardWriter(tmp, self.dim, self.dtype,
-                                 stored=None if compact else old.ids)
-            if compact:
-                writer.copy_from(self.path, old)
-            for part in parts:
-                with np.load(part) as data:
-                    writer.append([i.encode() for i in data["ids"].tolist()], data["features"])
-                    old.skipped.update(zip(data["skipped_ids"].tolist(),
-                                           data["skipped_reasons"].tolist()))
-            writer.close()
-        return writer
-
-    def write_main(self, ids: np.ndarray, sources: list[tuple[str, int]], old: "Index") -> None:
-        attrs = dict(self.attrs)
-        attrs["created"] = old.created or attrs.get("created")
-        with atomic_path(self.path) as tmp, h5py.File(tmp, "w") as out:
-            out.create_dataset("ids", data=fixed_utf8(ids))
-            virtual_features(out, sources, self.path.name + ".shards", self.dim, self.dtype)
-            out.create_dataset("skipped_ids", data=list(old.skipped), dtype=_STR)
-            out.create_dataset("skipped_reasons", data=list(old.skipped.values()), dtype=_STR)
-            out.attrs.update({k: v for k, v in attrs.items() if v is not None})
-            out.attrs["n_rows"] = len(ids)
+    def _edited(self, index: Index) -> Index:
+        """``index`` with the pending removals and refreshes, no rows added."""
+        keep = _kept(index.ids, self._removed)
+        size, mtime = _refreshed(index, self._refreshed)
+        skipped = {i: r for i, r in index.skipped.items() if i.encode() not in self._removed}
+        return Index(index.ids[keep], size[keep], mtime[keep], index.mapping.take(keep),
+                     skipped, {i: index.skipped_stamps[i] for i in skipped
+                               if i in index.skipped_stamps}, index.created)
 
     def _drop_parts(self) -> None:
         if self.parts.is_dir():
@@ -234,125 +259,154 @@ class FeatureWriter:
         self._next_part = None
 
 
-@dataclass
-class Index:
-    """What a main file says: ids, skipped, its shards (name, rows); legacy = plain dataset."""
-
-    ids: np.ndarray  # UTF-8 bytes: reading, comparing and rewriting 100k of them is 10x
-    # cheaper than as variable-length strings
-    skipped: dict[str, str]
-    sources: list[tuple[str, int]]
-    created: str | None
-    legacy: bool = False
-
-    def compacts(self) -> bool:
-        """Whether the next merge joins every row into one shard: past ``MAX_SHARDS``
-        shards, or to turn a file from before shards into one with a shard."""
-        return self.legacy or len(self.sources) + 1 > MAX_SHARDS
-
-    @classmethod
-    def empty(cls) -> "Index":
-        return cls(ids=np.array([], dtype=bytes), skipped={}, sources=[], created=None)
-
-    @classmethod
-    def read(cls, path: Path) -> "Index":
-        with h5py.File(path, "r") as f:
-            features = f["features"]
-            sources = [(Path(vds.file_name).name, _rows(vds.vspace))
-                       for vds in features.virtual_sources()] if features.is_virtual else []
-            return cls(ids=np.array(f["ids"][:], dtype=bytes),
-                       skipped=dict(zip(f["skipped_ids"].asstr()[:],
-                                        f["skipped_reasons"].asstr()[:])),
-                       sources=sources, created=f.attrs.get("created"),
-                       legacy=not features.is_virtual and f["ids"].shape[0] > 0)
+def _kept(ids: np.ndarray, removed: set[bytes]) -> np.ndarray:
+    """Rows of ``ids`` not in ``removed`` (a boolean mask)."""
+    if not removed or not len(ids):
+        return np.ones(len(ids), dtype=bool)
+    gone = np.array(sorted(removed), dtype=bytes)
+    return ~np.isin(ids.astype(gone.dtype) if ids.dtype.itemsize <= gone.dtype.itemsize
+                    else ids, gone)
 
 
-def fixed_utf8(ids: np.ndarray) -> np.ndarray:
-    """Ids as fixed-length UTF-8 strings: written and read in one copy, unlike
-    variable-length ones; ``f["ids"].asstr()[:]`` reads both kinds."""
-    return ids.astype(h5py.string_dtype("utf-8", max(1, ids.dtype.itemsize)))
+def _refreshed(index: Index, refreshed: dict[bytes, tuple[int, int]]):
+    size, mtime = index.size.copy(), index.mtime_ns.copy()
+    if refreshed:
+        for k, i in enumerate(index.ids.tolist()):
+            if i in refreshed:
+                size[k], mtime[k] = refreshed[i]
+    return size, mtime
 
 
-def _rows(selection) -> int:
-    (first, _), (last, _) = selection.get_select_bounds()
-    return last - first + 1
+class _Admission:
+    """Which incoming rows a file takes (the rule in the module docstring).
 
-
-def virtual_features(out: h5py.File, sources, folder: str, dim: int, dtype) -> None:
-    """``features`` as a virtual dataset over the shards (paths relative to the file)."""
-    total = sum(rows for _, rows in sources)
-    if total == 0:
-        out.create_dataset("features", shape=(0, dim), dtype=dtype)
-        return
-    layout = h5py.VirtualLayout(shape=(total, dim), dtype=dtype)
-    start = 0
-    for name, rows in sources:
-        layout[start:start + rows] = h5py.VirtualSource(f"{folder}/{name}", "features",
-                                                        shape=(rows, dim))
-        start += rows
-    out.create_virtual_dataset("features", layout, fillvalue=np.nan)
-
-
-def next_shard(folder: Path) -> int:
-    numbers = [int(p.stem) for p in folder.glob("[0-9]*.h5") if p.stem.isdigit()]
-    return max(numbers, default=-1) + 1
-
-
-def drop_unnamed_shards(folder: Path, named: set[str], superseded: set[str] = frozenset()
-                        ) -> None:
-    """Delete the shards no main file names, once they have been unnamed for
-    :data:`SHARD_GRACE` seconds: a reader that opened the previous main file just before
-    it was replaced still finds the shards it maps (they keep their names; new shards
-    get new numbers). ``superseded``: the shards the previous main file named, whose
-    grace starts now."""
-    now = time.time()
-    for name in superseded - named:
-        if (folder / name).is_file():
-            os.utime(folder / name, (now, now))
-    for shard in folder.glob("*.h5"):
-        if shard.name not in named and now - shard.stat().st_mtime >= SHARD_GRACE:
-            shard.unlink(missing_ok=True)
-    if not any(folder.iterdir()):
-        folder.rmdir()
-
-
-@dataclass
-class _LiveShard:
-    """The rows of the parts one ``FeatureWriter`` writes, appended to a shard as they come.
-
-    Written beside the parts (which stay the crash-safe record), so that the
-    merge at the end of a run renames this file instead of reading every part
-    back: at GPU speed that re-read cost a sixth of the run. When that merge
-    will compact (``Index.compacts``), the shard begins with a copy of the
-    stored rows and becomes the one shard. A killed run leaves it as a
-    ``.tmp`` file, removed by the next merge.
+    ``stored``: the rows the file holds before this run (ids, sizes, mtimes), and for
+    each its position in the run's shard when the run copied it there (a compaction),
+    else -1.
     """
 
-    path: Path
-    writer: "ShardWriter"
-    index: "Index"  # the main file when the shard began
-    parts: list[Path]
-    skipped: dict[str, str]
-    compacts: bool  # it began with a copy of the stored rows, to become the only shard
+    def __init__(self, ids: np.ndarray, size: np.ndarray, mtime: np.ndarray,
+                 in_shard: np.ndarray):
+        # Sorted once and searched per batch: a tenth of the cost of a set of 100k ids,
+        # which an addition of a few images paid in full.
+        self.order = np.argsort(ids, kind="stable")
+        self.sorted = ids[self.order]
+        self.size, self.mtime, self.in_shard = size, mtime, in_shard
+        self.replaced: set[bytes] = set()  # stored ids whose row this run replaces
+        self.where: dict[bytes, tuple[int, int, int]] = {}  # id -> (position, size, mtime)
+        self.dead: set[int] = set()  # positions in the shard no row of the file is
+
+    def _stored(self, ids: list[bytes]) -> np.ndarray:
+        """For each id, its stored row, or -1."""
+        if not len(self.sorted) or not ids:
+            return np.full(len(ids), -1)
+        wanted = np.array(ids, dtype=self.sorted.dtype if all(
+            len(i) <= self.sorted.dtype.itemsize for i in ids) else bytes)
+        at = np.minimum(np.searchsorted(self.sorted, wanted), len(self.sorted) - 1)
+        return np.where(self.sorted[at] == wanted, self.order[at], -1)
+
+    def _supersede(self, i: bytes, row: int, size: int, mtime: int) -> bool:
+        """Whether a row of image stamp (size, mtime) for id ``i`` replaces what the file
+        holds for it; marks what it replaces."""
+        if i in self.where:
+            pos, was_size, was_mtime = self.where[i]
+            if (was_size, was_mtime) == (size, mtime):
+                return False
+            self.dead.add(pos)
+            del self.where[i]
+        elif row >= 0 and i not in self.replaced:
+            if (self.size[row], self.mtime[row]) == (size, mtime):
+                return False
+            self.replaced.add(i)
+            if self.in_shard[row] >= 0:
+                self.dead.add(int(self.in_shard[row]))
+        return True
+
+    def admit(self, ids: list[bytes], stamps: Stamps, start: int) -> list[int]:
+        """The positions in ``ids`` of the rows to write; ``start``: the shard's length."""
+        keep = []
+        for k, (i, row) in enumerate(zip(ids, self._stored(ids).tolist())):
+            size, mtime = int(stamps.size[k]), int(stamps.mtime_ns[k])
+            if self._supersede(i, row, size, mtime):
+                self.where[i] = (start + len(keep), size, mtime)
+                keep.append(k)
+        return keep
+
+    def lose(self, i: bytes, size: int, mtime: int) -> bool:
+        """An image this run could not decode: whether it is listed as skipped. A row the
+        file holds for another stamp of it goes; one for this stamp stays (a repeat)."""
+        [row] = self._stored([i]).tolist()
+        return self._supersede(i, row, size, mtime)
+
+
+class _ShardBuild:
+    """The shard a run writes: its rows appended as they come, beside the parts (which
+    stay the crash-safe record), so that the merge renames it instead of reading every
+    part back (at GPU speed that re-read cost a sixth of the run). When the run will
+    compact (``Index.compacts``), the shard begins with the stored rows."""
+
+    def __init__(self, out: FeatureWriter, index: Index):
+        out.shards.mkdir(parents=True, exist_ok=True)
+        self.index, self.compacts = index, index.compacts()  # the main file when it began
+        self.tmp = out.shards / f"live.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+        self.writer = ShardWriter(self.tmp, out.dim, out.dtype, out.attrs)
+        self.removed, self.refreshed = set(out._removed), dict(out._refreshed)
+        self.parts: list[Path] = []
+        self.skipped: dict[bytes, tuple[str, int, int]] = {}
+        size, mtime = _refreshed(index, self.refreshed)
+        keep = _kept(index.ids, self.removed)
+        in_shard = np.full(len(index), -1, dtype=np.int64)
+        self.copied = 0
+        if self.compacts:
+            self.copied = self._copy(out.path, index, keep, size, mtime)
+            in_shard[keep] = np.arange(self.copied)
+        self.admission = _Admission(index.ids[keep], size[keep], mtime[keep], in_shard[keep])
+        self.kept = keep  # the stored rows not removed
 
     @classmethod
-    def start(cls, out: FeatureWriter) -> "_LiveShard":
-        index = Index.read(out.path) if out.path.is_file() else Index.empty()
-        out.shards.mkdir(parents=True, exist_ok=True)
-        path = out.shards / f"live.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
-        compacts = index.compacts()
-        if compacts:
-            writer = ShardWriter(path, out.dim, out.dtype)
-            writer.copy_from(out.path, index)
-        else:
-            writer = ShardWriter(path, out.dim, out.dtype, stored=index.ids)
-        return cls(path, writer, index, parts=[], skipped={}, compacts=compacts)
+    def start(cls, out: FeatureWriter) -> "_ShardBuild":
+        return cls(out, Index.read(out.path) if out.path.is_file() else Index.empty())
 
-    def add(self, part: Path, ids: list[str], features: np.ndarray,
-            skipped: dict[str, str]) -> None:
-        self.writer.append([i.encode() for i in ids], features)
+    def _copy(self, path: Path, index: Index, keep: np.ndarray, size, mtime) -> int:
+        """Copy the stored rows ``keep`` into the shard, in file order."""
+        with h5py.File(path, "r") as f:
+            for start in range(0, len(index), _CHUNK_ROWS):
+                stop = min(len(index), start + _CHUNK_ROWS)
+                rows = np.flatnonzero(keep[start:stop]) + start
+                if not len(rows):
+                    continue
+                block = f["features"][start:stop][rows - start]
+                sha = (np.array(f["file_sha256"][start:stop], dtype=SHA_DTYPE)[rows - start]
+                       if index.version == 2 else np.zeros(len(rows), SHA_DTYPE))
+                self.writer.append(index.ids[rows].tolist(), block,
+                                   Stamps(size[rows], mtime[rows], sha))
+        return len(self.writer)
+
+    def add(self, part: Path, ids: list[bytes], features: np.ndarray, stamps: Stamps,
+            skipped: dict[bytes, tuple[str, int, int]]) -> None:
+        keep = self.admission.admit(ids, stamps, len(self.writer))
+        if keep:
+            chosen = features if len(keep) == len(ids) else features[keep]
+            self.writer.append([ids[k] for k in keep], chosen, stamps.take(keep))
+        for i, (reason, size, mtime) in skipped.items():
+            if self.admission.lose(i, size, mtime):
+                self.skipped[i] = (reason, size, mtime)
         self.parts.append(part)
-        self.skipped.update(skipped)
+
+    def add_part(self, part: Path) -> None:
+        """A part left by a killed run, read back."""
+        with np.load(part) as data:
+            ids = [i.encode() for i in data["ids"].tolist()]
+            n = len(ids)
+            stamps = Stamps(data["file_size"], data["file_mtime_ns"],
+                            np.array(data["file_sha256"], dtype=SHA_DTYPE)) \
+                if "file_size" in data else Stamps.unknown(n)
+            lost = data["skipped_ids"].tolist()
+            lost_size = data["skipped_size"] if "skipped_size" in data else [-1] * len(lost)
+            lost_mtime = data["skipped_mtime_ns"] if "skipped_mtime_ns" in data else [-1] * len(lost)
+            self.add(part, ids, data["features"], stamps,
+                     {i.encode(): (r, int(s), int(m)) for i, r, s, m in
+                      zip(lost, data["skipped_reasons"].tolist(), lost_size, lost_mtime)})
 
     def holds(self, parts: list[Path]) -> bool:
         """Whether this shard holds exactly ``parts``, in their order."""
@@ -360,53 +414,37 @@ class _LiveShard:
 
     def discard(self) -> None:
         self.writer.close()
-        self.path.unlink(missing_ok=True)
+        self.tmp.unlink(missing_ok=True)
 
-
-class ShardWriter:
-    """Appends rows to a shard's resizable ``features``; drops ids seen before.
-
-    (A part may repeat rows already folded in when a run died between the
-    rename of the new main file and the removal of its parts.)
-    """
-
-    def __init__(self, path: Path, dim: int, dtype: np.dtype, *,
-                 stored: np.ndarray | None = None):
-        """stored : UTF-8 ids already in the file's other shards, to drop if repeated."""
-        self.file = h5py.File(path, "w")
-        self.features = self.file.create_dataset(
-            "features", shape=(0, dim), maxshape=(None, dim), dtype=dtype,
-            chunks=(max(1, min(256, (1 << 20) // (dim * np.dtype(dtype).itemsize))), dim))
-        # Sorted once and searched per batch: a tenth of the cost of a set of 100k ids,
-        # which an addition of a few images paid in full.
-        self.stored = np.sort(stored) if stored is not None and len(stored) else None
-        self.seen, self.ids = set(), []
-
-    def _stored(self, ids: list[bytes]) -> np.ndarray:
-        if self.stored is None or not ids:
-            return np.zeros(len(ids), dtype=bool)
-        wanted = np.array(ids, dtype=self.stored.dtype if all(
-            len(i) <= self.stored.dtype.itemsize for i in ids) else bytes)
-        at = np.minimum(np.searchsorted(self.stored, wanted), len(self.stored) - 1)
-        return self.stored[at] == wanted
-
-    def append(self, ids: list[bytes], features: np.ndarray) -> None:
-        old, keep = self._stored(ids), []
-        for k, i in enumerate(ids):
-            if not old[k] and i not in self.seen:
-                keep.append(k)
-                self.seen.add(i)
-        if keep:
-            n = len(self.ids)
-            self.features.resize(n + len(keep), axis=0)
-            self.features[n:] = features[keep] if len(keep) < len(ids) else features
-            self.ids.extend(ids[k] for k in keep)
-
-    def copy_from(self, path: Path, old: Index) -> None:
-        with h5py.File(path, "r") as f:
-            for start in range(0, len(old.ids), _CHUNK_ROWS * 8):
-                stop = min(len(old.ids), start + _CHUNK_ROWS * 8)
-                self.append(old.ids[start:stop].tolist(), f["features"][start:stop])
-
-    def close(self) -> None:
-        self.file.close()
+    def finish(self, target: Path) -> Index:
+        """Close the shard as ``target``; returns the file's new state."""
+        self.writer.close()
+        os.replace(self.tmp, target)
+        a = self.admission
+        live = np.array(sorted(set(range(len(self.writer))) - a.dead), dtype=np.int64)
+        shard = Mapping.whole(target.name, live)
+        stamps = self.writer.stamps.take(live)
+        ids = np.array(self.writer.ids, dtype=bytes)[live] if len(live) else \
+            np.array([], dtype=bytes)
+        index, keep = self.index, self.kept.copy()
+        size, mtime = _refreshed(index, self.refreshed)
+        if self.compacts:
+            mapping, rows = shard, (ids, stamps.size, stamps.mtime_ns)
+        else:
+            if a.replaced:
+                keep &= _kept(index.ids, a.replaced)
+            mapping = index.mapping.take(keep).then(shard)
+            rows = (np.concatenate([index.ids[keep].astype(bytes), ids]),
+                    np.concatenate([size[keep], stamps.size]),
+                    np.concatenate([mtime[keep], stamps.mtime_ns]))
+        now = set(rows[0].tolist())
+        skipped = {i: r for i, r in index.skipped.items()
+                   if i.encode() not in self.removed and i.encode() not in now}
+        skipped_stamps = {i: index.skipped_stamps[i] for i in skipped
+                          if i in index.skipped_stamps}
+        for i, (reason, s, m) in self.skipped.items():
+            if i not in now:
+                skipped[i.decode()], skipped_stamps[i.decode()] = reason, (s, m)
+        if not len(live):
+            target.unlink()
+        return Index(*rows, mapping, skipped, skipped_stamps, index.created)

@@ -4,7 +4,13 @@ import pytest
 
 from featbank.store.features import read_features
 from featbank.store.provenance import feature_path
+from featbank.store.shards import shard_files, shard_number
 from featbank.store.writer import FeatureWriter
+
+
+def _numbers(folder):
+    """The numbers of the shards in ``folder``, oldest first (layouts left out)."""
+    return [shard_number(p.name) for p in shard_files(folder)]
 
 ATTRS = {"backbone": "toy", "feature_dim": 3, "weights": "random", "input_size": 8,
          "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "resize": "squash", "crop_pct": 1.0,
@@ -110,7 +116,7 @@ def _grow(out: FeatureWriter, first: int, n: int) -> None:
 def test_adding_rows_leaves_stored_vectors_untouched(tmp_path, monkeypatch):
     out = FeatureWriter(tmp_path / "f.h5", ATTRS)
     _grow(out, 0, 5)
-    [first_shard] = (tmp_path / "f.h5.shards").iterdir()
+    [first_shard] = shard_files(tmp_path / "f.h5.shards")
     before = first_shard.stat()
     _grow(out, 5, 2)
     after = first_shard.stat()
@@ -124,14 +130,14 @@ def test_adding_rows_leaves_stored_vectors_untouched(tmp_path, monkeypatch):
 def test_missing_shard_is_refused_not_read_as_nan(tmp_path):
     out = FeatureWriter(tmp_path / "f.h5", ATTRS)
     _grow(out, 0, 2)
-    for shard in (tmp_path / "f.h5.shards").iterdir():
+    for shard in shard_files(tmp_path / "f.h5.shards"):
         shard.unlink()
-    with pytest.raises(ValueError, match="its shard 000000.h5 is missing"):
+    with pytest.raises(ValueError, match="its shard 000000-[0-9a-f]{8}.h5 is missing"):
         read_features(tmp_path / "f.h5")
 
 
 def test_shards_are_joined_past_the_limit_and_orphans_dropped(tmp_path, monkeypatch):
-    import featbank.store.writer as cache
+    import featbank.store.layout as cache
 
     monkeypatch.setattr(cache, "MAX_SHARDS", 3)
     monkeypatch.setattr(cache, "SHARD_GRACE", 0)  # superseded shards go at once
@@ -140,7 +146,7 @@ def test_shards_are_joined_past_the_limit_and_orphans_dropped(tmp_path, monkeypa
     (tmp_path / "f.h5.shards" / "000000.h5").write_bytes(b"left by a killed fold")
     for k in range(5):
         _grow(out, 2 * k, 2)
-        assert len(list((tmp_path / "f.h5.shards").iterdir())) <= 3
+        assert len(shard_files(tmp_path / "f.h5.shards")) <= 3
     data = read_features(tmp_path / "f.h5")
     assert data.ids == [f"img/{k}.jpg" for k in range(10)]
     assert data.X.ravel().tolist() == list(range(30))
@@ -173,32 +179,32 @@ def test_the_parts_a_run_wrote_become_its_shard_without_being_read_back(tmp_path
     data = read_features(tmp_path / "f.h5")
     assert data.ids == ["a", "b", "d"] and data.skipped == {"c": "truncated"}
     assert data.X.tolist() == [[1, 1, 1], [2, 2, 2], [4, 4, 4]]
-    assert sorted(p.name for p in out.shards.iterdir()) == ["000000.h5", "000001.h5"]
+    assert _numbers(out.shards) == [0, 1]
 
 
 def test_a_run_that_compacts_writes_its_rows_once(tmp_path, monkeypatch):
     """Past MAX_SHARDS the run's live shard starts with the stored rows and becomes the
     one shard; its parts are not read back."""
-    import featbank.store.writer as cache
+    import featbank.store.layout as cache
 
     monkeypatch.setattr(cache, "MAX_SHARDS", 3)
     monkeypatch.setattr(cache, "SHARD_GRACE", 0)
     out = FeatureWriter(tmp_path / "f.h5", ATTRS)
     for k in range(3):
         _grow(out, 2 * k, 2)
-    assert len(list(out.shards.iterdir())) == 3
+    assert len(shard_files(out.shards)) == 3
     out.add_batch(["img/6.jpg"], np.full((1, 3), 6, np.float32), {"bad.gif": "not an image"})
     out.add_batch(["img/7.jpg", "img/0.jpg"], np.array([[7, 7, 7], [9, 9, 9]], np.float32))
     with monkeypatch.context() as no_reading:
         no_reading.setattr(np, "load", lambda *a, **k: pytest.fail("a part was read back"))
         assert out.merge() == 2
-    [shard] = out.shards.iterdir()
+    [shard] = shard_files(out.shards)
     data = read_features(tmp_path / "f.h5")
     assert data.ids == [f"img/{k}.jpg" for k in range(6)] + ["img/6.jpg", "img/7.jpg"]
     assert data.X[:, 0].tolist() == [0, 3, 6, 9, 12, 15, 6, 7]
     assert data.skipped == {"bad.gif": "not an image"}
     _grow(out, 8, 1)  # and the next run adds a shard again
-    assert len(list(out.shards.iterdir())) == 2 and len(read_features(tmp_path / "f.h5").ids) == 9
+    assert len(shard_files(out.shards)) == 2 and len(read_features(tmp_path / "f.h5").ids) == 9
 
 
 def test_parts_of_a_killed_run_are_read_back_and_its_live_shard_dropped(tmp_path):
@@ -213,7 +219,7 @@ def test_parts_of_a_killed_run_are_read_back_and_its_live_shard_dropped(tmp_path
     assert resumed.merge() == 1
     data = read_features(tmp_path / "f.h5")
     assert data.ids == ["a", "b", "c"] and data.X[:, 0].tolist() == [1, 2, 3]
-    assert sorted(p.name for p in resumed.shards.iterdir()) == ["000000.h5", "000001.h5"]
+    assert _numbers(resumed.shards) == [0, 1]
 
 
 def test_a_live_shard_is_not_used_when_other_parts_are_pending(tmp_path):
@@ -230,7 +236,7 @@ def test_a_reader_of_the_previous_main_file_still_reads_after_a_compaction(tmp_p
                                                                            monkeypatch):
     """Compaction leaves the shards it supersedes in place for SHARD_GRACE seconds: a
     reader that opened the main file just before it was replaced reads its rows, not NaN."""
-    import featbank.store.writer as cache
+    import featbank.store.layout as cache
 
     monkeypatch.setattr(cache, "MAX_SHARDS", 2)
     out = FeatureWriter(tmp_path / "f.h5", ATTRS)
@@ -242,7 +248,7 @@ def test_a_reader_of_the_previous_main_file_still_reads_after_a_compaction(tmp_p
     assert len(read_features(tmp_path / "f.h5").ids) == 6
     monkeypatch.setattr(cache, "SHARD_GRACE", 0)
     _grow(FeatureWriter(tmp_path / "f.h5", ATTRS), 6, 1)  # past the grace: gone
-    assert len(list((tmp_path / "f.h5.shards").iterdir())) == 2
+    assert len(shard_files(tmp_path / "f.h5.shards")) == 2
 
 
 def test_iter_rows_streams_a_file_in_chunks_in_file_order(tmp_path):
