@@ -15,7 +15,9 @@ Examples:
     RAY_ADDRESS=auto python extract.py --backbone vgg19,resnet50 --images /shared/museum \
         --engine ray                                   # on a Ray cluster (docs/ray.md)
 
-Re-running skips images already in the cache; an interrupted run resumes.
+Re-running skips images already in the cache, extracts again the images whose
+bytes changed and takes out the rows of images no longer in the collection; an
+interrupted run resumes.
 Output: <cache>/<collection>/features/<backbone>__<weights>.h5 (docs/design.md),
 with --layers one more file per layer (<backbone>__<weights>__<layer>.h5),
 undecodable images in <cache>/<collection>/skipped.csv.
@@ -92,6 +94,14 @@ def get_args_parser() -> argparse.ArgumentParser:
                              "preprocessing, decoding, precision, storage, library release), "
                              "keep it in features/replaced/ and start a new one, instead of "
                              "stopping")
+    parser.add_argument("--verify-images", action="store_true",
+                        help="read every image and compare its sha256 with the one its row "
+                             "was computed from, not only its size and modification time; "
+                             "a changed image is extracted again")
+    parser.add_argument("--prune", action="store_true",
+                        help="rewrite each feature file's rows into one shard, freeing the "
+                             "space of rows taken out (images no longer in the collection) "
+                             "or replaced (images that changed)")
     add_options(parser, "no-progress", defaults=d)
     return parser
 
@@ -104,13 +114,17 @@ def main(argv=None) -> None:
                       precision=args.precision, decode=args.decode,
                       jpeg_decoder=args.jpeg_decoder, engine=args.engine,
                       ray_address=args.ray_address, ray_actors=args.ray_actors,
-                      force_new=args.force_new, layers=args.layers, pool=args.pool)
+                      force_new=args.force_new, layers=args.layers, pool=args.pool,
+                      verify_images=args.verify_images, prune=args.prune)
     for report in reports:
         undecodable = (f"; {count(report.n_skipped, 'image')} could not be decoded (listed "
                        f"with the reason in {report.skipped_csv})" if report.n_skipped else "")
         layer = "" if report.layer == "final" else f" {report.layer}"
+        changes = "".join(f", {n:,} {what}" for n, what in (
+            (report.n_changed, "replaced (their images changed)"),
+            (report.n_removed, "taken out (no longer in the collection)")) if n)
         print(f"{report.backbone}{layer}: {count(report.n_rows, 'row')} in {report.path} "
-              f"({report.n_added:,} added now){undecodable} [{report.seconds:.1f} s]")
+              f"({report.n_added:,} added now{changes}){undecodable} [{report.seconds:.1f} s]")
     if reports and reports[0].device_decoded is not None:
         print(f"{count(reports[0].device_decoded, 'image')} decoded on the device "
               f"({reports[0].jpeg_decoder}), the others by Pillow")

@@ -6,12 +6,18 @@ decoding large JPEGs at reduced scale (libjpeg's DCT scaling through Pillow's
 draft mode). ``to_view`` resizes to a backbone's geometry and returns uint8
 CHW pixels; normalisation happens batched in torch (``normalize``), so one
 decoded image serves every backbone that shares a geometry.
+
+A view's pixels are a function of the image and its own geometry only: a JPEG is
+drafted to the scale each geometry allows (:func:`decode_views` decodes once per
+distinct scale), so a backbone gets the same pixels alone, beside others, at
+extraction, fine-tuning or in an analysis.
 """
 from __future__ import annotations
 
 import functools
+import io
 import math
-import os
+import re
 
 import numpy as np
 import torch
@@ -28,16 +34,18 @@ class DecodeError(ValueError):
     """An image file that cannot be turned into pixels; the message says why."""
 
 
-def load_rgb(path, *, min_size: int | None = None) -> Image.Image:
-    """Decode ``path`` to an 8-bit RGB image with EXIF orientation applied.
+def load_rgb(source, *, min_size: int | None = None) -> Image.Image:
+    """Decode ``source`` (a path, or a file's bytes) to an 8-bit RGB image with EXIF
+    orientation applied.
 
     min_size : if given, a JPEG may be decoded at 1/2, 1/4 or 1/8 scale as long
         as both sides stay at least ``min_size`` pixels.
     """
     try:
-        if os.path.getsize(path) == 0:
+        data = _bytes(source)
+        if not data:
             raise DecodeError("empty file (0 bytes)")
-        with Image.open(path) as im:
+        with Image.open(io.BytesIO(data)) as im:
             if min_size and im.format == "JPEG":
                 im.draft("RGB", (min_size, min_size))
             im.load()
@@ -45,12 +53,36 @@ def load_rgb(path, *, min_size: int | None = None) -> Image.Image:
             return _to_rgb(im)
     except DecodeError:
         raise
-    except FileNotFoundError:
-        raise DecodeError("file not found") from None
     except Image.DecompressionBombError as err:
         raise DecodeError(f"too large for Pillow's decompression-bomb limit ({err})") from None
     except (OSError, ValueError, SyntaxError, EOFError) as err:
-        raise DecodeError(f"{type(err).__name__}: {err}") from None
+        message = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>", "", str(err))
+        raise DecodeError(f"{type(err).__name__}: {message}") from None
+
+
+def _bytes(source) -> bytes:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return bytes(source)
+    try:
+        with open(source, "rb") as fh:
+            return fh.read()
+    except FileNotFoundError:
+        raise DecodeError("file not found") from None
+    except OSError as err:
+        raise DecodeError(f"cannot be read ({type(err).__name__}: {err})") from None
+
+
+def draft_scale(data: bytes, min_size: int) -> int:
+    """The DCT scale (1, 2, 4 or 8) Pillow's draft mode decodes a JPEG at for ``min_size``
+    (1 for other formats), read from the header: nothing is decoded."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            if im.format != "JPEG":
+                return 1
+            im.draft("RGB", (min_size, min_size))
+            return int(im.decoderconfig[0]) if im.decoderconfig else 1
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
+        return 1  # load_rgb says why
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:
@@ -97,21 +129,33 @@ def to_view(im: Image.Image, pre: Preprocess) -> torch.Tensor:
     return torch.from_numpy(array.copy()).permute(2, 0, 1)
 
 
-def decode_views(path, pres, *, min_size: int | None = None) -> tuple[list[torch.Tensor], str]:
-    """Decode once, one uint8 view per preprocessing in ``pres``.
+def decode_views(source, pres) -> tuple[list[torch.Tensor], str]:
+    """One uint8 view per preprocessing in ``pres`` of ``source`` (a path, or the file's
+    bytes), each from a decode at the scale its own geometry allows (once per
+    distinct scale), so that a view never depends on the other geometries.
 
     Returns (views, reason): reason is "" when decoded; otherwise the views are
     zeros of the right shapes and reason says why, so a batch never breaks.
     """
     try:
-        image = load_rgb(path, min_size=min_size)
-        return [to_view(image, pre) for pre in pres], ""
+        data = _bytes(source)
+        sizes = [min_decode_size([pre]) for pre in pres]
+        by_scale: dict[int, list[int]] = {}
+        for j, size in enumerate(sizes):
+            by_scale.setdefault(draft_scale(data, size) if data else 1, []).append(j)
+        views: list[torch.Tensor | None] = [None] * len(pres)
+        for members in by_scale.values():
+            image = load_rgb(data, min_size=sizes[members[0]])
+            for j in members:
+                views[j] = to_view(image, pres[j])
+        return views, ""
     except DecodeError as err:
         return [torch.zeros(3, p.input_size, p.input_size, dtype=torch.uint8) for p in pres], str(err)
 
 
 def min_decode_size(pres) -> int:
-    """Smallest side a JPEG may be drafted down to and still serve every geometry."""
+    """Smallest side a JPEG may be drafted down to and still serve every geometry of
+    ``pres`` (one geometry: the size its own draft keeps)."""
     return max(math.ceil(p.input_size / (p.crop_pct if p.resize == "center_crop" else 1.0))
                for p in pres)
 

@@ -48,6 +48,12 @@ class ExtractConfig:
     # A file whose rows were made otherwise (provenance) is set aside in features/replaced/
     # and a new one started, instead of the run being refused.
     force_new: bool = runtime(False)
+    # Read every image and compare its sha256 with its row's, not only its size and mtime
+    # (extraction.freshness): for changes that keep both.
+    verify_images: bool = runtime(False)
+    # Rewrite each file's rows into one shard, freeing the space of rows taken out or
+    # replaced (store.writer.FeatureWriter.prune).
+    prune: bool = runtime(False)
 
     def __post_init__(self):
         self.backbones = check_names(self.backbones)

@@ -31,6 +31,7 @@ from featbank.core.errors import BadInput
 from featbank.core.fileio import atomic_write_json, hold_lock
 from featbank.data.collection import Collection, save_metadata
 from featbank.extraction.config import ExtractConfig
+from featbank.extraction.freshness import Freshness, Stamps, freshness
 from featbank.extraction.devicedecode import (
     DecoderBalance,
     device_index,
@@ -42,6 +43,7 @@ from featbank.extraction.targets import Target, plan
 from featbank.models.inference import (
     AUTOCAST,
     TrunkRunner,
+    add_share,
     backbone_share,
     resolve_device,
     resolve_precision,
@@ -84,6 +86,11 @@ class ExtractReport:
     skipped_csv: Path | None = None
     ignored: int = 0
     layer: str = FINAL  # the trunk's layer the file holds (models.layers)
+    # Rows replaced (their images changed), taken out (images no longer in the collection)
+    # and kept with a new stamp (bytes unchanged): extraction.freshness.
+    n_changed: int = 0
+    n_removed: int = 0
+    n_touched: int = 0
 
 
 def extract(collection: Collection, config: ExtractConfig) -> list[ExtractReport]:
@@ -131,16 +138,19 @@ def extract(collection: Collection, config: ExtractConfig) -> list[ExtractReport
 def _extract_locked(collection, config: ExtractConfig, targets: dict[str, list[Target]],
                     files: dict, device, decoder: str | None, trunks: dict):
     started = time.perf_counter()
-    todo, before = {}, {}
+    todo, before, fresh = {}, {}, {}
+    stamps = Stamps({i: collection.path(i) for i in collection.ids})
     for key, out in files.items():
         repaired = repair(out.path)  # a damaged file keeps its readable rows; the rest is redone
         if repaired:
             tqdm.write(str(repaired), file=sys.stderr)
         _settle_provenance(out, config)
         out.merge()  # parts left by an interrupted run
-        done = out.done_ids()
-        todo[key] = {i for i in collection.ids if i not in done}
         before[key] = count_rows(out.path) if out.path.is_file() else 0
+        fresh[key] = freshness(out, collection.ids, stamps, verify=config.verify_images)
+        todo[key] = fresh[key].todo
+        for note in fresh[key].notes():
+            tqdm.write(f"{out.path.name}: {note}", file=sys.stderr)
     pending = [i for i in collection.ids if any(i in t for t in todo.values())]
     first_batch_at, device_decoded = None, None
     specs = [ts[0].spec for ts in targets.values()]
@@ -154,11 +164,13 @@ def _extract_locked(collection, config: ExtractConfig, targets: dict[str, list[T
         first_batch_at, device_decoded = _run(collection, pending, targets, files, todo,
                                               config, device, decoder, trunks)
     for out in files.values():
+        if config.prune:
+            out.prune()
         out.merge()
     stream = None if first_batch_at is None else time.perf_counter() - first_batch_at
     seconds = time.perf_counter() - started
     return [_report(key, files[key].path, len(todo[key]), before[key], seconds, stream,
-                    device_decoded, decoder) for key in files]
+                    device_decoded, decoder, fresh[key]) for key in files]
 
 
 def _run(collection, pending, targets: dict[str, list[Target]], files, todo,
@@ -199,8 +211,8 @@ def _run(collection, pending, targets: dict[str, list[Target]], files, todo,
             device_decoded += len(batch.jpeg_at)
             ids = [pending[k] for k in batch.index.tolist()]
             for spec in specs:
-                write = _submit(ids, reasons, views[view_of[spec.name]], wanted[spec.name],
-                                todo, runners[spec.name], mine[spec.name])
+                write = _submit(ids, reasons, batch.stamps, views[view_of[spec.name]],
+                                wanted[spec.name], todo, runners[spec.name], mine[spec.name])
                 queued.append(writer.submit(write))
             while len(queued) > MAX_QUEUED * len(specs) or (queued and queued[0].done()):
                 queued.popleft().result()  # raises what the writer raised
@@ -289,7 +301,7 @@ def _runner(spec, targets: list[Target], outs: dict, todo: dict, config: Extract
                        layers=tapped, pools={t.layer.name: t.pool for t in targets})
 
 
-def _submit(ids, reasons, pixels, wanted: set[str], todo: dict, runner: TrunkRunner,
+def _submit(ids, reasons, stamps, pixels, wanted: set[str], todo: dict, runner: TrunkRunner,
             outs: dict[tuple[str, str], FeatureWriter]) -> Callable[[], None]:
     """Queue one backbone's share of a batch (one forward pass for all its layers, over
     the ``wanted`` ids); the returned call writes each layer's rows as a part of its file."""
@@ -302,23 +314,26 @@ def _submit(ids, reasons, pixels, wanted: set[str], todo: dict, runner: TrunkRun
     def write() -> None:
         arrays = computed() if good else {}
         for (_, layer), out in outs.items():
-            need, mine, skipped = backbone_share(ids, reasons, todo[(runner.spec.name, layer)])
+            need, mine, _ = backbone_share(ids, reasons, todo[(runner.spec.name, layer)])
             if not need:
                 continue
             out.attrs["precision"] = runner.precision  # settled by the first batch's check
             rows = arrays[layer][[position[j] for j in mine]] if mine else \
                 np.zeros((0, out.dim), dtype=np.float32)
-            out.add_batch([ids[j] for j in mine], rows, skipped)
+            add_share(out, ids, reasons, stamps, need, mine, rows)
     return write
 
 
 def _report(key: tuple[str, str], path: Path, n_new: int, rows_before: int, seconds: float,
             stream_seconds: float | None, device_decoded: int | None,
-            decoder: str | None) -> ExtractReport:
+            decoder: str | None, fresh: Freshness) -> ExtractReport:
     exists = path.is_file()
     n_rows = count_rows(path) if exists else 0
-    return ExtractReport(backbone=key[0], layer=key[1], path=path, n_rows=n_rows, n_added=n_rows - rows_before,
+    return ExtractReport(backbone=key[0], layer=key[1], path=path, n_rows=n_rows,
+                         n_added=n_rows - rows_before + len(fresh.gone),
                          n_new=n_new, n_skipped=len(read_skipped(path)) if exists else 0,
                          seconds=seconds, stream_seconds=stream_seconds,
                          device_decoded=device_decoded,
-                         jpeg_decoder=None if device_decoded is None else decoder)
+                         jpeg_decoder=None if device_decoded is None else decoder,
+                         n_changed=fresh.changed, n_removed=len(fresh.gone),
+                         n_touched=fresh.touched)

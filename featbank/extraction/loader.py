@@ -11,7 +11,7 @@ import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from featbank.data.images import decode_views, min_decode_size
+from featbank.core.hashing import read_stamped
+from featbank.data.images import decode_views
 from featbank.extraction.devicedecode import (
     DecoderBalance,
     decode_jpegs,
@@ -30,14 +31,14 @@ from featbank.extraction.devicedecode import (
 
 
 class Images(Dataset):
-    """Item k -> (k, reason, views, jpeg): Pillow's uint8 views (one per geometry), or
-    with ``jpeg_bytes`` and a file the device can decode, its bytes instead, unless
-    ``balance`` sends image k to Pillow."""
+    """Item k -> (k, reason, views, jpeg, stamp): Pillow's uint8 views (one per geometry),
+    or with ``jpeg_bytes`` and a file the device can decode, its bytes instead, unless
+    ``balance`` sends image k to Pillow; and the stamp (size, mtime, sha256) of the bytes
+    read, which the file's row records."""
 
     def __init__(self, paths: list[Path], pres: list, *, jpeg_bytes: bool = False,
                  balance: DecoderBalance | None = None):
         self.paths, self.pres, self.jpeg_bytes, self.balance = paths, pres, jpeg_bytes, balance
-        self.min_size = min_decode_size(pres)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -46,23 +47,18 @@ class Images(Dataset):
         started = time.perf_counter()
         balance = self.balance if self.jpeg_bytes else None
         to_pillow = balance is not None and balance.to_pillow(k)
-        if self.jpeg_bytes and not to_pillow:
-            data = _read_bytes(self.paths[k])
-            if device_decodable(data):
-                if balance is not None:
-                    balance.worker_cost(DecoderBalance.READ, started)
-                return k, "", None, data
-        views, reason = decode_views(self.paths[k], self.pres, min_size=self.min_size)
+        try:
+            data, stamp = read_stamped(self.paths[k])
+        except OSError:
+            data, stamp = None, None  # decode_views says why
+        if self.jpeg_bytes and not to_pillow and data and device_decodable(data):
+            if balance is not None:
+                balance.worker_cost(DecoderBalance.READ, started)
+            return k, "", None, data, stamp
+        views, reason = decode_views(self.paths[k] if data is None else data, self.pres)
         if to_pillow:
             balance.worker_cost(DecoderBalance.PILLOW, started)
-        return k, reason, views, None
-
-
-def _read_bytes(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError:
-        return b""  # Pillow then says why
+        return k, reason, views, None, stamp
 
 
 @dataclass
@@ -82,6 +78,7 @@ class Batch:
     jpeg_at: list[int]
     jpeg: torch.Tensor
     jpeg_ends: list[int]
+    stamps: list = field(default_factory=list)  # of each image, as read (None: unreadable)
 
     def pin_memory(self) -> "Batch":  # called by DataLoader(pin_memory=True)
         self.cpu_views = [v.pin_memory() for v in self.cpu_views]
@@ -105,7 +102,8 @@ def collate(items) -> Batch:
     ends = np.cumsum([len(b) for b in blobs]).tolist()
     return Batch(index=torch.tensor([item[0] for item in items]),
                   reasons=[item[1] for item in items], cpu_at=cpu_at, cpu_views=cpu_views,
-                  jpeg_at=jpeg_at, jpeg=jpeg, jpeg_ends=ends)
+                  jpeg_at=jpeg_at, jpeg=jpeg, jpeg_ends=ends,
+                  stamps=[item[4] for item in items])
 
 
 def _stack_views(views: list[torch.Tensor]) -> torch.Tensor:
@@ -144,8 +142,7 @@ def device_views(batch: Batch, pres: list, device: torch.device, paths: list[Pat
             view[at] = resize_views([image for _, image in good], pre)
     for j, image in zip(batch.jpeg_at, decoded):
         if image is None:  # refused by nvJPEG: Pillow decodes it, or says why not
-            cpu, reasons[j] = decode_views(paths[int(batch.index[j])], pres,
-                                           min_size=min_decode_size(pres))
+            cpu, reasons[j] = decode_views(paths[int(batch.index[j])], pres)
             for view, pixels in zip(views, cpu):
                 view[j] = pixels.to(device)
     return views, reasons

@@ -22,10 +22,12 @@ import numpy as np
 import torch
 
 from featbank.core.errors import BadInput
-from featbank.data.images import decode_views, min_decode_size
+from featbank.core.hashing import UNKNOWN, Stamp, read_stamped
+from featbank.data.images import decode_views
 from featbank.models.inference import (
     AUTOCAST,
     TrunkRunner,
+    add_share,
     backbone_share,
     resolve_device,
     shared_views,
@@ -66,8 +68,12 @@ def run_ray(collection, pending: list[str], specs, files, todo, config) -> None:
     for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
         ids = [pending[k] for k in batch["k"].tolist()]
         reasons = [str(r) for r in batch["reason"]]
+        stamps = [Stamp(int(s), int(m), str(h)) for s, m, h in
+                  zip(batch["size"], batch["mtime_ns"], batch["sha256"])]
         for spec in specs:
-            _write(ids, reasons, batch[f"features:{spec.name}"], todo[spec.name], files[spec.name])
+            need, good, _ = backbone_share(ids, reasons, todo[spec.name])
+            add_share(files[spec.name], ids, reasons, stamps, need, good,
+                      batch[f"features:{spec.name}"][good])
 
 
 def _ray():
@@ -81,9 +87,20 @@ def _ray():
 
 
 def _decode(batch: dict[str, np.ndarray], pres: list) -> dict[str, np.ndarray]:
-    """A block of paths -> ``view:<g>`` (B, 3, S, S) uint8 per geometry, and reasons."""
-    decoded = [decode_views(path, pres, min_size=min_decode_size(pres)) for path in batch["path"]]
-    out = {"k": batch["k"], "reason": np.array([reason for _, reason in decoded], dtype=object)}
+    """A block of paths -> ``view:<g>`` (B, 3, S, S) uint8 per geometry, reasons, and the
+    stamp of each file as read (``size``, ``mtime_ns``, ``sha256``; -1 and "" unreadable)."""
+    decoded, stamps = [], []
+    for path in batch["path"]:
+        try:
+            data, stamp = read_stamped(path)
+        except OSError:
+            data, stamp = str(path), UNKNOWN  # decode_views says why
+        decoded.append(decode_views(data, pres))
+        stamps.append(stamp)
+    out = {"k": batch["k"], "reason": np.array([reason for _, reason in decoded], dtype=object),
+           "size": np.array([s.size for s in stamps], dtype=np.int64),
+           "mtime_ns": np.array([s.mtime_ns for s in stamps], dtype=np.int64),
+           "sha256": np.array([s.sha256 for s in stamps], dtype=object)}
     for g in range(len(pres)):
         out[f"view:{g}"] = np.stack([views[g].numpy() for views, _ in decoded])
     return out
@@ -116,7 +133,7 @@ class _Trunks:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         good = np.flatnonzero(batch["reason"] == "")
-        out = {"k": batch["k"], "reason": batch["reason"]}
+        out = {k: batch[k] for k in ("k", "reason", "size", "mtime_ns", "sha256")}
         for name, runner in self.runners.items():
             features = np.zeros((len(batch["k"]), runner.spec.feature_dim), dtype=np.float32)
             if good.size:
@@ -127,7 +144,3 @@ class _Trunks:
         return out
 
 
-def _write(ids, reasons, features: np.ndarray, todo: set[str], out) -> None:
-    need, good, skipped = backbone_share(ids, reasons, todo)
-    if need:
-        out.add_batch([ids[j] for j in good], features[good], skipped)

@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from featbank.data.collection import Collection
-from featbank.data.images import decode_views, min_decode_size
+from featbank.data.images import decode_views
 from featbank.data.tasks import Split, subsample
 from featbank.finetuning.config import FinetuneConfig
 from featbank.models.inference import resolve_workers
@@ -27,13 +27,12 @@ class LabelledImages(Dataset):
         # Augmentation: resize 8/7 larger, then a random S x S crop and a random flip.
         self.pre = dataclasses.replace(pre, input_size=round(pre.input_size * 8 / 7)) if augment else pre
         self.size = pre.input_size
-        self.min_size = min_decode_size([self.pre])
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, k: int):
-        [view], reason = decode_views(self.paths[k], [self.pre], min_size=self.min_size)
+        [view], reason = decode_views(self.paths[k], [self.pre])
         if self.augment:
             top, left = torch.randint(0, view.shape[1] - self.size + 1, (2,)).tolist()
             view = view[:, top:top + self.size, left:left + self.size]

@@ -172,3 +172,16 @@ def backbone_share(ids: list[str], reasons: list[str],
     need = [j for j, i in enumerate(ids) if i in todo]
     good = [j for j in need if not reasons[j]]
     return need, good, {ids[j]: reasons[j] for j in need if reasons[j]}
+
+
+def add_share(out, ids: list[str], reasons: list[str], stamps: list, need: list[int],
+              good: list[int], rows: np.ndarray) -> None:
+    """Write a backbone's share of a batch (:func:`backbone_share`) as a part of the feature
+    file ``out``: ``rows`` of the ``good`` positions with their images' stamps, and the
+    others of ``need`` as skipped, with their reasons and stamps."""
+    if not need:
+        return
+    lost = [j for j in need if reasons[j]]
+    out.add_batch([ids[j] for j in good], rows, {ids[j]: reasons[j] for j in lost},
+                  stamps=[stamps[j] for j in good],
+                  skipped_stamps={ids[j]: stamps[j] for j in lost if stamps[j] is not None})

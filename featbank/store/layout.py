@@ -172,9 +172,11 @@ class Index:
         out[order] = found
         return out
 
-    def write(self, path: Path, attrs: dict, *, previous: "Index | None" = None) -> None:
+    def write(self, path: Path, attrs: dict, *, previous: "Index | None" = None,
+              grace: float | None = None) -> None:
         """This state as the file at ``path``: a new layout, then a new main file, each
-        whole or absent; shards and layouts no file names any more go after the grace."""
+        whole or absent; shards and layouts no file names any more go after ``grace``
+        seconds (default :data:`SHARD_GRACE`)."""
         folder = shards_folder(path)
         folder.mkdir(parents=True, exist_ok=True)
         dim, dtype = int(attrs["feature_dim"]), np.dtype(attrs["dtype"])
@@ -206,7 +208,7 @@ class Index:
         named = self.mapping.used() | {layout}
         superseded = set(previous.mapping.used()) | {previous.layout} \
             if previous is not None and previous.mapping is not None else set()
-        drop_unnamed(folder, named, superseded - {None})
+        drop_unnamed(folder, named, superseded - {None}, grace=grace)
 
 
 def _bounds(selection) -> tuple[int, int]:
@@ -268,17 +270,18 @@ def content_digest(ids: np.ndarray, digests: np.ndarray) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def drop_unnamed(folder: Path, named: set[str], superseded: set[str] = frozenset()) -> None:
+def drop_unnamed(folder: Path, named: set[str], superseded: set[str] = frozenset(), *,
+                 grace: float | None = None) -> None:
     """Delete the shards and layouts no main file names, once they have been unnamed for
     :data:`SHARD_GRACE` seconds: a reader that opened the previous main file just before
     it was replaced still finds what it maps. ``superseded``: what the previous main file
     named, whose grace starts now."""
-    now = time.time()
+    now, grace = time.time(), SHARD_GRACE if grace is None else grace
     for name in superseded - named:
         if (folder / name).is_file():
             os.utime(folder / name, (now, now))
     for item in [*shard_files(folder), *folder.glob("layout-*.h5")]:
-        if item.name not in named and now - item.stat().st_mtime >= SHARD_GRACE:
+        if item.name not in named and now - item.stat().st_mtime >= grace:
             item.unlink(missing_ok=True)
     if folder.is_dir() and not any(folder.iterdir()):
         folder.rmdir()

@@ -91,6 +91,7 @@ class FeatureWriter:
         self._live: _ShardBuild | None = None  # this run's rows, ready to become its shard
         self._removed: set[bytes] = set()  # ids to take out at the next merge
         self._refreshed: dict[bytes, tuple[int, int]] = {}  # id -> new (size, mtime)
+        self._prune = False  # join the rows into one shard at the next merge, and free the rest
 
     # -- reading what is done -------------------------------------------------
     def stored_attrs(self) -> list[tuple[Path, dict]]:
@@ -178,6 +179,12 @@ class FeatureWriter:
         computed from (their sha256 was compared), at the next merge."""
         self._refreshed.update({i.encode(): (s.size, s.mtime_ns) for i, s in stamps.items()})
 
+    def prune(self) -> None:
+        """At the next merge, join the file's rows into one shard and delete at once the
+        shards and layouts it no longer names (rows taken out or replaced leave the disk;
+        without this they go with the next compaction)."""
+        self._prune = True
+
     def add_batch(self, ids: list[str], features: np.ndarray,
                   skipped: dict[str, str] | None = None, *,
                   stamps: list[Stamp | None] | None = None,
@@ -205,7 +212,8 @@ class FeatureWriter:
                      skipped_reasons=np.array(list(skipped.values()), dtype=str),
                      skipped_size=lost.size, skipped_mtime_ns=lost.mtime_ns)
         if self._live is None:
-            self._live = _ShardBuild.start(self)
+            self._live = _ShardBuild(self, Index.read(self.path) if self.path.is_file()
+                                     else Index.empty())
         self._live.add(part, [i.encode() for i in ids], features, rows,
                        {i.encode(): (r, int(s), int(m)) for i, r, s, m in
                         zip(skipped, skipped.values(), lost.size, lost.mtime_ns)})
@@ -226,21 +234,21 @@ class FeatureWriter:
             for stale in self.shards.glob("*.tmp") if self.shards.is_dir() else []:
                 stale.unlink(missing_ok=True)  # a live shard or a write cut short by a kill
             index = Index.read(self.path) if self.path.is_file() else Index.empty()
-            if parts or (index.version < 2 and len(index)):
+            if parts or (index.version < 2 and len(index)) or (self._prune and len(index)):
                 build = _ShardBuild(self, index)
                 for part in parts:
                     build.add_part(part)
         else:
             index = build.index
-        if build is None and not (self._removed or self._refreshed):
+        if build is None and not (self._removed or self._refreshed or self._prune):
             self._drop_parts()
             return 0
         if build is None:
             new = self._edited(index)
         else:
             new = build.finish(self.shards / new_shard_name(self.shards))
-        new.write(self.path, self.attrs, previous=index)
-        self._removed, self._refreshed = set(), {}
+        new.write(self.path, self.attrs, previous=index, grace=0 if self._prune else None)
+        self._removed, self._refreshed, self._prune = set(), {}, False
         self._drop_parts()
         return len(new) - len(index)
 
@@ -347,7 +355,8 @@ class _ShardBuild:
 
     def __init__(self, out: FeatureWriter, index: Index):
         out.shards.mkdir(parents=True, exist_ok=True)
-        self.index, self.compacts = index, index.compacts()  # the main file when it began
+        self.index = index  # the main file when the shard began
+        self.compacts = index.compacts() or (out._prune and len(index) > 0)
         self.tmp = out.shards / f"live.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
         self.writer = ShardWriter(self.tmp, out.dim, out.dtype, out.attrs)
         self.removed, self.refreshed = set(out._removed), dict(out._refreshed)
@@ -362,10 +371,6 @@ class _ShardBuild:
             in_shard[keep] = np.arange(self.copied)
         self.admission = _Admission(index.ids[keep], size[keep], mtime[keep], in_shard[keep])
         self.kept = keep  # the stored rows not removed
-
-    @classmethod
-    def start(cls, out: FeatureWriter) -> "_ShardBuild":
-        return cls(out, Index.read(out.path) if out.path.is_file() else Index.empty())
 
     def _copy(self, path: Path, index: Index, keep: np.ndarray, size, mtime) -> int:
         """Copy the stored rows ``keep`` into the shard, in file order."""

@@ -21,13 +21,16 @@ def _config(tmp_path, **kw):
 
 @pytest.fixture
 def count_decodes(monkeypatch):
-    calls = []
-    real = images.load_rgb
+    """The images the loader reads to decode (each read once, its bytes then decoded)."""
+    import featbank.extraction.loader as loader
 
-    def counting(path, **kw):
+    calls = []
+    real = loader.read_stamped
+
+    def counting(path):
         calls.append(path)
-        return real(path, **kw)
-    monkeypatch.setattr(images, "load_rgb", counting)
+        return real(path)
+    monkeypatch.setattr(loader, "read_stamped", counting)
     return calls
 
 

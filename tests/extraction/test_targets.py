@@ -50,9 +50,11 @@ def test_a_second_run_is_a_no_op_and_a_missing_layer_is_the_only_one_computed(
     collection = from_folder(image_folder)
     config = _config(tmp_path, layers="features.3,features.9,final")
     first = _by_layer(extract(collection, config))
+    import featbank.extraction.loader as loader
+
     decoded = []
-    real = images.load_rgb
-    monkeypatch.setattr(images, "load_rgb", lambda path, **kw: decoded.append(path) or real(path, **kw))
+    real = loader.read_stamped
+    monkeypatch.setattr(loader, "read_stamped", lambda path: decoded.append(path) or real(path))
     again = _by_layer(extract(collection, config))
     assert decoded == [] and all(r.n_added == 0 for r in again.values())
     kept = {name: r.path.stat().st_mtime_ns for name, r in first.items()}
