@@ -55,7 +55,7 @@ from featbank.models.layers import FINAL
 from featbank.models.registry import get_spec
 from featbank.models.trunks import load_trunk, resolve_weights
 from featbank.store.features import count_rows, read_skipped, write_skipped_list
-from featbank.store.provenance import feature_path, file_attrs
+from featbank.store.provenance import feature_path, file_attrs, recorded
 from featbank.store.repair import repair
 from featbank.store.writer import FeatureWriter
 
@@ -245,9 +245,9 @@ def _settle_provenance(out: FeatureWriter, config: ExtractConfig) -> None:
     difference is refused in one line (``check_compatible``), or with ``force_new``
     the old file is set aside (kept in ``features/replaced/``) for a new one.
     """
-    stored = [attrs for _, attrs in out.stored_attrs() if attrs.get("precision")]
+    stored = [recorded(attrs, "precision") for _, attrs in out.stored_attrs()]
     if config.precision == "auto" and stored:
-        out.attrs["precision"] = stored[0]["precision"]
+        out.attrs["precision"] = stored[0]
     if config.force_new:
         try:
             out.check_compatible()

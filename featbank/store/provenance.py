@@ -31,14 +31,18 @@ from featbank.core.errors import BadInput
 from featbank.core.fileio import safe_name
 from featbank.core.version import __version__
 
+FINAL = "final"  # the layer of a file that holds the trunk's output
 # Attributes that must agree before rows from two runs may share a file.
 PROVENANCE_KEYS = ("backbone", "feature_dim", "weights", "weights_exact", "input_size", "mean",
                    "std", "resize", "crop_pct", "interpolation", "dtype", "decode", "precision",
                    "tf32", "torch_release", "torchvision_release", "layer", "pool")
-# Keys files written before them do not record: such a file takes the first run's values.
-LATER_KEYS = ("decode", "precision", "tf32", "torch_release", "torchvision_release", "layer",
-              "pool")
-FINAL = "final"  # the layer of a file that holds the trunk's output
+# Keys files written before them do not record, read as the value every run used then
+# (featbank's defaults until the key was added, 2026-11-30): Pillow decoding, fp32 (the
+# CPU's only precision; a GPU run's --precision auto was not recorded), no TF32, the
+# trunk's output pooled its own way. The releases come from the versions recorded.
+HISTORICAL = {"decode": "pillow", "precision": "fp32", "tf32": False, "layer": FINAL,
+              "pool": "model"}
+LATER_KEYS = (*HISTORICAL, "torch_release", "torchvision_release")
 
 
 def feature_path(cache_root: str | os.PathLike, collection: str, backbone: str,
@@ -134,13 +138,24 @@ def same_attr(a, b) -> bool:
     return a == b
 
 
+def recorded(attrs: dict, key: str):
+    """What a file records for ``key``, with the values of its time for the keys added
+    after it was written (:data:`HISTORICAL`; releases from the versions recorded)."""
+    value = provenance_value(attrs, key)
+    if value is not None or key not in LATER_KEYS:
+        return value
+    if key.endswith("_release"):
+        version = attrs.get(key.replace("_release", "_version"))
+        return ".".join(str(version).split("+")[0].split(".")[:2]) if version else None
+    return HISTORICAL[key]
+
+
 def provenance_conflict(stored: dict, wanted: dict) -> tuple[str, object, object] | None:
     """The first :data:`PROVENANCE_KEYS` attribute (key, stored, wanted) on which rows
-    already made (``stored``) and a run's (``wanted``) differ; None when they agree."""
+    already made (``stored``, read with :func:`recorded`) and a run's (``wanted``) differ;
+    None when they agree."""
     for key in PROVENANCE_KEYS:
-        was, now = provenance_value(stored, key), provenance_value(wanted, key)
-        if was is None and key in LATER_KEYS:
-            continue
+        was, now = recorded(stored, key), recorded(wanted, key)
         if not same_attr(was, now):
             return key, was, now
     return None

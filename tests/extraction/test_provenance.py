@@ -60,13 +60,25 @@ def test_auto_precision_continues_in_the_file_s_precision(tmp_path):
     assert grown.n_rows == 9 and read_features(grown.path).provenance["precision"] == "bf16"
 
 
-def test_a_file_from_before_these_keys_takes_the_run_s(tmp_path):
+def test_a_file_from_before_these_keys_reads_as_the_values_of_its_time(tmp_path):
+    """Pillow, fp32, no TF32 and the releases of the versions it records: a run that
+    agrees grows it; one that does not is refused in one line (the file is not stamped
+    with whatever the run brings)."""
     root = _folder(tmp_path / "art")
     [report] = _extract(root, tmp_path / "cache")
     with h5py.File(report.path, "a") as f:  # as a file written before they existed
         for key in ("decode", "precision", "tf32", "torch_release", "torchvision_release"):
             del f.attrs[key]
     make_image(root / "a" / "new.jpg", seed=97, size=(40, 40), quality=90)
-    [grown] = _extract(root, tmp_path / "cache")
+    with pytest.raises(BadInput, match="holds rows made with precision='fp32'; this run would "
+                                       "make them with precision='bf16'"):
+        _extract(root, tmp_path / "cache", precision="bf16")
+    [grown] = _extract(root, tmp_path / "cache", precision="auto")  # continues in fp32
     attrs = read_features(grown.path).provenance
     assert grown.n_rows == 9 and attrs["decode"] == "pillow" and attrs["precision"] == "fp32"
+    with h5py.File(report.path, "a") as f:
+        f.attrs["torch_version"] = "1.13.1"  # its release then differs from this torch's
+        del f.attrs["torch_release"]
+    make_image(root / "b" / "new.jpg", seed=96, size=(40, 40), quality=90)
+    with pytest.raises(BadInput, match="torch_release='1.13'"):
+        _extract(root, tmp_path / "cache")
