@@ -36,7 +36,7 @@ from featbank.analysis.similarity import average_precision_at_k, precision_at_k
 from featbank.core.errors import BadInput, MissingFile
 from featbank.core.fileio import atomic_path, atomic_write_json, atomic_write_text, safe_name
 from featbank.data.collection import Collection
-from featbank.data.tasks import load_or_make_split
+from featbank.data.saved_splits import load_or_make_split
 from featbank.store.features import FeatureFile
 from featbank.store.index import ensure_index, search
 

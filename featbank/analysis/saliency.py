@@ -42,7 +42,7 @@ from featbank.core.errors import BadInput, MissingFile
 from featbank.core.fileio import atomic_path, atomic_write_json
 from featbank.data.collection import Collection
 from featbank.data.images import decode_views, normalize
-from featbank.data.tasks import load_or_make_split
+from featbank.data.saved_splits import load_or_make_split
 from featbank.evaluation.plots import plot_image_grid
 from featbank.heads.registry import decision_scores
 from featbank.models.inference import resolve_device

@@ -16,7 +16,8 @@ from featbank.core.errors import BadInput
 from featbank.core.fileio import atomic_path, safe_name
 from featbank.core.settings import digest, identity
 from featbank.data.collection import Collection
-from featbank.data.tasks import Split, SplitSpec, load_or_make_split, subsample
+from featbank.data.saved_splits import load_or_make_split
+from featbank.data.tasks import Split, SplitSpec, subsample
 from featbank.evaluation.metrics import hits, metrics
 from featbank.evaluation.reports import result_row, save_test_scores, write_reports
 from featbank.heads.registry import HEADS, class_scores, fit_head, make_head, n_parameters
@@ -99,7 +100,7 @@ def layer_fields(entry: Concatenation) -> dict:
 
 
 def task_splits(collection: Collection, tasks: str, spec: SplitSpec, folder: Path,
-                warn=print) -> dict[str, Split]:
+                warn=print, *, resplit: bool = False) -> dict[str, Split]:
     """Saved splits of the requested tasks; with ``all``, tasks that cannot be split are
     reported and left out (a named task that cannot be split is an error)."""
     names = [t for t in collection.tasks if t != spec.group_by] if tasks == "all" else \
@@ -107,7 +108,8 @@ def task_splits(collection: Collection, tasks: str, spec: SplitSpec, folder: Pat
     splits = {}
     for task in names:
         try:
-            splits[task] = load_or_make_split(collection, task, spec, folder)
+            splits[task] = load_or_make_split(collection, task, spec, folder, resplit=resplit,
+                                              warn=warn)
         except ValueError as err:
             if tasks != "all":
                 raise

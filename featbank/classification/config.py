@@ -34,6 +34,8 @@ class ClassifyConfig:
     ensemble: bool = runtime(False)
     # run every cell on this many splits, seeded seed, seed + 1, ... (each its own rows)
     repeats: int = runtime(1)
+    # make a fresh split of each task instead of following the saved one (data.saved_splits)
+    resplit: bool = runtime(False)
 
     def __post_init__(self):
         resolve_heads(self.heads)

@@ -44,7 +44,8 @@ def _classify_once(collection: Collection, config: ClassifyConfig, *, warn) -> l
         raise BadInput(f"--ensemble needs at least two feature sources, found "
                          f"{len(entries)}; name them, e.g. --backbone resnet50,vgg19 or "
                          "squeezenet1_1@imagenet,squeezenet1_1@random")
-    splits = task_splits(collection, config.tasks, config.split, folder, warn=warn)
+    splits = task_splits(collection, config.tasks, config.split, folder, warn=warn,
+                         resplit=config.resplit)
     done = {r.get("cell") for r in load_results(folder)}
     todo = [(task, entry, head) for task in splits for entry in entries for head in heads
             if config.force or cell_key(collection.name, task, entry, head, config) not in done]

@@ -51,7 +51,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                              "--layers): final (the trunks' outputs), all, or layer names and "
                              "numbers (default: final)")
     parser.add_argument("--task", default=d["tasks"], help="label column(s) or all (default: all)")
-    add_options(parser, "cache", "collection", "split", "seed", defaults=d)
+    add_options(parser, "cache", "collection", "split", "resplit", "seed", defaults=d)
     parser.add_argument("--normalize", default="standard", choices=NORMALIZATIONS,
                         help="feature normalisation before the head (default: standard)")
     parser.add_argument("--pca", type=int, default=None,
@@ -78,7 +78,7 @@ def main(argv=None) -> None:
                     repeats=args.repeats)
     classify(collection=args.collection, head=args.head, backbone=args.backbone, task=args.task,
              weights=args.weights, jobs=args.jobs, force=args.force, ensemble=args.ensemble,
-             layers=args.layers, warn=say, **settings)
+             layers=args.layers, resplit=args.resplit, warn=say, **settings)
     result = table(args.collection, warn=say, **settings)
     print(result.markdown())
     print(f"\n{TABLE_LEGEND}")

@@ -182,6 +182,13 @@ def _split(parser, d):
                              "artist, an object) inside one of train/val/test (default: none)")
 
 
+def _resplit(parser, d):
+    parser.add_argument("--resplit", action="store_true",
+                        help="make a fresh split of each task instead of following the saved "
+                             "one (which keeps every image's part as the collection changes); "
+                             "results on the old split are recomputed")
+
+
 def _train_fraction(parser, d):
     parser.add_argument("--train-fraction", type=float, default=d["train_fraction"],
                         help="stratified fraction of the training part to train on "
@@ -200,7 +207,7 @@ def _no_progress(parser, d):
 _OPTIONS = {"cache": _cache, "collection": _collection, "source": _source, "device": _device,
             "workers": _workers, "batch-size": _batch_size, "seed": _seed, "split": _split,
             "train-fraction": _train_fraction, "balanced": _balanced,
-            "no-progress": _no_progress, "repeats": _repeats}
+            "no-progress": _no_progress, "repeats": _repeats, "resplit": _resplit}
 
 
 def source_of(args) -> dict:

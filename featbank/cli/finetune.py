@@ -64,7 +64,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="input size (default: the backbone's, e.g. 224)")
     parser.add_argument("--augment", action="store_true",
                         help="random crop and horizontal flip while training")
-    add_options(parser, "balanced", "train-fraction", "split", "seed", "repeats", "device",
+    add_options(parser, "balanced", "train-fraction", "split", "resplit", "seed", "repeats", "device",
                 "workers", "no-progress", "cache", "source", defaults=d)
     return parser
 
@@ -78,7 +78,7 @@ def main(argv=None) -> None:
                     train_fraction=args.train_fraction, seed=args.seed, device=args.device,
                     workers=args.workers, cache=args.cache, split=args.split,
                     group_by=args.group_by, min_per_class=args.min_per_class,
-                    progress=not args.no_progress, repeats=args.repeats)
+                    progress=not args.no_progress, repeats=args.repeats, resplit=args.resplit)
     collection = args.collection
     if args.images or args.manifest:  # a collection scanned now, then trained on
         found = open_collection(**source_of(args))

@@ -21,7 +21,7 @@ _EXPORTS = {
     "cached_names": "sources",
     "SplitSpec": "tasks",
     "Split": "tasks",
-    "load_or_make_split": "tasks",
+    "load_or_make_split": "saved_splits",
     "Preprocess": "preprocess",
     "load_rgb": "images",
     "decode_views": "images",

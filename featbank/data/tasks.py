@@ -1,26 +1,23 @@
-"""Tasks and their saved splits.
+"""Tasks and their splits.
 
 A task is one label column of a collection. Its split is made once, saved in
-the cache (``<cache>/<collection>/splits/``), and read by every head, every
+the cache (``<cache>/<collection>/splits/``, :mod:`featbank.data.saved_splits`,
+which also makes it follow the collection), and read by every head, every
 backbone and the fine-tune stage, so all numbers of a table share one split.
 Only classes with enough images to appear in every split are kept (Sabatelli
 et al.); what was dropped is recorded beside the split.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
-import json
 import math
 import re
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from featbank.core.errors import BadInput
-from featbank.core.fileio import atomic_path, atomic_write_json
 from featbank.data.collection import Collection
 
 SPLITS = ("train", "val", "test")
@@ -83,6 +80,15 @@ class Split:
     dropped: dict[str, int]  # class -> images, classes under the minimum
     spec: SplitSpec
     separator: str | None = None  # a multi-label task: labels are "a;b" strings
+    groups: dict[str, str] | None = None  # a grouped split: id -> its group
+
+    @property
+    def digest(self) -> str:
+        """``sha256:`` of the (id, label, part) rows: the split's identity, which every
+        result computed on it records."""
+        rows = sorted(zip(self.ids, self.labels, self.parts))
+        text = "\n".join("\t".join(row) for row in rows)
+        return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
     def select(self, part: str) -> tuple[list[str], list[str]]:
         rows = [k for k, p in enumerate(self.parts) if p == part]
@@ -198,7 +204,7 @@ def make_split(collection: Collection, task: str, spec: SplitSpec) -> Split:
     if spec.group_by is None:
         parts = stratified_parts(labels, spec)
     else:
-        parts = grouped_parts(labels, _groups(collection, ids, spec.group_by), spec)
+        parts = grouped_parts(labels, group_values(collection, ids, spec.group_by), spec)
         everywhere = set.intersection(*(set(labels[parts == p]) for p in SPLITS))
         if len(everywhere) < 2:
             raise BadInput(f"task {task!r} grouped by {spec.group_by!r}: {len(everywhere)} "
@@ -208,10 +214,13 @@ def make_split(collection: Collection, task: str, spec: SplitSpec) -> Split:
         keep = np.isin(labels, list(kept))
         ids, labels, parts = [i for i, k in zip(ids, keep) if k], labels[keep], parts[keep]
     dropped = {c: n for c, n in sorted(counts.items()) if c not in kept}
-    return Split(task, ids, labels.tolist(), parts.tolist(), dropped, spec)
+    groups = None if spec.group_by is None else \
+        dict(zip(ids, group_values(collection, ids, spec.group_by)))
+    return Split(task, ids, labels.tolist(), parts.tolist(), dropped, spec, groups=groups)
 
 
-def _groups(collection: Collection, ids: list[str], column: str) -> np.ndarray:
+def group_values(collection: Collection, ids: list[str], column: str) -> np.ndarray:
+    """Each id's value of ``column``; an image without one is a group of its own."""
     group_of = dict(zip(collection.ids, collection.labels[column]))
     return np.array([group_of[i] if group_of[i] is not None else f"image:{i}" for i in ids],
                     dtype=object)
@@ -267,7 +276,7 @@ def make_multi_label_split(collection: Collection, task: str, spec: SplitSpec) -
         parts = multi_label_parts(Y, spec)
     else:
         rarest = np.array([min(s, key=lambda c: (counts[c], c)) for _, s in pairs], dtype=object)
-        parts = grouped_parts(rarest, _groups(collection, ids, spec.group_by), spec)
+        parts = grouped_parts(rarest, group_values(collection, ids, spec.group_by), spec)
     everywhere = np.all([Y[parts == p].any(axis=0) for p in SPLITS], axis=0)
     if everywhere.sum() < 2:
         raise BadInput(f"task {task!r}: {int(everywhere.sum())} labels reach train, val and "
@@ -277,52 +286,11 @@ def make_multi_label_split(collection: Collection, task: str, spec: SplitSpec) -
     keep = [k for k, v in enumerate(labels) if v]
     dropped = {c: n for c, n in sorted(counts.items())
                if c not in kept or not everywhere[column[c]]}
+    groups = None if spec.group_by is None else \
+        dict(zip([ids[k] for k in keep], group_values(collection, [ids[k] for k in keep],
+                                                  spec.group_by)))
     return Split(task, [ids[k] for k in keep], [labels[k] for k in keep],
-                 [parts[k] for k in keep], dropped, spec, separator=sep)
-
-
-def split_path(folder: Path, task: str, spec: SplitSpec) -> Path:
-    from featbank.core.fileio import safe_name
-
-    return folder / "splits" / f"{safe_name(task)}__{spec.tag}.csv"
-
-
-def load_or_make_split(collection: Collection, task: str, spec: SplitSpec,
-                       folder: Path) -> Split:
-    """The saved split of ``task`` (made and saved on first use)."""
-    path = split_path(folder, task, spec)
-    if path.is_file():
-        return _read_split(path, task, spec, collection.multi_label.get(task))
-    split = make_split(collection, task, spec)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh, lineterminator="\n")
-        if spec.group_by is None:
-            writer.writerow(["id", "label", "split"])
-            writer.writerows(zip(split.ids, split.labels, split.parts))
-        else:  # the grouping column too, so anyone can check that no group straddles parts
-            group_of = dict(zip(collection.ids, collection.labels[spec.group_by]))
-            writer.writerow(["id", "label", "split", f"group:{spec.group_by}"])
-            writer.writerows(zip(split.ids, split.labels, split.parts,
-                                 (group_of[i] or "" for i in split.ids)))
-    report = {"task": task, "fractions": [spec.train, spec.val, spec.test], "seed": spec.seed,
-              "group_by": spec.group_by, "multi_label_separator": split.separator,
-              "min_per_class": spec.minimum, "n_images": len(split.ids),
-              "n_classes": len(split.classes), "classes": split.classes,
-              "per_split": {p: split.parts.count(p) for p in SPLITS},
-              "dropped_classes": split.dropped,
-              "dropped_images": sum(split.dropped.values())}
-    atomic_write_json(path.with_suffix(".json"), report)
-    return split
-
-
-def _read_split(path: Path, task: str, spec: SplitSpec, separator: str | None) -> Split:
-    with open(path, newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
-    report_path = path.with_suffix(".json")
-    dropped = json.loads(report_path.read_text())["dropped_classes"] if report_path.is_file() else {}
-    return Split(task, [r["id"] for r in rows], [r["label"] for r in rows],
-                 [r["split"] for r in rows], dropped, spec, separator)
+                 [parts[k] for k in keep], dropped, spec, separator=sep, groups=groups)
 
 
 # -- what every stage does with a split -------------------------------------------

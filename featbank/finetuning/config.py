@@ -47,6 +47,8 @@ class FinetuneConfig:
     workers: int | None = runtime(None)
     cache_root: str = runtime("cache")
     split: SplitSpec = field(default_factory=SplitSpec)
+    # make a fresh split of the task instead of following the saved one (data.saved_splits)
+    resplit: bool = runtime(False)
     progress: bool = runtime(True)
     # train on this many splits, seeded seed, seed + 1, ... (each its own run and row)
     repeats: int = runtime(1)

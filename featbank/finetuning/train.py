@@ -30,7 +30,8 @@ from tqdm import tqdm
 from featbank.core.fileio import atomic_path, atomic_write_json, hold_lock, safe_name
 from featbank.core.settings import digest, identity
 from featbank.data.collection import Collection
-from featbank.data.tasks import Split, load_or_make_split
+from featbank.data.saved_splits import load_or_make_split
+from featbank.data.tasks import Split
 from featbank.evaluation.metrics import hits, metrics
 from featbank.evaluation.plots import plot_history
 from featbank.evaluation.reports import result_row, save_test_scores, write_reports
@@ -210,7 +211,8 @@ def _prepare(collection: Collection, config: FinetuneConfig, log) -> _Run:
     spec = get_spec(config.backbone)
     init = init_weights(spec, config.init, config.seed)
     cache_folder = Path(config.cache_root) / collection.name
-    split = load_or_make_split(collection, config.task, config.split, cache_folder)
+    split = load_or_make_split(collection, config.task, config.split, cache_folder,
+                               resplit=config.resplit, warn=log)
     # Random and file inits keep their id (unchanged run folders); imagenet is pinned.
     settings = {**identity(config), "init": init.exact if init.id == "imagenet" else init.id}
     run_digest = digest(settings)

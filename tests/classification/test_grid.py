@@ -180,7 +180,7 @@ def test_ensemble_averages_member_probabilities(tmp_path):
     # the same number from the stored member heads, by hand
     split_ids = [r["test_ids_sha256"] for r in members]
     assert len(set(split_ids)) == 1
-    from featbank.data.tasks import load_or_make_split
+    from featbank.data.saved_splits import load_or_make_split
     split = load_or_make_split(collection, "style", config.split, folder)
     ids, labels = split.select("test")
     total = 0
@@ -255,7 +255,7 @@ def test_multi_label_task_scored_by_map_with_every_head(tmp_path):
 def test_multi_label_ensemble_averages_each_labels_probability(tmp_path):
     from scipy.special import expit
 
-    from featbank.data.tasks import load_or_make_split
+    from featbank.data.saved_splits import load_or_make_split
     from featbank.heads.registry import class_scores
 
     folder = _multi_label_cache(tmp_path, backbones=("resnet18", "alexnet"))
