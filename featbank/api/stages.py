@@ -22,7 +22,7 @@ from featbank.heads.registry import HEADS, HeadOptions, make_head
 from featbank.heads.registry import fit_head as _fit
 from featbank.models.registry import check_names
 from featbank.store.features import Features, one_feature_file
-from featbank.store.results import load_results
+from featbank.store.results import latest_rows, load_results
 
 if TYPE_CHECKING:  # for the signatures only: these import torch or pandas
     import pandas
@@ -233,14 +233,18 @@ def table(collection: str | None = None, *, cache: PathLike = "cache",
           split: str = "80/10/10", seed: int = 0, warn=_quiet, **settings: Any) -> Table:
     """The paper-style table of a collection's results store (see :func:`results_table`),
     as the command line prints it: Markdown with ± and bold marks, notes, files.
-    ``warn`` receives a line per damaged line of the store (skipped)."""
+    Only results that still describe the cache count
+    (:func:`featbank.evaluation.currency.current_rows`); ``warn`` hears how many others
+    were left out and why, and a line per damaged line of the store (skipped)."""
+    from featbank.evaluation.currency import current_rows
     from featbank.evaluation.tables import Table, build_table
 
     config = classify_config(cache=cache, split=split, seed=seed, **settings)
     found = cached_collection(cache=cache, collection=collection)
     folder = Path(cache) / found.name
     repeats = config.repeated()
-    columns, records = build_table(load_results(folder, warn=warn), folder=folder,
+    rows = current_rows(latest_rows(load_results(folder, warn=warn)), folder, warn=warn)
+    columns, records = build_table(rows, folder=folder,
                                    split_tag=[c.split.tag for c in repeats],
                                    variant=[c.variant for c in repeats], head_order=list(HEADS))
     return Table(columns, records, found.name)

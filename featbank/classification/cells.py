@@ -1,5 +1,16 @@
 """One cell of the off-the-shelf grid: a head trained on a feature file (or a concatenation)
-for one task, on the task's saved split; its identity, its row and its files.
+for one task, on the task's saved split; its identity, its inputs, its row and its files.
+
+A cell's identity (:func:`cell_key`) is what it is: collection, task, backbone, exact
+weights, head, every identity field of the config, the layer. Its inputs
+(:func:`cell_inputs`) are what it was computed from: each feature file's content
+(``content_sha256``) and the split's digest. A stored row is reused only while both
+hold; otherwise the cell is trained again and its row replaced (:func:`stale_reason`
+says why). Its head file and per-image scores are named by both, and record them.
+
+A fine-tuned trunk's features are never tested on the images the trunk was trained
+or validated on (``FeatureFile.fit_ids``): those leave the test part, and a cell with
+no test image left is refused.
 """
 from __future__ import annotations
 
@@ -29,16 +40,55 @@ def cell_key(collection: str, task: str, entry: Concatenation, head: str,
     """A cell's identity: what decides its result, every identity field of the config included
     (and the layer, for a file of another than the trunk's output)."""
     layer = [entry.layer_tag] if entry.layer_tag else []
-    return json.dumps([collection, task, entry.backbone, entry.weights_exact, entry.n_rows, head,
+    return json.dumps([collection, task, entry.backbone, entry.weights_exact, head,
                        identity(config), *layer], sort_keys=True)
 
 
-def _cell_stem(task: str, entry: Concatenation, head: str, config: ClassifyConfig) -> str:
-    return f"{safe_name(task)}/{entry.stem}__{head}__{digest(identity(config), 8)}"
+def cell_inputs(entry: Concatenation, split: Split) -> dict:
+    """What a cell is computed from: each feature file's content and the split's digest."""
+    return {"features": entry.content, "split": split.digest}
 
 
-def _rows(split: Split, part: str, index: dict[str, int]):
-    ids, labels = split.select(part)
+def stale_reason(row: dict | None, inputs: dict) -> str | None:
+    """Why a stored row no longer stands for its cell (None: it does)."""
+    if row is None:
+        return "not computed yet"
+    was = row.get("inputs")
+    if was is None:
+        return "stored before featbank recorded what a cell was computed from"
+    if was.get("features") != inputs["features"]:
+        return "features changed since the cell was trained"
+    if was.get("split") != inputs["split"]:
+        return f"the split of task {row['task']!r} changed since the cell was trained"
+    return None
+
+
+def _cell_stem(task: str, entry: Concatenation, head: str, config: ClassifyConfig,
+               inputs: dict) -> str:
+    key = [identity(config), inputs]
+    return f"{safe_name(task)}/{entry.stem}__{head}__{digest(key, 10)}"
+
+
+def tested_ids(split: Split, entry: Concatenation, warn=None) -> tuple[list[str], list[str]]:
+    """The test part's ids and labels, without the images a fine-tuned trunk behind
+    ``entry`` trained or validated on; refused when none is left."""
+    ids, labels = split.select("test")
+    fit = entry.fit_ids
+    if not fit:
+        return ids, labels
+    kept = [k for k, i in enumerate(ids) if i not in fit]
+    if not kept:
+        raise BadInput(f"every test image of task {split.task!r} ({split.spec.tag}) was used "
+                       f"to fine-tune the trunk behind {entry.stem}; test it on another task "
+                       "or split seed, or on images it never saw")
+    if len(kept) < len(ids) and warn is not None:
+        warn(f"{split.task} / {entry.backbone}: {len(ids) - len(kept)} of the {len(ids)} test "
+             f"images were used to fine-tune its trunk; tested on the other {len(kept)}")
+    return [ids[k] for k in kept], [labels[k] for k in kept]
+
+
+def _rows(split: Split, part: str, index: dict[str, int], entry: Concatenation):
+    ids, labels = tested_ids(split, entry) if part == "test" else split.select(part)
     keep = [k for k, i in enumerate(ids) if i in index]
     return np.array([index[ids[k]] for k in keep], dtype=int), np.array([labels[k] for k in keep])
 
@@ -49,7 +99,8 @@ def run_cell(*, folder: Path, collection: str, task: str, split: Split, entry: C
     data = entry.read()
     X = data.X.astype(np.float32, copy=False)
     index = {image_id: k for k, image_id in enumerate(data.ids)}
-    (tr, y_tr), (va, y_va), (te, y_te) = (_rows(split, p, index) for p in ("train", "val", "test"))
+    (tr, y_tr), (va, y_va), (te, y_te) = (_rows(split, p, index, entry)
+                                          for p in ("train", "val", "test"))
     chosen = subsample(y_tr, config.train_fraction, config.options.seed)
     tr, y_tr = tr[chosen], y_tr[chosen]
     if split.multi_label:  # 0/1 matrices, columns in split.classes order
@@ -61,9 +112,11 @@ def run_cell(*, folder: Path, collection: str, task: str, split: Split, entry: C
     classes = np.array(split.classes, dtype=object) if split.multi_label else pipeline.classes_
     val = metrics(y_va, class_scores(pipeline, X[va]), classes)
     test_scores = class_scores(pipeline, X[te])
-    stem = _cell_stem(task, entry, head, config)
+    key, inputs = cell_key(collection, task, entry, head, config), cell_inputs(entry, split)
+    stem = _cell_stem(task, entry, head, config, inputs)
     head_path = folder / "heads" / f"{stem}.joblib"
     head_path.parent.mkdir(parents=True, exist_ok=True)
+    pipeline.featbank_cell_ = {"cell": key, "inputs": inputs}  # what it was trained on
     with atomic_path(head_path) as tmp:
         joblib.dump(pipeline, tmp)
     write_reports(folder / "reports" / stem, y_te, classes[test_scores.argmax(1)], classes,
@@ -71,7 +124,8 @@ def run_cell(*, folder: Path, collection: str, task: str, split: Split, entry: C
     test_ids = [data.ids[k] for k in te]
     test = metrics(y_te, test_scores, classes, ci=True, seed=split.spec.seed)
     paired = {"test_scores": save_test_scores(folder, f"reports/{stem}_test_scores.npz", test_ids,
-                                              y_te, test_scores, classes, test, split.spec.seed)} \
+                                              y_te, test_scores, classes, test, split.spec.seed,
+                                              identity={"cell": key, "inputs": inputs})} \
         if split.multi_label else {}
     return result_row(
         collection=collection, backbone=entry.backbone, weights=entry.weights,
@@ -80,7 +134,8 @@ def run_cell(*, folder: Path, collection: str, task: str, split: Split, entry: C
         n_train=len(tr), n_val=len(va), n_test=len(te), n_classes=len(classes),
         feature_dim=entry.feature_dim, n_params=n_parameters(pipeline), seconds=seconds,
         split_tag=split.spec.tag, test_ids=test_ids, **paired,
-        test_hits=hits(y_te, test_scores, classes), cell=cell_key(collection, task, entry, head, config),
+        test_hits=hits(y_te, test_scores, classes), cell=key, inputs=inputs,
+        n_untested=sum(i in entry.fit_ids for i in split.select("test")[0]),
         split_group_by=split.spec.group_by, variant=config.variant,
         **{f"option_{k}": v for k, v in asdict(config.options).items()},
         train_fraction=config.train_fraction,
@@ -110,7 +165,7 @@ def task_splits(collection: Collection, tasks: str, spec: SplitSpec, folder: Pat
         try:
             splits[task] = load_or_make_split(collection, task, spec, folder, resplit=resplit,
                                               warn=warn)
-        except ValueError as err:
+        except BadInput as err:
             if tasks != "all":
                 raise
             warn(f"skipping {err}")

@@ -14,7 +14,7 @@ import joblib
 import numpy as np
 from scipy.special import expit
 
-from featbank.classification.cells import cell_key
+from featbank.classification.cells import cell_inputs, cell_key, stale_reason
 from featbank.classification.config import ClassifyConfig
 from featbank.core.errors import MissingFile
 from featbank.core.fileio import safe_name
@@ -33,6 +33,12 @@ def ensemble_key(collection: str, task: str, entries: list[Concatenation], head:
                                      for e in entries)], sort_keys=True)
 
 
+def ensemble_inputs(entries: list[Concatenation], split: Split) -> dict:
+    """What an ensemble is computed from: every member's feature files, and the split."""
+    return {"features": {k: v for e in entries for k, v in e.content.items()},
+            "split": split.digest}
+
+
 def ensembles(folder: Path, collection: str, splits: dict[str, Split],
                entries: list[Concatenation], heads: list[str], config: ClassifyConfig,
                warn) -> list[dict]:
@@ -42,18 +48,21 @@ def ensembles(folder: Path, collection: str, splits: dict[str, Split],
     new = []
     for task, head in ((t, h) for t in splits for h in heads):
         key = ensemble_key(collection, task, entries, head, config)
-        if key in stored and not config.force:
+        inputs = ensemble_inputs(entries, splits[task])
+        reason = stale_reason(stored.get(key), inputs)
+        if reason is None and not config.force:
             continue
         members = [stored.get(cell_key(collection, task, e, head, config)) for e in entries]
         if None in members or not all(stored_path(folder, m["head_path"]).is_file()
-                                      for m in members):
+                                      for m in members) or any(
+                stale_reason(m, cell_inputs(e, splits[task])) for m, e in zip(members, entries)):
             raise MissingFile(f"a member of the {task} / {head} ensemble has no stored "
-                                    "head; run classify.py again with --force")
+                                    "head of these features and split; run classify.py again")
         sets = sets or [e.read() for e in entries]
         row = run_ensemble(collection=collection, task=task, split=splits[task],
                            entries=entries, sets=sets, members=members, head=head,
                            config=config, key=key, folder=folder)
-        if append_result(folder, row, replace=config.force):
+        if append_result(folder, row, replace=config.force or key in stored):
             new.append(row)
             metric, value, _ = score_of(row)
             warn(f"{task} / {row['backbone']} / {head} ensemble: test {metric} {value:.3f} "
@@ -81,8 +90,13 @@ def run_ensemble(*, collection: str, task: str, split: Split, entries: list[Conc
     else:
         classes = np.array(sorted(set().union(*(m[0].classes_ for m in models))), dtype=object)
 
+    untested = frozenset().union(*(e.fit_ids for e in entries))
+
     def averaged(part: str):
         ids, labels = split.select(part)
+        if part == "test" and untested:  # a fine-tuned member's trunk trained on these
+            kept = [k for k, i in enumerate(ids) if i not in untested]
+            ids, labels = [ids[k] for k in kept], [labels[k] for k in kept]
         keep = [k for k, i in enumerate(ids) if all(i in index for _, _, index in models)]
         total = np.zeros((len(keep), len(classes)))
         for pipeline, features, index in models:
@@ -105,7 +119,8 @@ def run_ensemble(*, collection: str, task: str, split: Split, entries: list[Conc
     if split.multi_label:
         paired["test_scores"] = save_test_scores(
             folder, f"reports/{safe_name(task)}/ensemble__{head}__{digest(key, 8)}_test_scores.npz",
-            test_ids, y_te, p_te, classes, test, split.spec.seed)
+            test_ids, y_te, p_te, classes, test, split.spec.seed,
+            identity={"cell": key, "inputs": ensemble_inputs(entries, split)})
     return result_row(
         collection=collection, backbone="+".join(e.backbone for e in entries),
         weights="+".join(e.weights for e in entries),
@@ -116,7 +131,7 @@ def run_ensemble(*, collection: str, task: str, split: Split, entries: list[Conc
         n_classes=len(classes), feature_dim=sum(e.feature_dim for e in entries),
         n_params=sum(m["n_params"] for m in members), seconds=seconds,
         split_tag=split.spec.tag, test_ids=test_ids, test_hits=hits(y_te, p_te, classes),
-        cell=key, variant=config.variant, **paired,
+        cell=key, inputs=ensemble_inputs(entries, split), variant=config.variant, **paired,
         members=[{"backbone": m["backbone"], "weights": m["weights"],
                   score_of(m)[0]: score_of(m)[1]} for m in members],
         member_top1=[m["top1"] for m in members], ensemble_scores=scores,

@@ -7,19 +7,28 @@ in the store are reused (unless ``force``).
 """
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import joblib
 
-from featbank.classification.cells import cell_key, run_cell, task_splits
+from featbank.classification.cells import (
+    cell_inputs,
+    cell_key,
+    run_cell,
+    stale_reason,
+    task_splits,
+    tested_ids,
+)
 from featbank.classification.config import ClassifyConfig
 from featbank.classification.ensembles import ensembles
 from featbank.core.errors import BadInput
+from featbank.core.text import count
 from featbank.data.collection import Collection
 from featbank.heads.registry import resolve_heads
 from featbank.models.registry import parse_selection
 from featbank.store.features import select_features
-from featbank.store.results import append_result, load_results
+from featbank.store.results import append_result, latest_rows, load_results
 
 __all__ = ["ClassifyConfig", "classify"]
 
@@ -46,19 +55,18 @@ def _classify_once(collection: Collection, config: ClassifyConfig, *, warn) -> l
                          "squeezenet1_1@imagenet,squeezenet1_1@random")
     splits = task_splits(collection, config.tasks, config.split, folder, warn=warn,
                          resplit=config.resplit)
-    done = {r.get("cell") for r in load_results(folder)}
-    todo = [(task, entry, head) for task in splits for entry in entries for head in heads
-            if config.force or cell_key(collection.name, task, entry, head, config) not in done]
-    if len(todo) < len(splits) * len(entries) * len(heads):
-        warn(f"reusing {len(splits) * len(entries) * len(heads) - len(todo)} cells already "
-             "in results.jsonl (--force to recompute)")
+    for task in splits:  # a fine-tuned trunk's images never tested on: said (or refused) first
+        for entry in entries:
+            tested_ids(splits[task], entry, warn)
+    todo, stale = _todo(collection.name, splits, entries, heads, config, load_results(folder),
+                        warn)
     jobs = joblib.Parallel(n_jobs=min(config.jobs, max(1, len(todo))),
                            return_as="generator_unordered")
     new = []
     for row in jobs(joblib.delayed(run_cell)(folder=folder, collection=collection.name, task=t,
                                              split=splits[t], entry=e, head=h, config=config)
                     for t, e, h in todo):
-        if not append_result(folder, row, replace=config.force):
+        if not append_result(folder, row, replace=config.force or row["cell"] in stale):
             warn(f"{row['task']} / {row['backbone']} / {row['head']}: another run stored this "
                  "cell meanwhile; its row is kept")
             continue
@@ -68,5 +76,30 @@ def _classify_once(collection: Collection, config: ClassifyConfig, *, warn) -> l
     if config.ensemble:
         new += ensembles(folder, collection.name, splits, entries, heads, config, warn)
     return new
+
+
+def _todo(collection: str, splits: dict, entries: list, heads: list[str], config: ClassifyConfig,
+          rows: list[dict], warn) -> tuple[list[tuple], set[str]]:
+    """The cells to train: not stored, or stored from other inputs (``--force``: every one),
+    and the keys of the stored rows they replace; says how many are reused and why the
+    others are trained again."""
+    stored = {r.get("cell"): r for r in latest_rows(rows)}
+    todo, stale, reasons = [], set(), Counter()
+    for task, entry, head in ((t, e, h) for t in splits for e in entries for h in heads):
+        key = cell_key(collection, task, entry, head, config)
+        row = stored.get(key)
+        reason = "--force" if config.force else stale_reason(row, cell_inputs(entry, splits[task]))
+        if reason is not None:
+            todo.append((task, entry, head))
+            if row is not None:
+                reasons[reason] += 1
+                stale.add(key)
+    reused = len(splits) * len(entries) * len(heads) - len(todo)
+    if reused:
+        warn(f"reusing {count(reused, 'cell')} already in results.jsonl, computed from these "
+             "features and splits (--force to recompute)")
+    for reason, n in reasons.items():
+        warn(f"{reason}: retraining {count(n, 'cell')}")
+    return todo, stale
 
 

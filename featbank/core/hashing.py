@@ -9,13 +9,15 @@ modification time: a file that changes gets hashed again.
 """
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from featbank.core.fileio import atomic_write_json, hold_lock
+from featbank.core.fileio import atomic_write_json, atomic_write_text, hold_lock
 
 
 def hash_memo() -> Path:
@@ -99,3 +101,54 @@ def read_stamped(path: str | os.PathLike) -> tuple[bytes, Stamp]:
         stat = os.fstat(fh.fileno())
         data = fh.read()
     return data, Stamp(stat.st_size, stat.st_mtime_ns, hashlib.sha256(data).hexdigest())
+
+
+def stamp_images(paths: dict[str, os.PathLike]) -> dict[str, Stamp]:
+    """Each image's full stamp, sha256 included (every image is read once); an image that
+    cannot be read is left out."""
+    stamps = {}
+    for image_id, path in paths.items():
+        try:
+            stamps[image_id] = read_stamped(path)[1]
+        except OSError:
+            continue
+    return stamps
+
+
+def changed_images(recorded: dict[str, Stamp], paths: dict[str, os.PathLike]) -> list[str]:
+    """The ids whose image no longer holds the bytes ``recorded`` (the test extraction
+    uses: the same size and mtime mean the same file; otherwise the sha256 decides);
+    an image no longer there has changed."""
+    changed = []
+    for image_id, was in recorded.items():
+        now = stat_stamp(paths[image_id]) if image_id in paths else None
+        if now is not None and was.same_file(now):
+            continue
+        try:
+            if now is None or read_stamped(paths[image_id])[1].sha256 != was.sha256:
+                changed.append(image_id)
+        except OSError:
+            changed.append(image_id)
+    return changed
+
+
+def stamps_digest(stamps: dict[str, Stamp]) -> str:
+    """``sha256:`` of the images' ids and content: equal for the same bytes under the same
+    ids, whatever their mtimes (a collection copied elsewhere keeps its digest)."""
+    text = "\n".join(f"{i}\t{stamps[i].sha256}" for i in sorted(stamps))
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def write_stamps(path: os.PathLike, stamps: dict[str, Stamp]) -> None:
+    """``id,size,mtime_ns,sha256`` per image (whole or absent)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["id", "size", "mtime_ns", "sha256"])
+    writer.writerows([i, s.size, s.mtime_ns, s.sha256] for i, s in sorted(stamps.items()))
+    atomic_write_text(path, buffer.getvalue())
+
+
+def read_stamps(path: os.PathLike) -> dict[str, Stamp]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        return {r["id"]: Stamp(int(r["size"]), int(r["mtime_ns"]), r["sha256"])
+                for r in csv.DictReader(fh)}

@@ -204,3 +204,26 @@ def _write(path: Path, split: Split, collection: Collection) -> None:
               "dropped_images": sum(split.dropped.values()), "sha256": split.digest}
     atomic_write_json(path.with_suffix(".json"), report)
 
+
+
+def follow_saved(collection: Collection, folder: Path, warn) -> None:
+    """Make every saved split of the collection follow it as it is now (``extract.py`` calls
+    this when it rescans a collection, so that a saved split always describes the
+    collection of the last extraction); ``warn`` hears what changed or cannot follow."""
+    for report in sorted((folder / "splits").glob("*.json")):
+        try:
+            meta = json.loads(report.read_text())
+            train, val, test = meta["fractions"]
+            spec = SplitSpec(train, val, test, seed=meta["seed"], group_by=meta["group_by"],
+                             min_per_class=meta["min_per_class"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # not a split's report
+        task = meta["task"]
+        if task not in collection.labels or (spec.group_by and
+                                             spec.group_by not in collection.labels):
+            continue
+        try:
+            load_or_make_split(collection, task, spec, folder, warn=warn)
+        except BadInput as err:
+            warn(f"the saved split of task {task!r} ({spec.tag}) cannot follow the collection: "
+                 f"{err}")

@@ -8,6 +8,7 @@ scores, which the table's paired test of mAP reads back.
 from __future__ import annotations
 
 import csv
+import json
 import zipfile
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -95,12 +96,13 @@ def _whole(path: Path):
 
 
 def save_test_scores(folder: Path, name: str, test_ids, truth: np.ndarray, scores: np.ndarray,
-                     classes, test: dict, seed: int) -> str:
+                     classes, test: dict, seed: int, identity: dict | None = None) -> str:
     """A multi-label row's per-image test scores, for the table's paired test of mAP:
     ``<folder>/<name>``, an ``.npz`` of ``ids``, ``truth`` (0/1) and ``scores`` in
     sorted-id order (as ``test_correct``), ``classes``, and the mAP of each
     bootstrap resample (``test["mAP_resamples"]``, drawn with ``seed``) with the
-    resamples' digest: cells of a row with equal digests are paired at no cost.
+    resamples' digest: cells of a row with equal digests are paired at no cost;
+    ``identity``, the cell and inputs of the row (JSON), which the reader checks.
     Returns ``name``, the row's ``test_scores`` (relative to the store's folder,
     which may move)."""
     ids = np.asarray(list(test_ids), dtype=str)
@@ -112,7 +114,8 @@ def save_test_scores(folder: Path, name: str, test_ids, truth: np.ndarray, score
                             scores=np.asarray(scores, dtype=np.float32)[order],
                             classes=np.asarray([str(c) for c in classes]),
                             map_resamples=test["mAP_resamples"],
-                            resamples_digest=resamples_digest(len(ids), seed=seed))
+                            resamples_digest=resamples_digest(len(ids), seed=seed),
+                            identity=json.dumps(identity or {}, sort_keys=True))
     return name
 
 
@@ -128,8 +131,12 @@ def load_test_scores(folder: Path | None, row: dict) -> dict[str, np.ndarray] | 
         return None
     try:
         with np.load(path) as data:
-            return {key: data[key] for key in data.files}
+            found = {key: data[key] for key in data.files}
     except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as err:
         raise DamagedFile(f"{path} (per-image test scores of a {row.get('head') or row['method']} "
                           f"cell) cannot be read ({first_line(err)}); run the cell again with "
                           "--force to rewrite it") from None
+    made_for = json.loads(str(found.get("identity", "{}"))) or None
+    if made_for is not None and made_for != {"cell": row.get("cell"), "inputs": row.get("inputs")}:
+        return None  # the scores of another computation of the cell: not this row's
+    return found

@@ -12,6 +12,7 @@ same batches as an uninterrupted one (bitwise-equal features on CPU).
 """
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 import time
@@ -30,6 +31,7 @@ from tqdm import tqdm
 from featbank.core.errors import BadInput
 from featbank.core.fileio import atomic_write_json, hold_lock
 from featbank.data.collection import Collection, save_metadata
+from featbank.data.saved_splits import follow_saved
 from featbank.extraction.config import ExtractConfig
 from featbank.extraction.freshness import Freshness, Stamps, freshness
 from featbank.extraction.devicedecode import (
@@ -102,6 +104,7 @@ def extract(collection: Collection, config: ExtractConfig) -> list[ExtractReport
     weights = {s.name: resolve_weights(s, config.weights) for s in specs}
     folder = Path(config.cache_root) / collection.name
     save_metadata(collection, folder)
+    follow_saved(collection, folder, warn=lambda m: tqdm.write(m, file=sys.stderr))
     files, targets, trunks = {}, {}, {}
     made = {"decode": _decode_mode(config, decoder), "tf32": tf32_in_use(device),
             "precision": resolve_precision(config.precision, device)}
@@ -113,9 +116,13 @@ def extract(collection: Collection, config: ExtractConfig) -> list[ExtractReport
                                weights=weights[spec.name].attrs(), dtype=config.dtype,
                                collection=collection.name, layer=t.layer.name,
                                layer_index=t.layer.index, pool=t.pool, **made)
+            fit = _trained_on(weights[spec.name], collection)
+            if fit:
+                attrs["trunk_fit"] = json.dumps({"collection": collection.name, "n": len(fit)})
             files[t.key] = FeatureWriter(feature_path(
                 config.cache_root, collection.name, spec.name, weights[spec.name].id,
-                t.layer.name, t.named_pool), attrs)
+                t.layer.name, t.named_pool), attrs,
+                extra={"trunk_fit_ids": fit} if fit else None)
     with ExitStack() as held:
         for out in sorted(files.values(), key=lambda f: f.path):  # one order: no deadlock
             held.enter_context(hold_lock(out.lock_path, on_wait=lambda o=out: tqdm.write(
@@ -133,6 +140,14 @@ def extract(collection: Collection, config: ExtractConfig) -> list[ExtractReport
         report.collection = collection.name
         report.skipped_csv, report.ignored = skipped_csv, collection.ignored
     return reports
+
+
+def _trained_on(weights, collection: Collection) -> list[str]:
+    """The images of ``collection`` a fine-tuned trunk was trained or validated on (its file
+    records them): the features' heads are never tested on them."""
+    if weights.trained_on is None or weights.trained_on[0] != collection.name:
+        return []
+    return sorted(weights.trained_on[1])
 
 
 def _extract_locked(collection, config: ExtractConfig, targets: dict[str, list[Target]],

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from featbank.core.errors import BadInput
 from featbank.data.collection import Collection
 from featbank.data.images import decode_views
 from featbank.data.tasks import Split, subsample
@@ -54,11 +55,21 @@ def make_loader(dataset, config: FinetuneConfig, *, shuffle: bool, epoch: int, d
 
 
 def datasets(collection: Collection, split: Split, classes: list[str], pre,
-              config: FinetuneConfig) -> dict[str, LabelledImages]:
+              config: FinetuneConfig, *, untested: frozenset = frozenset()
+              ) -> dict[str, LabelledImages]:
+    """The train, val and test images of the split; ``untested``: ids left out of the test
+    part (the images an init trunk was fine-tuned on)."""
     index = {c: k for k, c in enumerate(classes)}
     data = {}
     for part in ("train", "val", "test"):
         ids, labels = split.select(part)
+        if part == "test" and untested:
+            kept = [k for k, i in enumerate(ids) if i not in untested]
+            if not kept:
+                raise BadInput("every test image was among those the init trunk was "
+                               "fine-tuned on; use another --seed, or a trunk fine-tuned "
+                               "on another collection")
+            ids, labels = [ids[k] for k in kept], [labels[k] for k in kept]
         if part == "train" and config.train_fraction < 1:
             keep = subsample(np.array(labels), config.train_fraction, config.seed)
             ids, labels = [ids[k] for k in keep], [labels[k] for k in keep]

@@ -28,6 +28,7 @@ from torch import nn
 from tqdm import tqdm
 
 from featbank.core.fileio import atomic_path, atomic_write_json, hold_lock, safe_name
+from featbank.core.hashing import stamp_images, stamps_digest, write_stamps
 from featbank.core.settings import digest, identity
 from featbank.data.collection import Collection
 from featbank.data.saved_splits import load_or_make_split
@@ -106,10 +107,14 @@ class _Run:
 
     def description(self) -> dict:
         """What a checkpoint or exported trunk says about itself (plain values only)."""
+        fit = sorted(set(self.data["train"].ids) | set(self.data["val"].ids))
         return {"backbone": self.spec.name, "feature_dim": self.spec.feature_dim,
                 "preprocess": dataclasses.asdict(self.pre), "parent_weights": self.init.exact,
                 "collection": self.collection.name, "task": self.config.task,
-                "classes": list(self.split.classes), "settings": self.settings}
+                "classes": list(self.split.classes), "settings": self.settings,
+                # the images the trunk saw while training and choosing its epoch: its
+                # features are never tested on them (classification.cells)
+                "fit_ids": fit}
 
     def fit(self) -> tuple[list[dict], int]:
         """Train until early stopping (or ``epochs``), resuming a checkpoint of this run.
@@ -196,6 +201,7 @@ class _Run:
             test_ids=test_ids, test_hits=test_hits,
             cell=json.dumps([self.collection.name, c.task, self.spec.name, self.init.exact,
                              "fine-tuning", self.digest]),
+            inputs={"split": self.split.digest, "images": self.settings["images"]},
             split_group_by=self.split.spec.group_by, freeze=c.freeze, init=c.init, epochs_run=history[-1]["epoch"],
             best_epoch=min(history, key=lambda h: h["val_loss"])["epoch"],
             trunk_path=str((self.folder / "trunk.pth").relative_to(self.store)),
@@ -213,8 +219,12 @@ def _prepare(collection: Collection, config: FinetuneConfig, log) -> _Run:
     cache_folder = Path(config.cache_root) / collection.name
     split = load_or_make_split(collection, config.task, config.split, cache_folder,
                                resplit=config.resplit, warn=log)
+    # What the run learns from: the split and the images' bytes (read once here), so that
+    # a relabelled collection or a changed image starts a new run, not a stale resume.
+    images = stamp_images({i: collection.path(i) for i in split.ids})
     # Random and file inits keep their id (unchanged run folders); imagenet is pinned.
-    settings = {**identity(config), "init": init.exact if init.id == "imagenet" else init.id}
+    settings = {**identity(config), "init": init.exact if init.id == "imagenet" else init.id,
+                "split": split.digest, "images": stamps_digest(images)}
     run_digest = digest(settings)
     folder = cache_folder / "finetune" / f"{safe_name(config.task)}__{safe_name(spec.name)}__{run_digest}"
     pre = spec.preprocess if config.image_size is None else \
@@ -226,9 +236,11 @@ def _prepare(collection: Collection, config: FinetuneConfig, log) -> _Run:
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
-    data = datasets(collection, split, split.classes, pre, config)
+    data = datasets(collection, split, split.classes, pre, config,
+                    untested=_trained_on(init, collection, log))
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_json(folder / "config.json", {**asdict(config), "identity": settings})
+    write_stamps(folder / "images.csv", images)
     log(f"{spec.name} on {collection.name}/{config.task}: {len(split.classes)} classes, "
         f"{len(data['train'])}/{len(data['val'])}/{len(data['test'])} train/val/test images, "
         f"{n_frozen} of {len(stages(model.trunk))} stages frozen; run folder {folder}")
@@ -238,6 +250,16 @@ def _prepare(collection: Collection, config: FinetuneConfig, log) -> _Run:
                 loss_fn=make_loss(data["train"].targets, len(split.classes), config.balanced,
                                   split.multi_label).to(device), data=data, pre=pre,
                 device=device, log=log)
+
+
+def _trained_on(init: Weights, collection: Collection, log) -> frozenset:
+    """The images a fine-tuned trunk used as the init was trained on, when they are of this
+    collection: the run never tests on them (a second fine-tuning on the same images)."""
+    if init.trained_on is None or init.trained_on[0] != collection.name:
+        return frozenset()
+    log(f"the init trunk was fine-tuned on {len(init.trained_on[1])} images of "
+        f"{collection.name}; they are left out of the test part")
+    return init.trained_on[1]
 
 
 def finetune(collection: Collection, config: FinetuneConfig, *, log=print) -> FinetuneResult:

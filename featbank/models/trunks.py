@@ -61,6 +61,9 @@ class Weights:
     published_hash: str | None = None
     source: str = ""
     label: str = ""  # what tables show: see weights_label
+    # A trunk featbank fine-tuned: the collection and the ids of its images the trunk was
+    # trained or validated on (its features are never tested on them).
+    trained_on: tuple[str, frozenset] | None = None
 
     def attrs(self) -> dict:
         return {"weights": self.id, "weights_exact": self.exact,
@@ -79,8 +82,11 @@ def resolve_weights(spec: BackboneSpec, weights: str, *, option: str = "--weight
             description = read_weights_file(weights, mmap=True)[1]
         except (OSError, ValueError):
             description = {}  # loading the trunk reports what is wrong with the file
+        trained_on = None
+        if description.get("fit_ids") is not None:
+            trained_on = (str(description.get("collection")), frozenset(description["fit_ids"]))
         return Weights(wid, wid, source=source,
-                       label=weights_label(wid, wid, description, source))
+                       label=weights_label(wid, wid, description, source), trained_on=trained_on)
     if spec.imagenet is None:
         raise BadInput(f"{spec.name} has no published ImageNet weights; use {option} PATH "
                          "(a state_dict) or random")

@@ -17,6 +17,7 @@ ids they share) and writes the collection's ``skipped.csv``. Writing rows is
 from __future__ import annotations
 
 import csv
+import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ import numpy as np
 from featbank.core.errors import BadInput, DamagedFile, MissingFile
 from featbank.core.fileio import atomic_path, first_line
 from featbank.store.health import raise_if_damaged
+from featbank.store.layout import content_identity
 from featbank.store.provenance import FINAL, plain_attrs, provenance_value, weights_label
 
 
@@ -117,6 +119,26 @@ class FeatureFile:
         """Empty for the trunk's own output, else ``<layer>/<pool>``: what tells this
         file's cells from those of the backbone's final file."""
         return "" if self.layer == FINAL and self.pool == "model" else f"{self.layer}/{self.pool}"
+
+    @functools.cached_property
+    def content_sha256(self) -> str:
+        """What the file's rows hold (:func:`featbank.store.layout.content_identity`): what
+        a result computed from it records, and is reused only while it holds."""
+        return content_identity(self.path)
+
+    @functools.cached_property
+    def fit_ids(self) -> frozenset[str]:
+        """The images a fine-tuned trunk behind these features was trained or validated on
+        (``trunk_fit_ids``; empty for other weights): never tested on."""
+        with h5py.File(self.path, "r") as f:
+            if "trunk_fit_ids" not in f:
+                if f.attrs.get("trunk_fit"):
+                    raise DamagedFile(
+                        f"{self.path} was extracted with a fine-tuned trunk but has lost the "
+                        "list of the images it trained on (a repair rebuilt it); run "
+                        "extract.py again with the same --weights to record it")
+                return frozenset()
+            return frozenset(f["trunk_fit_ids"].asstr()[:])
 
     def read(self) -> Features:
         """The file's ids, vectors, attributes and skipped images, in memory."""
@@ -246,6 +268,16 @@ class Concatenation:
     @property
     def paths(self) -> str:
         return " + ".join(str(p.path) for p in self.parts)
+
+    @property
+    def fit_ids(self) -> frozenset[str]:
+        """Images any part's fine-tuned trunk trained or validated on (never tested on)."""
+        return frozenset().union(*(p.fit_ids for p in self.parts))
+
+    @property
+    def content(self) -> dict[str, str]:
+        """Each part's file (``features/<name>``) -> what its rows hold: a result's inputs."""
+        return {f"features/{p.path.name}": p.content_sha256 for p in self.parts}
 
     def read(self) -> Features:
         sets = [read_features(p.path) for p in self.parts]

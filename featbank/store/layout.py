@@ -39,6 +39,10 @@ from featbank.store.shards import (
 
 FORMAT = "featbank-features/2"
 LINKED = ("features", "row_digest", "file_sha256")  # datasets the layout file holds
+# Datasets a main file may hold beside its rows, kept by every write: the ids of the
+# collection's images a fine-tuned trunk was trained and validated on (see
+# featbank.classification.cells: its features are never tested on them).
+EXTRA = ("trunk_fit_ids",)
 MAX_SHARDS = 32  # past this many shards the next run joins them into one
 MAX_SEGMENTS = 256  # runs of shard rows a layout maps (rows dropped mid-shard split runs)
 SHARD_GRACE = 600  # seconds an unnamed shard or layout stays (readers of the previous main)
@@ -116,6 +120,8 @@ class Index:
     created: str | None = None
     version: int = 2
     layout: str | None = None
+    # Datasets of the main file beside the rows, carried from write to write: EXTRA.
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
 
     @classmethod
     def empty(cls) -> "Index":
@@ -157,8 +163,9 @@ class Index:
                      for s in f["features"].virtual_sources()])
             else:
                 mapping = None
+            extra = {name: np.array(f[name][:], dtype=bytes) for name in EXTRA if name in f}
             return cls(ids, size.astype(np.int64), mtime.astype(np.int64), mapping, skipped,
-                       stamps, f.attrs.get("created"), version, layout)
+                       stamps, f.attrs.get("created"), version, layout, extra)
 
     def sha256(self, path: Path, rows) -> np.ndarray:
         """The image sha256 stored for ``rows`` (b"" where not known)."""
@@ -203,6 +210,8 @@ class Index:
                 out.create_dataset("skipped_size", data=np.array([s for s, _ in stamps], np.int64))
                 out.create_dataset("skipped_mtime_ns",
                                    data=np.array([m for _, m in stamps], np.int64))
+                for name, values in self.extra.items():
+                    out.create_dataset(name, data=fixed_utf8(np.asarray(values, dtype=bytes)))
                 out.attrs.update(main)
         self.layout, self.version = layout, 2
         named = self.mapping.used() | {layout}
@@ -268,6 +277,22 @@ def content_digest(ids: np.ndarray, digests: np.ndarray) -> str:
     digest.update(b"\0")
     digest.update(np.ascontiguousarray(digests, dtype="<u8").tobytes())
     return "sha256:" + digest.hexdigest()
+
+
+def content_identity(path: Path) -> str:
+    """What a feature file's rows hold (``sha256:``, :func:`content_digest`): recorded by
+    every write of this format; for a file of an earlier format, computed from its rows
+    (the same value its rows will have once written in this format)."""
+    from featbank.store.shards import row_digests
+
+    with h5py.File(path, "r") as f:
+        if f.attrs.get("content_sha256"):
+            return str(f.attrs["content_sha256"])
+        ids = np.array(f["ids"][:], dtype=bytes)
+        features = f["features"]
+        digests = [row_digests(ids[a:a + 8192].tolist(), features[a:a + 8192])
+                   for a in range(0, len(ids), 8192)]
+    return content_digest(ids, np.concatenate(digests) if digests else np.zeros(0, np.uint64))
 
 
 def drop_unnamed(folder: Path, named: set[str], superseded: set[str] = frozenset(), *,

@@ -82,8 +82,13 @@ class Stored:
 class FeatureWriter:
     """A feature file being filled: the HDF5 file plus its pending parts."""
 
-    def __init__(self, path: str | os.PathLike, attrs: dict):
+    def __init__(self, path: str | os.PathLike, attrs: dict, *,
+                 extra: dict[str, list[str]] | None = None):
+        """extra : datasets of the main file beside the rows (``layout.EXTRA``), written
+        by every merge of this writer; without it, those the file holds are kept."""
         self.path = Path(path)
+        self.extra = {k: np.array([v.encode() for v in values], dtype=bytes)
+                      for k, values in (extra or {}).items()}
         self.parts = self.path.with_name(self.path.name + ".parts")
         self.attrs = plain_attrs(attrs)
         self.dtype = np.dtype(self.attrs["dtype"])
@@ -248,6 +253,7 @@ class FeatureWriter:
             new = self._edited(index)
         else:
             new = build.finish(self.shards / new_shard_name(self.shards))
+        new.extra = self.extra or index.extra
         new.write(self.path, self.attrs, previous=index, grace=0 if self._prune else None)
         self._removed, self._refreshed, self._prune = set(), {}, False
         self._drop_parts()
