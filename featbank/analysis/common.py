@@ -77,6 +77,7 @@ def describe(entry: FeatureFile) -> dict:
     """The settings of a feature file that a result depends on (for the JSON outputs)."""
     return {"backbone": entry.backbone, "weights": entry.weights,
             "weights_exact": entry.weights_exact, "features": str(entry.path),
+            "features_sha256": entry.content_sha256,  # what its rows held when this ran
             "feature_dim": entry.feature_dim, "n_rows": entry.n_rows}
 
 

@@ -16,7 +16,6 @@ from pathlib import Path
 from featbank.core.fileio import safe_name
 from featbank.core.hashing import changed_images, read_stamps
 from featbank.core.text import count
-from featbank.data.collection import load_metadata
 from featbank.store.layout import content_identity
 from featbank.store.results import stored_path
 
@@ -55,15 +54,15 @@ class Currency:
         """Whether a fine-tuning run's images still hold the bytes it trained on (true when
         the run folder or the images cannot be looked at: nothing says they changed)."""
         if run not in self._runs:
-            stamps = stored_path(self.folder, run) / "images.csv"
+            folder = stored_path(self.folder, run)
             try:
-                recorded = read_stamps(stamps)
-                collection = load_metadata(self.folder)
+                recorded = read_stamps(folder / "images.csv")
+                root = Path(json.loads((folder / "config.json").read_text())["images_root"])
             except (OSError, ValueError, KeyError):
                 self._runs[run] = True
                 return True
-            paths = {i: collection.path(i) for i in recorded}
-            self._runs[run] = not collection.root.is_dir() or not changed_images(recorded, paths)
+            paths = {i: root / i for i in recorded}
+            self._runs[run] = not root.is_dir() or not changed_images(recorded, paths)
         return self._runs[run]
 
     def reason(self, row: dict) -> str | None:

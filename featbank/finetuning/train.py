@@ -239,7 +239,8 @@ def _prepare(collection: Collection, config: FinetuneConfig, log) -> _Run:
     data = datasets(collection, split, split.classes, pre, config,
                     untested=_trained_on(init, collection, log))
     folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(folder / "config.json", {**asdict(config), "identity": settings})
+    atomic_write_json(folder / "config.json", {**asdict(config), "identity": settings,
+                                               "images_root": str(collection.root.resolve())})
     write_stamps(folder / "images.csv", images)
     log(f"{spec.name} on {collection.name}/{config.task}: {len(split.classes)} classes, "
         f"{len(data['train'])}/{len(data['val'])}/{len(data['test'])} train/val/test images, "

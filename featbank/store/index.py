@@ -2,7 +2,8 @@
 
 ``<file>.faiss`` beside the feature file, with ``<file>.faiss.json`` saying what it
 is: the kind and its parameters, the rows it covers (the feature file's first
-``rows``, checked by a digest of their ids), and when it was built. Below
+``rows``), the content they held (:func:`featbank.store.layout.content_digest` of
+their ids and row digests) and when it was built. Below
 :data:`EXACT_BELOW` rows the index is exact (``IndexFlatIP``: the same neighbours as
 a brute-force search); above, an inverted file over the rows' cells with each
 vector kept as 8-bit scalars (``IVF<nlist>,SQ8``), trained on a sample and searched
@@ -10,8 +11,10 @@ in ``nprobe`` cells, sized from the row count: a byte a dimension, so 5 million
 512-d rows take 2.6 GB.
 
 The index is filled by streaming the HDF5 file in chunks, never holding the whole
-matrix. It grows with the feature file (only the new rows are added) and is
-rebuilt when the rows it covers changed (a repair dropped some). It is written
+matrix. It grows with the feature file (only the new rows are added, while the rows
+it covers are unchanged) and is rebuilt when they changed (a replaced image, a
+repair, a file started anew with ``--force-new``) or when the file's size calls
+for the other kind (a file grown past exact search gets an approximate index). It is written
 to a temporary name and renamed, under a lock: a killed build leaves the previous
 index or none, never half of one.
 """
@@ -29,6 +32,8 @@ import numpy as np
 from featbank.core.errors import BadInput
 from featbank.core.fileio import atomic_path, atomic_write_json, hold_lock
 from featbank.store.health import raise_if_damaged
+from featbank.store.layout import content_digest
+from featbank.store.shards import row_digests
 
 EXACT_BELOW = 200_000  # rows: exact search costs ~0.1 s a query past this on 2 cores
 CHUNK = 65_536  # rows read from the HDF5 file at a time
@@ -54,7 +59,7 @@ class IndexInfo:
     factory: str  # FAISS's description, e.g. "IVF4096,SQ8"
     dim: int
     rows: int  # the feature file's first ``rows`` rows are in the index, in order
-    ids_sha256: str  # of those rows' ids: another order or a dropped row means stale
+    ids_sha256: str  # what those rows held (layout.content_digest): another means stale
     nlist: int | None = None
     nprobe: int | None = None
     built: str = ""
@@ -75,13 +80,15 @@ def choose(rows: int, dim: int) -> tuple[str, int | None, int | None]:
     return f"IVF{nlist},SQ8", nlist, max(16, int(nlist * NPROBE_SHARE))
 
 
-def _ids_digest(ids: np.ndarray) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    for start in range(0, len(ids), CHUNK):
-        digest.update(b"\n".join(ids[start:start + CHUNK].tolist()) + b"\n")
-    return digest.hexdigest()
+def _held(f: h5py.File, ids: np.ndarray, rows: int) -> str:
+    """What the file's first ``rows`` rows hold (their ids and row digests)."""
+    if "row_digest" in f:
+        digests = f["row_digest"][:rows]
+    else:  # a file of an earlier format: its rows' digests computed from the vectors
+        digests = np.concatenate([row_digests(ids[a:min(rows, a + CHUNK)].tolist(),
+                                              f["features"][a:min(rows, a + CHUNK)])
+                                  for a in range(0, rows, CHUNK)] or [np.zeros(0, np.uint64)])
+    return content_digest(ids[:rows], digests)
 
 
 def _normalised(block: np.ndarray) -> np.ndarray:
@@ -101,6 +108,10 @@ def _sample(f: h5py.File, n: int, rng: np.random.Generator) -> np.ndarray:
     rows = np.sort(rng.choice(total, size=min(n, total), replace=False))
     return np.concatenate([_normalised(f["features"][rows[(rows >= a) & (rows < a + CHUNK)]])
                            for a in range(0, total, CHUNK)])
+
+
+def _kind(rows: int) -> str:
+    return "flat" if choose(rows, 1)[1] is None else "ivf-sq8"
 
 
 def read_info(path: Path) -> IndexInfo | None:
@@ -126,7 +137,7 @@ def ensure_index(path: str | Path, *, warn=print):
             dim = int(f["features"].shape[1])
             info = read_info(path)
             if info is not None and info.rows <= len(ids) and info.dim == dim and \
-                    info.ids_sha256 == _ids_digest(ids[:info.rows]):
+                    info.kind == _kind(len(ids)) and info.ids_sha256 == _held(f, ids, info.rows):
                 index = faiss().read_index(str(index_path(path)))
                 if info.nprobe:  # not stored by FAISS
                     faiss().extract_index_ivf(index).nprobe = info.nprobe
@@ -148,7 +159,7 @@ def _build(path: Path, f: h5py.File, ids: np.ndarray, dim: int, warn):
         index.add(block)
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     info = IndexInfo(kind="ivf-sq8" if nlist else "flat", factory=factory, dim=dim,
-                     rows=len(ids), ids_sha256=_ids_digest(ids), nlist=nlist, nprobe=nprobe,
+                     rows=len(ids), ids_sha256=_held(f, ids, len(ids)), nlist=nlist, nprobe=nprobe,
                      built=now, grown=now)
     _write(path, index, info)
     return index, info
@@ -158,7 +169,7 @@ def _grow(path: Path, f: h5py.File, index, info: IndexInfo, ids: np.ndarray, war
     warn(f"{path.name}: adding {len(ids) - info.rows:,} new rows to its index")
     for block in _stream(f, info.rows, len(ids)):
         index.add(block)
-    info.rows, info.ids_sha256 = len(ids), _ids_digest(ids)
+    info.rows, info.ids_sha256 = len(ids), _held(f, ids, len(ids))
     info.grown = datetime.now(timezone.utc).isoformat(timespec="seconds")
     _write(path, index, info)
     return index, info

@@ -97,3 +97,27 @@ def test_a_build_killed_midway_leaves_no_index_and_the_next_run_builds_one(tmp_p
     monkeypatch.undo()
     index, info = ensure_index(path, warn=lambda m: None)
     assert index.ntotal == 200 and read_info(path) == info
+
+
+def test_a_file_started_anew_with_the_same_ids_gets_a_new_index(tmp_path):
+    """--force-new sets the file aside but not its index: the ids are the same, the vectors
+    are not, and the index must answer from the new ones."""
+    X = _clustered(300)
+    path = _file(tmp_path / "f.h5", X)
+    ensure_index(path, warn=lambda m: None)
+    FeatureWriter(path, {**ATTRS, "feature_dim": 16}).set_aside()
+    Y = _clustered(300, seed=7)
+    _file(path, Y)
+    index, info = ensure_index(path, warn=lambda m: None)
+    assert np.array_equal(search(index, Y[:10], 1)[0].ravel(), np.arange(10))
+    np.testing.assert_allclose(search(index, Y[:10], 1)[1].ravel(), 1.0, atol=1e-5)
+
+
+def test_a_file_grown_past_exact_search_gets_an_approximate_index(tmp_path, monkeypatch):
+    monkeypatch.setattr(index_module, "EXACT_BELOW", 1000)
+    X = _clustered(1600)
+    path = _file(tmp_path / "f.h5", X[:800])
+    assert ensure_index(path, warn=lambda m: None)[1].kind == "flat"
+    _file(path, X[800:], first=800)
+    index, info = ensure_index(path, warn=lambda m: None)
+    assert info.kind == "ivf-sq8" and info.rows == index.ntotal == 1600
