@@ -7,7 +7,7 @@ unreadable, or a shard it maps is missing, empty, unreadable or shorter than the
 rows mapped onto it (plain h5py would read those rows as NaN). A killed run's parts
 that cannot be read are damage too. Every reader checks before it reads
 (:func:`raise_if_damaged`); ``extract.py`` repairs (:mod:`featbank.store.repair`),
-and ``python -m featbank.verify`` checks a whole cache.
+and ``python verify.py`` (:mod:`featbank.cli.verify`) checks a whole cache.
 """
 from __future__ import annotations
 
@@ -116,4 +116,4 @@ def raise_if_damaged(path: str | Path) -> None:
     if found:
         raise DamagedFile(f"{path} {'; '.join(found)}: run extract.py again for this "
                           "collection and backbone (it repairs the file, keeping every "
-                          "readable row), or python -m featbank.verify --repair CACHE")
+                          "readable row), or python verify.py --repair CACHE")

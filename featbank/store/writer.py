@@ -79,6 +79,16 @@ class Stored:
         return {i: Stamp(*stamps.get(i, (-1, -1))) for i in self.index.skipped}
 
 
+def lock_of(path: Path) -> Path:
+    """The lock of the feature file at ``path`` (``.locks/<file>.lock`` beside it): one
+    writer at a time, across processes. Lock files stay (deleting one another process
+    may hold is unsafe), so they live out of sight, one small file per feature file ever
+    begun."""
+    locks = Path(path).parent / ".locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    return locks / (Path(path).name + ".lock")
+
+
 class FeatureWriter:
     """A feature file being filled: the HDF5 file plus its pending parts."""
 
@@ -160,12 +170,7 @@ class FeatureWriter:
 
     @property
     def lock_path(self) -> Path:
-        """This file's lock (``.locks/<file>.lock`` beside it): one writer at a time, across
-        processes. Lock files stay (deleting one another process may hold is unsafe), so
-        they live out of sight, one small file per feature file ever begun."""
-        locks = self.path.parent / ".locks"
-        locks.mkdir(parents=True, exist_ok=True)
-        return locks / (self.path.name + ".lock")
+        return lock_of(self.path)
 
     @property
     def shards(self) -> Path:
