@@ -19,6 +19,7 @@ full 100k x 2048 search in a few minutes on 2 cores.
 """
 import argparse
 import time
+
 import numpy as np
 from harness import Bench
 

@@ -21,6 +21,7 @@ bench/results/bench_softmax.json.
 """
 import argparse
 import time
+
 import numpy as np
 from harness import Bench, peak_rss_gb
 

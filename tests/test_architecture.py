@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from helpers import REPO
 
 LINT = Path(sys.executable).parent / "lint-imports"

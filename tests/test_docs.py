@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from helpers import HERITAGE, REPO, SQUEEZENET, script_env
 
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.M | re.S)

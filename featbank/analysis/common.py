@@ -3,15 +3,15 @@ labels aligned with feature rows, thumbnails and small HTML pages.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
-import html
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from featbank.core.errors import BadInput
-from featbank.core.fileio import atomic_path, safe_name
+from featbank.core.fileio import atomic_path, atomic_write_text, safe_name
 from featbank.data.collection import Collection
 from featbank.models.registry import check_names
 from featbank.store.features import FeatureFile, Features, one_feature_file, read_features
@@ -111,7 +111,18 @@ def thumbnail_files(images: dict[str, Path], folder: Path, *, size: int = THUMB_
     return out
 
 
-def html_page(title: str, body: str, style: str = "") -> str:
-    return (f"<!doctype html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}"
-            f"</title>\n<style>body{{font-family:sans-serif;margin:1.5em}}{style}</style>"
-            f"</head>\n<body>\n<h1>{html.escape(title)}</h1>\n{body}\n</body></html>\n")
+@functools.lru_cache(maxsize=1)
+def _templates():
+    """The pages' templates (``featbank/analysis/templates``), autoescaped: every id,
+    label and name from a collection reaches a page as text, and data for scripts as
+    JSON read with ``JSON.parse`` and inserted with ``textContent``, never as markup."""
+    import jinja2
+
+    return jinja2.Environment(loader=jinja2.PackageLoader("featbank.analysis", "templates"),
+                              autoescape=True, undefined=jinja2.StrictUndefined)
+
+
+def write_page(path: Path, template: str, **context) -> Path:
+    """Render ``template`` with ``context`` to the HTML page ``path`` (whole or absent)."""
+    atomic_write_text(path, _templates().get_template(template).render(**context))
+    return path

@@ -13,7 +13,6 @@ pairs (id here, id there, similarity).
 from __future__ import annotations
 
 import csv
-import html
 import time
 from dataclasses import asdict
 from datetime import datetime, timezone
@@ -24,14 +23,14 @@ import numpy as np
 
 from featbank.analysis.common import (
     describe,
-    html_page,
     output_folder,
     single_feature_file,
     thumbnail_files,
+    write_page,
 )
 from featbank.analysis.config import DuplicatesConfig
 from featbank.core.errors import BadInput
-from featbank.core.fileio import atomic_path, atomic_write_json, atomic_write_text, safe_name
+from featbank.core.fileio import atomic_path, atomic_write_json, safe_name
 from featbank.data.collection import Collection
 from featbank.data.sources import cached_collection
 from featbank.evaluation.plots import plot_image_grid
@@ -184,27 +183,8 @@ def _html(path: Path, collection: Collection, groups, report: dict) -> Path:
     """Every group, PER_PAGE a page, with buttons to page through them (plain JavaScript)."""
     keys = {i: collection.path(i) for group in groups for i, _ in group}
     thumbs = thumbnail_files(keys, path.parent)
-    blocks = []
-    for k, group in enumerate(groups, 1):
-        figures = "".join(
-            f"<figure><img src='{thumbs[i]}' alt='{html.escape(i)}'><figcaption>"
-            f"{html.escape(i)}<br>{s:.3f}</figcaption></figure>" for i, s in group)
-        blocks.append(f"<section class='group' data-page='{(k - 1) // PER_PAGE}'><h2>group {k} "
-                      f"({len(group)} images)</h2>{figures}</section>")
-    pages = max(1, (len(groups) + PER_PAGE - 1) // PER_PAGE)
-    body = (f"<p>{report['n_groups']} groups of near-duplicates (cosine &ge; "
-            f"{report['threshold']:g}) among {report['n_images']} images of "
-            f"{html.escape(report['collection'])}; {html.escape(report['backbone'])}.</p>"
-            "<nav><button id='prev'>previous</button> <span id='where'></span> "
-            "<button id='next'>next</button></nav>" + "".join(blocks) +
-            f"<script>let page=0;const pages={pages};function show(){{"
-            "document.querySelectorAll('.group').forEach(g=>g.style.display="
-            "g.dataset.page==page?'block':'none');document.getElementById('where')"
-            ".textContent='page '+(page+1)+' of '+pages;}"
-            "document.getElementById('prev').onclick=()=>{if(page>0){page--;show();}};"
-            "document.getElementById('next').onclick=()=>{if(page<pages-1){page++;show();}};"
-            "show();</script>")
-    style = ("figure{display:inline-block;margin:3px;width:120px;font-size:10px;"
-             "text-align:center;vertical-align:top;word-break:break-all}")
-    atomic_write_text(path, html_page(f"Near-duplicates: {report['collection']}", body, style))
-    return path
+    return write_page(path, "duplicates.html.j2", title=f"Near-duplicates: {report['collection']}",
+                      n_groups=report["n_groups"], threshold=f"{report['threshold']:g}",
+                      n_images=report["n_images"], collection=report["collection"],
+                      backbone=report["backbone"], per_page=PER_PAGE,
+                      groups=[[(i, thumbs[i], s) for i, s in group] for group in groups])

@@ -8,8 +8,6 @@ thumbnail and labels on hover.
 """
 from __future__ import annotations
 
-import html
-import json
 import time
 from dataclasses import asdict
 from datetime import datetime, timezone
@@ -18,17 +16,17 @@ import numpy as np
 
 from featbank.analysis.common import (
     describe,
-    html_page,
     output_folder,
     progress_bar,
     read_entry,
     single_feature_file,
     task_labels,
     thumbnail_files,
+    write_page,
 )
 from featbank.analysis.config import MapConfig
 from featbank.core.errors import BadInput
-from featbank.core.fileio import atomic_path, atomic_write_json, atomic_write_text, safe_name
+from featbank.core.fileio import atomic_path, atomic_write_json, safe_name
 from featbank.data.collection import Collection
 from featbank.evaluation.plots import plot_map
 
@@ -159,23 +157,6 @@ def _write_points(path, ids, xy, by_task: dict):
     return path
 
 
-_SCRIPT = """
-const tip = document.getElementById('tip');
-document.querySelectorAll('circle').forEach(c => {
-  c.addEventListener('mouseenter', e => {
-    const p = POINTS[+c.dataset.k];
-    tip.innerHTML = `<img src="${p.t}"><br><b>${p.id}</b><br>` +
-      Object.entries(p.l).map(([k, v]) => `${k}: ${v}`).join('<br>');
-    tip.style.display = 'block';
-  });
-  c.addEventListener('mousemove', e => {
-    tip.style.left = (e.pageX + 14) + 'px'; tip.style.top = (e.pageY + 14) + 'px';
-  });
-  c.addEventListener('mouseleave', () => { tip.style.display = 'none'; });
-});
-"""
-
-
 def _write_html(path, ids, xy, labels, thumbs, by_task: dict, name: str, report: dict):
     """An SVG scatter; hovering a point shows its thumbnail and every task's label."""
     import colorsys
@@ -187,18 +168,9 @@ def _write_html(path, ids, xy, labels, thumbs, by_task: dict, name: str, report:
     color = {n: "#%02x%02x%02x" % tuple(int(255 * v) for v in colorsys.hsv_to_rgb(
         k / max(1, len(names)), 0.75, 0.85)) for k, n in enumerate(names)}
     points = [{"id": i, "t": thumbs[i], "l": {t: by_task[t].get(i) for t in by_task}} for i in ids]
-    circles = "".join(f"<circle cx='{x:.1f}' cy='{y:.1f}' r='3.5' fill='{color[lab]}' "
-                      f"data-k='{k}'/>" for k, ((x, y), lab) in enumerate(zip(scaled, labels)))
-    legend = " ".join(f"<span style='color:{color[n]}'>&#9679;</span> {html.escape(n)}"
-                      for n in names[:40])
-    body = (f"<p>{html.escape(report['backbone'])} ({html.escape(report['weights'][:19])}), "
-            f"{report['method']} of {report['n_points']} images, coloured by "
-            f"{html.escape(report['task'])}. Hover a point to see the image.</p>"
-            f"<p style='font-size:12px'>{legend}</p>"
-            f"<svg width='{size}' height='{size}' style='border:1px solid #ccc'>{circles}</svg>"
-            "<div id='tip'></div>\n<script>const POINTS = "
-            + json.dumps(points).replace("</", "<\\/") + ";" + _SCRIPT + "</script>")
-    style = ("#tip{position:absolute;display:none;background:#fff;border:1px solid #888;"
-             "padding:4px;font-size:12px;pointer-events:none}circle:hover{stroke:#000}")
-    atomic_write_text(path, html_page(f"Map: {name}", body, style))
-    return path
+    return write_page(path, "map.html.j2", title=f"Map: {name}", backbone=report["backbone"],
+                      weights=report["weights"][:19], method=report["method"],
+                      n_points=report["n_points"], task=report["task"],
+                      legend=[(n, color[n]) for n in names[:40]], size=size,
+                      circles=[(float(x), float(y), color[lab])
+                               for (x, y), lab in zip(scaled, labels)], points=points)

@@ -10,7 +10,6 @@ preprocessing as the feature file and matched against the whole collection.
 """
 from __future__ import annotations
 
-import html
 import json
 import time
 from dataclasses import asdict
@@ -23,18 +22,18 @@ from PIL import Image, ImageDraw
 from featbank.analysis.common import (
     THUMB_SIZE,
     describe,
-    html_page,
     output_folder,
     preprocess_change,
     read_entry,
     single_feature_file,
     thumbnail,
     thumbnail_files,
+    write_page,
 )
 from featbank.analysis.config import RetrieveConfig
 from featbank.analysis.similarity import average_precision_at_k, precision_at_k
 from featbank.core.errors import BadInput, MissingFile
-from featbank.core.fileio import atomic_path, atomic_write_json, atomic_write_text, safe_name
+from featbank.core.fileio import atomic_path, atomic_write_json, safe_name
 from featbank.data.collection import Collection
 from featbank.data.saved_splits import load_or_make_split
 from featbank.store.features import FeatureFile
@@ -236,23 +235,13 @@ def _write_html(path: Path, collection: Collection, rows, report: dict) -> Path:
     thumbs = thumbnail_files(keys, path.parent)
     css = {"query": "#2860c8", True: "#1ea03c", False: "#d22828", None: "#999"}
 
-    def figure(key, lab, sim, ok):
-        note = "" if sim is None else f" · {sim:.3f}"
-        return (f"<figure style='border:4px solid {css[ok]}'><img src='{thumbs[key]}' "
-                f"title='{html.escape(key)}'><figcaption>{html.escape(lab)}{note}</figcaption>"
-                "</figure>")
-
-    lines = [f"<p>{html.escape(report['backbone'])} ({html.escape(report['weights'][:19])}), "
-             f"cosine similarity, gallery: {report['gallery']} ({report['n_gallery']} images)."]
-    if "precision_at_k" in report:
-        lines.append(f" precision@{report['k']} = {report['precision_at_k']:.3f}, "
-                     f"mAP@{report['k']} = {report['map_at_k']:.3f} over {report['n_queries']} "
-                     "test queries. Green: same label as the query; red: another label.")
-    lines.append("</p>")
-    for query, query_label, neighbours in rows:
-        lines.append("<div class='row'>" + figure(query, query_label, None, "query")
-                     + "".join(figure(*n) for n in neighbours) + "</div>")
-    style = ("figure{display:inline-block;margin:3px;padding:2px;text-align:center;"
-             "font-size:11px;width:118px;vertical-align:top}.row{margin-bottom:8px}")
-    atomic_write_text(path, html_page(f"Retrieval: {collection.name}", "\n".join(lines), style))
-    return path
+    def item(key, label, similarity, ok):
+        return {"id": key, "thumb": thumbs[key], "label": label, "similarity": similarity,
+                "color": css[ok]}
+    return write_page(path, "retrieve.html.j2", title=f"Retrieval: {collection.name}",
+                      backbone=report["backbone"], weights=report["weights"][:19],
+                      gallery=report["gallery"], n_gallery=report["n_gallery"],
+                      precision_at_k=report.get("precision_at_k"), k=report.get("k"),
+                      map_at_k=report.get("map_at_k"), n_queries=report.get("n_queries"),
+                      rows=[[item(query, label, None, "query")] + [item(*n) for n in neighbours]
+                            for query, label, neighbours in rows])

@@ -33,13 +33,13 @@ from featbank.core.fileio import atomic_write_json, hold_lock
 from featbank.data.collection import Collection, save_metadata
 from featbank.data.saved_splits import follow_saved
 from featbank.extraction.config import ExtractConfig
-from featbank.extraction.freshness import Freshness, Stamps, freshness
 from featbank.extraction.devicedecode import (
     DecoderBalance,
     device_index,
     device_resizable,
     jpeg_decoder,
 )
+from featbank.extraction.freshness import Freshness, Stamps, freshness
 from featbank.extraction.loader import Images, batches_on_device, collate
 from featbank.extraction.targets import Target, plan
 from featbank.models.inference import (

@@ -29,13 +29,7 @@ import h5py
 import numpy as np
 
 from featbank.core.fileio import atomic_path
-from featbank.store.shards import (
-    SHA_DTYPE,
-    Stamps,
-    fixed_utf8,
-    new_layout_name,
-    shard_files,
-)
+from featbank.store.shards import SHA_DTYPE, fixed_utf8, new_layout_name, shard_files
 
 FORMAT = "featbank-features/2"
 LINKED = ("features", "row_digest", "file_sha256")  # datasets the layout file holds

@@ -43,9 +43,9 @@ import numpy as np
 from featbank.core.errors import BadInput
 from featbank.core.fileio import atomic_path, atomic_write_json
 from featbank.core.hashing import Stamp
+from featbank.store.admission import Admission
 from featbank.store.layout import Index, Mapping, shards_folder
 from featbank.store.provenance import plain_attrs, provenance_conflict
-from featbank.store.admission import Admission
 from featbank.store.shards import SHA_DTYPE, ShardWriter, Stamps, new_shard_name
 
 _CHUNK_ROWS = 8192  # rows copied at a time when a run joins the stored rows into its shard

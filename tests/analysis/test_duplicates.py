@@ -4,12 +4,12 @@ import csv
 
 import numpy as np
 import pytest
+from helpers import browser_page, make_image, needs_browser
 
 import featbank as fb
 from featbank.data.collection import Collection, save_metadata
 from featbank.store.provenance import feature_path
 from featbank.store.writer import FeatureWriter
-from helpers import browser_page, make_image, needs_browser
 
 ATTRS = {"backbone": "squeezenet1_1", "feature_dim": 16, "weights": "random",
          "weights_exact": "random:library-init:seed0", "input_size": 224,

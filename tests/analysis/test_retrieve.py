@@ -33,7 +33,7 @@ def test_retrieval_scores_separable_classes_and_writes_pictures(toy):
     sheet = Image.open(report["contact_sheet"])
     assert sheet.height > 3 * 112  # three query rows
     page = open(report["html"]).read()
-    assert page.count("<div class='row'>") == 3 and "thumbs/" in page
+    assert page.count('<div class="row">') == 3 and "thumbs/" in page
 
 
 def test_retrieval_errors_name_the_problem(toy):

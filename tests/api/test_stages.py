@@ -4,9 +4,9 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import REPO, write_toy_cache
 
 import featbank as fb
-from helpers import REPO, write_toy_cache
 
 
 def test_import_featbank_and_its_functions_cost_no_torch():

@@ -15,7 +15,6 @@ from featbank.data.tasks import SplitSpec, ids_digest
 from featbank.extraction.engine import ExtractConfig, extract
 from featbank.finetuning.train import FinetuneConfig, finetune
 from featbank.store.features import feature_files, read_features
-from featbank.store.provenance import feature_path
 from featbank.store.results import load_results, stored_path
 from featbank.store.writer import FeatureWriter
 

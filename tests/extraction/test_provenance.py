@@ -3,13 +3,13 @@ are provenance, a resumed run that differs is refused in one line naming the key
 --force-new keeps the old file aside and starts a new one."""
 import h5py
 import pytest
+from helpers import make_image
 
 from featbank.core.errors import BadInput
 from featbank.data.collection import from_folder
 from featbank.extraction.config import ExtractConfig
 from featbank.extraction.engine import extract
 from featbank.store.features import read_features
-from helpers import make_image
 
 
 def _folder(root, n=4):

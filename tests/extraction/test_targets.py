@@ -8,7 +8,6 @@ from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-import featbank.data.images as images
 from featbank.core.errors import BadInput
 from featbank.data.collection import Collection, from_folder
 from featbank.extraction.engine import ExtractConfig, extract

@@ -5,6 +5,7 @@ import logging
 
 import numpy as np
 import pytest
+from helpers import HERITAGE, SHARED, needs_heritage
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 
@@ -16,7 +17,6 @@ from featbank.extraction.engine import extract
 from featbank.models.registry import get_spec
 from featbank.models.trunks import load_trunk
 from featbank.store.features import read_features
-from helpers import HERITAGE, SHARED, needs_heritage
 
 XCEPTION = SHARED / "weights" / "xception-imagenet.pth"
 LITE0 = SHARED / "weights" / "tf_efficientnet_lite0-imagenet.pth"

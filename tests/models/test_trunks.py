@@ -3,12 +3,12 @@ under a published checkpoint's name is checked against the hash that name promis
 import shutil
 
 import pytest
+from helpers import SQUEEZENET
 
 from featbank.core.errors import BadInput
 from featbank.core.hashing import file_sha256, hash_memo
 from featbank.models.registry import get_spec, weights_id
 from featbank.models.trunks import resolve_weights
-from helpers import SQUEEZENET
 
 SQUEEZENET_SHA256 = "6701bb3d0ded9d21616f62471566e98b296ea5a9ff1960815c441c5c33e5dbaf"
 

@@ -5,7 +5,9 @@ import shutil
 
 import numpy as np
 import pytest
+from helpers import make_image
 
+from featbank.cli.verify import main as verify
 from featbank.core.errors import DamagedFile
 from featbank.data.collection import from_folder
 from featbank.extraction.config import ExtractConfig
@@ -14,8 +16,6 @@ from featbank.store.features import feature_files, read_features
 from featbank.store.health import problems
 from featbank.store.repair import repair
 from featbank.store.shards import shard_files
-from featbank.cli.verify import main as verify
-from helpers import make_image
 
 
 def _grow(root, cache, classes):

@@ -2,9 +2,10 @@
 import shutil
 from pathlib import Path
 
+from helpers import image_collection
+
 import featbank as fb
 from featbank.store.results import load_results, stored_path
-from helpers import image_collection
 
 
 def test_stored_paths_resolve_in_the_store_folder(tmp_path):
