@@ -27,8 +27,6 @@ from featbank.api.stages import classify, table
 from featbank.classification.config import ClassifyConfig
 from featbank.cli.common import add_options, make_parser
 from featbank.core.settings import defaults
-from featbank.evaluation.members import describe, versus_best_member
-from featbank.evaluation.tables import TABLE_LEGEND
 from featbank.heads.recipes import RECIPES
 from featbank.heads.registry import HEADS, NORMALIZATIONS
 from featbank.store.results import load_results
@@ -79,6 +77,9 @@ def main(argv=None) -> None:
     classify(collection=args.collection, head=args.head, backbone=args.backbone, task=args.task,
              weights=args.weights, jobs=args.jobs, force=args.force, ensemble=args.ensemble,
              layers=args.layers, resplit=args.resplit, warn=say, **settings)
+    from featbank.evaluation.members import describe, versus_best_member  # scikit-learn
+    from featbank.evaluation.tables import TABLE_LEGEND
+
     result = table(args.collection, warn=say, **settings)
     print(result.markdown())
     print(f"\n{TABLE_LEGEND}")

@@ -1,4 +1,4 @@
-"""Extract global-average-pooled CNN features of a collection into the HDF5 cache.
+r"""Extract global-average-pooled CNN features of a collection into the HDF5 cache.
 
 Examples:
     python extract.py --backbone squeezenet1_1 --weights random          # demo collection

@@ -1,4 +1,4 @@
-"""Fine-tune a backbone on one task of a collection (same saved split as classify.py).
+r"""Fine-tune a backbone on one task of a collection (same saved split as classify.py).
 
 Examples:
     python finetune.py --backbone squeezenet1_1 --task material --init random --epochs 3
@@ -30,9 +30,8 @@ from statistics import mean, stdev
 from featbank.api.stages import finetune
 from featbank.cli.common import add_options, make_parser, source_of
 from featbank.core.settings import defaults
-from featbank.data.collection import save_metadata
+from featbank.data.collection import new_collection_folder, save_metadata
 from featbank.data.sources import open_collection
-from featbank.evaluation.metrics import score_of
 from featbank.finetuning.config import OPTIMIZERS, FinetuneConfig
 from featbank.models.registry import available_backbones
 
@@ -79,13 +78,17 @@ def main(argv=None) -> None:
                     workers=args.workers, cache=args.cache, split=args.split,
                     group_by=args.group_by, min_per_class=args.min_per_class,
                     progress=not args.no_progress, repeats=args.repeats, resplit=args.resplit)
-    collection = args.collection
+    collection, folder = args.collection, None
     if args.images or args.manifest:  # a collection scanned now, then trained on
         found = open_collection(**source_of(args))
-        save_metadata(found, Path(args.cache) / found.name)
-        collection = found.name
-    results = finetune(collection=collection, log=lambda m: print(m, file=sys.stderr),
-                       **settings)
+        collection, folder = found.name, Path(args.cache) / found.name
+    with new_collection_folder(folder or Path(args.cache) / (collection or "demo")):
+        if folder is not None:
+            save_metadata(found, folder)
+        results = finetune(collection=collection, log=lambda m: print(m, file=sys.stderr),
+                           **settings)
+    from featbank.evaluation.metrics import score_of  # scikit-learn: after the checks
+
     scores = []
     for result in results if isinstance(results, list) else [results]:
         row = result.row

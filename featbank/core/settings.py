@@ -72,10 +72,22 @@ def check_workers(value: int | None) -> None:
 
 
 def check_device_name(device: str) -> str:
-    """auto, cpu, cuda or cuda:N; whether CUDA is there is checked when the stage starts."""
+    """auto, cpu, cuda or cuda:N; a CUDA device on a machine with no NVIDIA driver is refused
+    here, before torch is imported (torch itself checks when the stage starts)."""
     if device not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", device):
         raise BadInput(f"unknown --device {device!r}; use auto, cpu, cuda or cuda:N")
+    if device.startswith("cuda") and not nvidia_driver():
+        raise BadInput(f"--device {device} asked for, but this machine has no NVIDIA driver "
+                       "(no /proc/driver/nvidia); use --device cpu")
     return device
+
+
+def nvidia_driver() -> bool:
+    """Whether an NVIDIA driver is loaded (Linux: /proc/driver/nvidia; elsewhere assumed,
+    and left to torch to tell)."""
+    if not os.path.isdir("/proc"):
+        return True
+    return os.path.isdir("/proc/driver/nvidia") or os.path.exists("/dev/nvidiactl")
 
 
 def at_least(option: str, value, low) -> None:

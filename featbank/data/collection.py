@@ -15,6 +15,8 @@ import csv
 import json
 import os
 import re
+import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,6 +105,9 @@ def from_folder(root: str | os.PathLike, *, name: str | None = None,
     Symbolic links to folders are not followed, so a loop cannot hang a scan.
     """
     root = Path(root)
+    if root.is_file():
+        raise BadInput(f"--images {root} is a file, not a folder of class folders (a CSV or "
+                       "Dublin Core XML goes with --manifest)")
     if not root.is_dir():
         raise MissingFile(f"image folder {root} does not exist")
     ids, labels, ignored = [], [], 0
@@ -241,6 +246,31 @@ def from_manifest(csv_path: str | os.PathLike, *, root: str | os.PathLike | None
     return Collection(name=check_name(name or default_name(csv_path)), root=root, ids=ids,
                       labels=labels, missing=missing, source=f"manifest:{csv_path}",
                       multi_label=marked)
+
+
+@contextmanager
+def new_collection_folder(folder: Path):
+    """A command's collection folder that must not outlive its failure: when the block
+    raises and the folder was made by it and holds nothing computed yet (no feature
+    file or part, no fine-tuning run, no result), it is removed, so that later commands
+    do not list a collection that never was."""
+    folder = Path(folder)
+    existed = folder.exists()
+    try:
+        yield folder
+    except BaseException:
+        if not existed and folder.is_dir() and not _holds_results(folder):
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
+def _holds_results(folder: Path) -> bool:
+    features, skipped = folder / "features", folder / "skipped.csv"
+    listed = skipped.is_file() and len(skipped.read_text(encoding="utf-8").splitlines()) > 1
+    return (listed or any(features.glob("*.h5")) or any(features.glob("*.parts"))
+            or (folder / "results.jsonl").exists()
+            or any(p.is_dir() and not p.name.startswith(".")
+                   for p in (folder / "finetune").glob("*")))
 
 
 def save_metadata(collection: Collection, folder: Path) -> None:

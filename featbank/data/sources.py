@@ -73,7 +73,7 @@ def cached_collection(*, cache: str | Path, collection: str | None) -> Collectio
     if collection is None:
         names = cached_names(cache)
         if len(names) > 1:
-            raise BadInput(f"the cache {cache} holds the collections {', '.join(names)}; "
+            raise BadInput(f"{Path(cache)}/ holds the collections {', '.join(names)}; "
                              "name one with --collection NAME")
         collection = names[0] if names else "demo"
     return load_metadata(Path(cache) / collection)

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 from featbank.core.errors import BadInput
 from featbank.core.settings import at_least, check_device_name, check_workers, one_of, runtime
-from featbank.models.registry import check_names
+from featbank.models.registry import check_names, weights_id
 
 # The choices of each option, offered by the command line and checked here.
 DTYPES = ("float32", "float16")
@@ -57,6 +57,7 @@ class ExtractConfig:
 
     def __post_init__(self):
         self.backbones = check_names(self.backbones)
+        weights_id(self.weights)  # a missing weights file: one line, before torch loads
         at_least("--batch-size", self.batch_size, 1)
         check_workers(self.workers)
         check_device_name(self.device)

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from featbank.core.errors import BadInput
 from featbank.core.fileio import atomic_write_json, hold_lock
-from featbank.data.collection import Collection, save_metadata
+from featbank.data.collection import Collection, new_collection_folder, save_metadata
 from featbank.data.saved_splits import follow_saved
 from featbank.extraction.config import ExtractConfig
 from featbank.extraction.devicedecode import (
@@ -97,7 +97,13 @@ class ExtractReport:
 
 def extract(collection: Collection, config: ExtractConfig) -> list[ExtractReport]:
     """Fill the cache for every backbone (and layer) of ``config``; returns one report per
-    feature file."""
+    feature file. A run that fails before anything is computed leaves no collection
+    folder behind (``new_collection_folder``)."""
+    with new_collection_folder(Path(config.cache_root) / collection.name):
+        return _extract(collection, config)
+
+
+def _extract(collection: Collection, config: ExtractConfig) -> list[ExtractReport]:
     device = resolve_device(config.device)  # a missing GPU is an error even with nothing to do
     specs = [get_spec(name) for name in config.backbones]
     decoder = _device_decoder(config, specs)

@@ -16,7 +16,7 @@ from featbank.core.settings import (
     seeded_repeats,
 )
 from featbank.data.tasks import SplitSpec
-from featbank.models.registry import check_names
+from featbank.models.registry import check_names, weights_id
 
 OPTIMIZERS = ("sgd", "adam", "rmsprop")
 FREEZE_SYNTAX = re.compile(r"none|trunk|last:[1-9]\d*|\d+")
@@ -57,6 +57,8 @@ class FinetuneConfig:
         if self.backbone == "all" or "," in self.backbone:
             raise BadInput(f"--backbone {self.backbone!r}: fine-tuning takes one backbone")
         check_names([self.backbone])
+        if self.init not in ("imagenet", "random"):
+            weights_id(self.init, option="--init")  # a missing file: one line, before torch
         at_least("--epochs", self.epochs, 1)
         at_least("--patience", self.patience, 1)
         at_least("--batch-size", self.batch_size, 1)

@@ -25,6 +25,25 @@ def test_folder_errors(tmp_path):
     (tmp_path / "empty" / "cls").mkdir(parents=True)
     with pytest.raises(ValueError, match="no images found"):
         from_folder(tmp_path / "empty")
+    (tmp_path / "m.csv").write_text("image,label\n")
+    with pytest.raises(ValueError, match="m.csv is a file, not a folder.*--manifest"):
+        from_folder(tmp_path / "m.csv")
+
+
+def test_a_failed_run_leaves_no_collection_folder(tmp_path, image_folder):
+    from featbank.data.collection import new_collection_folder
+
+    folder = tmp_path / "cache" / "art"
+    with pytest.raises(RuntimeError), new_collection_folder(folder):
+        (folder / "splits").mkdir(parents=True)
+        (folder / "collection.json").write_text("{}")
+        raise RuntimeError("the weights would not load")
+    assert not folder.exists()
+    with pytest.raises(RuntimeError), new_collection_folder(folder):  # rows were written
+        (folder / "features").mkdir(parents=True)
+        (folder / "features" / "x.h5").write_bytes(b"rows")
+        raise RuntimeError("killed")
+    assert (folder / "features" / "x.h5").exists()
 
 
 def test_clean_label_undoes_escaped_utf8_and_spaces():

@@ -130,7 +130,7 @@ def test_bad_settings_fail_when_the_config_is_built(tmp_path):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_missing_gpu_is_an_error_even_when_nothing_is_left_to_do(tmp_path, image_folder):
     extract(from_folder(image_folder), _config(tmp_path))
-    with pytest.raises(ValueError, match="no CUDA device"):
+    with pytest.raises(ValueError, match="no CUDA device|no NVIDIA driver"):
         extract(from_folder(image_folder), _config(tmp_path, device="cuda"))
 
 
@@ -315,3 +315,17 @@ def test_a_collection_where_nothing_decodes_is_bad_input_and_leaves_no_file(tmp_
     assert not list((tmp_path / "cache/broken/features").glob("*.h5"))
     lines = (tmp_path / "cache/broken/skipped.csv").read_text().splitlines()
     assert len(lines) == 7 and lines[0] == "id,reason"
+
+
+def test_a_run_whose_weights_cannot_be_had_leaves_no_collection_behind(tmp_path, image_folder,
+                                                                       monkeypatch):
+    """Offline, ImageNet weights cannot be downloaded: one line, and no collection folder
+    that later commands would list."""
+    from featbank.data.sources import cached_names
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # nothing cached there
+    monkeypatch.setattr("torch.hub.download_url_to_file",
+                        lambda *a, **k: (_ for _ in ()).throw(OSError("no network")))
+    with pytest.raises(FileNotFoundError, match="cannot be downloaded"):
+        extract(from_folder(image_folder), _config(tmp_path, weights="imagenet"))
+    assert cached_names(tmp_path / "cache") == [] and not (tmp_path / "cache" / "images").exists()
