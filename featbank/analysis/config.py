@@ -87,7 +87,7 @@ class MapConfig:
         at_least("--seed", self.seed, 0)
 
 
-EXPORT_FORMATS = ("npy", "parquet")
+EXPORT_FORMATS = ("npy", "parquet", "hdf5")
 
 
 @dataclass

@@ -4,7 +4,12 @@
   no pickle needed) and ``<stem>.labels.csv`` (id and one column per task);
 - ``parquet``: ``<stem>.parquet``, one row per image: ``id``, one column per
   task and ``embedding`` (a fixed-size list of float32), with the feature
-  file's attributes in the schema metadata (key ``featbank``).
+  file's attributes in the schema metadata (key ``featbank``);
+- ``hdf5``: ``<stem>.h5``, one self-contained file of the feature-file contract
+  to hand on (``features`` a plain dataset, no shards; the ids, image stamps,
+  skipped images and attributes as in the cache) with the labels under
+  ``labels/<task>``: plain h5py reads it anywhere, and featbank reads it as a
+  feature file.
 
 Both are written a chunk of rows at a time (a Parquet row group per chunk; the
 ``.npy`` files through memory maps), so a file of millions of rows is exported
@@ -54,7 +59,32 @@ def write_export(path: Path, stem: Path, fmt: str,
     if fmt == "parquet":
         _require_pyarrow()
         return _write_parquet(path, stem.with_name(f"{stem.name}.parquet"), labels)
+    if fmt == "hdf5":
+        return _write_hdf5(path, stem.with_name(f"{stem.name}.h5"), labels)
     return _write_npy(path, stem, labels)
+
+
+def _write_hdf5(path: Path, target: Path, labels) -> list[Path]:
+    """One file with every dataset of ``path`` copied in, ``features`` streamed."""
+    text = h5py.string_dtype("utf-8")
+    with h5py.File(path, "r") as f, atomic_path(target) as tmp, h5py.File(tmp, "w") as out:
+        rows, dim = f["features"].shape
+        ids = f["ids"].asstr()[:]
+        out.create_dataset("ids", data=f["ids"][:], dtype=f["ids"].dtype)
+        features = out.create_dataset("features", shape=(rows, dim), dtype=f["features"].dtype,
+                                      chunks=(max(1, min(rows, 1024)), dim))
+        for start in range(0, rows, CHUNK):
+            features[start:start + CHUNK] = f["features"][start:start + CHUNK]
+        for name in ("file_size", "file_mtime_ns", "file_sha256", "skipped_ids",
+                     "skipped_reasons", "skipped_size", "skipped_mtime_ns"):
+            if name in f:
+                out.create_dataset(name, data=f[name][:], dtype=f[name].dtype)
+        group = out.create_group("labels")
+        for task, by_id in labels.items():
+            group.create_dataset(task, data=[by_id.get(i) or "" for i in ids], dtype=text)
+        attrs = {k: v for k, v in f.attrs.items() if k not in ("format", "layout")}
+        out.attrs.update({**attrs, "exported_from": path.name})
+    return [target]
 
 
 def _shape(path: Path) -> tuple[int, int, int, dict]:

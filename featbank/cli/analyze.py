@@ -121,10 +121,13 @@ def _add_map(commands) -> None:
 
 def _add_export(commands) -> None:
     d = defaults(ExportConfig)
-    export = commands.add_parser("export", help="features with ids and labels as .npy or Parquet")
+    export = commands.add_parser("export", help="features with ids and labels as .npy, "
+                                                "Parquet or one self-contained HDF5 file")
     _features_options(export, d, task_required=None)
     export.add_argument("--format", default=d["format"], choices=EXPORT_FORMATS,
-                        help="npy (features, ids, labels.csv) or parquet (default: npy)")
+                        help="npy (features, ids, labels.csv), parquet, or hdf5 (one "
+                             "self-contained feature file with its labels, to hand on) "
+                             "(default: npy)")
 
 
 def _add_duplicates(commands) -> None:

@@ -53,3 +53,31 @@ def test_parquet_export_round_trips(toy):
 def test_export_bad_format():
     with pytest.raises(ValueError, match="--format"):
         ExportConfig(backbone="resnet18", format="csv")
+
+
+def test_hdf5_export_is_one_self_contained_file(toy, tmp_path):
+    """A file to hand on: read with plain h5py after its cache (and shards) are gone."""
+    import shutil
+
+    import h5py
+
+    from featbank.analysis.export import export
+
+    cache, collection = toy
+    original = read_features(cache / "toy" / "features" / "resnet18__random.h5")
+    report = export(collection, ExportConfig(backbone="resnet18", format="hdf5",
+                                             cache_root=str(cache)))
+    [path] = report["files"]
+    moved = tmp_path / "elsewhere" / "resnet18.h5"
+    moved.parent.mkdir()
+    shutil.move(path, moved)
+    shutil.rmtree(cache)
+    with h5py.File(moved, "r") as f:
+        assert not f["features"].is_virtual and f.get("features", getlink=True).__class__ \
+            is h5py.HardLink
+        assert np.array_equal(f["features"][:], original.X)
+        assert list(f["ids"].asstr()[:]) == original.ids
+        assert f["labels/style"].asstr()[0] == "baroque"
+        assert f.attrs["backbone"] == "resnet18" and f.attrs["content_sha256"]
+    again = read_features(moved)  # featbank reads it as a feature file too
+    assert again.ids == original.ids and np.array_equal(again.X, original.X)
