@@ -56,11 +56,12 @@ def stale_reason(row: dict | None, inputs: dict) -> str | None:
     was = row.get("inputs")
     if was is None:
         return "stored before featbank recorded what a cell was computed from"
-    if was.get("features") != inputs["features"]:
-        return "features changed since the cell was trained"
-    if was.get("split") != inputs["split"]:
-        return f"the split of task {row['task']!r} changed since the cell was trained"
-    return None
+    changed = [what for what, same in (
+        ("features", was.get("features") == inputs["features"]),
+        (f"the split of task {row['task']!r}", was.get("split") == inputs["split"])) if not same]
+    if not changed:
+        return None
+    return f"{' and '.join(changed)} changed since the cell was trained"
 
 
 def _cell_stem(task: str, entry: Concatenation, head: str, config: ClassifyConfig,

@@ -90,3 +90,45 @@ def test_layers_all_prints_a_row_per_layer_and_draws_the_curve(run_script, tmp_p
     assert "resnet18 · random · logreg: layer1 " in curve.stdout and "final" in curve.stdout
     assert_one_line_error(run_script("classify.py", "--head", "logreg", "--layers", "layer7"),
                           "--layers layer7: no such layer among the feature files")
+
+
+@needs_heritage
+@needs_squeezenet
+def test_a_relabelled_collection_changes_the_split_and_the_table(run_script, tmp_path):
+    """Moving images to another class folder and deleting some, then extract.py and
+    classify.py: the output names the change and the table is the new collection's."""
+    import shutil
+
+    from featbank.data.collection import load_metadata
+    from featbank.data.saved_splits import load_or_make_split
+    from featbank.data.tasks import SplitSpec
+
+    root = tmp_path / "her"
+    for cls in ("apse", "altar", "vault"):
+        for path in sorted((HERITAGE / "test" / cls).iterdir())[:40]:
+            (root / cls).mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, root / cls / path.name)
+    args = ("--backbone", "squeezenet1_1", "--weights", SQUEEZENET, "--images", root,
+            "--no-progress", "--workers", "0")
+    assert run_script("extract.py", *args).returncode == 0
+    first = run_script("classify.py", "--head", "logreg", "--collection", "her")
+    assert first.returncode == 0, first.stderr
+    moved = sorted((root / "apse").iterdir())[:6]
+    for path in moved:
+        path.rename(root / "altar" / path.name)
+    for path in sorted((root / "vault").iterdir())[:4]:
+        path.unlink()
+    extracted = run_script("extract.py", *args)
+    assert extracted.returncode == 0, extracted.stderr
+    assert "10 rows of images no longer in the collection taken out" in extracted.stderr
+    assert "6 relabelled" not in extracted.stderr  # a move changes the id: 6 new, 10 gone
+    assert "10 no longer in the task" in extracted.stderr and "6 new" in extracted.stderr
+    again = run_script("classify.py", "--head", "logreg", "--collection", "her")
+    assert again.returncode == 0, again.stderr
+    assert "features and the split of task 'label' changed since the cell was trained: " \
+        "retraining 1 cell" in again.stderr
+    folder = tmp_path / "cache" / "her"
+    split = load_or_make_split(load_metadata(folder), "label", SplitSpec(), folder)
+    assert all(f"altar/{p.name}" in split.ids for p in moved)
+    [row] = [json.loads(line) for line in (folder / "results.jsonl").read_text().splitlines()]
+    assert row["inputs"]["split"] == split.digest and row["n_test"] == split.parts.count("test")
