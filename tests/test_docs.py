@@ -13,7 +13,7 @@ import pytest
 from helpers import HERITAGE, REPO, SQUEEZENET, script_env
 
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.M | re.S)
-SCRIPTS = ("extract.py", "classify.py", "finetune.py", "analyze.py")
+SCRIPTS = ("extract.py", "classify.py", "finetune.py", "analyze.py", "verify.py")
 
 
 def fenced(path: Path, languages=("sh",)) -> list[str]:
