@@ -27,16 +27,14 @@ run: a fresh process is the cold start a cell pays); the median and min-max of
 its seconds, and its accuracies, are written to bench/results/bench_grid.json.
 """
 import argparse
-import multiprocessing
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_softmax import TASKS, synthetic_features  # noqa: E402
-from harness import Bench, peak_rss_gb  # noqa: E402
+from harness import Bench, in_child, peak_rss_gb  # noqa: E402
 
 REFERENCES = {"logreg (sklearn)": ("logreg", {"head__engine": "sklearn"}),
               "svm (sklearn)": ("svm", {"head__engine": "sklearn"}),
@@ -97,18 +95,17 @@ def main():
     dims = [int(d) for d in args.dims.split(",")]
     bench = Bench("bench_grid", repeats=args.repeats, settings=vars(args))
     total = {}
-    spawn = multiprocessing.get_context("spawn")
     for dim in sorted(set(dims), reverse=True):
         for task in args.tasks.split(","):
             for head in heads:
                 results = []
 
                 def cell() -> float:  # a fresh process per run: its peak memory is its own
-                    with ProcessPoolExecutor(1, mp_context=spawn) as pool:
-                        results.append(pool.submit(run_cell, task, int(100_000 * args.scale),
-                                                   head, args.seed, dim).result())
+                    results.append(in_child(run_cell, task, int(100_000 * args.scale), head,
+                                            args.seed, dim))
                     return results[-1]["seconds"]
-                label = f"{task} ({TASKS[task]} classes), {dim}-d, {head}"
+                label = (f"{task} ({TASKS[task]} classes, {int(100_000 * args.scale):,} images: "
+                         f"scale {args.scale:g}), {dim}-d, {head}")
                 figure = bench.measure(f"{label}: seconds", cell, unit="s", warmup=False)
                 r = results[-1]
                 for key in ("val", "test", "peak_gb"):
@@ -118,7 +115,8 @@ def main():
                 if head in ours:
                     total[task, head, dim] = figure["median"]
     seconds_at = {d: sum(s for (_, _, at), s in total.items() if at == d) for d in set(dims)}
-    bench.record(f"estimated grid, {len(dims)} backbones, minutes (goal at full scale: 30)",
+    bench.record(f"estimated grid at scale {args.scale:g} from {len(total)} distinct cells "
+                 f"({len(dims)} backbones), minutes (goal at full scale: 30)",
                  [sum(seconds_at[d] for d in dims) / 60], unit="min")
     bench.write()
 

@@ -27,15 +27,13 @@ import shutil
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from pathlib import Path
 
 import h5py
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import Bench, peak_rss_gb  # noqa: E402
+from harness import Bench, in_child, peak_rss_gb  # noqa: E402
 
 CHUNK = 65_536
 
@@ -79,11 +77,6 @@ def _export_run(path: str, target: str) -> dict:
     return {"seconds": time.perf_counter() - start,
             "peak_gb": peak_rss_gb(),
             "disk_gb": written.stat().st_size / 2 ** 30}
-
-
-def _in_process(function, *args):
-    with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
-        return pool.submit(function, *args).result()
 
 
 def queries_of(path: Path, n: int, seed: int = 7) -> np.ndarray:
@@ -134,7 +127,7 @@ def main():
         def build() -> float:
             for stale in (index_path(path), index_path(path).with_suffix(".faiss.json")):
                 stale.unlink(missing_ok=True)
-            runs.append(_in_process(_index_run, str(path)))
+            runs.append(in_child(_index_run, str(path)))
             return runs[-1]["seconds"]
         bench.measure("build", build, unit="s", warmup=False)
         bench.record("build, peak memory", [r["peak_gb"] for r in runs], unit="GB")
@@ -162,12 +155,12 @@ def main():
                 if item.name.startswith("bench.h5") and item.name != "bench.h5.lock":
                     (shutil.copytree if item.is_dir() else shutil.copy2)(item, copy / item.name)
             write_file(copy / "bench.h5", args.rows // 100, args.dim, first=args.rows, seed=1)
-            grown.append(_in_process(_index_run, str(copy / "bench.h5")))
+            grown.append(in_child(_index_run, str(copy / "bench.h5")))
             return grown[-1]["seconds"]
         bench.measure("grow by 1 % of the rows", grow, unit="s", warmup=False)
         bench.ratio("growth / build (goal <= 0.05)", "grow by 1 % of the rows", "build")
         shutil.rmtree(copy)
-        exported = _in_process(_export_run, str(path), str(Path(tmp) / "export"))
+        exported = in_child(_export_run, str(path), str(Path(tmp) / "export"))
         bench.record("export to Parquet", [exported["seconds"]], unit="s")
         bench.record("export to Parquet, peak memory", [exported["peak_gb"]], unit="GB")
         bench.record("Parquet size on disk", [exported["disk_gb"]], unit="GB")

@@ -9,15 +9,23 @@ torch, GPU) and the settings travel with the figures into
 tables: no figure in the docs is typed by hand.
 
 These machines are shared and noisy (identical runs vary by up to 1.5x), so a
-single run is never a figure.
+single run is never a figure. Each JSON also records what ran: the script and its
+arguments, the git commit (and whether the tree had changes), and per figure
+whether a warm-up run was thrown away. :func:`in_child` runs a measurement in a
+process of its own (its peak memory its own) that dies with the bench: a bench
+killed mid-run leaves no child running.
 """
 from __future__ import annotations
 
 import json
 import os
 import platform
+import signal
 import statistics
+import subprocess
+import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -61,6 +69,46 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
 
 
+def provenance() -> dict:
+    """What ran: the script and its arguments, the commit, whether the tree had changes."""
+    root = Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
+                                  timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+    script = Path(sys.argv[0]).resolve()
+    try:
+        script = script.relative_to(root)
+    except ValueError:
+        pass
+    return {"script": str(script), "argv": sys.argv[1:], "commit": git("rev-parse", "HEAD"),
+            "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+
+
+def _die_with_parent() -> None:
+    """In a child process: be sent SIGTERM when the bench that started it dies (Linux's
+    PR_SET_PDEATHSIG), even by SIGKILL."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def in_child(function, *args):
+    """``function(*args)`` in a freshly spawned process that dies with the bench; returns
+    its result (its peak memory, read inside it, is its own)."""
+    from multiprocessing import get_context
+
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn"),
+                             initializer=_die_with_parent) as pool:
+        return pool.submit(function, *args).result()
+
+
 def summary(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values),
             "values": values}
@@ -76,6 +124,7 @@ class Bench:
         self.settings = settings or {}
         self.figures: dict[str, dict] = {}
         self.machine = machine()
+        self.ran = provenance()
         print(f"{name}: {self.machine['cpu']} ({self.machine['cores']} cores, "
               f"{self.machine['torch_threads']} torch threads), torch {self.machine['torch']}"
               + (f", {self.machine['gpu']}" if self.machine["gpu"] else "")
@@ -88,7 +137,7 @@ class Bench:
         if warmup:
             run()
         values = [float(run()) for _ in range(self.repeats)]
-        return self.record(label, values, unit=unit)
+        return self.record(label, values, unit=unit, warmup=warmup)
 
     def interleave(self, runs: dict[str, tuple[Callable[[], float], str]], *,
                    warmup: bool = True) -> dict[str, dict]:
@@ -104,7 +153,7 @@ class Bench:
         for _ in range(self.repeats):
             for label, (run, _) in runs.items():
                 values[label].append(float(run()))
-        return {label: self.record(label, values[label], unit=unit)
+        return {label: self.record(label, values[label], unit=unit, warmup=warmup)
                 for label, (_, unit) in runs.items()}
 
     def time(self, label: str, run: Callable[[], object], *, warmup: bool = True) -> dict:
@@ -115,8 +164,11 @@ class Bench:
             return time.perf_counter() - start
         return self.measure(label, seconds, unit="s", warmup=warmup)
 
-    def record(self, label: str, values: list[float], *, unit: str) -> dict:
-        figure = {**summary(values), "unit": unit}
+    def record(self, label: str, values: list[float], *, unit: str,
+               warmup: bool | None = None) -> dict:
+        """A figure from ``values``; ``warmup``: whether a warm-up run was thrown away
+        before them (None: not a timing, or derived from figures that say)."""
+        figure = {**summary(values), "unit": unit, "warmup": warmup}
         self.figures[label] = figure
         print(f"  {label}: {_fmt(figure)}", flush=True)
         return figure
@@ -131,8 +183,8 @@ class Bench:
         path = RESULTS / f"{self.name}.json"
         path.write_text(json.dumps({
             "bench": self.name, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "machine": self.machine, "repeats": self.repeats, "settings": self.settings,
-            "figures": self.figures}, indent=2) + "\n")
+            "machine": self.machine, "ran": self.ran, "repeats": self.repeats,
+            "settings": self.settings, "figures": self.figures}, indent=2) + "\n")
         print(f"written: {path}")
         return path
 

@@ -33,8 +33,16 @@ def table(result: dict) -> str:
     if m.get("gpu"):
         where += f", {m['gpu']}"
     settings = ", ".join(f"{k}={v}" for k, v in result["settings"].items())
-    lines = [f"*`bench/{result['bench']}.py` ({settings}), measured {result['date'][:10]} on "
-             f"{where}; median and min-max of {result['repeats']} repeats after a warm-up "
+    ran = result.get("ran")
+    command = (f"`{' '.join([ran['script'], *ran['argv']])}` at commit {ran['commit'][:10]}"
+               + (" with local changes" if ran.get("dirty") else "") if ran
+               else f"`bench/{result['bench']}.py`")
+    warm = {f.get("warmup") for f in result["figures"].values()} - {None}
+    after = (" after a warm-up" if warm == {True} else " (no warm-up)" if warm == {False}
+             else " (after a warm-up unless the figure says otherwise)" if warm
+             else " after a warm-up")
+    lines = [f"*{command} ({settings}), measured {result['date'][:10]} on "
+             f"{where}; median and min-max of {result['repeats']} repeats{after} "
              "(a figure measured once has no range).*", "",
              "| figure | median | min-max |", "| --- | --- | --- |"]
     for label, figure in result["figures"].items():

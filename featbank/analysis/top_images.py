@@ -38,6 +38,7 @@ from featbank.core.fileio import atomic_write_json
 from featbank.data.collection import Collection
 from featbank.evaluation.plots import plot_image_grid
 from featbank.models.inference import resolve_device, resolve_workers
+from featbank.store.provenance import recorded
 
 SHOWN_CHANNELS = 8
 SHOWN_IMAGES = 6
@@ -105,7 +106,8 @@ def top_images(collection: Collection, config: TopImagesConfig, *, warn=print) -
 
 def _cached(collection, config, networks: list[Network], stage, label: dict, warn):
     """The last stage's activations from the feature cache, when every network has a file
-    made with the preprocessing used here; else (None, None, None)."""
+    made with the preprocessing used here and in fp32, as here (a bf16 file's rows differ
+    at the rounding level, which reorders near ties); else (None, None, None)."""
     if stage.index != len(networks[0].stages):
         return None, None, None
     try:
@@ -115,7 +117,8 @@ def _cached(collection, config, networks: list[Network], stage, label: dict, war
         return None, None, None
     sets = [read_entry(e) for e in entries]
     wanted = networks[0].preprocess.attrs()
-    if any(preprocess_change(s.provenance, wanted) for s in sets):
+    if any(preprocess_change(s.provenance, wanted) or recorded(s.provenance, "precision")
+           != "fp32" for s in sets):
         return None, None, None
     shared = set.intersection(*(set(s.ids) for s in sets))
     ids = [i for i in sets[0].ids if i in shared and i in label]

@@ -65,8 +65,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", default=d["dtype"], choices=DTYPES,
                         help=f"storage type of the features (default: {d['dtype']})")
     parser.add_argument("--precision", default=d["precision"], choices=PRECISIONS,
-                        help="compute precision; auto = bf16/fp16 autocast on a GPU when the "
-                             "features stay within 1%% of fp32, else fp32 (default: auto)")
+                        help="compute precision; auto = bf16 autocast on a GPU (fp16 without "
+                             "bf16) and on a CPU with native bf16 (AVX512-BF16 or AMX), kept "
+                             "when the first batch's features stay within 1%% of fp32, else "
+                             "fp32; every precision but an explicit fp32 on a CPU runs "
+                             "channels-last (fp32 keeps earlier runs' numbers) (default: auto)")
+    parser.add_argument("--compile", action="store_true",
+                        help="run the trunks through torch.compile: faster batches after a "
+                             "compile paid on the first one (see docs/extract.md for when it "
+                             "pays)")
     parser.add_argument("--decode", default=d["decode"], choices=DECODES,
                         help="where images are decoded: cpu = Pillow in the worker processes; "
                              "device = the JPEGs nvJPEG takes on the GPU, the rest by Pillow; "
@@ -115,7 +122,8 @@ def main(argv=None) -> None:
                       jpeg_decoder=args.jpeg_decoder, engine=args.engine,
                       ray_address=args.ray_address, ray_actors=args.ray_actors,
                       force_new=args.force_new, layers=args.layers, pool=args.pool,
-                      verify_images=args.verify_images, prune=args.prune)
+                      verify_images=args.verify_images, prune=args.prune,
+                      compile=args.compile)
     for report in reports:
         undecodable = (f"; {count(report.n_skipped, 'image')} could not be decoded (listed "
                        f"with the reason in {report.skipped_csv})" if report.n_skipped else "")

@@ -32,7 +32,7 @@ from featbank.cli.common import add_options, make_parser, source_of
 from featbank.core.settings import defaults
 from featbank.data.collection import new_collection_folder, save_metadata
 from featbank.data.sources import open_collection
-from featbank.finetuning.config import OPTIMIZERS, FinetuneConfig
+from featbank.finetuning.config import OPTIMIZERS, PRECISIONS, FinetuneConfig
 from featbank.models.registry import available_backbones
 
 
@@ -54,6 +54,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                              f"(default: {d['patience']})")
     parser.add_argument("--optimizer", default=d["optimizer"], choices=OPTIMIZERS,
                         help="sgd = SGD with Nesterov momentum 0.9 (default: sgd)")
+    parser.add_argument("--precision", default=d["precision"], choices=PRECISIONS,
+                        help="auto = bf16 autocast on a GPU (fp16 without bf16) and on a CPU "
+                             "with native bf16 (AVX512-BF16 or AMX), else fp32 (default: auto)")
     parser.add_argument("--lr", type=float, default=d["lr"],
                         help=f"learning rate (default: {d['lr']:g})")
     parser.add_argument("--head-lr", type=float, default=None,
@@ -77,7 +80,8 @@ def main(argv=None) -> None:
                     train_fraction=args.train_fraction, seed=args.seed, device=args.device,
                     workers=args.workers, cache=args.cache, split=args.split,
                     group_by=args.group_by, min_per_class=args.min_per_class,
-                    progress=not args.no_progress, repeats=args.repeats, resplit=args.resplit)
+                    progress=not args.no_progress, repeats=args.repeats, resplit=args.resplit,
+                    precision=args.precision)
     collection, folder = args.collection, None
     if args.images or args.manifest:  # a collection scanned now, then trained on
         found = open_collection(**source_of(args))

@@ -14,11 +14,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import re
 from dataclasses import field
 
 from featbank.core.errors import BadInput
+from featbank.core.hardware import cores, nvidia_driver
 
 
 def defaults(config_class) -> dict:
@@ -62,8 +62,7 @@ def default_workers(device_type: str = "cpu") -> int:
     this process may use (the main process feeds the model), at most 8 where the
     model runs on the CPU, which needs the cores too, and at most 32 with a GPU,
     where decoding sets the pace (one worker decodes 350-1,100 img/s; docs/gpu.md)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, min(8 if device_type == "cpu" else 32, (cores or 2) - 1))
+    return max(1, min(8 if device_type == "cpu" else 32, cores() - 1))
 
 
 def check_workers(value: int | None) -> None:
@@ -81,13 +80,6 @@ def check_device_name(device: str) -> str:
                        "(no /proc/driver/nvidia); use --device cpu")
     return device
 
-
-def nvidia_driver() -> bool:
-    """Whether an NVIDIA driver is loaded (Linux: /proc/driver/nvidia; elsewhere assumed,
-    and left to torch to tell)."""
-    if not os.path.isdir("/proc"):
-        return True
-    return os.path.isdir("/proc/driver/nvidia") or os.path.exists("/dev/nvidiactl")
 
 
 def at_least(option: str, value, low) -> None:

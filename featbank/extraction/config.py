@@ -54,6 +54,9 @@ class ExtractConfig:
     # Rewrite each file's rows into one shard, freeing the space of rows taken out or
     # replaced (store.writer.FeatureWriter.prune).
     prune: bool = runtime(False)
+    # Run the trunks through torch.compile (the trunk's output only; its compile time is
+    # paid on the first batch): see bench/bench_extract.py for where it pays.
+    compile: bool = runtime(False)
 
     def __post_init__(self):
         self.backbones = check_names(self.backbones)

@@ -30,6 +30,8 @@ from tqdm import tqdm
 
 from featbank.core.errors import BadInput
 from featbank.core.fileio import atomic_write_json, hold_lock
+from featbank.core.hardware import cores
+from featbank.core.text import count
 from featbank.data.collection import Collection, new_collection_folder, save_metadata
 from featbank.data.saved_splits import follow_saved
 from featbank.extraction.config import ExtractConfig
@@ -44,10 +46,13 @@ from featbank.extraction.loader import Images, batches_on_device, collate
 from featbank.extraction.targets import Target, plan
 from featbank.models.inference import (
     AUTOCAST,
+    AUTOCAST_TOLERANCE,
     TrunkRunner,
     add_share,
     backbone_share,
+    one_thread,
     resolve_device,
+    resolve_layout,
     resolve_precision,
     resolve_workers,
     shared_views,
@@ -105,6 +110,8 @@ def extract(collection: Collection, config: ExtractConfig) -> list[ExtractReport
 
 def _extract(collection: Collection, config: ExtractConfig) -> list[ExtractReport]:
     device = resolve_device(config.device)  # a missing GPU is an error even with nothing to do
+    if device.type == "cpu":
+        torch.set_num_threads(cores())  # the trunk's intra-op threads: every core
     specs = [get_spec(name) for name in config.backbones]
     decoder = _device_decoder(config, specs)
     weights = {s.name: resolve_weights(s, config.weights) for s in specs}
@@ -113,7 +120,9 @@ def _extract(collection: Collection, config: ExtractConfig) -> list[ExtractRepor
     follow_saved(collection, folder, warn=lambda m: tqdm.write(m, file=sys.stderr))
     files, targets, trunks = {}, {}, {}
     made = {"decode": _decode_mode(config, decoder), "tf32": tf32_in_use(device),
-            "precision": resolve_precision(config.precision, device)}
+            "precision": resolve_precision(config.precision, device),
+            "memory_format": resolve_layout(config.precision, device),
+            "compiled": config.compile}
     for spec in specs:
         targets[spec.name], trunks[spec.name] = plan(spec, config)
         for t in targets[spec.name]:
@@ -161,10 +170,12 @@ def _extract_locked(collection, config: ExtractConfig, targets: dict[str, list[T
     started = time.perf_counter()
     todo, before, fresh = {}, {}, {}
     stamps = Stamps({i: collection.path(i) for i in collection.ids})
-    for key, out in files.items():
+    for out in files.values():
         repaired = repair(out.path)  # a damaged file keeps its readable rows; the rest is redone
         if repaired:
             tqdm.write(str(repaired), file=sys.stderr)
+    _one_precision_per_backbone(files, config)
+    for key, out in files.items():
         _settle_provenance(out, config)
         out.merge()  # parts left by an interrupted run
         before[key] = count_rows(out.path) if out.path.is_file() else 0
@@ -217,7 +228,8 @@ def _run(collection, pending, targets: dict[str, list[Target]], files, todo,
     balance = DecoderBalance(workers) if config.decode == "device+pillow" else None
     loader = DataLoader(Images(paths, pres, jpeg_bytes=on_device, balance=balance),
                         batch_size=config.batch_size, num_workers=workers,
-                        collate_fn=collate, pin_memory=device.type == "cuda", shuffle=False)
+                        collate_fn=collate, pin_memory=device.type == "cuda", shuffle=False,
+                        worker_init_fn=one_thread)
     first_batch_at, device_decoded = None, 0
     # Parts are written by one thread, in order, while the device runs the next
     # batches; at most MAX_QUEUED batches wait (their features sit in pinned memory).
@@ -266,9 +278,10 @@ def _settle_provenance(out: FeatureWriter, config: ExtractConfig) -> None:
     difference is refused in one line (``check_compatible``), or with ``force_new``
     the old file is set aside (kept in ``features/replaced/``) for a new one.
     """
-    stored = [recorded(attrs, "precision") for _, attrs in out.stored_attrs()]
-    if config.precision == "auto" and stored:
-        out.attrs["precision"] = stored[0]
+    stored = [attrs for _, attrs in out.stored_attrs()]
+    if config.precision == "auto" and stored:  # the file's precision, and its layout
+        out.attrs["precision"] = recorded(stored[0], "precision")
+        out.attrs["memory_format"] = recorded(stored[0], "memory_format")
     if config.force_new:
         try:
             out.check_compatible()
@@ -277,6 +290,22 @@ def _settle_provenance(out: FeatureWriter, config: ExtractConfig) -> None:
             tqdm.write(f"{out.path.name}: its rows were made otherwise; kept in {where}, "
                        "starting a new file (--force-new)")
     out.check_compatible()
+
+
+def _one_precision_per_backbone(files: dict, config: ExtractConfig) -> None:
+    """With ``--precision auto``, a backbone's new layer files take the precision its files
+    with rows record (one forward pass fills them all): a trunk's output extracted in fp32
+    and every layer added later are computed alike."""
+    if config.precision != "auto":
+        return
+    made: dict[str, set] = {}
+    for (backbone, _), out in files.items():
+        for _, attrs in out.stored_attrs():
+            made.setdefault(backbone, set()).add((recorded(attrs, "precision"),
+                                                  recorded(attrs, "memory_format")))
+    for (backbone, _), out in files.items():
+        if len(made.get(backbone, ())) == 1 and not out.stored_attrs():
+            out.attrs["precision"], out.attrs["memory_format"] = next(iter(made[backbone]))
 
 
 def _decode_mode(config: ExtractConfig, decoder: str | None) -> str:
@@ -307,7 +336,8 @@ def _device_decoder(config: ExtractConfig, specs: list) -> str | None:
 
 def _runner(spec, targets: list[Target], outs: dict, todo: dict, config: ExtractConfig,
             device, trunk) -> TrunkRunner:
-    """The backbone's trunk in its files' precision, tapping the layers still to fill. Only
+    """The backbone's trunk in its files' precision and layout, tapping the layers still to
+    fill. Only
     when no file has rows yet is autocast checked against fp32 (and falls back to fp32):
     rows already made settled it."""
     precisions = {out.attrs["precision"] for out in outs.values()}
@@ -317,9 +347,24 @@ def _runner(spec, targets: list[Target], outs: dict, todo: dict, config: Extract
     trunk = trunk if trunk is not None else load_trunk(spec, config.weights,
                                                        progress=config.progress)
     tapped = [t.layer for t in targets if t.layer.name != FINAL and todo[t.key]]
-    return TrunkRunner(spec, trunk, device, AUTOCAST[precisions.pop()],
-                       check=not any(out.stored_attrs() for out in outs.values()),
-                       layers=tapped, pools={t.layer.name: t.pool for t in targets})
+    check = not any(out.stored_attrs() for out in outs.values())
+    precision = precisions.pop()
+    layout = next(iter(outs.values())).attrs["memory_format"]  # settled with the precision
+    started = time.perf_counter()
+    runner = TrunkRunner(spec, trunk, device, AUTOCAST[precision], check=check,
+                         layers=tapped, pools={t.layer.name: t.pool for t in targets},
+                         layout=layout, compile=config.compile)
+    why = ("checked against fp32 on the first batch: kept within "
+           f"{AUTOCAST_TOLERANCE:.0%} relative error, else fp32" if check and precision != "fp32"
+           else "as the file records" if not check else "asked for" if
+           config.precision == "fp32" else "no native bf16 on this CPU"
+           if device.type == "cpu" else "")
+    tqdm.write(f"{spec.name} on {device.type}: {precision}" + (f" ({why})" if why else "")
+               + f", {layout.replace('_', '-')}, {torch.get_num_threads()} threads, "
+               f"{count(resolve_workers(config.workers, device), 'decoding worker')}, "
+               + (f"compiled ({time.perf_counter() - started:.1f} s to set up; the first "
+                  "batch compiles)" if config.compile else "not compiled"), file=sys.stderr)
+    return runner
 
 
 def _submit(ids, reasons, stamps, pixels, wanted: set[str], todo: dict, runner: TrunkRunner,

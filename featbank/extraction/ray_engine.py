@@ -110,7 +110,7 @@ def _made(out) -> dict:
     """How a file's rows are computed, which every actor must follow: its precision (checked
     against fp32 only while the file has no rows) and whether TF32 is on."""
     return {"precision": out.attrs["precision"], "tf32": bool(out.attrs["tf32"]),
-            "check": not out.stored_attrs()}
+            "memory_format": out.attrs.get("memory_format", "contiguous"), "check": not out.stored_attrs()}
 
 
 class _Trunks:
@@ -128,7 +128,8 @@ class _Trunks:
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
         self.runners = {s.name: TrunkRunner(s, load_trunk(s, weights, progress=False), target,
                                             AUTOCAST[made[s.name]["precision"]],
-                                            check=made[s.name]["check"], fallback=False)
+                                            check=made[s.name]["check"], fallback=False,
+                                            layout=made[s.name]["memory_format"])
                         for s in specs}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

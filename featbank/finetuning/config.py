@@ -19,6 +19,7 @@ from featbank.data.tasks import SplitSpec
 from featbank.models.registry import check_names, weights_id
 
 OPTIMIZERS = ("sgd", "adam", "rmsprop")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 FREEZE_SYNTAX = re.compile(r"none|trunk|last:[1-9]\d*|\d+")
 
 
@@ -43,6 +44,9 @@ class FinetuneConfig:
     balanced: bool = False  # class-balanced loss
     train_fraction: float = 1.0
     seed: int = 0
+    # auto: bf16 autocast on a GPU (fp16 without bf16) and on a CPU with native bf16,
+    # channels-last; fp32 on a CPU keeps earlier runs' contiguous layout (models.inference)
+    precision: str = "auto"
     device: str = runtime("auto")
     workers: int | None = runtime(None)
     cache_root: str = runtime("cache")
@@ -70,6 +74,7 @@ class FinetuneConfig:
             if value is not None and not value > 0:
                 raise BadInput(f"{option} must be positive, not {value}")
         one_of("--optimizer", self.optimizer, OPTIMIZERS)
+        one_of("--precision", self.precision, PRECISIONS)
         if not FREEZE_SYNTAX.fullmatch(str(self.freeze).strip()):
             raise BadInput(f"--freeze {self.freeze!r}: use none, trunk, last:N (train the last "
                              "N units, the head counting as one) or K (freeze the first K stages)")

@@ -47,7 +47,12 @@ from featbank.finetuning.model import (
     make_loss,
     make_optimizer,
 )
-from featbank.models.inference import resolve_device
+from featbank.models.inference import (
+    MEMORY_FORMATS,
+    resolve_device,
+    resolve_layout,
+    resolve_precision,
+)
 from featbank.models.registry import BackboneSpec, get_spec
 from featbank.models.trunks import Weights, export_trunk, stages
 from featbank.store.results import append_result, load_results
@@ -95,6 +100,12 @@ class _Run:
     log: object
 
     @property
+    def compute(self) -> dict:
+        """How the run computes: ``precision`` (autocast) and ``layout`` (models.inference)."""
+        return {"precision": resolve_precision(self.config.precision, self.device),
+                "layout": resolve_layout(self.config.precision, self.device)}
+
+    @property
     def store(self) -> Path:
         """The results store's folder, ``<cache>/<collection>``: rows keep paths relative to it."""
         return Path(self.config.cache_root) / self.collection.name
@@ -129,14 +140,15 @@ class _Run:
             self.log(f"resuming after epoch {epoch}")
         val_loader = make_loader(self.data["val"], c, shuffle=False, epoch=0, device=device)
         if not history:
-            val, *_ = evaluate_model(self.model, val_loader, self.loss_fn, self.pre, device)
+            val, *_ = evaluate_model(self.model, val_loader, self.loss_fn, self.pre, device,
+                                     **self.compute)
             history.append({"epoch": 0, "train_loss": None, "train_acc": None,
                             **_validation(val), "seconds": 0.0})
             best_loss = val["loss"]
             _atomic_save({"model": self.model.state_dict(), **self.description()},
                              self.folder / "best.pt")
         resumed_from = epoch
-        scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
+        scaler = torch.amp.GradScaler(device.type, enabled=self.compute["precision"] == "fp16")
         while epoch < c.epochs and waited < c.patience:
             epoch += 1
             t0 = time.perf_counter()
@@ -145,8 +157,9 @@ class _Run:
             with tqdm(total=len(self.data["train"]), unit="img", disable=not c.progress,
                       desc=f"epoch {epoch}", leave=False) as bar:
                 train = train_one_epoch(self.model, loader, self.optimizer, self.loss_fn,
-                                        self.pre, device, scaler, bar)
-            val, *_ = evaluate_model(self.model, val_loader, self.loss_fn, self.pre, device)
+                                        self.pre, device, scaler, bar, **self.compute)
+            val, *_ = evaluate_model(self.model, val_loader, self.loss_fn, self.pre, device,
+                                     **self.compute)
             history.append({"epoch": epoch, **train, **_validation(val),
                             "seconds": round(time.perf_counter() - t0, 2)})
             if val["loss"] < best_loss:
@@ -172,8 +185,8 @@ class _Run:
         for part in ("val", "test"):
             loader = make_loader(self.data[part], self.config, shuffle=False, epoch=0,
                              device=self.device)
-            _, scores, targets, decodable = evaluate_model(self.model, loader, self.loss_fn, self.pre,
-                                                     self.device)
+            _, scores, targets, decodable = evaluate_model(self.model, loader, self.loss_fn,
+                                                           self.pre, self.device, **self.compute)
             truth = targets if self.split.multi_label else classes[targets]  # see metrics
             results[part] = metrics(truth, scores, classes, ci=part == "test",
                                     seed=self.split.spec.seed)
@@ -234,14 +247,16 @@ def _prepare(collection: Collection, config: FinetuneConfig, log) -> _Run:
                         spec.feature_dim, len(split.classes))
     n_frozen = apply_freeze(model, config.freeze)
     model.to(device)
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
+    model.to(memory_format=MEMORY_FORMATS[resolve_layout(config.precision, device)])
     data = datasets(collection, split, split.classes, pre, config,
                     untested=_trained_on(init, collection, log))
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_json(folder / "config.json", {**asdict(config), "identity": settings,
                                                "images_root": str(collection.root.resolve())})
     write_stamps(folder / "images.csv", images)
+    log(f"{spec.name} on {device.type}: {resolve_precision(config.precision, device)}, "
+        f"{resolve_layout(config.precision, device).replace('_', '-')}, "
+        f"{torch.get_num_threads()} threads")
     log(f"{spec.name} on {collection.name}/{config.task}: {len(split.classes)} classes, "
         f"{len(data['train'])}/{len(data['val'])}/{len(data['test'])} train/val/test images, "
         f"{n_frozen} of {len(stages(model.trunk))} stages frozen; run folder {folder}")

@@ -154,7 +154,10 @@ class Taps:
         def hook(module, inputs, output):
             if isinstance(output, (tuple, list)):
                 output = output[0]
-            self.out[name] = pooling(output, self.pools[name], prefix)
+            # Averaged in fp32 whatever the autocast: under bf16 a mean's result would
+            # otherwise be rounded to bf16, coarser than the trunk's own pooled output.
+            with torch.autocast(output.device.type, enabled=False):
+                self.out[name] = pooling(output, self.pools[name], prefix)
         return hook
 
     def remove(self) -> None:

@@ -39,9 +39,11 @@ PROVENANCE_KEYS = ("backbone", "feature_dim", "weights", "weights_exact", "input
 # Keys files written before them do not record, read as the value every run used then
 # (featbank's defaults until the key was added, 2026-11-30): Pillow decoding, fp32 (the
 # CPU's only precision; a GPU run's --precision auto was not recorded), no TF32, the
-# trunk's output pooled its own way. The releases come from the versions recorded.
+# trunk's output pooled its own way, the contiguous memory format (a CPU's; it is for
+# the record and for resuming alike, never a reason to refuse rows). The releases come
+# from the versions recorded.
 HISTORICAL = {"decode": "pillow", "precision": "fp32", "tf32": False, "layer": FINAL,
-              "pool": "model"}
+              "pool": "model", "memory_format": "contiguous"}
 LATER_KEYS = (*HISTORICAL, "torch_release", "torchvision_release")
 
 
@@ -60,17 +62,20 @@ def feature_path(cache_root: str | os.PathLike, collection: str, backbone: str,
 def file_attrs(*, backbone: str, feature_dim: int, preprocess: dict, weights: dict,
                dtype: str, collection: str, decode: str = "pillow", precision: str = "fp32",
                tf32: bool = False, layer: str = FINAL, layer_index: int | None = None,
-               pool: str = "model") -> dict:
+               pool: str = "model", memory_format: str = "contiguous",
+               compiled: bool = False) -> dict:
     """The attributes of a new feature file.
 
     preprocess : ``Preprocess.attrs()``; weights : ``Weights.attrs()`` (id, exact, hash);
-    decode, precision, tf32 : how the rows are computed; layer, layer_index, pool :
+    decode, precision, tf32 : how the rows are computed (memory_format and compiled too, for
+    the record: they change the sums at the rounding level only); layer, layer_index, pool :
     where in the trunk (see the module docstring).
     """
     if dtype not in ("float32", "float16"):
         raise BadInput(f"unknown storage dtype {dtype!r}; use float32 or float16")
     return {"backbone": backbone, "feature_dim": feature_dim, **weights, **preprocess,
             "dtype": dtype, "decode": decode, "precision": precision, "tf32": bool(tf32),
+            "memory_format": memory_format, "compiled": bool(compiled),
             "layer": layer, **({"layer_index": int(layer_index)} if layer_index else {}),
             "pool": pool, "collection": collection, "featbank_version": __version__,
             "torch_version": _version("torch"), "torchvision_version": _version("torchvision"),

@@ -67,7 +67,7 @@ def test_the_last_stage_comes_from_the_feature_cache(art):
     assert computed["source"] == "computed"  # no feature file yet
     extract(collection, ExtractConfig(backbones="squeezenet1_1", weights="random",
                                       cache_root=str(cache), workers=0, device="cpu",
-                                      progress=False))
+                                      progress=False, precision="fp32"))
     cached = top_images(collection, _config(cache))
     assert cached["source"] == "feature cache" and cached["n_images"] == 24
     assert computed["entropy"]["per_channel"] == pytest.approx(cached["entropy"]["per_channel"])

@@ -60,7 +60,7 @@ def test_bad_options_and_files_fail_before_torch_is_imported(script, args, tmp_p
              f"import main; code = run(main, {args!r}); "
              "print('torch' in sys.modules, 'sklearn' in sys.modules, code)")
     if args[-1] == "cuda:7":  # on a machine with a GPU driver, torch is needed to say no
-        from featbank.core.settings import nvidia_driver
+        from featbank.core.hardware import nvidia_driver
         if nvidia_driver():
             pytest.skip("this machine has an NVIDIA driver")
     done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True,
