@@ -179,10 +179,10 @@ def main():
                         help="folder-per-class images (default: ../shared/data/heritage/test)")
     parser.add_argument("--backbones", default=BACKBONES)
     parser.add_argument("--n", type=int, default=160, help="images per backbone (default: 160)")
-    parser.add_argument("--batch-sizes", default="16,32",
-                        help="batch sizes each forward variant is tried at (default: 16,32)")
-    parser.add_argument("--extract-batch-size", type=int, default=32,
-                        help="extract.py's --batch-size (default: 32, its default)")
+    parser.add_argument("--batch-sizes", default="4,8,16,32",
+                        help="batch sizes each forward variant is tried at (default: 4,8,16,32)")
+    parser.add_argument("--extract-batch-size", type=int, default=None,
+                        help="extract.py's --batch-size (default: its own default)")
     parser.add_argument("--workers", type=int, default=default_workers())
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--weights", action="append", default=[], metavar="BACKBONE=PATH",
@@ -200,7 +200,7 @@ def main():
                               "_" + args.backbones.replace(",", "_").replace(":", "-"))
     bench = Bench(name, repeats=args.repeats, settings={
         "images": Path(args.images).name, "n": len(collection),
-        "batch_sizes": args.batch_sizes, "extract_batch_size": args.extract_batch_size,
+        "batch_sizes": args.batch_sizes, "extract_batch_size": args.extract_batch_size or "default",
         "workers": args.workers, "native_bf16": native_bf16(),
         "weights": {k: Path(v).name for k, v in args.weights.items()},
         "compile": args.compile, "layers": args.layers})

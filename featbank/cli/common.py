@@ -154,8 +154,10 @@ def _workers(parser, d):
 
 
 def _batch_size(parser, d):
+    default = d["batch_size"] if d["batch_size"] is not None else (
+        "8 images of 224 px on a CPU, fewer of larger ones (its caches), 32 on a GPU")
     parser.add_argument("--batch-size", type=_int(1), default=d["batch_size"],
-                        help=f"images per forward pass (default: {d['batch_size']})")
+                        help=f"images per forward pass (default: {default})")
 
 
 def _seed(parser, d):

@@ -163,7 +163,9 @@ def min_decode_size(pres) -> int:
 def normalize(batch: torch.Tensor, pre: Preprocess) -> torch.Tensor:
     """uint8 (B, 3, S, S) -> float32 normalised with the spec's mean and std."""
     mean, std = _mean_std(pre.mean, pre.std, batch.device)
-    return (batch.float() - mean) / std
+    # In place on the one float copy: the same values as (x - mean) / std, bit for bit,
+    # in a third of the time (which at a CPU's bf16 speed was a tenth of a batch's).
+    return batch.float().sub_(mean).div_(std)
 
 
 @functools.lru_cache(maxsize=32)

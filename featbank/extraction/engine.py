@@ -146,7 +146,8 @@ def _extract(collection: Collection, config: ExtractConfig) -> list[ExtractRepor
                                   trunks)
     atomic_write_json(folder / "extract_config.json",
                       {**asdict(config), "workers": resolve_workers(config.workers, device),
-                       "jpeg_decoder": decoder,
+                       "batch_size": config.batch_size or default_batch_size(
+                           device, shared_views(specs)[0]), "jpeg_decoder": decoder,
                        "weights_exact": {n: w.exact for n, w in weights.items()}})
     skipped_csv = write_skipped_list(folder, collection.missing,
                                      [f.path for f in files.values() if f.path.is_file()])
@@ -227,7 +228,8 @@ def _run(collection, pending, targets: dict[str, list[Target]], files, todo,
     workers = resolve_workers(config.workers, device)
     balance = DecoderBalance(workers) if config.decode == "device+pillow" else None
     loader = DataLoader(Images(paths, pres, jpeg_bytes=on_device, balance=balance),
-                        batch_size=config.batch_size, num_workers=workers,
+                        batch_size=config.batch_size or default_batch_size(device, pres),
+                        num_workers=workers,
                         collate_fn=collate, pin_memory=device.type == "cuda", shuffle=False,
                         worker_init_fn=one_thread)
     first_batch_at, device_decoded = None, 0
@@ -290,6 +292,16 @@ def _settle_provenance(out: FeatureWriter, config: ExtractConfig) -> None:
             tqdm.write(f"{out.path.name}: its rows were made otherwise; kept in {where}, "
                        "starting a new file (--force-new)")
     out.check_compatible()
+
+
+def default_batch_size(device: torch.device, pres: list) -> int:
+    """Images per forward pass when ``--batch-size`` is not given: 32 on a GPU; on a CPU as
+    many as 8 images of 224 px make (4 of Xception's 299 px), since batches that fit
+    the caches run fastest there: on a 2-core EPYC, 8 ran 1.3-2x the images/s of 32."""
+    if device.type == "cuda":
+        return 32
+    largest = max(p.input_size for p in pres)
+    return max(1, round(8 * (224 / largest) ** 2))
 
 
 def _one_precision_per_backbone(files: dict, config: ExtractConfig) -> None:

@@ -54,7 +54,7 @@ def run_ray(collection, pending: list[str], specs, files, todo, config) -> None:
     context.enable_progress_bars = config.progress
     items = [{"k": k, "path": str(collection.path(i))} for k, i in enumerate(pending)]
     dataset = (ray.data.from_items(items)
-               .map_batches(_decode, fn_kwargs={"pres": pres}, batch_size=config.batch_size,
+               .map_batches(_decode, fn_kwargs={"pres": pres}, batch_size=config.batch_size or 32,
                             batch_format="numpy")
                .map_batches(_Trunks, fn_constructor_kwargs={
                                 "names": [s.name for s in specs], "weights": config.weights,
@@ -63,7 +63,7 @@ def run_ray(collection, pending: list[str], specs, files, todo, config) -> None:
                                 "made": {s.name: _made(files[s.name]) for s in specs}},
                             compute=ray.data.ActorPoolStrategy(size=actors),
                             num_gpus=1 if gpus else 0, num_cpus=cpus_per_actor,
-                            batch_size=config.batch_size,
+                            batch_size=config.batch_size or 32,
                             batch_format="numpy"))
     for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
         ids = [pending[k] for k in batch["k"].tolist()]
