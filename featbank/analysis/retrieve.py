@@ -76,10 +76,6 @@ def retrieve(collection: Collection, config: RetrieveConfig, *, warn=print) -> d
     n_relevant = np.array([per_label.get(y, 0) for y in y_query])
     precision = precision_at_k(relevant)
     ap = average_precision_at_k(relevant, n_relevant)
-    per_class = {str(c): {"precision_at_k": float(precision[y_query == c].mean()),
-                          "map_at_k": float(ap[y_query == c].mean()),
-                          "n_queries": int((y_query == c).sum())}
-                 for c in np.unique(y_query)}
     folder = output_folder(config.cache_root, collection.name, "retrieve")
     stem = f"{safe_name(config.task)}__{entry.path.stem}__k{config.k}"
     report = {
@@ -90,7 +86,7 @@ def retrieve(collection: Collection, config: RetrieveConfig, *, warn=print) -> d
         "precision_at_k": float(precision.mean()), "map_at_k": float(ap.mean()),
         # what precision@k would be with neighbours drawn at random from the gallery
         "chance_precision_at_k": float(np.mean(n_relevant / len(gallery))),
-        "per_class": per_class, "settings": _settings(config),
+        "per_class": _per_class(y_query, precision, ap), "settings": _settings(config),
         "seconds": round(time.perf_counter() - started, 3),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     shown = _sheet_queries(y_query, config.sheet, config.split.seed)
@@ -158,6 +154,12 @@ def lookup(collection: Collection, config: RetrieveConfig, *, warn=print) -> dic
     atomic_write_json(folder / f"{stem}.json", report)
     report["json"] = str(folder / f"{stem}.json")
     return report
+
+
+def _per_class(y_query: np.ndarray, precision: np.ndarray, ap: np.ndarray) -> dict:
+    return {str(c): {"precision_at_k": float(precision[y_query == c].mean()),
+                     "map_at_k": float(ap[y_query == c].mean()),
+                     "n_queries": int((y_query == c).sum())} for c in np.unique(y_query)}
 
 
 def _settings(config: RetrieveConfig) -> dict:

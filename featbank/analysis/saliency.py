@@ -30,106 +30,18 @@ from torch import nn
 
 from featbank.analysis.common import file_label, output_folder
 from featbank.analysis.config import SaliencyConfig
-from featbank.analysis.networks import (
-    Stage,
-    load_network,
-    load_run,
-    named_stages,
-    sample_ids,
-    trunk_source,
-)
+from featbank.analysis.networks import Stage, load_network, load_run, named_stages, sample_ids
+from featbank.analysis.stored_heads import Classifier, head_to_torch, stored_head
 from featbank.core.errors import BadInput, MissingFile
 from featbank.core.fileio import atomic_path, atomic_write_json
 from featbank.data.collection import Collection
 from featbank.data.images import decode_views, normalize
 from featbank.data.saved_splits import load_or_make_split
 from featbank.evaluation.plots import plot_image_grid
-from featbank.heads.registry import decision_scores
 from featbank.models.inference import resolve_device
-from featbank.store.results import load_results, stored_path
 
 CHUNK = 8  # images per attribution call
 ALPHA = 0.5  # heat-map opacity on the overlays
-
-
-class Classifier(nn.Module):
-    """trunk -> GAP vector -> head -> logits."""
-
-    def __init__(self, trunk: nn.Module, head: nn.Module):
-        super().__init__()
-        self.trunk, self.head = trunk, head
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.trunk(x))
-
-
-class L2Normalize(nn.Module):
-    """scikit-learn's ``Normalizer()`` (unit L2 norm per row) as a torch layer."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(x, dim=1)
-
-
-def head_to_torch(pipeline) -> nn.Module:
-    """A stored linear head (``Pipeline([normalize, pca, head])``) as torch layers.
-
-    Everything after an L2 normalisation is affine (standardisation, PCA, a
-    linear head), so it is read off the pipeline exactly: its scores at 0 give
-    the bias, at each unit vector a column of the weight. The map is checked
-    on random inputs; a head that is not linear is refused.
-    """
-    from sklearn.preprocessing import Normalizer
-
-    first = pipeline.steps[0][1]
-    normalise = isinstance(first, Normalizer)
-    rest = pipeline[1:] if normalise else pipeline
-    if not hasattr(rest, "decision_function"):
-        raise BadInput(f"the stored {type(pipeline[-1]).__name__} head has no linear scores")
-    d = next(step.n_features_in_ for _, step in pipeline.steps
-             if step not in (None, "passthrough"))
-    scores = _scores(rest, np.vstack([np.zeros(d), np.eye(d)]))
-    bias, weight = scores[0], (scores[1:] - scores[0]).T
-    probe = np.random.default_rng(0).normal(size=(16, d))
-    if normalise:
-        probe /= np.linalg.norm(probe, axis=1, keepdims=True)
-    expected = _scores(rest, probe)
-    if not np.allclose(probe @ weight.T + bias, expected, rtol=1e-3,
-                       atol=1e-3 * max(1.0, np.abs(expected).max())):
-        raise BadInput(f"the stored {type(pipeline[-1]).__name__} head is not linear")
-    linear = nn.Linear(d, weight.shape[0])
-    with torch.no_grad():
-        linear.weight.copy_(torch.from_numpy(weight))
-        linear.bias.copy_(torch.from_numpy(bias))
-    return nn.Sequential(L2Normalize(), linear) if normalise else linear
-
-
-def _scores(pipeline, X: np.ndarray) -> np.ndarray:
-    return np.asarray(decision_scores(pipeline, X.astype(np.float32)), dtype=np.float64)
-
-
-def stored_head(collection: Collection, config: SaliencyConfig):
-    """The head ``classify.py`` stored for this task, backbone, weights and head name
-    (found before any trunk is built or downloaded)."""
-    import joblib
-
-    from featbank.models.registry import get_spec
-    from featbank.models.trunks import resolve_weights
-
-    weights = resolve_weights(get_spec(config.backbone), trunk_source(config.weights)).id
-    folder = Path(config.cache_root) / collection.name
-    rows = [r for r in load_results(folder)
-            if r.get("method") == "off-the-shelf" and r.get("head") == config.head
-            and r.get("task") == config.task and r.get("backbone") == config.backbone
-            and r.get("weights") == weights and r.get("head_path")]
-    if not rows:
-        raise MissingFile(
-            f"no stored {config.head} head for task {config.task!r} on {config.backbone} "
-            f"({weights[:19]}); run classify.py --head {config.head} --backbone "
-            f"{config.backbone} --task {config.task} first")
-    path = stored_path(folder, rows[-1]["head_path"])
-    if not path.is_file():
-        raise MissingFile(f"stored head {path} is gone; run classify.py --force again")
-    return joblib.load(path)
 
 
 # -- maps -------------------------------------------------------------------------------------

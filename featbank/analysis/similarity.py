@@ -1,4 +1,4 @@
-"""Pure functions on feature matrices: linear CKA, cosine neighbours, precision@k, AP@k.
+"""Pure functions on feature matrices: linear CKA, precision@k and AP@k of ranked neighbours.
 
 Arrays in, numbers out: no files, no collections. Shapes are (n_samples,
 n_features) unless said otherwise.
@@ -77,36 +77,6 @@ def cka_matrix(matrices: list[np.ndarray], *, debiased: bool = False,
 
 
 # -- retrieval -------------------------------------------------------------------------
-
-def nearest(gallery: np.ndarray, queries: np.ndarray, k: int, *, batch: int = 4096,
-            progress: Callable = lambda it, **_: it) -> tuple[np.ndarray, np.ndarray]:
-    """The k gallery rows most cosine-similar to each query, best first.
-
-    Exact search with scikit-learn's ``NearestNeighbors``: on L2-normalised
-    vectors the Euclidean ranking is the cosine ranking (|a - b|² = 2 - 2 cos),
-    and scikit-learn's Euclidean k-nearest search is its fastest exact path
-    (chunked float32 BLAS, multi-threaded, no full distance matrix). Queries go
-    ``batch`` at a time, for progress. Returns (indices, similarities), both of
-    shape (n_queries, k).
-    """
-    from sklearn.neighbors import NearestNeighbors
-    from sklearn.preprocessing import normalize
-
-    if not 1 <= k <= len(gallery):
-        raise BadInput(f"k={k} but the gallery holds {len(gallery)} images; use --k between 1 "
-                         f"and {len(gallery)}")
-    index = NearestNeighbors(n_neighbors=k, metric="euclidean", algorithm="brute")
-    index.fit(normalize(np.asarray(gallery, dtype=np.float32)))
-    indices = np.empty((len(queries), k), dtype=np.int64)
-    similarities = np.empty((len(queries), k), dtype=np.float32)
-    starts = range(0, len(queries), batch)
-    for start in progress(starts, desc="queries", unit="batch"):
-        chunk = normalize(np.asarray(queries[start:start + batch], dtype=np.float32))
-        distances, found = index.kneighbors(chunk)
-        indices[start:start + len(chunk)] = found
-        similarities[start:start + len(chunk)] = 1.0 - distances ** 2 / 2
-    return indices, similarities
-
 
 def precision_at_k(relevant: np.ndarray) -> np.ndarray:
     """relevant : bool (n_queries, k), ranked. Per query: the fraction of the k that are relevant."""

@@ -91,25 +91,8 @@ def run_ensemble(*, collection: str, task: str, split: Split, entries: list[Conc
         classes = np.array(sorted(set().union(*(m[0].classes_ for m in models))), dtype=object)
 
     untested = frozenset().union(*(e.fit_ids for e in entries))
-
-    def averaged(part: str):
-        ids, labels = split.select(part)
-        if part == "test" and untested:  # a fine-tuned member's trunk trained on these
-            kept = [k for k, i in enumerate(ids) if i not in untested]
-            ids, labels = [ids[k] for k in kept], [labels[k] for k in kept]
-        keep = [k for k, i in enumerate(ids) if all(i in index for _, _, index in models)]
-        total = np.zeros((len(keep), len(classes)))
-        for pipeline, features, index in models:
-            rows = [index[ids[k]] for k in keep]
-            columns = slice(None) if split.multi_label else \
-                np.searchsorted(classes, pipeline.classes_)
-            total[:, columns] += _probabilities(pipeline, features[rows], split.multi_label)
-        labels = [labels[k] for k in keep]
-        truth = split.indicator(labels) if split.multi_label else np.array(labels)
-        return [ids[k] for k in keep], truth, total / len(models)
-
-    _, y_va, p_va = averaged("val")
-    test_ids, y_te, p_te = averaged("test")
+    _, y_va, p_va = _averaged(split, "val", models, classes, untested)
+    test_ids, y_te, p_te = _averaged(split, "test", models, classes, untested)
     seconds = sum(m["seconds"] for m in members) + time.perf_counter() - start
     scores = "probabilities" if all(hasattr(m[0], "predict_proba") for m in models) else \
         (f"{'sigmoid' if split.multi_label else 'softmax'} of decision scores where a head "
@@ -138,6 +121,25 @@ def run_ensemble(*, collection: str, task: str, split: Split, entries: list[Conc
         features=" | ".join(e.paths for e in entries),
         **({"layer": " | ".join(e.layer for e in entries)}
            if any(e.layer_tag for e in entries) else {}))
+
+
+def _averaged(split: Split, part: str, models: list, classes: np.ndarray, untested: frozenset):
+    """The members' averaged probabilities on the ``part`` ids every member has (the test
+    part without the images a fine-tuned member's trunk trained on): (ids, truth, scores)."""
+    ids, labels = split.select(part)
+    if part == "test" and untested:
+        kept = [k for k, i in enumerate(ids) if i not in untested]
+        ids, labels = [ids[k] for k in kept], [labels[k] for k in kept]
+    keep = [k for k, i in enumerate(ids) if all(i in index for _, _, index in models)]
+    total = np.zeros((len(keep), len(classes)))
+    for pipeline, features, index in models:
+        rows = [index[ids[k]] for k in keep]
+        columns = slice(None) if split.multi_label else \
+            np.searchsorted(classes, pipeline.classes_)
+        total[:, columns] += _probabilities(pipeline, features[rows], split.multi_label)
+    labels = [labels[k] for k in keep]
+    truth = split.indicator(labels) if split.multi_label else np.array(labels)
+    return [ids[k] for k in keep], truth, total / len(models)
 
 
 def _probabilities(pipeline, X, multi_label: bool = False) -> np.ndarray:

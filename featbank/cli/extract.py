@@ -62,6 +62,35 @@ def get_args_parser() -> argparse.ArgumentParser:
                              "file. Feature maps are always average-pooled (default: auto = "
                              "model)")
     add_options(parser, "cache", "source", "batch-size", "workers", "device", defaults=d)
+    _add_compute_options(parser, d)
+    parser.add_argument("--engine", default=d["engine"], choices=ENGINES,
+                        help="local: this machine; ray: Ray Data over a Ray cluster "
+                             "(pip install 'featbank[ray]') (default: local)")
+    parser.add_argument("--ray-address", default=None,
+                        help="Ray cluster to join, e.g. ray://head:10001 or auto "
+                             "(default: $RAY_ADDRESS, else a Ray started on this machine)")
+    parser.add_argument("--ray-actors", type=int, default=None,
+                        help="trunk actors for --engine ray (default: one per GPU in the "
+                             "cluster, one if it has none)")
+    parser.add_argument("--force-new", action="store_true",
+                        help="when a feature file's rows were made otherwise (weights, "
+                             "preprocessing, decoding, precision, storage, library release), "
+                             "keep it in features/replaced/ and start a new one, instead of "
+                             "stopping")
+    parser.add_argument("--verify-images", action="store_true",
+                        help="read every image and compare its sha256 with the one its row "
+                             "was computed from, not only its size and modification time; "
+                             "a changed image is extracted again")
+    parser.add_argument("--prune", action="store_true",
+                        help="rewrite each feature file's rows into one shard, freeing the "
+                             "space of rows taken out (images no longer in the collection) "
+                             "or replaced (images that changed)")
+    add_options(parser, "no-progress", defaults=d)
+    return parser
+
+
+def _add_compute_options(parser: argparse.ArgumentParser, d: dict) -> None:
+    """How rows are computed and stored: storage type, precision, compilation, decoding."""
     parser.add_argument("--dtype", default=d["dtype"], choices=DTYPES,
                         help=f"storage type of the features (default: {d['dtype']})")
     parser.add_argument("--precision", default=d["precision"], choices=PRECISIONS,
@@ -87,30 +116,6 @@ def get_args_parser() -> argparse.ArgumentParser:
                              "torchcodec when installed (pip install 'featbank[gpu]'), else "
                              "torchvision's decoder, deprecated since torchvision 0.29 "
                              "(default: auto)")
-    parser.add_argument("--engine", default=d["engine"], choices=ENGINES,
-                        help="local: this machine; ray: Ray Data over a Ray cluster "
-                             "(pip install 'featbank[ray]') (default: local)")
-    parser.add_argument("--ray-address", default=None,
-                        help="Ray cluster to join, e.g. ray://head:10001 or auto "
-                             "(default: $RAY_ADDRESS, else a Ray started on this machine)")
-    parser.add_argument("--ray-actors", type=int, default=None,
-                        help="trunk actors for --engine ray (default: one per GPU in the "
-                             "cluster, one if it has none)")
-    parser.add_argument("--force-new", action="store_true",
-                        help="when a feature file's rows were made otherwise (weights, "
-                             "preprocessing, decoding, precision, storage, library release), "
-                             "keep it in features/replaced/ and start a new one, instead of "
-                             "stopping")
-    parser.add_argument("--verify-images", action="store_true",
-                        help="read every image and compare its sha256 with the one its row "
-                             "was computed from, not only its size and modification time; "
-                             "a changed image is extracted again")
-    parser.add_argument("--prune", action="store_true",
-                        help="rewrite each feature file's rows into one shard, freeing the "
-                             "space of rows taken out (images no longer in the collection) "
-                             "or replaced (images that changed)")
-    add_options(parser, "no-progress", defaults=d)
-    return parser
 
 
 def main(argv=None) -> None:

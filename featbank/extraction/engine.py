@@ -31,22 +31,22 @@ from tqdm import tqdm
 from featbank.core.errors import BadInput
 from featbank.core.fileio import atomic_write_json, hold_lock
 from featbank.core.hardware import cores
-from featbank.core.text import count
 from featbank.data.collection import Collection, new_collection_folder, save_metadata
 from featbank.data.saved_splits import follow_saved
-from featbank.extraction.config import ExtractConfig
-from featbank.extraction.devicedecode import (
-    DecoderBalance,
-    device_index,
-    device_resizable,
-    jpeg_decoder,
+from featbank.extraction.compute import (
+    decode_mode,
+    default_batch_size,
+    device_decoder,
+    one_precision_per_backbone,
+    settle_provenance,
+    trunk_runner,
 )
+from featbank.extraction.config import ExtractConfig
+from featbank.extraction.devicedecode import DecoderBalance, device_index
 from featbank.extraction.freshness import Freshness, Stamps, freshness
 from featbank.extraction.loader import Images, batches_on_device, collate
 from featbank.extraction.targets import Target, plan
 from featbank.models.inference import (
-    AUTOCAST,
-    AUTOCAST_TOLERANCE,
     TrunkRunner,
     add_share,
     backbone_share,
@@ -60,9 +60,9 @@ from featbank.models.inference import (
 )
 from featbank.models.layers import FINAL
 from featbank.models.registry import get_spec
-from featbank.models.trunks import load_trunk, resolve_weights
+from featbank.models.trunks import resolve_weights
 from featbank.store.features import count_rows, read_skipped, write_skipped_list
-from featbank.store.provenance import feature_path, file_attrs, recorded
+from featbank.store.provenance import feature_path, file_attrs
 from featbank.store.repair import repair
 from featbank.store.writer import FeatureWriter
 
@@ -113,13 +113,13 @@ def _extract(collection: Collection, config: ExtractConfig) -> list[ExtractRepor
     if device.type == "cpu":
         torch.set_num_threads(cores())  # the trunk's intra-op threads: every core
     specs = [get_spec(name) for name in config.backbones]
-    decoder = _device_decoder(config, specs)
+    decoder = device_decoder(config, specs)
     weights = {s.name: resolve_weights(s, config.weights) for s in specs}
     folder = Path(config.cache_root) / collection.name
     save_metadata(collection, folder)
     follow_saved(collection, folder, warn=lambda m: tqdm.write(m, file=sys.stderr))
     files, targets, trunks = {}, {}, {}
-    made = {"decode": _decode_mode(config, decoder), "tf32": tf32_in_use(device),
+    made = {"decode": decode_mode(config, decoder), "tf32": tf32_in_use(device),
             "precision": resolve_precision(config.precision, device),
             "memory_format": resolve_layout(config.precision, device),
             "compiled": config.compile}
@@ -175,9 +175,9 @@ def _extract_locked(collection, config: ExtractConfig, targets: dict[str, list[T
         repaired = repair(out.path)  # a damaged file keeps its readable rows; the rest is redone
         if repaired:
             tqdm.write(str(repaired), file=sys.stderr)
-    _one_precision_per_backbone(files, config)
+    one_precision_per_backbone(files, config)
     for key, out in files.items():
-        _settle_provenance(out, config)
+        settle_provenance(out, config)
         out.merge()  # parts left by an interrupted run
         before[key] = count_rows(out.path) if out.path.is_file() else 0
         fresh[key] = freshness(out, collection.ids, stamps, verify=config.verify_images)
@@ -218,7 +218,7 @@ def _run(collection, pending, targets: dict[str, list[Target]], files, todo,
     specs = [ts[0].spec for ts in targets.values()]
     pres, view_of = shared_views(specs)
     mine = {s.name: {t.key: files[t.key] for t in targets[s.name]} for s in specs}
-    runners = {s.name: _runner(s, targets[s.name], mine[s.name], todo, config, device,
+    runners = {s.name: trunk_runner(s, targets[s.name], mine[s.name], todo, config, device,
                                trunks[s.name]) for s in specs}
     # The ids a backbone's forward pass serves: those any of its layers still needs.
     wanted = {s.name: todo[targets[s.name][0].key] if len(targets[s.name]) == 1 else
@@ -271,112 +271,6 @@ def _refuse_empty_files(files: dict, collection: Collection, skipped_csv: Path) 
     raise BadInput(f"no image of collection {collection.name!r} could be decoded "
                    f"({len(collection.ids)} listed with their reasons in {skipped_csv}); no "
                    "feature file was written")
-
-
-def _settle_provenance(out: FeatureWriter, config: ExtractConfig) -> None:
-    """Make sure this run adds rows made as the file's were, or starts a new file.
-
-    ``--precision auto`` continues a file in the precision it records; any other
-    difference is refused in one line (``check_compatible``), or with ``force_new``
-    the old file is set aside (kept in ``features/replaced/``) for a new one.
-    """
-    stored = [attrs for _, attrs in out.stored_attrs()]
-    if config.precision == "auto" and stored:  # the file's precision, and its layout
-        out.attrs["precision"] = recorded(stored[0], "precision")
-        out.attrs["memory_format"] = recorded(stored[0], "memory_format")
-    if config.force_new:
-        try:
-            out.check_compatible()
-        except BadInput:
-            where = out.set_aside()
-            tqdm.write(f"{out.path.name}: its rows were made otherwise; kept in {where}, "
-                       "starting a new file (--force-new)")
-    out.check_compatible()
-
-
-def default_batch_size(device: torch.device, pres: list) -> int:
-    """Images per forward pass when ``--batch-size`` is not given: 32 on a GPU; on a CPU as
-    many as 8 images of 224 px make (4 of Xception's 299 px), since batches that fit
-    the caches run fastest there: on a 2-core EPYC, 8 ran 1.3-2x the images/s of 32."""
-    if device.type == "cuda":
-        return 32
-    largest = max(p.input_size for p in pres)
-    return max(1, round(8 * (224 / largest) ** 2))
-
-
-def _one_precision_per_backbone(files: dict, config: ExtractConfig) -> None:
-    """With ``--precision auto``, a backbone's new layer files take the precision its files
-    with rows record (one forward pass fills them all): a trunk's output extracted in fp32
-    and every layer added later are computed alike."""
-    if config.precision != "auto":
-        return
-    made: dict[str, set] = {}
-    for (backbone, _), out in files.items():
-        for _, attrs in out.stored_attrs():
-            made.setdefault(backbone, set()).add((recorded(attrs, "precision"),
-                                                  recorded(attrs, "memory_format")))
-    for (backbone, _), out in files.items():
-        if len(made.get(backbone, ())) == 1 and not out.stored_attrs():
-            out.attrs["precision"], out.attrs["memory_format"] = next(iter(made[backbone]))
-
-
-def _decode_mode(config: ExtractConfig, decoder: str | None) -> str:
-    """How rows are decoded, as the file's provenance records it."""
-    if decoder is None:
-        return "pillow"
-    return f"{'nvjpeg+pillow' if config.decode == 'device+pillow' else 'nvjpeg'}:{decoder}"
-
-
-def _device_decoder(config: ExtractConfig, specs: list) -> str | None:
-    """With ``--decode device``, the JPEG decoder's name (JPEGs travel as bytes and are
-    decoded on the device); else None.
-
-    Not the default yet: on an H100, nvJPEG overlapped with the forward pass ran
-    ResNet50 at 5,400 img/s on 500x375 JPEGs, but stalled the GPU on a collection
-    of 64-px JPEGs (docs/gpu.md); Pillow in the workers never did. (Measured
-    with torchvision's decoder, before the decoding went a batch ahead and Pillow
-    took a share of the JPEGs.)
-    """
-    if config.decode in ("auto", "cpu"):
-        return None
-    pres, _ = shared_views(specs)
-    if not all(device_resizable(p) for p in pres):
-        raise BadInput("--decode device cannot resize with "
-                         f"{sorted({p.interpolation for p in pres})}; use --decode cpu")
-    return jpeg_decoder(config.jpeg_decoder)[0]
-
-
-def _runner(spec, targets: list[Target], outs: dict, todo: dict, config: ExtractConfig,
-            device, trunk) -> TrunkRunner:
-    """The backbone's trunk in its files' precision and layout, tapping the layers still to
-    fill. Only
-    when no file has rows yet is autocast checked against fp32 (and falls back to fp32):
-    rows already made settled it."""
-    precisions = {out.attrs["precision"] for out in outs.values()}
-    if len(precisions) > 1:
-        raise BadInput(f"the files of {spec.name}'s layers record precisions "
-                       f"{', '.join(sorted(precisions))}; extract them in separate runs")
-    trunk = trunk if trunk is not None else load_trunk(spec, config.weights,
-                                                       progress=config.progress)
-    tapped = [t.layer for t in targets if t.layer.name != FINAL and todo[t.key]]
-    check = not any(out.stored_attrs() for out in outs.values())
-    precision = precisions.pop()
-    layout = next(iter(outs.values())).attrs["memory_format"]  # settled with the precision
-    started = time.perf_counter()
-    runner = TrunkRunner(spec, trunk, device, AUTOCAST[precision], check=check,
-                         layers=tapped, pools={t.layer.name: t.pool for t in targets},
-                         layout=layout, compile=config.compile)
-    why = ("checked against fp32 on the first batch: kept within "
-           f"{AUTOCAST_TOLERANCE:.0%} relative error, else fp32" if check and precision != "fp32"
-           else "as the file records" if not check else "asked for" if
-           config.precision == "fp32" else "no native bf16 on this CPU"
-           if device.type == "cpu" else "")
-    tqdm.write(f"{spec.name} on {device.type}: {precision}" + (f" ({why})" if why else "")
-               + f", {layout.replace('_', '-')}, {torch.get_num_threads()} threads, "
-               f"{count(resolve_workers(config.workers, device), 'decoding worker')}, "
-               + (f"compiled ({time.perf_counter() - started:.1f} s to set up; the first "
-                  "batch compiles)" if config.compile else "not compiled"), file=sys.stderr)
-    return runner
 
 
 def _submit(ids, reasons, stamps, pixels, wanted: set[str], todo: dict, runner: TrunkRunner,

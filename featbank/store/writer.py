@@ -155,19 +155,6 @@ class FeatureWriter:
         index = Index.read(self.path) if self.path.is_file() else Index.empty()
         return Stored(index, self.path)
 
-    def done_ids(self) -> set[str]:
-        """Ids already extracted or known to be undecodable (file and parts)."""
-        done: set[str] = set()
-        if self.path.is_file():
-            with h5py.File(self.path, "r") as f:
-                done.update(f["ids"].asstr()[:])
-                done.update(f["skipped_ids"].asstr()[:])
-        for part in self._part_files():
-            with np.load(part) as data:
-                done.update(data["ids"].tolist())
-                done.update(data["skipped_ids"].tolist())
-        return done
-
     @property
     def lock_path(self) -> Path:
         return lock_of(self.path)

@@ -329,3 +329,15 @@ def test_a_run_whose_weights_cannot_be_had_leaves_no_collection_behind(tmp_path,
     with pytest.raises(FileNotFoundError, match="cannot be downloaded"):
         extract(from_folder(image_folder), _config(tmp_path, weights="imagenet"))
     assert cached_names(tmp_path / "cache") == [] and not (tmp_path / "cache" / "images").exists()
+
+
+def test_a_run_says_which_precision_layout_threads_and_compile_it_chose(tmp_path, image_folder,
+                                                                       capsys):
+    extract(from_folder(image_folder), _config(tmp_path, precision="fp32"))
+    said = capsys.readouterr().err
+    assert "squeezenet1_1 on cpu: fp32 (asked for), contiguous, " in said
+    assert f"{torch.get_num_threads()} threads, 0 decoding workers, not compiled" in said
+    make_image(image_folder / "cats" / "one more.png", seed=77)
+    extract(from_folder(image_folder), _config(tmp_path))  # auto: the file's precision
+    assert "squeezenet1_1 on cpu: fp32 (as the file records), contiguous" in \
+        capsys.readouterr().err

@@ -40,6 +40,7 @@ def test_the_file_records_how_its_rows_were_made(tmp_path):
 
 @pytest.mark.parametrize("first,then,key,new", [
     ({"precision": "fp32"}, {"precision": "bf16"}, "precision", "bf16"),
+    ({"precision": "bf16"}, {"precision": "fp32"}, "precision", "fp32"),
     ({"decode": "cpu"}, {"decode": "device"}, "decode", "nvjpeg:")])
 def test_a_resumed_run_made_otherwise_is_refused_naming_the_key(tmp_path, first, then, key, new):
     root = _folder(tmp_path / "art")

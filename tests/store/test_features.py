@@ -33,13 +33,16 @@ def test_rows_order_and_attributes_round_trip(tmp_path):
         assert f["features"].dtype == np.float32 and f["ids"].asstr()[0] == "b/1.jpg"
 
 
-def test_done_ids_count_parts_file_and_skipped(tmp_path):
+def test_what_is_stored_counts_rows_and_skipped_images_with_their_stamps(tmp_path):
+    from featbank.core.hashing import Stamp
+
     out = FeatureWriter(tmp_path / "f.h5", ATTRS)
-    out.add_batch(["x"], np.zeros((1, 3), np.float32), {"y": "bad"})
-    assert out.done_ids() == {"x", "y"}
+    out.add_batch(["x"], np.zeros((1, 3), np.float32), {"y": "bad"},
+                  stamps=[Stamp(10, 20, "ab" * 32)], skipped_stamps={"y": Stamp(5, 6)})
     out.merge()
-    out.add_batch(["z"], np.zeros((1, 3), np.float32))
-    assert out.done_ids() == {"x", "y", "z"}
+    stored = out.stored()
+    assert stored.rows == {"x": 0} and stored.stamp(0) == Stamp(10, 20)
+    assert stored.sha256([0]) == ["ab" * 32] and stored.skipped == {"y": Stamp(5, 6)}
 
 
 def test_merge_appends_and_ignores_rows_already_merged(tmp_path):

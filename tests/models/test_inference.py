@@ -1,0 +1,61 @@
+"""The fastest exact-enough forward: what --precision auto means on a CPU (bf16 only where
+the CPU has it natively), the memory format (contiguous only for an explicit fp32 on a
+CPU, which keeps earlier numbers), the first-batch check, and what a run announces."""
+import numpy as np
+import pytest
+import torch
+
+import featbank.models.inference as inference
+from featbank.core.hardware import BF16_FLAGS, cpu_flags
+from featbank.data.preprocess import Preprocess
+from featbank.extraction.compute import default_batch_size
+from featbank.models.registry import get_spec
+from featbank.models.trunks import load_trunk
+
+CPU = torch.device("cpu")
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_is_bf16_on_a_cpu_only_where_it_is_native(monkeypatch, native):
+    monkeypatch.setattr(inference, "native_bf16", lambda: native)
+    assert inference.resolve_precision("auto", CPU) == ("bf16" if native else "fp32")
+    assert inference.resolve_precision("fp32", CPU) == "fp32"
+    assert inference.resolve_layout("auto", CPU) == "channels_last"
+    assert inference.resolve_layout("fp32", CPU) == "contiguous"  # the numbers of before
+    assert inference.resolve_layout("bf16", CPU) == "channels_last"
+
+
+def test_native_bf16_is_read_from_the_cpu_s_flags():
+    from featbank.core.hardware import native_bf16
+
+    assert native_bf16() == any(flag in cpu_flags() for flag in BF16_FLAGS)
+
+
+def test_fp32_contiguous_gives_the_sums_of_before_and_channels_last_the_same_vectors():
+    trunk = load_trunk(get_spec("squeezenet1_1"), "random")
+    spec = get_spec("squeezenet1_1")
+    pixels = torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8)
+    before = inference.TrunkRunner(spec, trunk, CPU, None).submit(pixels)()
+    x = inference.normalize(pixels, spec.preprocess)
+    with torch.inference_mode():
+        plain = trunk(x).numpy()  # the contiguous forward featbank always ran on a CPU
+    assert np.array_equal(before, plain)
+    last = inference.TrunkRunner(spec, load_trunk(spec, "random"), CPU, None,
+                                 layout="channels_last").submit(pixels)()
+    np.testing.assert_allclose(last, plain, rtol=1e-4, atol=1e-5)
+
+
+def test_bf16_past_the_tolerance_falls_back_to_fp32_and_says_so(monkeypatch, capsys):
+    monkeypatch.setattr(inference, "AUTOCAST_TOLERANCE", 1e-9)  # bf16 never that close
+    spec = get_spec("squeezenet1_1")
+    runner = inference.TrunkRunner(spec, load_trunk(spec, "random"), CPU, torch.bfloat16,
+                                   layout="channels_last")
+    runner.submit(torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8))()
+    assert runner.precision == "fp32" and "using fp32" in capsys.readouterr().out + \
+        capsys.readouterr().err
+
+
+def test_cpu_batches_fit_the_caches_and_a_gpu_keeps_its_32():
+    assert default_batch_size(CPU, [Preprocess(input_size=224)]) == 8
+    assert default_batch_size(CPU, [Preprocess(input_size=224), Preprocess(input_size=299)]) == 4
+    assert default_batch_size(torch.device("cuda"), [Preprocess(input_size=224)]) == 32
