@@ -124,16 +124,25 @@ def trunk_runner(spec, targets: list[Target], outs: dict, todo: dict, config: Ex
     layout = next(iter(outs.values())).attrs["memory_format"]  # settled with the precision
     started = time.perf_counter()
     runner = TrunkRunner(spec, trunk, device, AUTOCAST[precision], check=check,
+                         past_tolerance="fp32" if config.precision == "auto" else "keep",
                          layers=tapped, pools={t.layer.name: t.pool for t in targets},
                          layout=layout, compile=config.compile)
-    why = ("checked against fp32 on the first batch: kept within "
-           f"{AUTOCAST_TOLERANCE:.0%} relative error, else fp32" if check and precision != "fp32"
-           else "as the file records" if not check else "asked for" if
-           config.precision == "fp32" else "no native bf16 on this CPU"
-           if device.type == "cpu" else "")
+    why = _why(config.precision, precision, check, device)
     tqdm.write(f"{spec.name} on {device.type}: {precision}" + (f" ({why})" if why else "")
                + f", {layout.replace('_', '-')}, {torch.get_num_threads()} threads, "
                f"{count(resolve_workers(config.workers, device), 'decoding worker')}, "
                + (f"compiled ({time.perf_counter() - started:.1f} s to set up; the first "
                   "batch compiles)" if config.compile else "not compiled"), file=sys.stderr)
     return runner
+
+
+def _why(asked: str, precision: str, check: bool, device) -> str:
+    """Why a run computes in ``precision``, in words, for the line it starts with."""
+    if not check:
+        return "as the file records"
+    if asked == precision:
+        return "asked for"
+    if precision != "fp32":
+        return (f"checked against fp32 on the first batch: kept within {AUTOCAST_TOLERANCE:.0%}"
+                " relative error, else fp32")
+    return "no native bf16 on this CPU" if device.type == "cpu" else ""

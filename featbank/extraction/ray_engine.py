@@ -128,7 +128,7 @@ class _Trunks:
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
         self.runners = {s.name: TrunkRunner(s, load_trunk(s, weights, progress=False), target,
                                             AUTOCAST[made[s.name]["precision"]],
-                                            check=made[s.name]["check"], fallback=False,
+                                            check=made[s.name]["check"], past_tolerance="refuse",
                                             layout=made[s.name]["memory_format"])
                         for s in specs}
 

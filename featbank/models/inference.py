@@ -103,14 +103,17 @@ def training_autocast(device: torch.device, precision: str = "auto"):
 class TrunkRunner:
     """One frozen trunk on its device, with the autocast decision made on its first batch.
 
-    ``check``: compare the first batch's autocast features with fp32 and keep autocast
-    only within ``AUTOCAST_TOLERANCE``; past it, fall back to fp32 (``fallback``) or
-    refuse (where the precision is already recorded, e.g. by the Ray driver).
+    ``check``: compare the first batch's autocast features with fp32; past
+    ``AUTOCAST_TOLERANCE`` (relative L2 error of a row), ``past_tolerance`` says what
+    happens: ``fp32`` falls back to fp32 (``--precision auto``), ``keep`` keeps the
+    precision asked for and says by how much it strays, ``refuse`` stops (where the
+    precision is already recorded, e.g. by the Ray driver).
     :attr:`precision` says what the rows were made with.
     """
 
     def __init__(self, spec: BackboneSpec, trunk: torch.nn.Module, device: torch.device,
-                 autocast: torch.dtype | None, *, check: bool = True, fallback: bool = True,
+                 autocast: torch.dtype | None, *, check: bool = True,
+                 past_tolerance: str = "fp32",
                  layers: list[Layer] | None = None, pools: dict[str, str] | None = None,
                  layout: str | None = None, compile: bool = False):
         """layout : ``channels_last`` or ``contiguous`` (default: channels-last on a GPU,
@@ -125,7 +128,8 @@ class TrunkRunner:
                                "without it")
             self.compiled = torch.compile(self.trunk)
         self.checked = autocast is None or not check
-        self.fallback = fallback
+        self.past_tolerance = past_tolerance
+        self.check_error: float | None = None  # the first batch's, when checked
         # Layers tapped in the same forward pass (models.layers): each batch gives a
         # vector per image and layer; ``pools`` (layer -> resolved pool) says how a token
         # network's outputs become vectors.
@@ -184,15 +188,20 @@ class TrunkRunner:
         reference = self._final(x, eager=True).float()
         with torch.autocast(self.device.type, dtype=self.autocast):
             fast = self._final(x, eager=True).float()
-        error = ((fast - reference).norm(dim=1) / reference.norm(dim=1).clamp_min(1e-12)).max()
-        if error > AUTOCAST_TOLERANCE and not self.fallback:
-            raise BadInput(f"{self.spec.name}: {self.precision} features differ from fp32 by "
-                           f"{error:.2e} (> {AUTOCAST_TOLERANCE}); use --precision fp32")
-        if error > AUTOCAST_TOLERANCE:
-            tqdm.write(f"{self.spec.name}: {self.precision} features differ from fp32 by "
-                       f"{error:.2e} (> {AUTOCAST_TOLERANCE}); using fp32")
-            self.autocast = None
-        self.checked = True
+        error = float(((fast - reference).norm(dim=1)
+                       / reference.norm(dim=1).clamp_min(1e-12)).max())
+        self.check_error, self.checked = error, True
+        if error <= AUTOCAST_TOLERANCE:
+            return
+        said = (f"{self.spec.name}: {self.precision} features differ from fp32 by "
+                f"{error:.2e} (> {AUTOCAST_TOLERANCE})")
+        if self.past_tolerance == "refuse":
+            raise BadInput(f"{said}; use --precision fp32")
+        if self.past_tolerance == "keep":
+            tqdm.write(f"{said}; kept, as --precision asked")
+            return
+        tqdm.write(f"{said}; using fp32")
+        self.autocast = None
 
 
 def shared_views(specs) -> tuple[list, dict[str, int]]:
