@@ -96,7 +96,7 @@ def _add_compute_options(parser: argparse.ArgumentParser, d: dict) -> None:
     parser.add_argument("--precision", default=d["precision"], choices=PRECISIONS,
                         help="compute precision; auto = bf16 autocast on a GPU (fp16 without "
                              "bf16) and on a CPU with native bf16 (AVX512-BF16 or AMX), kept "
-                             "when the first batch's features stay within 1%% of fp32, else "
+                             "when the first batch's features stay within 3%% of fp32, else "
                              "fp32; every precision but an explicit fp32 on a CPU runs "
                              "channels-last (fp32 keeps earlier runs' numbers) (default: auto)")
     parser.add_argument("--compile", action="store_true",

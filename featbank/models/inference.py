@@ -28,9 +28,13 @@ from featbank.data.images import normalize
 from featbank.models.layers import FINAL, Layer, Taps, final_output
 from featbank.models.registry import BackboneSpec
 
-# Autocast is kept only when every feature row stays this close to fp32
-# (relative L2 error), checked on the first batch of each backbone.
-AUTOCAST_TOLERANCE = 1e-2
+# --precision auto keeps autocast only when every feature row of the first batch stays
+# this close to fp32 (relative L2 error; 3 % is a cosine of 0.9996 and more). On
+# heritage/test, bf16 rows of the real ImageNet trunks strayed 1-2.5 % (Xception,
+# SqueezeNet: kept) and 5-11 % (EfficientNet-Lite0: fp32), and logreg on bf16
+# SqueezeNet features scored within 0.005 of fp32's over five splits
+# (bench/bench_precision.py).
+AUTOCAST_TOLERANCE = 3e-2
 
 
 def resolve_device(device: str) -> torch.device:

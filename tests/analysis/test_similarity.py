@@ -1,4 +1,4 @@
-"""CKA, nearest neighbours, precision@k and AP@k against independent reference computations."""
+"""CKA, precision@k and AP@k against independent reference computations."""
 import numpy as np
 import pytest
 
@@ -6,7 +6,6 @@ from featbank.analysis.similarity import (
     average_precision_at_k,
     cka_matrix,
     linear_cka,
-    nearest,
     precision_at_k,
 )
 
@@ -59,20 +58,6 @@ def test_cka_matrix_and_bad_inputs():
         linear_cka(a, b[:10])
     with pytest.raises(ValueError, match="constant"):
         linear_cka(a, np.ones((30, 3)))
-
-
-def test_nearest_is_exact_cosine_search():
-    rng = np.random.default_rng(3)
-    gallery, queries = rng.normal(size=(300, 12)), rng.normal(size=(25, 12))
-    found, sims = nearest(gallery, queries, 7, batch=4)
-    g = gallery / np.linalg.norm(gallery, axis=1, keepdims=True)
-    q = queries / np.linalg.norm(queries, axis=1, keepdims=True)
-    reference = np.argsort(-(q @ g.T), axis=1)[:, :7]
-    assert np.array_equal(found, reference)
-    assert np.allclose(sims, np.take_along_axis(q @ g.T, reference, 1), atol=1e-5)
-    assert np.all(np.diff(sims, axis=1) <= 1e-6)  # best first
-    with pytest.raises(ValueError, match="gallery holds 300"):
-        nearest(gallery, queries, 301)
 
 
 def test_precision_and_average_precision_at_k_by_hand():
