@@ -183,6 +183,26 @@ def layer_curve(collection: str | None = None, *, head: str = "all", task: str =
                 cache, heads=head, tasks=task)
 
 
+def shot_curve(collection: str | None = None, *, head: str = "all", task: str = "all",
+               cache: PathLike = "cache", split: str = "80/10/10", seed: int = 0,
+               warn=_quiet, **settings: Any) -> list[dict]:
+    """Test score ± standard deviation against k, the training images per class, from
+    the cells ``classify(shots=...)`` stored: a plot and its points per task, a line per
+    backbone, weights and head (k on a log axis).
+
+    Returns
+    -------
+    list of dict
+        Per task: its ``lines`` (points: ``shots``, ``score``, ``spread``, ``draws``),
+        the ``plot`` (PNG) and ``json`` paths.
+    """
+    from featbank.analysis.shot_curve import shot_curve as draw
+    from featbank.api.stages import table
+
+    return draw(table(collection, cache=cache, split=split, seed=seed, warn=warn, **settings),
+                cache, heads=head, tasks=task)
+
+
 def map2d(backbone: str, task: str, *, collection: str | None = None, weights: str = "all",
           method: str = "auto", cache: PathLike = "cache", warn=_quiet,
           **settings: Any) -> dict:

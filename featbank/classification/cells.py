@@ -29,19 +29,49 @@ from featbank.core.settings import digest, identity
 from featbank.data.collection import Collection
 from featbank.data.saved_splits import load_or_make_split
 from featbank.data.tasks import Split, SplitSpec, subsample
+from featbank.evaluation.calibration import probabilities, reliability
 from featbank.evaluation.metrics import hits, metrics
+from featbank.evaluation.plots import plot_reliability
 from featbank.evaluation.reports import result_row, save_test_scores, write_reports
 from featbank.heads.registry import HEADS, class_scores, fit_head, make_head, n_parameters
 from featbank.store.features import Concatenation
 
 
 def cell_key(collection: str, task: str, entry: Concatenation, head: str,
-             config: ClassifyConfig) -> str:
+             config: ClassifyConfig, shot: tuple[int, int] | None = None) -> str:
     """A cell's identity: what decides its result, every identity field of the config included
-    (and the layer, for a file of another than the trunk's output)."""
+    (and the layer, for a file of another than the trunk's output; the k-shot draw, for a
+    few-shot cell)."""
     layer = [entry.layer_tag] if entry.layer_tag else []
+    few = [f"{shot[0]}-shot", f"draw {shot[1]}"] if shot else []
     return json.dumps([collection, task, entry.backbone, entry.weights_exact, head,
-                       identity(config), *layer], sort_keys=True)
+                       identity(config), *layer, *few], sort_keys=True)
+
+
+def few_shot(split: Split, k: int, draw: int) -> list[str]:
+    """k training images per class (all of a class that has fewer), drawn with a seed of
+    the split's, k and the draw: the same images for every backbone and head."""
+    ids, labels = split.select("train")
+    rng = np.random.default_rng([split.spec.seed, k, draw])
+    by_class: dict[str, list[str]] = {}
+    for i, y in zip(ids, labels):
+        by_class.setdefault(y, []).append(i)
+    chosen = set()
+    for members in by_class.values():
+        chosen.update(rng.choice(members, size=min(k, len(members)), replace=False).tolist())
+    return [i for i in ids if i in chosen]
+
+
+def calibrated(pipeline, X_val: np.ndarray, y_val: np.ndarray, method: str):
+    """The fitted ``pipeline`` with its probabilities recalibrated on the validation part
+    (scikit-learn's ``CalibratedClassifierCV`` on the frozen pipeline: temperature
+    scaling, isotonic regression or Platt's sigmoid)."""
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.frozen import FrozenEstimator
+
+    every = np.arange(len(y_val))  # one calibrator, fitted on the whole validation part
+    return CalibratedClassifierCV(FrozenEstimator(pipeline), method=method,
+                                  cv=[(every, every)]).fit(X_val, y_val)
 
 
 def cell_inputs(entry: Concatenation, split: Split) -> dict:
@@ -65,8 +95,8 @@ def stale_reason(row: dict | None, inputs: dict) -> str | None:
 
 
 def _cell_stem(task: str, entry: Concatenation, head: str, config: ClassifyConfig,
-               inputs: dict) -> str:
-    key = [identity(config), inputs]
+               inputs: dict, shot=None) -> str:
+    key = [identity(config), inputs] + ([list(shot)] if shot else [])
     return f"{safe_name(task)}/{entry.stem}__{head}__{digest(key, 10)}"
 
 
@@ -95,33 +125,44 @@ def _rows(split: Split, part: str, index: dict[str, int], entry: Concatenation):
 
 
 def run_cell(*, folder: Path, collection: str, task: str, split: Split, entry: Concatenation,
-             head: str, config: ClassifyConfig) -> dict:
-    """Train one head on one feature file and task; returns its results row."""
+             head: str, config: ClassifyConfig, shot: tuple[int, int] | None = None) -> dict:
+    """Train one head on one feature file and task (with ``shot`` (k, draw): on k training
+    images per class, :func:`few_shot`); returns its results row."""
     data = entry.read()
     X = data.X.astype(np.float32, copy=False)
     index = {image_id: k for k, image_id in enumerate(data.ids)}
     (tr, y_tr), (va, y_va), (te, y_te) = (_rows(split, p, index, entry)
                                           for p in ("train", "val", "test"))
-    chosen = subsample(y_tr, config.train_fraction, config.options.seed)
+    if shot:
+        drawn = {index[i] for i in few_shot(split, *shot) if i in index}
+        chosen = np.array([k for k, row in enumerate(tr) if row in drawn], dtype=int)
+    else:
+        chosen = subsample(y_tr, config.train_fraction, config.options.seed)
     tr, y_tr = tr[chosen], y_tr[chosen]
     if split.multi_label:  # 0/1 matrices, columns in split.classes order
         y_tr, y_va, y_te = (split.indicator(list(y)) for y in (y_tr, y_va, y_te))
     pipeline = make_head(head, config.options, multi_label=split.multi_label)
     start = time.perf_counter()
     tuning = fit_head(pipeline, X[tr], y_tr, X[va], y_va, grid=HEADS[head].grid_for(config.options))
+    model = calibrated(pipeline, X[va], y_va, config.calibrate) if config.calibrate else pipeline
     seconds = time.perf_counter() - start
     classes = np.array(split.classes, dtype=object) if split.multi_label else pipeline.classes_
-    val = metrics(y_va, class_scores(pipeline, X[va]), classes)
-    test_scores = class_scores(pipeline, X[te])
-    key, inputs = cell_key(collection, task, entry, head, config), cell_inputs(entry, split)
-    stem = _cell_stem(task, entry, head, config, inputs)
+    val = metrics(y_va, class_scores(model, X[va]), classes)
+    test_scores = class_scores(model, X[te])
+    key = cell_key(collection, task, entry, head, config, shot)
+    inputs = cell_inputs(entry, split)
+    stem = _cell_stem(task, entry, head, config, inputs, shot)
     head_path = folder / "heads" / f"{stem}.joblib"
     head_path.parent.mkdir(parents=True, exist_ok=True)
-    pipeline.featbank_cell_ = {"cell": key, "inputs": inputs}  # what it was trained on
+    model.featbank_cell_ = {"cell": key, "inputs": inputs}  # what it was trained on
     with atomic_path(head_path) as tmp:
-        joblib.dump(pipeline, tmp)
+        joblib.dump(model, tmp)
     write_reports(folder / "reports" / stem, y_te, classes[test_scores.argmax(1)], classes,
                   test_scores)
+    if config.reliability and not split.multi_label:
+        plot_reliability(reliability(y_te, probabilities(test_scores), classes),
+                         folder / "reports" / f"{stem}_reliability.png",
+                         title=f"{task} / {entry.backbone} / {head}: test reliability")
     test_ids = [data.ids[k] for k in te]
     test = metrics(y_te, test_scores, classes, ci=True, seed=split.spec.seed)
     paired = {"test_scores": save_test_scores(folder, f"reports/{stem}_test_scores.npz", test_ids,
@@ -138,6 +179,8 @@ def run_cell(*, folder: Path, collection: str, task: str, split: Split, entry: C
         test_hits=hits(y_te, test_scores, classes), cell=key, inputs=inputs,
         n_untested=sum(i in entry.fit_ids for i in split.select("test")[0]),
         split_group_by=split.spec.group_by, variant=config.variant,
+        calibrate=config.calibrate, shots=shot[0] if shot else None,
+        draw=shot[1] if shot else None,
         **{f"option_{k}": v for k, v in asdict(config.options).items()},
         train_fraction=config.train_fraction,
         tuned=tuning.chosen if tuning else None,

@@ -5,10 +5,13 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 
-from featbank.core.settings import at_least, fraction, identity, runtime, seeded_repeats
+from featbank.core.settings import at_least, fraction, identity, one_of, runtime, seeded_repeats
 from featbank.data.tasks import SplitSpec
 from featbank.heads.registry import HeadOptions, resolve_heads
 from featbank.models.registry import parse_selection, parse_weights_filter
+
+
+CALIBRATIONS = ("temperature", "isotonic", "sigmoid")
 
 
 @dataclass
@@ -36,6 +39,13 @@ class ClassifyConfig:
     repeats: int = runtime(1)
     # make a fresh split of each task instead of following the saved one (data.saved_splits)
     resplit: bool = runtime(False)
+    # probabilities recalibrated on the validation part: temperature | isotonic | sigmoid
+    calibrate: str | None = None
+    # k-shot cells: k training images per class for each k, ``repeats`` seeded draws of
+    # them on the one split (classification.cells.few_shot); each cell's k is its own
+    shots: tuple[int, ...] = runtime(())
+    # a reliability diagram per cell (reports/<cell>_reliability.png)
+    reliability: bool = runtime(False)
 
     def __post_init__(self):
         resolve_heads(self.heads)
@@ -45,9 +55,17 @@ class ClassifyConfig:
         fraction("--train-fraction", self.train_fraction)
         at_least("--jobs", self.jobs, 1)
         at_least("--repeats", self.repeats, 1)
+        if self.calibrate is not None:
+            one_of("--calibrate", self.calibrate, CALIBRATIONS)
+        self.shots = tuple(sorted(set(int(k) for k in self.shots)))
+        for k in self.shots:
+            at_least("--shots", k, 1)
 
     def repeated(self) -> list["ClassifyConfig"]:
-        """One config per repeat: the split and the heads seeded ``seed + r``."""
+        """One config per repeat: the split and the heads seeded ``seed + r`` (with
+        ``shots``, the repeats are draws on the one split: this config alone)."""
+        if self.shots:
+            return [self]
         return [dataclasses.replace(config, options=dataclasses.replace(
                     config.options, seed=config.split.seed)) for config in seeded_repeats(self)]
 

@@ -22,9 +22,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from featbank.api.analyses import layer_curve
+from featbank.api.analyses import layer_curve, shot_curve
 from featbank.api.stages import classify, table
-from featbank.classification.config import ClassifyConfig
+from featbank.classification.config import CALIBRATIONS, ClassifyConfig
+from featbank.core.errors import BadInput
 from featbank.cli.common import add_options, make_parser
 from featbank.core.settings import defaults
 from featbank.heads.recipes import RECIPES
@@ -60,10 +61,29 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--jobs", type=int, default=d["jobs"],
                         help=f"cells trained in parallel (default: {d['jobs']}, the CPU cores)")
     parser.add_argument("--force", action="store_true", help="recompute cells already stored")
+    parser.add_argument("--shots", default=None, metavar="K[,K...]",
+                        help="also train each head on k training images per class for each "
+                             "k (seeded draws, the same for every backbone; --repeats draws "
+                             "of each on the one split, validation and test unchanged), and "
+                             "draw the k-shot curve (default: none)")
+    parser.add_argument("--calibrate", default=None, choices=CALIBRATIONS,
+                        help="recalibrate each head's probabilities on the validation part "
+                             "(a setting of the cell: its own table column) (default: none)")
+    parser.add_argument("--reliability", action="store_true",
+                        help="write a reliability diagram per cell (reports/*_reliability.png)")
     parser.add_argument("--ensemble", action="store_true",
                         help="also average each head's probabilities across the backbones given "
                              "(rows with method 'ensemble', table column '<head> ensemble')")
     return parser
+
+
+def _shots(text: str | None) -> tuple[int, ...]:
+    if not text:
+        return ()
+    try:
+        return tuple(int(k) for k in text.split(",") if k.strip())
+    except ValueError:
+        raise BadInput(f"--shots {text!r}: give whole numbers, e.g. 1,4,16") from None
 
 
 def main(argv=None) -> None:
@@ -73,10 +93,11 @@ def main(argv=None) -> None:
                     group_by=args.group_by, min_per_class=args.min_per_class,
                     normalize=args.normalize, pca=args.pca, balanced=args.balanced,
                     softmax_recipe=args.softmax_recipe, train_fraction=args.train_fraction,
-                    repeats=args.repeats)
+                    repeats=args.repeats, calibrate=args.calibrate)
     classify(collection=args.collection, head=args.head, backbone=args.backbone, task=args.task,
              weights=args.weights, jobs=args.jobs, force=args.force, ensemble=args.ensemble,
-             layers=args.layers, resplit=args.resplit, warn=say, **settings)
+             layers=args.layers, resplit=args.resplit, warn=say, shots=_shots(args.shots),
+             reliability=args.reliability, **settings)
     from featbank.evaluation.members import describe, versus_best_member  # scikit-learn
     from featbank.evaluation.tables import TABLE_LEGEND
 
@@ -94,6 +115,9 @@ def main(argv=None) -> None:
     csv_path, _ = result.write(folder)
     print(f"\ntest top-1; results in {folder / 'results.jsonl'}, table in {csv_path} and .json",
           file=sys.stderr)
+    if args.shots:
+        curves = shot_curve(result.collection, head=args.head, **settings)
+        print("k-shot curve: " + ", ".join(c["plot"] for c in curves), file=sys.stderr)
     if args.layers != "final" and "layer" in result.columns:
         curves = layer_curve(result.collection, head=args.head, **settings)
         print("layer curve: " + ", ".join(c["plot"] for c in curves), file=sys.stderr)

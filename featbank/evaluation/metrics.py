@@ -9,6 +9,11 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import balanced_accuracy_score, f1_score
 
+from featbank.evaluation.calibration import (
+    classwise_ece,
+    expected_calibration_error,
+    probabilities,
+)
 from featbank.evaluation.stats import (
     accuracy_ci,
     map_resamples,
@@ -48,12 +53,17 @@ def metrics(y_true, scores: np.ndarray, classes, *, ci: bool = False, seed: int 
     (macro average precision over the classes present; the per-class AP is in
     the reports, :func:`write_reports`); its top-k counts a row right when one of its classes is among the
     k highest scores, and balanced accuracy and F1 (single-label measures) are
-    None. ``ci`` adds 95 % bootstrap intervals ``top1_ci`` (and ``mAP_ci``, with
-    ``mAP_resamples``, the mAP of each resample, for :func:`save_test_scores`; a
-    results row leaves it out).
+    None. Every task adds ``ece`` and ``classwise_ece`` (15 bins;
+    :mod:`featbank.evaluation.calibration`: scores that are not probabilities are a
+    softmax, per label a sigmoid, first). ``ci`` adds 95 % bootstrap intervals
+    ``top1_ci`` (and ``mAP_ci``, with ``mAP_resamples``, the mAP of each resample,
+    for :func:`save_test_scores`; a results row leaves it out).
     """
     y_true = np.asarray(y_true)
     right = hits(y_true, scores, classes)
+    probs = probabilities(scores, multi_label=y_true.ndim == 2)
+    calibration = {"ece": expected_calibration_error(y_true, probs, classes),
+                   "classwise_ece": classwise_ece(y_true, probs, classes)}
     if y_true.ndim == 2:
         k = min(5, y_true.shape[1])
         top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
@@ -73,7 +83,7 @@ def metrics(y_true, scores: np.ndarray, classes, *, ci: bool = False, seed: int 
                                           labels=np.unique(y_true), zero_division=0))}
     if ci:
         out["top1_ci"] = accuracy_ci(right, seed=seed)
-    return out
+    return {**out, **calibration}
 
 
 # -- the results store --------------------------------------------------------

@@ -179,3 +179,52 @@ def plot_layer_curve(lines: list[dict], path: Path, *, title: str, ylabel: str) 
     fig.tight_layout()
     _save(fig, path, dpi=110)
     return path
+
+
+def plot_reliability(bins: dict, path: Path, *, title: str) -> Path:
+    """A top-label reliability diagram (``calibration.reliability``): accuracy against
+    mean confidence per bin, the diagonal of a calibrated head, each bin's share."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(4.6, 4.6))
+    edges, count = bins["edges"], bins["count"]
+    width = edges[1] - edges[0]
+    used = count > 0
+    ax.bar(edges[:-1][used], bins["accuracy"][used], width=width, align="edge",
+           edgecolor="black", alpha=0.7, label="accuracy")
+    ax.plot([0, 1], [0, 1], "--", color="gray", label="calibrated")
+    ax.scatter(bins["confidence"][used], bins["accuracy"][used], s=12, color="black",
+               zorder=3, label="mean confidence")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence (top-label probability)")
+    ax.set_ylabel("accuracy")
+    ax.legend(fontsize=7, loc="upper left")
+    ax.set_title("\n".join(textwrap.wrap(title, 50)), fontsize=9)
+    fig.tight_layout()
+    _save(fig, path, dpi=110)
+    return path
+
+
+def plot_shot_curve(lines: list[dict], path: Path, *, title: str, ylabel: str) -> Path:
+    """Score ± spread against the labelled images per class (log axis), a line per
+    network and head (``lines``: ``label`` and ``points`` of ``shots``, ``score``,
+    ``spread``)."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for line in lines:
+        points = line["points"]
+        ax.errorbar([p["shots"] for p in points], [p["score"] for p in points],
+                    yerr=[p["spread"] or 0 for p in points], marker="o", markersize=4,
+                    capsize=3, label=line["label"])
+    ax.set_xscale("log", base=2)
+    shots = sorted({p["shots"] for line in lines for p in line["points"]})
+    ax.set_xticks(shots, [str(k) for k in shots])
+    ax.set_xlabel("training images per class (k)")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    ax.set_title("\n".join(textwrap.wrap(title, 70)), fontsize=10)
+    fig.tight_layout()
+    _save(fig, path, dpi=110)
+    return path
+

@@ -36,6 +36,8 @@ _SETTINGS = {"option_normalize": ("standard", "{}"), "option_pca": (None, "pca {
              "option_balanced": (False, "balanced"),
              "option_softmax_recipe": ("fast", "{} recipe"),
              "train_fraction": (1.0, lambda v: f"train {100 * v:g}%"),
+             "calibrate": (None, "{} calibrated"),
+             "shots": (None, "{}-shot"),
              "freeze": ("none", "freeze {}")}
 
 

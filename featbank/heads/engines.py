@@ -12,7 +12,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
 from featbank.heads.linear import TorchLinear
-from featbank.heads.wrapped import WrappedEstimator
+from featbank.heads.wrapped import WrappedEstimator, check_training
 
 # samples x features x classes above which logreg and svm use the torch engine: at
 # 1e9 (e.g. 5,000 x 2,048 x 100) liblinear's dual SVM takes about a minute on 2 cores
@@ -58,6 +58,7 @@ class EngineSwitch(WrappedEstimator, ClassifierMixin, BaseEstimator):
         ``[(C, validation accuracy), ...]``."""
         if name != "C":
             raise ValueError(f"{type(self).__name__} tunes C, not {name!r}")
+        X, y = check_training(X, y)
         self.engine_ = self._engine(X, y)
         if self.engine_ == "torch":
             estimator = self._torch()
@@ -77,6 +78,8 @@ class EngineSwitch(WrappedEstimator, ClassifierMixin, BaseEstimator):
             best, _, estimator = best
         self.C = best
         self._wrap(estimator)
+        # iterations of the solver (sklearn's, the largest of one-vs-rest's) or epochs
+        self.n_iter_ = int(np.max(getattr(estimator, "n_iter_", getattr(estimator, "n_epochs_", 0))))
         return scores
 
     @property

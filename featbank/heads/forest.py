@@ -24,7 +24,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.ensemble import RandomForestClassifier
 
-from featbank.heads.wrapped import WrappedEstimator
+from featbank.heads.wrapped import WrappedEstimator, check_training
 
 
 class Forest(WrappedEstimator, ClassifierMixin, BaseEstimator):
@@ -41,6 +41,7 @@ class Forest(WrappedEstimator, ClassifierMixin, BaseEstimator):
         self.random_state = random_state
 
     def fit(self, X, y):
+        X, y = check_training(X, y)
         n = np.shape(X)[0]
         per_tree = min(n, self.max_samples) if self.max_samples else n
         large = per_tree * len(np.unique(y)) > self.large

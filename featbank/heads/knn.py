@@ -12,7 +12,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.neighbors import KNeighborsClassifier
 
-from featbank.heads.wrapped import WrappedEstimator
+from featbank.heads.wrapped import WrappedEstimator, check_training
 
 
 class CosineKNN(WrappedEstimator, ClassifierMixin, BaseEstimator):
@@ -26,7 +26,8 @@ class CosineKNN(WrappedEstimator, ClassifierMixin, BaseEstimator):
                                     algorithm="brute")
 
     def fit(self, X, y):
-        return self._wrap(self._estimator(self.n_neighbors).fit(X, y))
+        X, y = check_training(X, y)
+        return self._wrap(self._estimator(min(self.n_neighbors, len(y))).fit(X, y))
 
     def fit_path(self, X, y, X_val, y_val, name="n_neighbors", values=(10,)):
         """Score each k in ``values`` on (X_val, y_val) from one neighbour search; keep the

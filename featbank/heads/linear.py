@@ -44,6 +44,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.model_selection import train_test_split
 from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.metaestimators import available_if
+from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted, check_X_y
 
 from featbank.heads.recipes import RECIPES
@@ -52,6 +53,10 @@ LOSSES = ("multinomial", "logistic", "squared_hinge")
 # Validation rows scored at a time: 10k x 2048 x 1,054 scores took 0.26 s in chunks of
 # 1,024 against 0.37 s in chunks of 8,192 on 2 cores (the scores stay in cache).
 EVAL_CHUNK = 1024
+# Fewest images held out for early stopping when no validation data are given: on
+# fewer, the stopping point would follow the luck of a handful of images, and the
+# training loss is watched instead.
+MIN_HELD_OUT = 20
 
 
 class TorchLinear(ClassifierMixin, BaseEstimator):
@@ -101,15 +106,16 @@ class TorchLinear(ClassifierMixin, BaseEstimator):
         if self.loss not in LOSSES:
             raise ValueError(f"unknown loss {self.loss!r}; use {', '.join(LOSSES)}")
         X, y = check_X_y(X, y, dtype=np.float32)
+        check_classification_targets(y)
         self.classes_, y_index = np.unique(y, return_inverse=True)
         if len(self.classes_) < 2:
-            raise ValueError(f"need at least two classes, got {self.classes_.tolist()}")
+            raise ValueError(f"need at least two classes, got 1 class ({self.classes_.tolist()})")
         self.n_features_in_ = X.shape[1]
         X_val, y_val_index, X, y_index, n_unknown = self._validation(X, y_index, X_val, y_val)
         settings = self._settings()
         torch.manual_seed(self.random_state)
         layer = torch.nn.Linear(X.shape[1], len(self.classes_))
-        _start_at_the_priors(layer, self.loss, y_index)
+        _start_at_the_priors(layer, self.loss, y_index, self._class_weights(y_index))
         trainer = _Trainer(layer, torch.from_numpy(X), torch.from_numpy(y_index),
                            torch.from_numpy(X_val), torch.from_numpy(y_val_index),
                            loss=self.loss, weights=self._class_weights(y_index),
@@ -146,11 +152,15 @@ class TorchLinear(ClassifierMixin, BaseEstimator):
     def _validation(self, X, y_index, X_val, y_val):
         if X_val is None:
             counts = np.bincount(y_index)
-            stratify = y_index if counts.min() >= 2 else None
-            X, X_val, y_index, y_val_index = train_test_split(
-                X, y_index, test_size=self.validation_fraction, stratify=stratify,
-                random_state=self.random_state)
-            return X_val, y_val_index, X, y_index, 0
+            held = int(np.ceil(self.validation_fraction * len(y_index)))
+            if counts.min() >= 2 and held >= max(len(counts), MIN_HELD_OUT) and \
+                    len(y_index) - held >= len(counts):
+                X, X_val, y_index, y_val_index = train_test_split(
+                    X, y_index, test_size=held, stratify=y_index, random_state=self.random_state)
+                return X_val, y_val_index, X, y_index, 0
+            # Too few images to hold out enough of each class (a few-shot fit): early
+            # stopping watches the training loss itself.
+            return X, y_index, X, y_index, 0
         X_val = check_array(X_val, dtype=np.float32)
         y_val = np.asarray(y_val)
         known = np.isin(y_val, self.classes_)  # classes never seen in training cannot be scored
@@ -162,15 +172,23 @@ class TorchLinear(ClassifierMixin, BaseEstimator):
     def _class_weights(self, y_index):
         if self.class_weight is None:
             return None
-        if self.class_weight != "balanced":
-            raise ValueError(f"class_weight must be None or 'balanced', not {self.class_weight!r}")
-        weights = compute_class_weight("balanced", classes=np.arange(len(self.classes_)), y=y_index)
+        if isinstance(self.class_weight, dict):  # class label -> weight, 1 for the others
+            weights = np.array([self.class_weight.get(c, 1.0) for c in self.classes_])
+        elif self.class_weight == "balanced":
+            weights = compute_class_weight("balanced", classes=np.arange(len(self.classes_)),
+                                           y=y_index)
+        else:
+            raise ValueError(f"class_weight must be None, 'balanced' or a dict of class -> "
+                             f"weight, not {self.class_weight!r}")
         return torch.from_numpy(weights.astype(np.float32))
 
     def _scores(self, X):
         """(n, classes) scores, one column per class, binary tasks included."""
         check_is_fitted(self, "coef_")
         X = check_array(X, dtype=np.float32)
+        if X.shape[1] != self.n_features_in_:
+            raise ValueError(f"X has {X.shape[1]} features, but {type(self).__name__} is "
+                             f"expecting {self.n_features_in_} features as input")
         return X @ self.coef_.T + self.intercept_
 
     def decision_function(self, X):
@@ -218,17 +236,24 @@ def loss_value(loss: str, scores, y, weights=None, reduction: str = "mean"):
 
 
 @torch.no_grad()
-def _start_at_the_priors(layer, loss: str, y_index: np.ndarray) -> None:
+def _start_at_the_priors(layer, loss: str, y_index: np.ndarray, weights=None) -> None:
     """One-vs-rest losses start with the biases of the best constant model (each class
     scored by its share of the training data); otherwise they spend epochs moving a
     thousand biases from 0 towards -1 at the optimiser's pace (36 epochs instead of
     11.5 for the squared hinge at 10 % of the Rijksmuseum material shapes). The
-    multinomial loss keeps torch's initialisation: starting it at the log priors
-    stopped it earlier and 1 to 2 points lower on the same data."""
-    if loss == "multinomial":
+    multinomial loss keeps torch's initialisation (starting it at the log priors
+    stopped it earlier and 1 to 2 points lower on the same data), unless class
+    weights are given: then the weighted priors, which the weights may put far from
+    even, are where the best constant model is."""
+    counts = np.bincount(y_index, minlength=layer.out_features).astype(np.float64)
+    if weights is not None:
+        counts = counts * weights.numpy()
+    elif loss == "multinomial":
         return
-    prior = np.bincount(y_index, minlength=layer.out_features) / len(y_index)
-    prior = np.clip(prior, 1e-6, 1 - 1e-6)
+    prior = np.clip(counts / counts.sum(), 1e-6, 1 - 1e-6)
+    if loss == "multinomial":
+        layer.bias.copy_(torch.from_numpy(np.log(prior).astype(np.float32)))
+        return
     if loss == "logistic":
         bias = np.log(prior / (1 - prior))
     else:  # argmin_s of p (1 - s)^2 + (1 - p) (1 + s)^2 on [-1, 1]

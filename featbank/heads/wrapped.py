@@ -7,8 +7,20 @@ records it and answers ``predict`` and, where the head has them
 """
 from __future__ import annotations
 
+import numpy as np
 from sklearn.utils.metaestimators import available_if
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_array, check_is_fitted, check_X_y
+
+
+def check_training(X, y):
+    """Dense, finite float features (n, d) and class labels (n,), refused otherwise with
+    scikit-learn's messages (sparse input, NaN, a continuous target, 1-D X, no rows)."""
+    X, y = check_X_y(X, y, dtype=[np.float64, np.float32])
+    check_classification_targets(y)
+    if len(np.unique(y)) < 2:
+        raise ValueError(f"need at least two classes, got 1 class ({np.unique(y).tolist()})")
+    return X, y
 
 
 class WrappedEstimator:
@@ -23,8 +35,8 @@ class WrappedEstimator:
     @available_if(lambda self: self.has_probabilities)
     def predict_proba(self, X):
         check_is_fitted(self, "estimator_")
-        return self.estimator_.predict_proba(X)
+        return self.estimator_.predict_proba(check_array(X, dtype=[np.float64, np.float32]))
 
     def predict(self, X):
         check_is_fitted(self, "estimator_")
-        return self.estimator_.predict(X)
+        return self.estimator_.predict(check_array(X, dtype=[np.float64, np.float32]))

@@ -320,3 +320,43 @@ def test_layers_all_trains_a_cell_per_layer_and_the_default_keeps_the_final_file
     with pytest.raises(Exception, match="--layers layer9: no such layer among the feature "
                                         "files \\(layer1, layer3, final\\)"):
         classify(collection, _config(tmp_path, heads="logreg", layers="layer9"), warn=quiet)
+
+
+def test_every_row_carries_its_calibration_error(tmp_path):
+    folder = write_toy_cache(tmp_path)
+    rows = classify(load_metadata(folder), _config(tmp_path), warn=lambda m: None)
+    for row in rows:
+        assert 0 <= row["ece"] <= 1 and 0 <= row["classwise_ece"] <= 1
+        assert 0 <= row["val_ece"] <= 1
+
+
+def test_calibrated_cells_are_their_own_cells_and_write_reliability_diagrams(tmp_path):
+    folder = write_toy_cache(tmp_path, backbones=(("resnet18", 32),))
+    collection = load_metadata(folder)
+    plain = classify(collection, _config(tmp_path, heads="svm"), warn=lambda m: None)
+    tuned = classify(collection, _config(tmp_path, heads="svm", calibrate="temperature",
+                                         reliability=True), warn=lambda m: None)
+    assert len(plain) == len(tuned) == 1 and plain[0]["cell"] != tuned[0]["cell"]
+    assert tuned[0]["calibrate"] == "temperature"
+    assert list((folder / "reports" / "style").glob("*_reliability.png"))
+    with pytest.raises(ValueError, match="--calibrate"):
+        _config(tmp_path, calibrate="platt")
+
+
+def test_shots_train_on_k_images_per_class_drawn_alike_for_every_backbone(tmp_path):
+    from featbank.classification.cells import few_shot
+    from featbank.data.saved_splits import load_or_make_split
+
+    folder = write_toy_cache(tmp_path)
+    collection = load_metadata(folder)
+    rows = classify(collection, _config(tmp_path, heads="logreg", shots=(1, 4), repeats=2),
+                    warn=lambda m: None)
+    few = [r for r in rows if r.get("shots")]
+    assert len(few) == 2 * 2 * 2 and len(rows) == len(few) + 2  # and the full training part
+    assert {r["n_train"] for r in few if r["shots"] == 1} == {3}
+    assert {r["n_train"] for r in few if r["shots"] == 4} == {12}
+    split = load_or_make_split(collection, "style", SplitSpec(), folder)
+    assert few_shot(split, 4, 0) == few_shot(split, 4, 0) != few_shot(split, 4, 1)
+    columns, records = build_table(load_results(folder))
+    assert "logreg (1-shot)" in columns and "logreg (4-shot)" in columns and "logreg" in columns
+    assert all(r["repeats"]["logreg (4-shot)"] == 2 for r in records)
