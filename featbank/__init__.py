@@ -16,8 +16,10 @@ Layers, from the top: ``cli`` and ``api`` gather the stages ``extraction``,
 from featbank.core.version import __version__
 
 __all__ = ["__version__", "extract", "load_features", "fit_head", "classify", "results_table",
-           "finetune", "retrieve", "cka", "map2d", "export", "duplicates", "layers", "layer_curve",
-           "top_images", "saliency"]
+           "finetune", "retrieve", "cka_files", "map2d", "export", "duplicates", "layers",
+           "layer_curve", "shot_curve", "top_images", "saliency", "cka", "cka_matrix",
+           "neighbours", "near_duplicates", "linear_cka", "precision_at_k",
+           "average_precision_at_k", "expected_calibration_error"]
 
 
 def __getattr__(name: str):

@@ -53,7 +53,7 @@ def duplicates(collection: Collection, config: DuplicatesConfig, *, warn=print) 
     with h5py.File(entry.path, "r") as f:
         ids = f["ids"].asstr()[:].tolist()
         pairs = _pairs(index, f, config, skip_self=True)
-    groups = _groups(len(ids), pairs)
+    groups = connected_groups(len(ids), pairs)
     stem = f"{entry.path.stem}__{config.threshold:g}"
     similarity = _to_first(entry.path, groups)
     csv_path = _write_groups_csv(folder / f"{stem}.csv", groups, ids, similarity)
@@ -88,9 +88,10 @@ def _pairs(index, f: h5py.File, config: DuplicatesConfig, *, skip_self: bool) ->
     return np.concatenate(found_pairs) if found_pairs else np.zeros((0, 3))
 
 
-def _groups(n: int, pairs: np.ndarray) -> list[list[int]]:
-    """Connected components of the linked rows (union-find), largest first; each group's
-    rows in file order, so its first image is the earliest."""
+def connected_groups(n: int, pairs: np.ndarray) -> list[list[int]]:
+    """Connected components of the rows ``pairs`` links (its first two columns: row,
+    row), by union-find, largest first; each group's rows in file order, so its first
+    image is the earliest."""
     parent = np.arange(n)
 
     def root(i: int) -> int:
@@ -98,7 +99,7 @@ def _groups(n: int, pairs: np.ndarray) -> list[list[int]]:
             parent[i] = parent[parent[i]]
             i = parent[i]
         return i
-    for i, j, _ in pairs:
+    for i, j in pairs[:, :2] if len(pairs) else []:
         a, b = root(int(i)), root(int(j))
         if a != b:
             parent[max(a, b)] = min(a, b)

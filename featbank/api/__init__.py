@@ -2,13 +2,18 @@
 
 Stages (:mod:`featbank.api.stages`): :func:`extract`, :func:`load_features`,
 :func:`fit_head`, :func:`classify`, :func:`results_table`, :func:`finetune`.
-Analyses (:mod:`featbank.api.analyses`): :func:`retrieve`, :func:`cka`,
-:func:`map2d`, :func:`export`, :func:`duplicates`, :func:`layers`, :func:`layer_curve`,
-:func:`top_images`, :func:`saliency`.
+Analyses of a cached collection (:mod:`featbank.api.analyses`): :func:`retrieve`,
+:func:`cka_files`, :func:`map2d`, :func:`export`, :func:`duplicates`, :func:`layers`,
+:func:`layer_curve`, :func:`shot_curve`, :func:`top_images`, :func:`saliency`.
+On arrays (:mod:`featbank.api.arrays`): :func:`cka`, :func:`cka_matrix`,
+:func:`neighbours`, :func:`near_duplicates`; and the pure measures
+:func:`linear_cka`, :func:`precision_at_k`, :func:`average_precision_at_k`,
+:func:`expected_calibration_error`.
 The scripts (``extract.py``, ...) parse their arguments and call these.
 """
+from featbank.analysis.similarity import average_precision_at_k, linear_cka, precision_at_k
 from featbank.api.analyses import (
-                                   cka,
+                                   cka_files,
                                    duplicates,
                                    export,
                                    layer_curve,
@@ -16,9 +21,16 @@ from featbank.api.analyses import (
                                    map2d,
                                    retrieve,
                                    saliency,
+                                   shot_curve,
                                    top_images,
 )
+from featbank.api.arrays import cka, cka_matrix, near_duplicates, neighbours
 from featbank.api.stages import classify, extract, finetune, fit_head, load_features, results_table
 
+from featbank.evaluation.calibration import expected_calibration_error
+
 __all__ = ["extract", "load_features", "fit_head", "classify", "results_table", "finetune",
-           "retrieve", "cka", "map2d", "export", "duplicates", "layers", "layer_curve", "top_images", "saliency"]
+           "retrieve", "cka_files", "map2d", "export", "duplicates", "layers", "layer_curve",
+           "shot_curve", "top_images", "saliency", "cka", "cka_matrix", "neighbours",
+           "near_duplicates", "linear_cka", "precision_at_k", "average_precision_at_k",
+           "expected_calibration_error"]

@@ -130,9 +130,10 @@ def duplicates(backbone: str, *, collection: str | None = None, weights: str = "
     return find(cached_collection(cache=cache, collection=collection), config, warn=warn)
 
 
-def cka(features: Sequence[PathLike], *, debiased: bool = False, cache: PathLike = "cache",
-        warn=_quiet) -> dict:
-    """Linear CKA (Kornblith et al. 2019) between every pair of feature files.
+def cka_files(features: Sequence[PathLike], *, debiased: bool = False,
+              cache: PathLike = "cache", warn=_quiet) -> dict:
+    """Linear CKA (Kornblith et al. 2019) between every pair of feature files, with a
+    heatmap (``analyze.py cka``; on arrays: :func:`featbank.api.arrays.cka`).
 
     Parameters
     ----------

@@ -248,7 +248,7 @@ def _retrieve(args) -> tuple[dict, list[str]]:
 
 
 def _cka(args) -> tuple[dict, list[str]]:
-    report = analyses.cka(args.features, debiased=args.debiased, cache=args.cache, warn=_say)
+    report = analyses.cka_files(args.features, debiased=args.debiased, cache=args.cache, warn=_say)
     width = max(len(n) for n in report["names"])
     for name, row in zip(report["names"], report["cka"]):
         print(f"{name:<{width}}  " + "  ".join(f"{v:.3f}" for v in row))
