@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from featbank.classification.config import ClassifyConfig
+from featbank.core.errors import BadInput
 from featbank.data.sources import cached_collection, open_collection
 from featbank.data.tasks import SplitSpec
 from featbank.extraction.config import ExtractConfig
@@ -39,18 +40,23 @@ def _quiet(message: str) -> None:
     """Where the stages' notes go when the caller passes no ``warn``."""
 
 
-def extract(images: PathLike | None = None, *, backbone: str | Sequence[str],
-            weights: str = "imagenet", manifest: PathLike | None = None,
-            collection: str | None = None, cache: PathLike = "cache",
-            root: PathLike | None = None, image_column: str | None = None,
-            label_columns: str | None = None, attributes: PathLike | None = None,
-            multi_label: str | None = None, separator: str = ";", progress: bool = True,
-            **settings: Any) -> list[ExtractReport]:
+def extract(images: PathLike | None = None, *, backbone, weights: str = "imagenet",
+            preprocess=None, manifest: PathLike | None = None, collection: str | None = None,
+            cache: PathLike = "cache", root: PathLike | None = None,
+            image_column: str | None = None, label_columns: str | None = None,
+            attributes: PathLike | None = None, multi_label: str | None = None,
+            separator: str = ";", layers: str = "final", pool: str = "auto",
+            batch_size: int | None = None, workers: int | None = None, device: str = "auto",
+            dtype: str = "float32", precision: str = "auto", compile: bool = False,
+            decode: str = "auto", jpeg_decoder: str = "auto", engine: str = "local",
+            ray_address: str | None = None, ray_actors: int | None = None,
+            force_new: bool = False, verify_images: bool = False, prune: bool = False,
+            progress: bool = True) -> list[ExtractReport]:
     """Cache the global-average-pooled features of a collection's images.
 
     Runs each backbone once over the images still missing from its feature
-    file (a re-run is a no-op; a killed run resumes) and writes
-    ``<cache>/<collection>/features/<backbone>__<weights>.h5``.
+    file (a re-run is a no-op; a killed run resumes; a changed image is
+    extracted again) and writes ``<cache>/<collection>/features/<backbone>__<weights>.h5``.
 
     Parameters
     ----------
@@ -58,13 +64,18 @@ def extract(images: PathLike | None = None, *, backbone: str | Sequence[str],
         A folder with one sub-folder per class (the task ``label``). With
         neither ``images`` nor ``manifest``: the collection named
         ``collection`` in the cache, else the built-in demo.
-    backbone : str or sequence of str
+    backbone : str, sequence of str, or torch.nn.Module
         Registry names (``"squeezenet1_1"``, ``"vgg19,resnet50"``, ``"all"``,
-        ``"timm:<model>"``).
+        ``"timm:<model>"``); or your own network: any module that maps a (B, 3, S, S)
+        image batch to feature maps (average-pooled) or vectors, identified by its
+        class name and the digest of its state_dict (``weights`` is then ignored).
     weights : str, default="imagenet"
         ``imagenet`` (the exact published weights the registry pins),
         ``random`` (the library's initialisation, seeded) or the path of a
         weights file (recorded by its sha256).
+    preprocess : Preprocess or dict, optional
+        With a module: how an image becomes its input (``input_size``, ``mean``,
+        ``std``, ``resize``, ``crop_pct``, ``interpolation``; default: ImageNet's at 224).
     manifest : path, optional
         A CSV with an image column and label columns, a Dublin Core XML file
         or folder, or iMet's ``train.csv`` with ``attributes``.
@@ -72,26 +83,38 @@ def extract(images: PathLike | None = None, *, backbone: str | Sequence[str],
         The collection's name in the cache (default: the folder's or
         manifest's name).
     cache : path, default="cache"
-        The cache root.
     root, image_column, label_columns, attributes, multi_label, separator
         How to read a manifest (see the command line's ``--help``).
+    layers, pool, batch_size, workers, device, dtype, precision, compile, decode,
+    jpeg_decoder, engine, ray_address, ray_actors, force_new, verify_images, prune
+        As ``extract.py``'s options of the same names
+        (:class:`featbank.extraction.config.ExtractConfig`).
     progress : bool, default=True
         Show a progress bar.
-    **settings
-        Any other field of :class:`featbank.extraction.config.ExtractConfig`:
-        ``layers`` (``"all"``, ``"layer3,final"``: a feature file per layer),
-        ``pool`` (a token network's pooling), ``batch_size``, ``workers``,
-        ``device``, ``dtype``, ``precision``,
-        ``decode``, ``jpeg_decoder``, ``engine``, ``ray_address``, ``ray_actors``.
 
     Returns
     -------
     list of ExtractReport
-        One per backbone: its file, rows, new rows, undecodable images, seconds.
+        One per feature file: its path, rows, new rows, undecodable images, seconds.
     """
-    config = ExtractConfig(backbones=backbone if isinstance(backbone, str) else list(backbone),
-                           weights=str(weights), cache_root=str(cache), progress=progress,
-                           **settings)
+    if not isinstance(backbone, (str, list, tuple)):  # a user's network (models.custom)
+        from featbank.models.custom import register_module
+
+        backbone, _ = register_module(backbone, preprocess)
+        weights = "module"  # resolved to the state_dict's digest (models.trunks)
+        if engine != "local":
+            raise BadInput("a network passed as a module runs in this process only; use "
+                           "engine='local'")
+    elif preprocess is not None:
+        raise BadInput("preprocess is for a network passed as a module; a registry "
+                       "backbone brings its own")
+    config = ExtractConfig(
+        backbones=backbone if isinstance(backbone, str) else list(backbone),
+        weights=str(weights), cache_root=str(cache), progress=progress, layers=layers,
+        pool=pool, batch_size=batch_size, workers=workers, device=device, dtype=dtype,
+        precision=precision, compile=compile, decode=decode, jpeg_decoder=jpeg_decoder,
+        engine=engine, ray_address=ray_address, ray_actors=ray_actors, force_new=force_new,
+        verify_images=verify_images, prune=prune)
     found = open_collection(cache=cache, collection=collection, images=images,
                             manifest=manifest, root=root, image_column=image_column,
                             label_columns=label_columns, attributes=attributes,

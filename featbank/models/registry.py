@@ -192,10 +192,25 @@ def available_backbones() -> list[str]:
     return sorted(BACKBONES) + ["timm:<name>"]
 
 
+# Networks passed to fb.extract in this session (models.custom): name -> (spec, weights id)
+SESSION: dict[str, tuple[BackboneSpec, str]] = {}
+
+
+def register_session(spec: BackboneSpec, *, weights: str) -> None:
+    """Register a user's network for this session (``module:<ClassName>``; the latest
+    module of a name replaces the one before)."""
+    SESSION[spec.name] = (spec, weights)
+
+
 def get_spec(name: str) -> BackboneSpec:
     """Registry entry for ``name``; ``timm:<model>`` builds one on the fly."""
     if name.startswith("timm:"):
         return timm_spec(name[len("timm:"):])
+    if name.startswith("module:"):
+        if name not in SESSION:
+            raise BadInput(f"{name} is a network a session passed to fb.extract; its feature "
+                           "files read as any other, but it cannot be rebuilt by name")
+        return SESSION[name][0]
     try:
         return BACKBONES[name]
     except KeyError:
@@ -212,7 +227,7 @@ def check_names(names: str | list[str]) -> list[str]:
     if "all" in names:
         return sorted(BACKBONES)
     for name in names:
-        if not name.startswith("timm:"):
+        if not name.startswith(("timm:", "module:")):
             get_spec(name)
     return list(dict.fromkeys(names))
 
@@ -228,7 +243,7 @@ def resolve_names(names: str | list[str]) -> list[str]:
 
 def weights_id(weights: str, *, option: str = "--weights") -> str:
     """Provenance of the weights: ``imagenet``, ``random``, or ``sha256:<hex>`` of the file."""
-    if weights in ("imagenet", "random"):
+    if weights in ("imagenet", "random", "module"):  # module: a session network's own
         return weights
     path = Path(weights)
     if not path.is_file():

@@ -25,7 +25,7 @@ from torch import nn
 from featbank.core.errors import BadInput, MissingFile
 from featbank.core.fileio import atomic_path, first_line
 from featbank.core.hashing import file_sha256
-from featbank.models.registry import RANDOM_SEED, BackboneSpec, weights_id
+from featbank.models.registry import RANDOM_SEED, SESSION, BackboneSpec, weights_id
 from featbank.store.provenance import weights_label
 
 LOG = logging.getLogger("featbank")  # notes the user should see once, on stderr
@@ -76,6 +76,10 @@ def resolve_weights(spec: BackboneSpec, weights: str, *, option: str = "--weight
     wid = weights_id(weights, option=option)
     if wid == "random":
         return Weights(wid, RANDOM_EXACT)
+    if wid == "module":  # a session network (models.custom): its state_dict's digest
+        digest = SESSION[spec.name][1]
+        return Weights(digest, f"{spec.name}:{digest}",
+                       label=f"{spec.name} ({digest[:19]})")
     if wid != "imagenet":
         source = str(Path(weights).resolve())
         try:
@@ -152,6 +156,8 @@ def load_described_trunk(spec: BackboneSpec, weights: str = "imagenet", *,
     description = {}
     if weights == "imagenet":
         trunk = build_pretrained(spec, option=option, progress=progress)
+    elif weights == "module":
+        trunk = spec.build(False)
     elif weights == "random":
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_SEED)
