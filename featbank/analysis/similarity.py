@@ -47,9 +47,24 @@ class GramStats:
 def linear_cka(x: np.ndarray, y: np.ndarray, *, debiased: bool = False) -> float:
     """Linear CKA between two representations of the same n samples (rows aligned).
 
-    1 for identical representations (and for any rotation or isotropic scaling
-    of one), near 0 for unrelated ones. ``debiased`` uses the unbiased HSIC
-    estimator, better for small n relative to the feature dimensions.
+    Parameters
+    ----------
+    x, y : array of shape (n, d_x) and (n, d_y)
+    debiased : bool
+        The unbiased HSIC estimator, better for small n relative to the dimensions.
+
+    Returns
+    -------
+    float
+        1 for identical representations (and for any rotation or isotropic scaling
+        of one), near 0 for unrelated ones.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x = np.random.default_rng(0).normal(size=(40, 5))
+    >>> round(linear_cka(x, 2 * x), 6)
+    1.0
     """
     if len(x) != len(y):
         raise BadInput(f"CKA compares the same samples: {len(x)} rows vs {len(y)}")
@@ -79,16 +94,44 @@ def cka_matrix(matrices: list[np.ndarray], *, debiased: bool = False,
 # -- retrieval -------------------------------------------------------------------------
 
 def precision_at_k(relevant: np.ndarray) -> np.ndarray:
-    """relevant : bool (n_queries, k), ranked. Per query: the fraction of the k that are relevant."""
+    """The fraction of each query's k retrieved items that are relevant.
+
+    Parameters
+    ----------
+    relevant : bool array of shape (n_queries, k)
+        Whether each retrieved item is relevant, in rank order.
+
+    Returns
+    -------
+    array of shape (n_queries,)
+
+    Examples
+    --------
+    >>> precision_at_k([[True, False, True, False]]).tolist()
+    [0.5]
+    """
     return np.asarray(relevant, dtype=bool).mean(axis=1)
 
 
 def average_precision_at_k(relevant: np.ndarray, n_relevant: np.ndarray) -> np.ndarray:
-    """AP@k of each query: the mean of precision@i over the ranks i <= k holding a relevant
+    """AP@k of each query: the sum of precision@i over the ranks i <= k holding a relevant
     item, divided by min(k, R), R the relevant items in the whole gallery.
 
-    relevant : bool (n_queries, k), ranked; n_relevant : (n_queries,) R per query.
-    A query with R = 0 scores 0.
+    Parameters
+    ----------
+    relevant : bool array of shape (n_queries, k)
+        Whether each retrieved item is relevant, in rank order.
+    n_relevant : array of shape (n_queries,)
+        R, the relevant items in the gallery per query; a query with R = 0 scores 0.
+
+    Returns
+    -------
+    array of shape (n_queries,)
+
+    Examples
+    --------
+    >>> average_precision_at_k([[True, False, True]], [2]).round(4).tolist()
+    [0.8333]
     """
     relevant = np.asarray(relevant, dtype=bool)
     k = relevant.shape[1]

@@ -191,6 +191,17 @@ def shot_curve(collection: str | None = None, *, head: str = "all", task: str = 
     the cells ``classify(shots=...)`` stored: a plot and its points per task, a line per
     backbone, weights and head (k on a log axis).
 
+    Parameters
+    ----------
+    collection : str, optional
+        Images folder whose cells are drawn (default: the demo collection).
+    head, task : str
+        One head or task, or ``"all"``.
+    cache, split, seed
+        As for ``classify``: the cells of that split and seed.
+    warn : callable
+        Called with a line for every stale or unreadable cell left out.
+
     Returns
     -------
     list of dict

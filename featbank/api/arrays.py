@@ -41,12 +41,22 @@ def _aligned(sets: Sequence[ArrayLike]) -> list[np.ndarray]:
 def cka(X: ArrayLike, Y: ArrayLike, *, debiased: bool = False) -> float:
     """Linear CKA (Kornblith et al. 2019) between two representations of the same images.
 
-    X, Y : arrays of shape (n_samples, n_features_x) and (n_samples, n_features_y), row i
-        the same image in both; or two ``Features`` (``fb.load_features``), compared on
-        the ids they share. debiased : the unbiased HSIC estimator (few images per dimension).
+    Parameters
+    ----------
+    X, Y : array of shape (n_samples, n_features_x) and (n_samples, n_features_y), or Features
+        Row i is the same image in both; two ``Features`` (``fb.load_features``) are
+        compared on the ids they share.
+    debiased : bool
+        The unbiased HSIC estimator (better with few images per dimension).
 
-    Returns a number in [0, 1]: 1 for the same representation up to rotation and
-    isotropic scaling, near 0 for unrelated ones.
+    Returns
+    -------
+    float
+        In [0, 1]: 1 for the same representation up to rotation and isotropic
+        scaling, near 0 for unrelated ones.
+
+    Examples
+    --------
 
     >>> import numpy as np, featbank as fb
     >>> X = np.random.default_rng(0).normal(size=(50, 8))
@@ -60,8 +70,22 @@ def cka(X: ArrayLike, Y: ArrayLike, *, debiased: bool = False) -> float:
 
 
 def cka_matrix(sets: Mapping[str, ArrayLike], *, debiased: bool = False) -> pandas.DataFrame:
-    """Linear CKA between every pair of named representations: a symmetric DataFrame
-    indexed and labelled by the names (``Features`` aligned on the ids they all hold).
+    """Linear CKA between every pair of named representations.
+
+    Parameters
+    ----------
+    sets : mapping of name to array (n_samples, d_name) or Features
+        The representations, rows aligned (``Features`` on the ids they all hold).
+    debiased : bool
+        The unbiased HSIC estimator.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Symmetric, indexed and labelled by the names, ones on the diagonal.
+
+    Examples
+    --------
 
     >>> import numpy as np, featbank as fb
     >>> rng = np.random.default_rng(0)
@@ -82,9 +106,21 @@ def cka_matrix(sets: Mapping[str, ArrayLike], *, debiased: bool = False) -> pand
 def neighbours(gallery: ArrayLike, queries: ArrayLike, *, k: int = 10) -> pandas.DataFrame:
     """The ``k`` gallery rows most cosine-similar to each query, best first (exact search).
 
-    gallery, queries : arrays (n_gallery, d) and (n_queries, d), or ``Features`` (then the
-    frame names images by id). Returns a DataFrame with one row per (query, rank):
-    ``query``, ``rank`` (1 = nearest), ``neighbour`` and ``similarity``.
+    Parameters
+    ----------
+    gallery, queries : array of shape (n_gallery, d) and (n_queries, d), or Features
+        With ``Features`` the frame names images by their ids, else by row numbers.
+    k : int
+        Neighbours per query, between 1 and the gallery's size.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per (query, rank): ``query``, ``rank`` (1 = nearest), ``neighbour`` and
+        ``similarity`` (cosine).
+
+    Examples
+    --------
 
     >>> import numpy as np, featbank as fb
     >>> G = np.eye(4)
@@ -116,12 +152,25 @@ def neighbours(gallery: ArrayLike, queries: ArrayLike, *, k: int = 10) -> pandas
 
 def near_duplicates(features: ArrayLike, *, threshold: float | None = None,
                     k: int = 10) -> pandas.DataFrame:
-    """Groups of near-duplicate rows: rows linked when their cosine similarity is at least
-    ``threshold`` (default: the one ``analyze.py duplicates`` uses), each group a
-    connected component, largest first.
+    """Groups of near-duplicate rows, largest first: rows are linked when their cosine
+    similarity is at least ``threshold``, and a group is a connected component.
 
-    Returns a DataFrame with one row per grouped image: ``group`` (1 = largest), ``id``
-    (the row, or the image's id for ``Features``) and ``similarity_to_first``.
+    Parameters
+    ----------
+    features : array of shape (n_samples, d), or Features
+    threshold : float, optional
+        Cosine similarity linking two rows; default the one ``analyze.py duplicates`` uses.
+    k : int
+        Neighbours looked at per row.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per grouped image: ``group`` (1 = largest), ``id`` (the row, or the
+        image's id for ``Features``) and ``similarity_to_first``.
+
+    Examples
+    --------
 
     >>> import numpy as np, featbank as fb
     >>> X = np.eye(5); X[4] = X[0] + 0.01

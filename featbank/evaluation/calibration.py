@@ -51,8 +51,30 @@ def _binned_gap(confidence: np.ndarray, correct: np.ndarray, bins: int) -> float
 
 def expected_calibration_error(y_true, probs: np.ndarray, classes, *, bins: int = BINS
                                ) -> float:
-    """Top-label ECE of (n, C) probabilities whose columns follow ``classes``; a
-    multi-label task (``y_true`` a 0/1 matrix): the class-wise ECE."""
+    """Expected calibration error: the mean gap between confidence and accuracy over
+    equal-width confidence bins, weighted by the bins' sizes (Guo et al. 2017).
+
+    Parameters
+    ----------
+    y_true : array of shape (n,) of labels, or (n, C) of 0/1 for a multi-label task
+    probs : array of shape (n, C)
+        Predicted probabilities, columns in the order of ``classes``.
+    classes : sequence of length C
+    bins : int
+        Equal-width confidence bins.
+
+    Returns
+    -------
+    float
+        The top-label ECE; for a multi-label task the class-wise ECE.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> probs = np.array([[0.9, 0.1], [0.9, 0.1], [0.2, 0.8], [0.2, 0.8]])
+    >>> round(expected_calibration_error(["a", "b", "b", "b"], probs, ["a", "b"]), 3)
+    0.3
+    """
     y_true = np.asarray(y_true)
     if y_true.ndim == 2:
         return classwise_ece(y_true, probs, classes, bins=bins)

@@ -68,3 +68,12 @@ def test_precision_and_average_precision_at_k_by_hand():
     ap = average_precision_at_k(relevant, np.array([2, 5, 10]))
     assert ap == pytest.approx([(1 + 2 / 3) / 2, 0.0, 1.0])
     assert average_precision_at_k(relevant[:1], np.array([0])).tolist() == [0.0]
+
+
+def test_the_docstring_examples_run():
+    import doctest
+
+    import featbank.analysis.similarity as module
+
+    result = doctest.testmod(module)
+    assert result.attempted >= 3 and result.failed == 0

@@ -41,3 +41,12 @@ def test_scores_become_probabilities_and_reliability_bins_count_them():
     assert probabilities(p) is not None and np.allclose(probabilities(p), p)
     bins = reliability(np.array(["a", "b"]), p, CLASSES, bins=10)
     assert bins["count"].sum() == 2 and len(bins["edges"]) == 11
+
+
+def test_the_docstring_examples_run():
+    import doctest
+
+    import featbank.evaluation.calibration as module
+
+    result = doctest.testmod(module)
+    assert result.attempted >= 3 and result.failed == 0
