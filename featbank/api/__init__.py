@@ -1,10 +1,12 @@
 """featbank's public API: what the command lines do, as functions for notebooks and scripts.
 
-Stages (:mod:`featbank.api.stages`): :func:`extract`, :func:`load_features`,
-:func:`fit_head`, :func:`classify`, :func:`results_table`, :func:`finetune`.
+Stages (:mod:`featbank.api.stages`, :mod:`featbank.api.grid`): :func:`extract`,
+:func:`load_features`, :func:`fit_head`, :func:`classify`, :func:`results_table`,
+:func:`finetune`.
 Analyses of a cached collection (:mod:`featbank.api.analyses`): :func:`retrieve`,
-:func:`cka_files`, :func:`map2d`, :func:`export`, :func:`duplicates`, :func:`layers`,
-:func:`layer_curve`, :func:`shot_curve`, :func:`top_images`, :func:`saliency`.
+:func:`duplicates`, :func:`cka_files`, :func:`map2d`, :func:`export`,
+:func:`layer_curve`, :func:`shot_curve`; of its images run through trunks
+(:mod:`featbank.api.trunks`): :func:`layers`, :func:`top_images`, :func:`saliency`.
 On arrays (:mod:`featbank.api.arrays`): :func:`cka`, :func:`cka_matrix`,
 :func:`neighbours`, :func:`near_duplicates`; and the pure measures
 :func:`linear_cka`, :func:`precision_at_k`, :func:`average_precision_at_k`,
@@ -17,16 +19,14 @@ from featbank.api.analyses import (
                                    duplicates,
                                    export,
                                    layer_curve,
-                                   layers,
                                    map2d,
                                    retrieve,
-                                   saliency,
                                    shot_curve,
-                                   top_images,
 )
 from featbank.api.arrays import cka, cka_matrix, near_duplicates, neighbours
-from featbank.api.stages import classify, extract, finetune, fit_head, load_features, results_table
-
+from featbank.api.grid import classify, results_table
+from featbank.api.stages import extract, finetune, fit_head, load_features
+from featbank.api.trunks import layers, saliency, top_images
 from featbank.evaluation.calibration import expected_calibration_error
 
 __all__ = ["extract", "load_features", "fit_head", "classify", "results_table", "finetune",

@@ -1,5 +1,6 @@
-"""The analyses as functions: retrieval, CKA, 2-D maps, export; layers, the layer curve, top
-images, saliency.
+"""The analyses of cached features as functions: retrieval, near-duplicates, CKA, 2-D maps,
+export, the layer and k-shot curves (those that run trunks over images:
+:mod:`featbank.api.trunks`; on arrays, no files: :mod:`featbank.api.arrays`).
 
 Each builds the sub-command's checked configuration from keywords, runs it
 on a collection of the cache and returns its report: the dict that
@@ -9,42 +10,33 @@ pictures it drew under ``<cache>/<collection>/analysis/<sub-command>/``).
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from typing import Sequence
 
 from featbank.analysis.config import (
+    DUPLICATE_THRESHOLD,
     CkaConfig,
     DuplicatesConfig,
     ExportConfig,
-    LayersConfig,
     MapConfig,
     RetrieveConfig,
-    SaliencyConfig,
-    TopImagesConfig,
 )
 from featbank.data.sources import cached_collection
 from featbank.data.tasks import SplitSpec
 
 PathLike = str | os.PathLike
+SplitLike = str | Sequence[float] | SplitSpec
 
 
 def _quiet(message: str) -> None:
     """Where the analyses' notes go when the caller passes no ``warn``."""
 
 
-def _split(settings: dict, *, keep_seed: bool = False) -> dict:
-    """``split`` (``"80/10/10"``), ``seed``, ``group_by`` and ``min_per_class`` keywords as
-    the config's SplitSpec, for the analyses that read a task's saved split; ``seed``
-    stays a keyword of the config too where it has one (``keep_seed``)."""
-    seed = settings.get("seed", 0) if keep_seed else settings.pop("seed", 0)
-    spec = SplitSpec.parse(settings.pop("split", "80/10/10"), seed=seed,
-                           group_by=settings.pop("group_by", None),
-                           min_per_class=settings.pop("min_per_class", None))
-    return {**settings, "split": spec}
-
-
 def retrieve(backbone: str, task: str | None = None, *, collection: str | None = None,
              weights: str = "all", k: int = 10, queries: Sequence[PathLike] = (),
-             cache: PathLike = "cache", warn=_quiet, **settings: Any) -> dict:
+             cache: PathLike = "cache", split: SplitLike = (0.8, 0.1, 0.1), seed: int = 0,
+             group_by: str | None = None, min_per_class: int | None = None,
+             sheet: int = 8, weights_file: PathLike | None = None, device: str = "cpu",
+             progress: bool = True, warn=_quiet) -> dict:
     """Similarity retrieval on cached features (Cetinic et al. §5.5).
 
     Each test image of ``task``'s saved split queries the train and
@@ -68,10 +60,14 @@ def retrieve(backbone: str, task: str | None = None, *, collection: str | None =
     queries : sequence of paths, optional
         Image files to look up.
     cache : path, default="cache"
-    warn : callable, optional
-    **settings
-        ``split``, ``seed``, ``sheet`` (queries on the contact sheet),
-        ``device``, ``weights_file``, ``progress``.
+    split, seed, group_by, min_per_class
+        The task's saved split, as for ``classify``.
+    sheet : int, default=8
+        Queries shown on the contact sheet.
+    weights_file : path, optional
+        The trunk's weights, when ``queries`` are given and the cache lost their path.
+    device, progress, warn
+        Where ``queries`` run through the trunk; a progress bar; a callable for notes.
 
     Returns
     -------
@@ -80,9 +76,11 @@ def retrieve(backbone: str, task: str | None = None, *, collection: str | None =
         ``per_class``, the settings, and the paths of the contact sheet and
         HTML page; with ``queries``, each query's neighbours.
     """
-    config = RetrieveConfig(backbone=backbone, task=task, weights=weights, k=k,
-                            queries=[str(q) for q in queries], cache_root=str(cache),
-                            **_split(settings))
+    config = RetrieveConfig(
+        backbone=backbone, task=task, weights=weights, k=k, queries=[str(q) for q in queries],
+        weights_file=None if weights_file is None else str(weights_file), sheet=sheet,
+        split=SplitSpec.of(split, seed=seed, group_by=group_by, min_per_class=min_per_class),
+        device=device, cache_root=str(cache), progress=progress)
     found = cached_collection(cache=cache, collection=collection)
     from featbank.analysis.retrieve import lookup
     from featbank.analysis.retrieve import retrieve as evaluate_retrieval
@@ -92,7 +90,8 @@ def retrieve(backbone: str, task: str | None = None, *, collection: str | None =
 
 def duplicates(backbone: str, *, collection: str | None = None, weights: str = "all",
                threshold: float | None = None, k: int = 10, across: str | None = None,
-               cache: PathLike = "cache", warn=_quiet, **settings: Any) -> dict:
+               sheet: int = 8, cache: PathLike = "cache", progress: bool = True,
+               warn=_quiet) -> dict:
     """Near-duplicate images: groups within a collection, or pairs with another one.
 
     Parameters
@@ -110,10 +109,11 @@ def duplicates(backbone: str, *, collection: str | None = None, weights: str = "
     across : str, optional
         Another collection of the cache: which of this collection's images it
         already holds (its features made by the same backbone and weights).
+    sheet : int, default=8
+        Groups shown on the contact sheet.
     cache : path, default="cache"
-    warn : callable, optional
-    **settings
-        ``sheet`` (groups on the contact sheet), ``progress``.
+    progress, warn
+        A progress bar; a callable for notes.
 
     Returns
     -------
@@ -123,10 +123,10 @@ def duplicates(backbone: str, *, collection: str | None = None, weights: str = "
     """
     from featbank.analysis.duplicates import duplicates as find
 
-    if threshold is not None:
-        settings["threshold"] = threshold
-    config = DuplicatesConfig(backbone=backbone, weights=weights, k=k, across=across,
-                              cache_root=str(cache), **settings)
+    config = DuplicatesConfig(
+        backbone=backbone, weights=weights, k=k, across=across, sheet=sheet,
+        threshold=DUPLICATE_THRESHOLD if threshold is None else threshold,
+        cache_root=str(cache), progress=progress)
     return find(cached_collection(cache=cache, collection=collection), config, warn=warn)
 
 
@@ -156,8 +156,11 @@ def cka_files(features: Sequence[PathLike], *, debiased: bool = False,
 
 
 def layer_curve(collection: str | None = None, *, head: str = "all", task: str = "all",
-                cache: PathLike = "cache", split: str = "80/10/10", seed: int = 0,
-                warn=_quiet, **settings: Any) -> list[dict]:
+                cache: PathLike = "cache", split: SplitLike = (0.8, 0.1, 0.1),
+                seed: int = 0, group_by: str | None = None, min_per_class: int | None = None,
+                normalize: str = "standard", pca: int | None = None, balanced: bool = False,
+                softmax_recipe: str = "fast", train_fraction: float = 1.0,
+                calibrate: str | None = None, repeats: int = 1, warn=_quiet) -> list[dict]:
     """Test score ± interval against depth, from the cells ``classify(layers="all")``
     stored: a plot and its points per task, a line per backbone, weights and head.
 
@@ -168,8 +171,10 @@ def layer_curve(collection: str | None = None, *, head: str = "all", task: str =
     head, task : str
         Which heads and tasks to draw, comma-separated or ``all``.
     cache : path, default="cache"
-    split, seed, **settings
-        Which cells count, as for :func:`featbank.api.stages.results_table`.
+    split, seed, group_by, min_per_class, repeats
+        The split of the cells that count, as for :func:`featbank.api.grid.results_table`.
+    normalize, pca, balanced, softmax_recipe, train_fraction, calibrate
+        The settings of the cells that count.
 
     Returns
     -------
@@ -178,15 +183,22 @@ def layer_curve(collection: str | None = None, *, head: str = "all", task: str =
         ``spread``), the ``plot`` (PNG) and ``json`` paths.
     """
     from featbank.analysis.layer_curve import layer_curve as draw
-    from featbank.api.stages import table
+    from featbank.api.grid import table
 
-    return draw(table(collection, cache=cache, split=split, seed=seed, warn=warn, **settings),
-                cache, heads=head, tasks=task)
+    chosen = table(collection, cache=cache, split=split, seed=seed, group_by=group_by,
+                   min_per_class=min_per_class, normalize=normalize, pca=pca,
+                   balanced=balanced, softmax_recipe=softmax_recipe,
+                   train_fraction=train_fraction, calibrate=calibrate, repeats=repeats,
+                   warn=warn)
+    return draw(chosen, cache, heads=head, tasks=task)
 
 
 def shot_curve(collection: str | None = None, *, head: str = "all", task: str = "all",
-               cache: PathLike = "cache", split: str = "80/10/10", seed: int = 0,
-               warn=_quiet, **settings: Any) -> list[dict]:
+               cache: PathLike = "cache", split: SplitLike = (0.8, 0.1, 0.1),
+               seed: int = 0, group_by: str | None = None, min_per_class: int | None = None,
+               normalize: str = "standard", pca: int | None = None, balanced: bool = False,
+               softmax_recipe: str = "fast", train_fraction: float = 1.0,
+               calibrate: str | None = None, repeats: int = 1, warn=_quiet) -> list[dict]:
     """Test score ± standard deviation against k, the training images per class, from
     the cells ``classify(shots=...)`` stored: a plot and its points per task, a line per
     backbone, weights and head (k on a log axis).
@@ -197,8 +209,10 @@ def shot_curve(collection: str | None = None, *, head: str = "all", task: str = 
         Images folder whose cells are drawn (default: the demo collection).
     head, task : str
         One head or task, or ``"all"``.
-    cache, split, seed
-        As for ``classify``: the cells of that split and seed.
+    split, seed, group_by, min_per_class, repeats
+        The split of the cells that count, as for :func:`featbank.api.grid.results_table`.
+    normalize, pca, balanced, softmax_recipe, train_fraction, calibrate
+        The settings of the cells that count.
     warn : callable
         Called with a line for every stale or unreadable cell left out.
 
@@ -209,15 +223,19 @@ def shot_curve(collection: str | None = None, *, head: str = "all", task: str = 
         the ``plot`` (PNG) and ``json`` paths.
     """
     from featbank.analysis.shot_curve import shot_curve as draw
-    from featbank.api.stages import table
+    from featbank.api.grid import table
 
-    return draw(table(collection, cache=cache, split=split, seed=seed, warn=warn, **settings),
-                cache, heads=head, tasks=task)
+    chosen = table(collection, cache=cache, split=split, seed=seed, group_by=group_by,
+                   min_per_class=min_per_class, normalize=normalize, pca=pca,
+                   balanced=balanced, softmax_recipe=softmax_recipe,
+                   train_fraction=train_fraction, calibrate=calibrate, repeats=repeats,
+                   warn=warn)
+    return draw(chosen, cache, heads=head, tasks=task)
 
 
 def map2d(backbone: str, task: str, *, collection: str | None = None, weights: str = "all",
-          method: str = "auto", cache: PathLike = "cache", warn=_quiet,
-          **settings: Any) -> dict:
+          method: str = "auto", max_points: int = 5000, seed: int = 0,
+          cache: PathLike = "cache", progress: bool = True, warn=_quiet) -> dict:
     """A 2-D map (UMAP or t-SNE) of a feature file, coloured by a task.
 
     Parameters
@@ -227,10 +245,12 @@ def map2d(backbone: str, task: str, *, collection: str | None = None, weights: s
     weights : str, default="all"
     method : {"auto", "umap", "tsne"}, default="auto"
         ``auto``: UMAP when ``umap-learn`` is installed, else t-SNE.
+    max_points : int, default=5000
+        A seeded, class-stratified sample beyond this many images.
+    seed : int, default=0
     cache : path, default="cache"
-    warn : callable, optional
-    **settings
-        ``max_points``, ``seed``, ``progress``.
+    progress, warn
+        A progress bar; a callable for notes.
 
     Returns
     -------
@@ -241,7 +261,8 @@ def map2d(backbone: str, task: str, *, collection: str | None = None, weights: s
     from featbank.analysis.maps import make_map
 
     config = MapConfig(backbone=backbone, task=task, weights=weights, method=method,
-                       cache_root=str(cache), **settings)
+                       max_points=max_points, seed=seed, cache_root=str(cache),
+                       progress=progress)
     return make_map(cached_collection(cache=cache, collection=collection), config, warn=warn)
 
 
@@ -268,98 +289,3 @@ def export(backbone: str, *, collection: str | None = None, weights: str = "all"
     config = ExportConfig(backbone=backbone, weights=weights, format=format,
                           cache_root=str(cache))
     return write(cached_collection(cache=cache, collection=collection), config, warn=warn)
-
-
-def layers(backbone: str, weights: str, compare: str, *, collection: str | None = None,
-           cache: PathLike = "cache", warn=_quiet, **settings: Any) -> dict:
-    """Per stage, how far two trunks of one architecture are apart (Gonthier et al.).
-
-    Parameters
-    ----------
-    backbone : str
-    weights, compare : str
-        The two trunks: ``imagenet``, ``random``, a weights file or a
-        fine-tuning run folder.
-    collection : str, optional
-    cache : path, default="cache"
-    warn : callable, optional
-    **settings
-        ``n`` (images for CKA, a seeded sample), ``seed``, ``batch_size``,
-        ``workers``, ``device``, ``progress``.
-
-    Returns
-    -------
-    dict
-        ``stages``: each stage's ``weight_distance`` and ``cka``; the plot's path.
-    """
-    from featbank.analysis.layers import layers as compare_stages
-
-    config = LayersConfig(backbone=backbone, weights=str(weights), compare=str(compare),
-                          cache_root=str(cache), **settings)
-    return compare_stages(cached_collection(cache=cache, collection=collection), config,
-                          warn=warn)
-
-
-def top_images(backbone: str, weights: str, *, compare: str | None = None,
-               collection: str | None = None, cache: PathLike = "cache", warn=_quiet,
-               **settings: Any) -> dict:
-    """Each channel's most activating collection images, their class entropy and, with
-    ``compare``, how much two trunks agree on them.
-
-    Parameters
-    ----------
-    backbone, weights : str
-    compare : str, optional
-        A second trunk of the same architecture.
-    collection : str, optional
-    cache : path, default="cache"
-    warn : callable, optional
-    **settings
-        ``stage``, ``k``, ``task``, ``n``, ``seed``, ``batch_size``, ``workers``,
-        ``device``, ``progress``.
-
-    Returns
-    -------
-    dict
-        ``entropy``, ``label_entropy``, ``overlap`` (with ``compare``), the plot's path.
-    """
-    from featbank.analysis.top_images import top_images as rank
-
-    config = TopImagesConfig(backbone=backbone, weights=str(weights),
-                             compare=None if compare is None else str(compare),
-                             cache_root=str(cache), **settings)
-    return rank(cached_collection(cache=cache, collection=collection), config, warn=warn)
-
-
-def saliency(*, run: PathLike | None = None, backbone: str | None = None,
-             weights: str = "imagenet", task: str | None = None, head: str | None = None,
-             method: str = "gradcam", collection: str | None = None,
-             cache: PathLike = "cache", warn=_quiet, **settings: Any) -> dict:
-    """Saliency maps of a fine-tuned run, or of a trunk with a stored linear head.
-
-    Parameters
-    ----------
-    run : path, optional
-        A fine-tuning run folder (its trunk and head).
-    backbone, weights, task, head : str, optional
-        Or: a trunk, with the head ``classify`` stored for ``task``.
-    method : {"gradcam", "vbp", "ig"}, default="gradcam"
-    collection : str, optional
-    cache : path, default="cache"
-    warn : callable, optional
-    **settings
-        ``n``, ``images``, ``sanity``, ``steps``, ``seed``, ``split``,
-        ``device``, ``progress``.
-
-    Returns
-    -------
-    dict
-        Per image its class and prediction, the grid's path, and with
-        ``sanity`` the rank correlation with a re-initialised model.
-    """
-    from featbank.analysis.saliency import saliency as draw
-
-    config = SaliencyConfig(method=method, run=None if run is None else str(run),
-                            backbone=backbone, weights=str(weights), task=task, head=head,
-                            cache_root=str(cache), **_split(settings, keep_seed=True))
-    return draw(cached_collection(cache=cache, collection=collection), config, warn=warn)

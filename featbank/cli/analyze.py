@@ -38,7 +38,7 @@ from featbank.analysis.config import (
     SaliencyConfig,
     TopImagesConfig,
 )
-from featbank.api import analyses
+from featbank.api import analyses, trunks
 from featbank.cli.common import Parser, add_options, make_parser
 from featbank.core.errors import BadInput
 from featbank.core.settings import defaults
@@ -304,7 +304,7 @@ def _trunk_pass(args) -> dict:
 
 
 def _layers(args) -> tuple[dict, list[str]]:
-    report = analyses.layers(args.backbone, args.weights, args.compare, n=args.n,
+    report = trunks.layers(args.backbone, args.weights, args.compare, n=args.n,
                              **_trunk_pass(args))
     print(f"{report['backbone']}: {report['label']} vs {report['compare_label']} on "
           f"{count(report['n_images'], 'image')}")
@@ -331,7 +331,7 @@ def _layer_curve(args) -> tuple[dict, list[str]]:
 
 
 def _top_images(args) -> tuple[dict, list[str]]:
-    report = analyses.top_images(args.backbone, args.weights, compare=args.compare,
+    report = trunks.top_images(args.backbone, args.weights, compare=args.compare,
                                  stage=args.stage, k=args.k, task=args.task, n=args.n,
                                  **_trunk_pass(args))
     line = (f"{report['stage']}: {report['channels']} channels, top {report['k']} of "
@@ -352,7 +352,7 @@ def _saliency(args) -> tuple[dict, list[str]]:
         folder = Path(args.run).resolve()
         if (folder.parents[1] / "collection.json").is_file():
             cache, collection = str(folder.parents[2]), folder.parents[1].name
-    report = analyses.saliency(run=args.run, backbone=args.backbone, weights=args.weights,
+    report = trunks.saliency(run=args.run, backbone=args.backbone, weights=args.weights,
                                task=args.task, head=args.head, method=args.method,
                                collection=collection, cache=cache, warn=_say, n=args.n,
                                images=args.images, sanity=args.sanity, steps=args.steps,

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 from featbank.api.analyses import layer_curve, shot_curve
-from featbank.api.stages import classify, table
+from featbank.api.grid import classify, table
 from featbank.classification.config import CALIBRATIONS, ClassifyConfig
 from featbank.core.errors import BadInput
 from featbank.cli.common import add_options, make_parser

@@ -94,7 +94,7 @@ def main(argv=None) -> None:
     from featbank.evaluation.metrics import score_of  # scikit-learn: after the checks
 
     scores = []
-    for result in results if isinstance(results, list) else [results]:
+    for result in results:
         row = result.row
         trunk = result.folder / "trunk.pth"
         score, value, (low, high) = score_of(row)

@@ -9,11 +9,13 @@ et al.); what was dropped is recorded beside the split.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import re
 import warnings
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
@@ -41,6 +43,20 @@ class SplitSpec:
         if self.min_per_class is not None and self.min_per_class < 3:
             raise BadInput(f"--min-per-class {self.min_per_class}: a class needs at least 3 "
                              "images, one for each of train, val and test")
+
+    @classmethod
+    def of(cls, split: "str | Sequence[float] | SplitSpec", **kwargs) -> "SplitSpec":
+        """A split given as ``"80/10/10"``, as fractions ``(0.8, 0.1, 0.1)`` (any three
+        positive numbers, normalised) or as a SplitSpec (``kwargs`` replace its fields)."""
+        if isinstance(split, SplitSpec):
+            return dataclasses.replace(split, **kwargs)
+        if isinstance(split, str):
+            return cls.parse(split, **kwargs)
+        parts = [float(p) for p in split]
+        if len(parts) != 3 or min(parts) <= 0:
+            raise BadInput(f"split {tuple(split)!r}: give three positive train/val/test "
+                           "fractions, e.g. (0.8, 0.1, 0.1)")
+        return cls(*(p / sum(parts) for p in parts), **kwargs)
 
     @classmethod
     def parse(cls, text: str, **kwargs) -> "SplitSpec":

@@ -47,17 +47,3 @@ def test_fit_head_tunes_and_returns_a_fitted_pipeline(tmp_path):
     assert head[-1].get_params()["C"] in (1.0, 0.1, 0.01, 0.001)
     with pytest.raises(ValueError, match="unknown head 'tree'"):
         fb.fit_head("tree", data.X, y)
-
-
-def test_classify_then_results_table_as_a_dataframe(tmp_path):
-    cache = tmp_path / "cache"
-    write_toy_cache(cache)
-    rows = fb.classify(cache=cache, head="knn,logreg", task="style", jobs=1)
-    assert len(rows) == 4 and {r["head"] for r in rows} == {"knn", "logreg"}
-    assert fb.classify(cache=cache, head="knn,logreg", task="style", jobs=1) == []  # stored
-    table = fb.results_table(cache=cache)
-    assert list(table.columns) == ["logreg", "knn"]  # the registry's order
-    assert len(table) == 2 and table.notna().all().all()
-    table.index[0]
-    assert set(table.attrs["spread"]) == {(k, c) for k in table.index for c in table.columns}
-    assert all(column in ("logreg", "knn") for _, column in table.attrs["bold"])

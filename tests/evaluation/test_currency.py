@@ -3,7 +3,7 @@ or fine-tuning images changed since are left out, and the table says how many an
 import numpy as np
 from helpers import make_image, write_toy_cache
 
-from featbank.api.stages import table
+from featbank.api.grid import table
 from featbank.classification.grid import ClassifyConfig, classify
 from featbank.data.collection import Collection, from_folder, load_metadata, save_metadata
 from featbank.data.tasks import SplitSpec
