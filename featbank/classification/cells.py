@@ -152,17 +152,10 @@ def run_cell(*, folder: Path, collection: str, task: str, split: Split, entry: C
     key = cell_key(collection, task, entry, head, config, shot)
     inputs = cell_inputs(entry, split)
     stem = _cell_stem(task, entry, head, config, inputs, shot)
-    head_path = folder / "heads" / f"{stem}.joblib"
-    head_path.parent.mkdir(parents=True, exist_ok=True)
     model.featbank_cell_ = {"cell": key, "inputs": inputs}  # what it was trained on
-    with atomic_path(head_path) as tmp:
-        joblib.dump(model, tmp)
-    write_reports(folder / "reports" / stem, y_te, classes[test_scores.argmax(1)], classes,
-                  test_scores)
-    if config.reliability and not split.multi_label:
-        plot_reliability(reliability(y_te, probabilities(test_scores), classes),
-                         folder / "reports" / f"{stem}_reliability.png",
-                         title=f"{task} / {entry.backbone} / {head}: test reliability")
+    head_path = _save(folder, stem, model, y_te, test_scores, classes,
+                      reliability_title=f"{task} / {entry.backbone} / {head}: test reliability"
+                      if config.reliability and not split.multi_label else None)
     test_ids = [data.ids[k] for k in te]
     test = metrics(y_te, test_scores, classes, ci=True, seed=split.spec.seed)
     paired = {"test_scores": save_test_scores(folder, f"reports/{stem}_test_scores.npz", test_ids,
@@ -190,6 +183,22 @@ def run_cell(*, folder: Path, collection: str, task: str, split: Split, entry: C
         head_path=str(head_path.relative_to(folder)),
         features=" + ".join(f"features/{p.path.name}" for p in entry.parts),
         **layer_fields(entry))
+
+
+def _save(folder: Path, stem: str, model, y_te, test_scores, classes,
+          reliability_title: str | None) -> Path:
+    """The fitted head (``heads/<stem>.joblib``) and its test reports; returns the head's
+    path."""
+    head_path = folder / "heads" / f"{stem}.joblib"
+    head_path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(head_path) as tmp:
+        joblib.dump(model, tmp)
+    write_reports(folder / "reports" / stem, y_te, classes[test_scores.argmax(1)], classes,
+                  test_scores)
+    if reliability_title:
+        plot_reliability(reliability(y_te, probabilities(test_scores), classes),
+                         folder / "reports" / f"{stem}_reliability.png", title=reliability_title)
+    return head_path
 
 
 def layer_fields(entry: Concatenation) -> dict:
