@@ -44,7 +44,7 @@ class _Pooled(nn.Module):
         out = self.module(x)
         if isinstance(out, (tuple, list)):
             out = out[0]
-        return out.mean(dim=(2, 3)) if out.ndim == 4 else out.flatten(1)
+        return out.float().mean(dim=(2, 3)) if out.ndim == 4 else out.flatten(1)
 
 
 def preprocess_of(value) -> Preprocess:

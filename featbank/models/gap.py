@@ -16,4 +16,4 @@ class GapTrunk(nn.Module):
         self.features = features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x).mean(dim=(2, 3))
+        return self.features(x).float().mean(dim=(2, 3))  # summed in fp32 under bf16 autocast too
