@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from harness import Bench
 
+import featbank.store.layout as layout
 import featbank.store.writer as writer
 from featbank.data.collection import Collection
 from featbank.extraction.engine import ExtractConfig, extract
@@ -69,11 +70,11 @@ def main():
             return add_rows(out, next_id[0] - args.add, args.add, args.dim)
 
         def rewrite() -> float:
-            limit, writer.MAX_SHARDS = writer.MAX_SHARDS, 0  # every fold joins all shards
+            limit, layout.MAX_SHARDS = layout.MAX_SHARDS, 0  # every fold joins all shards
             try:
                 return grow()
             finally:
-                writer.MAX_SHARDS = limit
+                layout.MAX_SHARDS = limit
         bench.measure(f"add {args.add} images", grow, unit="s")
         bench.measure(f"add {args.add} images as a full rewrite", rewrite, unit="s")
         bench.ratio("addition / rewrite (goal < 0.05)", f"add {args.add} images",
