@@ -145,8 +145,14 @@ def test_the_notebook_example_gives_the_heritage_table(tmp_path, monkeypatch):
     [(task, backbone, weights, dim)] = table.index
     assert (task, backbone, dim) == ("label", "squeezenet1_1", 512)
     assert weights.startswith("file squeezenet1_1-imagenet.pth (sha256:6701bb3d0ded")
-    # the logreg of the heritage table in docs/seeds.md (seed-0 split): 0.929
-    assert table.loc[(task, backbone, weights, dim), "logreg"] == pytest.approx(0.929, abs=0.005)
+    # the logreg of the heritage table in docs/seeds.md (seed-0 split, fp32 features): 0.929;
+    # bf16 features (the default on CPUs with native bf16) changed 2 of its 140 test images'
+    # answers (0.914): allowed 3
+    score = table.loc[(task, backbone, weights, dim), "logreg"]
+    if names["data"].provenance["precision"] == "fp32":
+        assert score == pytest.approx(0.929, abs=0.005)
+    else:
+        assert abs(score - 0.929) <= 3 / 140 + 1e-9
     assert names["retrieval"]["precision_at_k"] > 0.7  # 0.779 in docs/analysis.md
 
 
