@@ -90,7 +90,8 @@ def build_table(rows: list[dict], *, split_tag: str | list[str] | None = None,
 
     def place(row: dict) -> tuple:
         head = row.get("head") or ""
-        return order[row["method"]], rank.get(head, len(rank)), head, column_label(row)
+        return (order[row["method"]], rank.get(head, len(rank)), head, row.get("shots") or 0,
+                column_label(row))  # k-shot columns by k: 1, 4, 16
     heads = list(dict.fromkeys(column_label(r) for r in sorted(rows, key=place)))
     grouped: dict[tuple, dict[str, list[dict]]] = {}
     for r in rows:

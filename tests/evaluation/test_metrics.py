@@ -170,6 +170,14 @@ def test_repeats_show_mean_and_standard_deviation():
     assert records[0]["repeats"]["svm"] == 3
 
 
+def test_k_shot_columns_come_in_the_order_of_k():
+    rows = [_row(head="logreg", cell=f"c{k}", shots=k, draw=0) for k in (16, 1, 4)]
+    rows.append(_row(head="logreg", cell="all", shots=None))
+    columns, _ = build_table(rows, split_tag="t", variant="v")
+    shots = [c for c in columns if c.startswith("logreg")]
+    assert shots == ["logreg", "logreg (1-shot)", "logreg (4-shot)", "logreg (16-shot)"]
+
+
 def test_multi_label_metrics_and_reports(tmp_path):
     from sklearn.metrics import average_precision_score
 
