@@ -209,3 +209,27 @@ def test_a_damaged_main_file_is_rebuilt_from_its_shards_without_extracting(grown
     assert len(read) == 8  # the killed run's eight images only; the 16 stored rows stayed
     row = {i: k for k, i in enumerate(after.ids)}
     assert np.array_equal(after.X[[row[i] for i in before.ids]], before.X)
+
+
+def test_verify_repair_waits_for_the_run_that_holds_the_file_s_lock(caches, capsys):
+    """A run writing the file holds its extraction lock; ``verify --repair`` waits for it
+    instead of rebuilding the file under it."""
+    import subprocess
+    import sys
+    import time
+
+    from featbank.store.writer import lock_of
+
+    _, damaged = caches
+    DAMAGE["truncated main file"](damaged)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from filelock import FileLock; "
+         "lock = FileLock(sys.argv[1]); lock.acquire(); print('held', flush=True); "
+         "time.sleep(3)", str(lock_of(damaged))], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    start = time.monotonic()
+    verify(["--repair", str(damaged.parents[2])])
+    waited = time.monotonic() - start
+    holder.wait()
+    assert f"waiting for the run that is writing {damaged}" in capsys.readouterr().out
+    assert waited > 1.0 and not problems(damaged)
