@@ -9,7 +9,6 @@ pictures it drew under ``<cache>/<collection>/analysis/<sub-command>/``).
 """
 from __future__ import annotations
 
-import os
 from typing import Sequence
 
 from featbank.analysis.config import (
@@ -20,15 +19,9 @@ from featbank.analysis.config import (
     MapConfig,
     RetrieveConfig,
 )
+from featbank.api.common import PathLike, SplitLike, quiet
 from featbank.data.sources import cached_collection
 from featbank.data.tasks import SplitSpec
-
-PathLike = str | os.PathLike
-SplitLike = str | Sequence[float] | SplitSpec
-
-
-def _quiet(message: str) -> None:
-    """Where the analyses' notes go when the caller passes no ``warn``."""
 
 
 def retrieve(backbone: str, task: str | None = None, *, collection: str | None = None,
@@ -36,7 +29,7 @@ def retrieve(backbone: str, task: str | None = None, *, collection: str | None =
              cache: PathLike = "cache", split: SplitLike = (0.8, 0.1, 0.1), seed: int = 0,
              group_by: str | None = None, min_per_class: int | None = None,
              sheet: int = 8, weights_file: PathLike | None = None, device: str = "cpu",
-             progress: bool = True, warn=_quiet) -> dict:
+             progress: bool = True, warn=quiet) -> dict:
     """Similarity retrieval on cached features (Cetinic et al. §5.5).
 
     Each test image of ``task``'s saved split queries the train and
@@ -91,7 +84,7 @@ def retrieve(backbone: str, task: str | None = None, *, collection: str | None =
 def duplicates(backbone: str, *, collection: str | None = None, weights: str = "all",
                threshold: float | None = None, k: int = 10, across: str | None = None,
                sheet: int = 8, cache: PathLike = "cache", progress: bool = True,
-               warn=_quiet) -> dict:
+               warn=quiet) -> dict:
     """Near-duplicate images: groups within a collection, or pairs with another one.
 
     Parameters
@@ -131,7 +124,7 @@ def duplicates(backbone: str, *, collection: str | None = None, weights: str = "
 
 
 def cka_files(features: Sequence[PathLike], *, debiased: bool = False,
-              cache: PathLike = "cache", warn=_quiet) -> dict:
+              cache: PathLike = "cache", warn=quiet) -> dict:
     """Linear CKA (Kornblith et al. 2019) between every pair of feature files, with a
     heatmap (``analyze.py cka``; on arrays: :func:`featbank.api.arrays.cka`).
 
@@ -160,7 +153,7 @@ def layer_curve(collection: str | None = None, *, head: str = "all", task: str =
                 seed: int = 0, group_by: str | None = None, min_per_class: int | None = None,
                 normalize: str = "standard", pca: int | None = None, balanced: bool = False,
                 softmax_recipe: str = "fast", train_fraction: float = 1.0,
-                calibrate: str | None = None, repeats: int = 1, warn=_quiet) -> list[dict]:
+                calibrate: str | None = None, repeats: int = 1, warn=quiet) -> list[dict]:
     """Test score ± interval against depth, from the cells ``classify(layers="all")``
     stored: a plot and its points per task, a line per backbone, weights and head.
 
@@ -198,7 +191,7 @@ def shot_curve(collection: str | None = None, *, head: str = "all", task: str = 
                seed: int = 0, group_by: str | None = None, min_per_class: int | None = None,
                normalize: str = "standard", pca: int | None = None, balanced: bool = False,
                softmax_recipe: str = "fast", train_fraction: float = 1.0,
-               calibrate: str | None = None, repeats: int = 1, warn=_quiet) -> list[dict]:
+               calibrate: str | None = None, repeats: int = 1, warn=quiet) -> list[dict]:
     """Test score ± standard deviation against k, the training images per class, from
     the cells ``classify(shots=...)`` stored: a plot and its points per task, a line per
     backbone, weights and head (k on a log axis).
@@ -235,7 +228,7 @@ def shot_curve(collection: str | None = None, *, head: str = "all", task: str = 
 
 def map2d(backbone: str, task: str, *, collection: str | None = None, weights: str = "all",
           method: str = "auto", max_points: int = 5000, seed: int = 0,
-          cache: PathLike = "cache", progress: bool = True, warn=_quiet) -> dict:
+          cache: PathLike = "cache", progress: bool = True, warn=quiet) -> dict:
     """A 2-D map (UMAP or t-SNE) of a feature file, coloured by a task.
 
     Parameters
@@ -267,7 +260,7 @@ def map2d(backbone: str, task: str, *, collection: str | None = None, weights: s
 
 
 def export(backbone: str, *, collection: str | None = None, weights: str = "all",
-           format: str = "npy", cache: PathLike = "cache", warn=_quiet) -> dict:
+           format: str = "npy", cache: PathLike = "cache", warn=quiet) -> dict:
     """Write a feature file's vectors with ids and labels for other tools.
 
     Parameters

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
+from featbank.api.common import PathLike, SplitLike, quiet
 from featbank.classification.config import ClassifyConfig
 from featbank.data.sources import cached_collection
 from featbank.data.tasks import SplitSpec
@@ -24,13 +25,6 @@ if TYPE_CHECKING:  # for the signatures only: these import pandas
     import pandas
 
     from featbank.evaluation.tables import Table
-
-PathLike = str | os.PathLike
-SplitLike = str | Sequence[float] | SplitSpec
-
-
-def _quiet(message: str) -> None:
-    """Where the grid's notes go when the caller passes no ``warn``."""
 
 
 def classify_config(*, cache: PathLike = "cache", head: str = "all", backbone: str = "all",
@@ -63,7 +57,7 @@ def classify(*, collection: str | None = None, head: str = "all", backbone: str 
              softmax_recipe: str = "fast", train_fraction: float = 1.0,
              calibrate: str | None = None, shots: Sequence[int] = (), repeats: int = 1,
              ensemble: bool = False, reliability: bool = False, resplit: bool = False,
-             force: bool = False, jobs: int | None = None, warn=_quiet) -> list[dict]:
+             force: bool = False, jobs: int | None = None, warn=quiet) -> list[dict]:
     """Fill the off-the-shelf grid: every head x feature file x task, on saved splits.
 
     Cells already in the results store are reused; each new cell's row is
@@ -118,7 +112,7 @@ def table(collection: str | None = None, *, cache: PathLike = "cache",
           min_per_class: int | None = None, normalize: str = "standard",
           pca: int | None = None, balanced: bool = False, softmax_recipe: str = "fast",
           train_fraction: float = 1.0, calibrate: str | None = None, repeats: int = 1,
-          warn=_quiet) -> Table:
+          warn=quiet) -> Table:
     """The paper-style table of a collection's results store (see :func:`results_table`,
     same keywords), as the command line prints it: Markdown with ± and bold marks, notes,
     files. Only results that still describe the cache count

@@ -8,12 +8,12 @@ it import it when they run.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
+from featbank.api.common import PathLike, quiet
 from featbank.core.errors import BadInput
 from featbank.data.sources import cached_collection, open_collection
 from featbank.data.tasks import SplitSpec
@@ -29,12 +29,6 @@ if TYPE_CHECKING:  # for the signatures only: these import torch or scikit-learn
 
     from featbank.extraction.engine import ExtractReport
     from featbank.finetuning.train import FinetuneResult
-
-PathLike = str | os.PathLike
-
-
-def _quiet(message: str) -> None:
-    """Where the stages' notes go when the caller passes no ``warn``."""
 
 
 def extract(images: PathLike | None = None, *, backbone, weights: str = "imagenet",
@@ -199,7 +193,7 @@ def finetune(backbone: str, task: str, *, collection: str | None = None,
              group_by: str | None = None, min_per_class: int | None = None,
              repeats: int = 1, resplit: bool = False, device: str = "auto",
              workers: int | None = None, progress: bool = True,
-             log=_quiet) -> list[FinetuneResult]:
+             log=quiet) -> list[FinetuneResult]:
     """Fine-tune a backbone with a new head on a task's saved split (the one
     :func:`featbank.api.grid.classify` uses), test its best-validation-loss weights,
     export its trunk. Every keyword is a ``finetune.py`` option (docs/finetune.md).

@@ -9,25 +9,18 @@ writes as JSON, with the paths of the pictures it drew under
 """
 from __future__ import annotations
 
-import os
 from typing import Sequence
 
 from featbank.analysis.config import LayersConfig, SaliencyConfig, TopImagesConfig
+from featbank.api.common import PathLike, SplitLike, quiet
 from featbank.data.sources import cached_collection
 from featbank.data.tasks import SplitSpec
-
-PathLike = str | os.PathLike
-SplitLike = str | Sequence[float] | SplitSpec
-
-
-def _quiet(message: str) -> None:
-    """Where the analyses' notes go when the caller passes no ``warn``."""
 
 
 def layers(backbone: str, weights: str, compare: str, *, collection: str | None = None,
            n: int = 500, seed: int = 0, batch_size: int = 32, workers: int | None = None,
            device: str = "auto", cache: PathLike = "cache", progress: bool = True,
-           warn=_quiet) -> dict:
+           warn=quiet) -> dict:
     """Per stage, how far two trunks of one architecture are apart (Gonthier et al.).
 
     Parameters
@@ -64,7 +57,7 @@ def top_images(backbone: str, weights: str, *, compare: str | None = None,
                stage: str = "last", k: int = 9, task: str | None = None, n: int = 1000,
                seed: int = 0, batch_size: int = 32, workers: int | None = None,
                device: str = "auto", collection: str | None = None,
-               cache: PathLike = "cache", progress: bool = True, warn=_quiet) -> dict:
+               cache: PathLike = "cache", progress: bool = True, warn=quiet) -> dict:
     """Each channel's most activating collection images, their class entropy and, with
     ``compare``, how much two trunks agree on them.
 
@@ -112,7 +105,7 @@ def saliency(*, run: PathLike | None = None, backbone: str | None = None,
              split: SplitLike = (0.8, 0.1, 0.1), group_by: str | None = None,
              min_per_class: int | None = None, device: str = "auto",
              collection: str | None = None, cache: PathLike = "cache",
-             progress: bool = True, warn=_quiet) -> dict:
+             progress: bool = True, warn=quiet) -> dict:
     """Saliency maps of a fine-tuned run, or of a trunk with a stored linear head.
 
     Parameters
