@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
 
-from featbank.core.errors import BadInput
+from featbank.core.errors import BadInput, MissingFile
 from featbank.core.fileio import atomic_path, atomic_write_text, safe_name
 from featbank.data.collection import Collection
 from featbank.models.registry import check_names
@@ -79,6 +80,29 @@ def describe(entry: FeatureFile) -> dict:
             "weights_exact": entry.weights_exact, "features": str(entry.path),
             "features_sha256": entry.content_sha256,  # what its rows held when this ran
             "feature_dim": entry.feature_dim, "n_rows": entry.n_rows}
+
+
+def trunk_weights(entry: FeatureFile, attrs: dict, weights_file: str | None) -> str:
+    """What to pass to ``load_trunk`` to rebuild the trunk that made ``entry``: the
+    weights file given, else the one the file recorded, else the last extraction's."""
+    if entry.weights in ("imagenet", "random"):
+        return entry.weights
+    from featbank.models.registry import weights_id
+
+    if weights_file:
+        if weights_id(weights_file, option="--weights-file") != entry.weights:
+            raise BadInput(f"--weights-file {weights_file} is not the file {entry.path.name} "
+                             f"was extracted with ({entry.weights[:19]})")
+        return weights_file
+    last_run = entry.path.parent.parent / "extract_config.json"
+    candidates = [attrs.get("weights_source"),
+                  json.loads(last_run.read_text()).get("weights") if last_run.is_file() else None]
+    for path in filter(None, candidates):
+        if Path(path).is_file() and weights_id(path) == entry.weights:
+            return path
+    raise MissingFile(f"{entry.path.name} was extracted with a weights file "
+                            f"({entry.weights[:19]}) that is no longer at its recorded path; "
+                            "pass --weights-file PATH")
 
 
 # -- pictures ---------------------------------------------------------------------------

@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from featbank.analysis.geometry import MIN_INLIERS
+from featbank.analysis.pairs import VERIFY
 from featbank.core.errors import BadInput, MissingFile
 from featbank.core.settings import at_least, check_device_name, check_workers, one_of, runtime
 from featbank.data.tasks import SplitSpec
@@ -119,18 +121,31 @@ class DuplicatesConfig:
     threshold: float = DUPLICATE_THRESHOLD
     k: int = 10  # neighbours each image is compared with
     across: str | None = None  # another collection of the cache
+    rotations: bool = True  # also query each image turned by 90, 180 and 270 degrees
+    verify: str = "auto"  # confirm pairs by local features: auto (with OpenCV), on, off
+    min_inliers: int = MIN_INLIERS  # RANSAC inliers a confirmed pair has
     sheet: int = runtime(8)  # groups on the contact sheet
+    weights_file: str | None = runtime(None)  # the trunk's weights, when the cache lost them
+    device: str = runtime("cpu")  # where the turned images run through the trunk
     cache_root: str = runtime("cache")
     progress: bool = runtime(True)
 
     def __post_init__(self):
         _one_backbone(self.backbone)
         self.weights = parse_weights_filter(self.weights)
-        if not 0 < self.threshold <= 1:
-            raise BadInput(f"--threshold must be a cosine similarity in (0, 1], "
-                           f"not {self.threshold}")
-        at_least("--k", self.k, 1)
+        check_pairs(self)
         at_least("--sheet", self.sheet, 0)
+        check_device_name(self.device)
+
+
+def check_pairs(config) -> None:
+    """The settings of near-duplicate pairs (duplicates, leaks)."""
+    if not 0 < config.threshold <= 1:
+        raise BadInput(f"--threshold must be a cosine similarity in (0, 1], "
+                       f"not {config.threshold}")
+    at_least("--k", config.k, 1)
+    one_of("--verify", config.verify, VERIFY)
+    at_least("--min-inliers", config.min_inliers, 3)
 
 
 def _network_weights(option: str, value: str) -> None:
@@ -240,3 +255,78 @@ class SaliencyConfig:
         at_least("--steps", self.steps, 2)
         at_least("--seed", self.seed, 0)
         check_device_name(self.device)
+
+
+# -- what is wrong with a collection --------------------------------------------------
+
+@dataclass
+class LeaksConfig:
+    """Confirmed near-duplicate pairs whose images fall in two parts of a task's split."""
+
+    backbone: str
+    task: str
+    weights: str = "all"
+    threshold: float = DUPLICATE_THRESHOLD
+    k: int = 10
+    rotations: bool = True
+    verify: str = "auto"
+    min_inliers: int = MIN_INLIERS
+    split: SplitSpec = field(default_factory=SplitSpec)
+    sheet: int = runtime(12)  # pairs on the contact sheet
+    weights_file: str | None = runtime(None)
+    device: str = runtime("cpu")
+    cache_root: str = runtime("cache")
+    progress: bool = runtime(True)
+
+    def __post_init__(self):
+        _one_backbone(self.backbone)
+        self.weights = parse_weights_filter(self.weights)
+        check_pairs(self)
+        at_least("--sheet", self.sheet, 0)
+        check_device_name(self.device)
+
+
+@dataclass
+class LabelIssuesConfig:
+    """Likely cataloguing errors: out-of-fold probabilities of a head, ranked by cleanlab."""
+
+    backbone: str
+    task: str
+    weights: str = "all"
+    head: str = "logreg"
+    folds: int = 5  # K-fold over train+val; the test part is scored by a fit on train+val
+    split: SplitSpec = field(default_factory=SplitSpec)
+    sheet: int = runtime(24)  # images on the contact sheet, the worst first
+    cache_root: str = runtime("cache")
+
+    def __post_init__(self):
+        _one_backbone(self.backbone)
+        self.weights = parse_weights_filter(self.weights)
+        from featbank.heads.registry import resolve_heads
+
+        [self.head] = resolve_heads([self.head])
+        at_least("--folds", self.folds, 2)
+        at_least("--sheet", self.sheet, 0)
+
+
+@dataclass
+class OutliersConfig:
+    """Per image: how far it is from its nearest neighbours; and what to annotate first."""
+
+    backbone: str
+    weights: str = "all"
+    k: int = 10  # neighbours an outlier score averages over
+    n: int | None = None  # select: images to pick (None: outliers only)
+    labelled: str | None = None  # select: a file of ids already annotated, one a line
+    sheet: int = runtime(24)
+    cache_root: str = runtime("cache")
+
+    def __post_init__(self):
+        _one_backbone(self.backbone)
+        self.weights = parse_weights_filter(self.weights)
+        at_least("--k", self.k, 1)
+        if self.n is not None:
+            at_least("--n", self.n, 1)
+        if self.labelled is not None and not os.path.isfile(self.labelled):
+            raise MissingFile(f"--labelled {self.labelled} not found")
+        at_least("--sheet", self.sheet, 0)

@@ -1,10 +1,13 @@
-"""Near-duplicate images: re-scans, crops, colour-corrected copies, within a collection or
-across two.
+"""Near-duplicate images: re-scans, crops, rotated, mirrored and colour-corrected copies,
+within a collection or across two.
 
-Every image queries the feature file's similarity index (:mod:`featbank.store.index`)
-for its ``k`` nearest neighbours; pairs at cosine ``threshold`` or more are
-linked, and linked images form groups (connected components). Outputs: a CSV
-(group, id, similarity to the group's first image), contact sheets of the
+Pairs come from :mod:`featbank.analysis.pairs`: neighbours in the feature
+file's similarity index at cosine ``threshold`` or more, the images also
+queried turned by 90, 180 and 270 degrees, each pair confirmed by geometric
+verification of local features; confirmed pairs are linked, and linked
+images form groups (connected components). Outputs: a CSV
+(group, id, similarity to the group's first image), a CSV of every candidate
+pair (cosine, rotation, inliers, confirmed), contact sheets of the
 largest groups, an HTML page to page through every group, and the JSON report.
 ``across`` instead asks which images of this collection duplicate images of
 another one (its feature file made by the same backbone and weights): a CSV of
@@ -24,17 +27,19 @@ import numpy as np
 from featbank.analysis.common import (
     describe,
     output_folder,
+    progress_bar,
     single_feature_file,
     thumbnail_files,
     write_page,
 )
 from featbank.analysis.config import DuplicatesConfig
+from featbank.analysis.pairs import Pairs, PairSettings, find_pairs, near_pairs
 from featbank.core.errors import BadInput
 from featbank.core.fileio import atomic_path, atomic_write_json, safe_name
 from featbank.data.collection import Collection
 from featbank.data.sources import cached_collection
 from featbank.evaluation.plots import plot_image_grid
-from featbank.store.index import CHUNK, ensure_index, search
+from featbank.store.index import ensure_index
 from featbank.store.provenance import plain_attrs, provenance_conflict
 
 PER_PAGE = 20  # groups per HTML page
@@ -50,10 +55,10 @@ def duplicates(collection: Collection, config: DuplicatesConfig, *, warn=print) 
     if config.across:
         return _across(collection, entry, config, folder, started, warn)
     index, info = ensure_index(entry.path, warn=warn)
-    with h5py.File(entry.path, "r") as f:
-        ids = f["ids"].asstr()[:].tolist()
-        pairs = _pairs(index, f, config, skip_self=True)
-    groups = connected_groups(len(ids), pairs)
+    ids, provenance = file_rows(entry)
+    pairs = confirmed_pairs(collection, entry, ids, provenance, index, config, warn=warn)
+    kept = pairs.confirmed
+    groups = connected_groups(len(ids), np.column_stack([pairs.a[kept], pairs.b[kept]]))
     stem = f"{entry.path.stem}__{config.threshold:g}"
     similarity = _to_first(entry.path, groups)
     csv_path = _write_groups_csv(folder / f"{stem}.csv", groups, ids, similarity)
@@ -61,7 +66,9 @@ def duplicates(collection: Collection, config: DuplicatesConfig, *, warn=print) 
               "index": asdict(info), "threshold": config.threshold, "k": config.k,
               "n_images": len(ids), "n_groups": len(groups),
               "n_images_in_groups": int(sum(len(g) for g in groups)),
-              "largest": [len(g) for g in groups[:10]], "csv": str(csv_path),
+              "largest": [len(g) for g in groups[:10]], **pair_counts(pairs),
+              "csv": str(csv_path),
+              "pairs_csv": str(write_pairs_csv(folder / f"{stem}__pairs.csv", pairs, ids)),
               "settings": asdict(config)}
     shown = [[(ids[r], s) for r, s in zip(group, similarity[k])]
              for k, group in enumerate(groups)]
@@ -69,23 +76,49 @@ def duplicates(collection: Collection, config: DuplicatesConfig, *, warn=print) 
         report["png"] = str(_sheet(folder / f"{stem}_largest.png", collection, shown[:config.sheet],
                                    config.threshold))
         report["html"] = str(_html(folder / f"{stem}.html", collection, shown, report))
-    return _finish(report, folder / f"{stem}.json", started)
+    return finish(report, folder / f"{stem}.json", started)
 
 
-def _pairs(index, f: h5py.File, config: DuplicatesConfig, *, skip_self: bool) -> np.ndarray:
-    """(i, j, similarity) of every row i and neighbour j at ``threshold`` or more."""
-    found_pairs = []
-    total = f["features"].shape[0]
-    for start in range(0, total, CHUNK):
-        block = f["features"][start:min(total, start + CHUNK)]
-        found, similarity = search(index, block, min(config.k + skip_self, index.ntotal))
-        rows = np.repeat(np.arange(start, start + len(block)), found.shape[1])
-        keep = (similarity.ravel() >= config.threshold) & (found.ravel() >= 0)
-        if skip_self:
-            keep &= found.ravel() != rows
-        found_pairs.append(np.column_stack([rows[keep], found.ravel()[keep],
-                                            similarity.ravel()[keep]]))
-    return np.concatenate(found_pairs) if found_pairs else np.zeros((0, 3))
+def file_rows(entry) -> tuple[list[str], dict]:
+    """The ids (file order) and attributes of a feature file, without its vectors."""
+    with h5py.File(entry.path, "r") as f:
+        return f["ids"].asstr()[:].tolist(), plain_attrs(dict(f.attrs))
+
+
+def confirmed_pairs(collection: Collection, entry, ids, provenance, index, config, *,
+                    warn=print) -> Pairs:
+    """Candidate pairs of ``config``'s settings (threshold, k, rotations, verify), each
+    confirmed by local features when OpenCV is there (``verify=auto``)."""
+    settings = PairSettings(threshold=config.threshold, k=config.k, rotations=config.rotations,
+                            verify=config.verify, min_inliers=config.min_inliers)
+    if config.verify == "auto" and not settings.checks():
+        warn("note: pairs are not verified by local features (OpenCV is not installed: "
+             "pip install 'featbank[quality]')")
+    return find_pairs(collection, entry, ids, provenance, index, settings,
+                      cache_root=config.cache_root, weights_file=config.weights_file,
+                      device=config.device, progress=progress_bar(config.progress))
+
+
+def pair_counts(pairs: Pairs) -> dict:
+    kept = pairs.confirmed
+    return {"verified": pairs.verified,
+            "min_inliers": pairs.min_inliers if pairs.verified else None,
+            "n_candidates": len(pairs), "n_pairs": int(kept.sum()),
+            "n_rejected": int(len(pairs) - kept.sum()),
+            "n_rotated": int((kept & (pairs.rotation != 0)).sum())}
+
+
+def write_pairs_csv(path: Path, pairs: Pairs, ids: list[str]) -> Path:
+    """Every candidate pair: ids, cosine, the turn from a to b, inliers, whether confirmed."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["id_a", "id_b", "cosine", "rotation", "mirrored", "inliers",
+                         "confirmed"])
+        for n in range(len(pairs)):
+            writer.writerow([ids[pairs.a[n]], ids[pairs.b[n]], f"{pairs.cosine[n]:.4f}",
+                             int(pairs.rotation[n]), int(pairs.mirrored[n]),
+                             int(pairs.inliers[n]), int(pairs.confirmed[n])])
+    return path
 
 
 def connected_groups(n: int, pairs: np.ndarray) -> list[list[int]]:
@@ -144,7 +177,7 @@ def _across(collection, entry, config: DuplicatesConfig, folder: Path, started: 
                            "extract both with the same backbone and weights")
         index, _ = ensure_index(theirs.path, warn=warn)
         ours_ids, their_ids = a["ids"].asstr()[:].tolist(), b["ids"].asstr()[:].tolist()
-        pairs = _pairs(index, a, config, skip_self=False)
+        pairs = near_pairs(index, a["features"], config.threshold, config.k, skip_self=False)
     path = folder / f"{entry.path.stem}__across-{safe_name(other.name)}__{config.threshold:g}.csv"
     with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
@@ -156,10 +189,10 @@ def _across(collection, entry, config: DuplicatesConfig, folder: Path, started: 
               "across": other.name, **describe(entry), "threshold": config.threshold,
               "k": config.k, "n_images": len(ours_ids), "n_duplicated": len(found),
               "n_pairs": int(len(pairs)), "csv": str(path), "settings": asdict(config)}
-    return _finish(report, path.with_suffix(".json"), started)
+    return finish(report, path.with_suffix(".json"), started)
 
 
-def _finish(report: dict, path: Path, started: float) -> dict:
+def finish(report: dict, path: Path, started: float) -> dict:
     report["seconds"] = round(time.perf_counter() - started, 3)
     report["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     atomic_write_json(path, report)

@@ -10,7 +10,6 @@ preprocessing as the feature file and matched against the whole collection.
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict
 from datetime import datetime, timezone
@@ -28,6 +27,7 @@ from featbank.analysis.common import (
     single_feature_file,
     thumbnail,
     thumbnail_files,
+    trunk_weights,
     write_page,
 )
 from featbank.analysis.config import RetrieveConfig
@@ -36,7 +36,6 @@ from featbank.core.errors import BadInput, MissingFile
 from featbank.core.fileio import atomic_path, atomic_write_json, safe_name
 from featbank.data.collection import Collection
 from featbank.data.saved_splits import load_or_make_split
-from featbank.store.features import FeatureFile
 from featbank.store.index import ensure_index, search
 
 SHOWN = 10  # neighbours per query on a contact sheet
@@ -128,7 +127,7 @@ def lookup(collection: Collection, config: RetrieveConfig, *, warn=print) -> dic
         if reason:
             raise BadInput(f"query image {path} cannot be read: {reason}")
         views.append(view)
-    weights = _trunk_weights(entry, data.provenance, config.weights_file)
+    weights = trunk_weights(entry, data.provenance, config.weights_file)
     runner = TrunkRunner(spec, load_trunk(spec, weights, option="--weights-file",
                                           progress=config.progress),
                          resolve_device(config.device), None)
@@ -166,29 +165,6 @@ def _settings(config: RetrieveConfig) -> dict:
     settings = asdict(config)
     settings["split"] = config.split.tag
     return settings
-
-
-def _trunk_weights(entry: FeatureFile, attrs: dict, weights_file: str | None) -> str:
-    """What to pass to ``load_trunk`` to rebuild the trunk that made ``entry``: the
-    weights file given, else the one the file recorded, else the last extraction's."""
-    if entry.weights in ("imagenet", "random"):
-        return entry.weights
-    from featbank.models.registry import weights_id
-
-    if weights_file:
-        if weights_id(weights_file, option="--weights-file") != entry.weights:
-            raise BadInput(f"--weights-file {weights_file} is not the file {entry.path.name} "
-                             f"was extracted with ({entry.weights[:19]})")
-        return weights_file
-    last_run = entry.path.parent.parent / "extract_config.json"
-    candidates = [attrs.get("weights_source"),
-                  json.loads(last_run.read_text()).get("weights") if last_run.is_file() else None]
-    for path in filter(None, candidates):
-        if Path(path).is_file() and weights_id(path) == entry.weights:
-            return path
-    raise MissingFile(f"{entry.path.name} was extracted with a weights file "
-                            f"({entry.weights[:19]}) that is no longer at its recorded path; "
-                            "pass --weights-file PATH")
 
 
 def _sheet_queries(labels: np.ndarray, n: int, seed: int) -> list[int]:

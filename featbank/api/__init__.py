@@ -5,7 +5,9 @@ Stages (:mod:`featbank.api.stages`, :mod:`featbank.api.grid`): :func:`extract`,
 :func:`finetune`.
 Analyses of a cached collection (:mod:`featbank.api.analyses`): :func:`retrieve`,
 :func:`duplicates`, :func:`cka_files`, :func:`map2d`, :func:`export`,
-:func:`layer_curve`, :func:`shot_curve`; of its images run through trunks
+:func:`layer_curve`, :func:`shot_curve`; what is wrong with it
+(:mod:`featbank.api.quality`, DataFrames): :func:`label_issues`, :func:`leaks`,
+:func:`outliers`, :func:`select`; of its images run through trunks
 (:mod:`featbank.api.trunks`): :func:`layers`, :func:`top_images`, :func:`saliency`.
 On arrays (:mod:`featbank.api.arrays`): :func:`cka`, :func:`cka_matrix`,
 :func:`neighbours`, :func:`near_duplicates`; and the pure measures
@@ -25,6 +27,7 @@ from featbank.api.analyses import (
 )
 from featbank.api.arrays import cka, cka_matrix, near_duplicates, neighbours
 from featbank.api.grid import classify, results_table
+from featbank.api.quality import label_issues, leaks, outliers, select
 from featbank.api.stages import extract, finetune, fit_head, load_features
 from featbank.api.trunks import layers, saliency, top_images
 from featbank.evaluation.calibration import expected_calibration_error
@@ -32,5 +35,5 @@ from featbank.evaluation.calibration import expected_calibration_error
 __all__ = ["extract", "load_features", "fit_head", "classify", "results_table", "finetune",
            "retrieve", "cka_files", "map2d", "export", "duplicates", "layers", "layer_curve",
            "shot_curve", "top_images", "saliency", "cka", "cka_matrix", "neighbours",
-           "near_duplicates", "linear_cka", "precision_at_k", "average_precision_at_k",
+           "near_duplicates", "label_issues", "leaks", "outliers", "select", "linear_cka", "precision_at_k", "average_precision_at_k",
            "expected_calibration_error"]

@@ -83,8 +83,9 @@ def retrieve(backbone: str, task: str | None = None, *, collection: str | None =
 
 def duplicates(backbone: str, *, collection: str | None = None, weights: str = "all",
                threshold: float | None = None, k: int = 10, across: str | None = None,
-               sheet: int = 8, cache: PathLike = "cache", progress: bool = True,
-               warn=quiet) -> dict:
+               rotations: bool = True, verify: str = "auto", min_inliers: int | None = None,
+               sheet: int = 8, cache: PathLike = "cache", weights_file: PathLike | None = None,
+               device: str = "cpu", progress: bool = True, warn=quiet) -> dict:
     """Near-duplicate images: groups within a collection, or pairs with another one.
 
     Parameters
@@ -102,23 +103,40 @@ def duplicates(backbone: str, *, collection: str | None = None, weights: str = "
     across : str, optional
         Another collection of the cache: which of this collection's images it
         already holds (its features made by the same backbone and weights).
+    rotations : bool, default=True
+        Also query every image turned by 90, 180 and 270 degrees (three more
+        passes of the trunk, kept in the cache), to find copies stored rotated.
+    verify : {"auto", "on", "off"}, default="auto"
+        Confirm each candidate pair by geometric verification of local
+        features (OpenCV; ``auto``: when it is installed).
+    min_inliers : int, optional
+        RANSAC inliers a confirmed pair has (default:
+        ``featbank.analysis.geometry.MIN_INLIERS``).
     sheet : int, default=8
         Groups shown on the contact sheet.
     cache : path, default="cache"
+    weights_file, device
+        The trunk's weights when the cache lost their path, and where turned images run.
     progress, warn
         A progress bar; a callable for notes.
 
     Returns
     -------
     dict
-        ``n_groups``, ``largest``, and the paths of the CSV, contact sheet and
-        HTML page; with ``across``, ``n_duplicated``, ``n_pairs`` and the CSV.
+        ``n_groups``, ``largest``, ``n_candidates``, ``n_pairs`` (confirmed),
+        ``n_rotated``, and the paths of the groups' CSV, the pairs' CSV, the
+        contact sheet and the HTML page; with ``across``, ``n_duplicated``,
+        ``n_pairs`` and the CSV.
     """
     from featbank.analysis.duplicates import duplicates as find
+    from featbank.analysis.geometry import MIN_INLIERS
 
     config = DuplicatesConfig(
         backbone=backbone, weights=weights, k=k, across=across, sheet=sheet,
         threshold=DUPLICATE_THRESHOLD if threshold is None else threshold,
+        rotations=rotations, verify=verify,
+        min_inliers=MIN_INLIERS if min_inliers is None else min_inliers,
+        weights_file=None if weights_file is None else str(weights_file), device=device,
         cache_root=str(cache), progress=progress)
     return find(cached_collection(cache=cache, collection=collection), config, warn=warn)
 

@@ -1,5 +1,6 @@
 """Analyse a collection: retrieval, CKA, 2-D maps and export on cached features;
-layers, top images and saliency maps inside the networks.
+near-duplicates, leaks between split parts, likely label issues, outliers and what
+to annotate first; layers, top images and saliency maps inside the networks.
 
 Examples:
     python analyze.py retrieve --backbone squeezenet1_1 --task label --k 10
@@ -7,6 +8,10 @@ Examples:
     python analyze.py cka --features cache/test/features/*.h5
     python analyze.py map --backbone squeezenet1_1 --task label
     python analyze.py export --backbone squeezenet1_1 --format parquet
+    python analyze.py duplicates --backbone squeezenet1_1
+    python analyze.py leaks --backbone squeezenet1_1 --task label
+    python analyze.py label-issues --backbone squeezenet1_1 --task label
+    python analyze.py select --backbone squeezenet1_1 --n 100
     python analyze.py layers --backbone resnet50 --weights imagenet --compare cache/wikiart/finetune/RUN
     python analyze.py layer-curve --head logreg    # after extract.py/classify.py --layers all
     python analyze.py top-images --backbone resnet50 --weights imagenet --compare RUN --k 9
@@ -39,6 +44,9 @@ from featbank.analysis.config import (
     TopImagesConfig,
 )
 from featbank.api import analyses, trunks
+from featbank.cli.analyze_quality import COMMANDS as QUALITY
+from featbank.cli.analyze_quality import add_commands as add_quality_commands
+from featbank.cli.analyze_quality import add_pair_options, pair_keywords
 from featbank.cli.common import Parser, add_options, make_parser
 from featbank.core.errors import BadInput
 from featbank.core.settings import defaults
@@ -135,11 +143,7 @@ def _add_duplicates(commands) -> None:
     dup = commands.add_parser("duplicates", help="groups of near-duplicate images (CSV, contact "
                               "sheets, HTML), or which images another collection already holds")
     _features_options(dup, d, task_required=None)
-    dup.add_argument("--threshold", type=float, default=d["threshold"],
-                     help=f"cosine similarity from which two images are duplicates (default: "
-                          f"{d['threshold']:g}, chosen on bench/bench_duplicates.py)")
-    dup.add_argument("--k", type=int, default=d["k"],
-                     help=f"neighbours each image is compared with (default: {d['k']})")
+    add_pair_options(dup, d)
     dup.add_argument("--across", metavar="A,B", default=None,
                      help="images of collection A that duplicate images of collection B "
                           "(both extracted with this backbone and weights)")
@@ -217,6 +221,7 @@ def get_args_parser() -> Parser:
     for add in (_add_retrieve, _add_cka, _add_map, _add_export, _add_duplicates, _add_layers,
                 _add_layer_curve, _add_top_images, _add_saliency):
         add(commands)
+    add_quality_commands(commands)
     return parser
 
 
@@ -283,9 +288,8 @@ def _duplicates(args) -> tuple[dict, list[str]]:
             raise BadInput(f"--across {args.across!r}: name two collections, A,B")
         collection, across = parts
     report = analyses.duplicates(args.backbone, collection=collection, weights=args.weights,
-                                 threshold=args.threshold, k=args.k, across=across,
-                                 cache=args.cache, warn=_say, sheet=args.sheet,
-                                 progress=not args.no_progress)
+                                 across=across, cache=args.cache, warn=_say, sheet=args.sheet,
+                                 progress=not args.no_progress, **pair_keywords(args))
     if across:
         print(f"{count(report['n_duplicated'], 'image')} of {report['collection']} "
               f"({report['n_images']:,}) duplicate images of {across}: "
@@ -293,7 +297,10 @@ def _duplicates(args) -> tuple[dict, list[str]]:
         return report, ["csv"]
     print(f"{count(report['n_groups'], 'group')} of near-duplicates (cosine >= "
           f"{report['threshold']:g}) hold {count(report['n_images_in_groups'], 'image')} of "
-          f"{report['n_images']:,}; largest: {', '.join(map(str, report['largest'])) or '-'}")
+          f"{report['n_images']:,}; largest: {', '.join(map(str, report['largest'])) or '-'}; "
+          f"{count(report['n_rotated'], 'rotated pair')}"
+          + (f", {report['n_rejected']} of {report['n_candidates']} candidates rejected by "
+             "local features" if report["verified"] else ", not verified by local features"))
     return report, ["csv", "png", "html"]
 
 
@@ -378,6 +385,9 @@ COMMANDS = {"retrieve": _retrieve, "cka": _cka, "map": _map, "export": _export,
 
 def main(argv=None) -> None:
     args = get_args_parser().parse_args(argv)
-    report, pictures = COMMANDS[args.command](args)
+    if args.command in QUALITY:
+        report, pictures = QUALITY[args.command](args, _say)
+    else:
+        report, pictures = COMMANDS[args.command](args)
     written = [report["json"]] + [report[k] for k in pictures if report.get(k)]
     print("written: " + ", ".join(written), file=sys.stderr)

@@ -43,7 +43,7 @@ def planted(tmp_path):
 
 
 def test_planted_copies_are_grouped_and_listed(planted):
-    report = fb.duplicates("squeezenet1_1", collection="scans", cache=planted, threshold=0.98)
+    report = fb.duplicates("squeezenet1_1", collection="scans", cache=planted, rotations=False, verify="off", threshold=0.98)
     assert report["n_groups"] == 3 and report["largest"] == [4, 2, 2]
     with open(report["csv"], newline="") as fh:
         rows = list(csv.DictReader(fh))
@@ -53,7 +53,7 @@ def test_planted_copies_are_grouped_and_listed(planted):
     assert all(float(r["similarity_to_first"]) >= 0.98 for r in rows)
     # a stricter threshold drops the looser copy of row 9
     assert fb.duplicates("squeezenet1_1", collection="scans", cache=planted,
-                         threshold=0.9999)["n_groups"] < 3
+                         rotations=False, verify="off", threshold=0.9999)["n_groups"] < 3
 
 
 def test_across_finds_which_new_scans_are_already_held(planted, tmp_path):
@@ -62,7 +62,7 @@ def test_across_finds_which_new_scans_are_already_held(planted, tmp_path):
     new = np.vstack([held[[3, 7]] + 0.005, rng.normal(size=(5, 16))]).astype(np.float32)
     _collection(planted, "campaign2", new, tmp_path / "images2")
     report = fb.duplicates("squeezenet1_1", collection="campaign2", across="scans",
-                           cache=planted, threshold=0.98)
+                           cache=planted, rotations=False, verify="off", threshold=0.98)
     assert report["n_duplicated"] == 2
     with open(report["csv"], newline="") as fh:
         pairs = {(r["id"], r["id in scans"]) for r in csv.DictReader(fh)}
@@ -74,7 +74,7 @@ def test_the_html_page_pages_through_the_groups_in_a_browser(planted, monkeypatc
     import featbank.analysis.duplicates as module
 
     monkeypatch.setattr(module, "PER_PAGE", 2)  # 3 groups: two pages
-    report = fb.duplicates("squeezenet1_1", collection="scans", cache=planted, threshold=0.98)
+    report = fb.duplicates("squeezenet1_1", collection="scans", cache=planted, rotations=False, verify="off", threshold=0.98)
     with browser_page() as page:
         page.goto(f"file://{report['html']}")
         shown = lambda: [h.text_content() for h in page.query_selector_all(".group h2")  # noqa
