@@ -82,8 +82,20 @@ def index_summary(result: dict) -> str:
             f"cost {f['growth / build (goal <= 0.05)']:.3f} of the build.\n")
 
 
+def label_issues_summary(result: dict) -> str:
+    """The README's line on label issues (bench_label_issues)."""
+    f = result["figures"]
+    [top] = [label for label in f if label.startswith("precision among the top k")]
+    cell = lambda label: f"{f[label]['median']:.3f} ({f[label]['min']:.3f}-{f[label]['max']:.3f})"  # noqa: E731
+    return (f"{top}: {cell(top)}; AUROC of the label quality score "
+            f"{cell('AUROC of the label quality score')} against "
+            f"{cell('AUROC of confidence only (baseline)')} for confidence alone (median and "
+            f"range of {result['repeats']} draws of the flips, {result['date'][:10]}).\n")
+
+
 # README blocks written from a bench's results: <!-- bench:NAME --> ... <!-- /bench:NAME -->
 README_BLOCKS = {"bench_duplicates": duplicates_summary,
+                 "bench_label_issues": label_issues_summary,
                  "bench_index_5000000": index_summary}
 
 

@@ -109,7 +109,7 @@ class ExportConfig:
 
 # Cosine similarity at which two images count as near-duplicates by default: chosen on
 # bench/bench_duplicates.py (copies of heritage images; docs/analysis.md has its table).
-DUPLICATE_THRESHOLD = 0.92
+DUPLICATE_THRESHOLD = 0.88
 
 
 @dataclass

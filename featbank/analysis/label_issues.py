@@ -12,8 +12,8 @@ cleanlab's multi-label functions, with the labels likely missing or wrong.
 
 Outputs under ``<cache>/<collection>/analysis/label-issues/``: a CSV of every
 image worst first (``id, given, suggested, score``, its part and whether it
-is flagged), a contact sheet of the worst, an HTML page of the flagged ones
-and the JSON report. Needs cleanlab (``pip install 'featbank[quality]'``).
+is flagged), a contact sheet of the worst, an HTML page of the worst (the
+flagged marked) and the JSON report. Needs cleanlab (``pip install 'featbank[quality]'``).
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ from featbank.data.collection import Collection
 from featbank.data.saved_splits import load_or_make_split
 from featbank.evaluation.plots import plot_image_grid
 
-ON_PAGE = 1000  # flagged images on the HTML page (the CSV has every image)
+ON_PAGE = 1000  # the worst images on the HTML page (the CSV has every image)
 PER_PAGE = 60
 
 
@@ -92,8 +92,8 @@ def label_issues(collection: Collection, config: LabelIssuesConfig, *, warn=prin
     if rows and config.sheet:
         report["png"] = str(_sheet(folder / f"{stem}_worst.png", collection, rows[:config.sheet],
                                    config.task))
-    if flagged:
-        report["html"] = str(_html(folder / f"{stem}.html", collection, flagged[:ON_PAGE], report))
+    if rows:
+        report["html"] = str(_html(folder / f"{stem}.html", collection, rows[:ON_PAGE], report))
     report = finish(report, folder / f"{stem}.json", started)
     report["rows"] = rows
     return report

@@ -43,8 +43,11 @@ def _pages(cache):
     copies = fb.duplicates("squeezenet1_1", collection="hostile", cache=cache, threshold=0.99)
     mapped = fb.map2d("squeezenet1_1", "label", collection="hostile", cache=cache,
                       method="tsne", progress=False)
+    issues = fb.label_issues("squeezenet1_1", "label", collection="hostile", cache=cache,
+                             min_per_class=3, sheet=0)
     assert copies["n_groups"] >= 3
-    return {"retrieve": retrieved["html"], "duplicates": copies["html"], "map": mapped["html"]}
+    return {"retrieve": retrieved["html"], "duplicates": copies["html"], "map": mapped["html"],
+            "label-issues": issues.attrs["report"]["html"]}
 
 
 @needs_browser
