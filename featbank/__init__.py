@@ -19,6 +19,7 @@ __all__ = ["__version__", "extract", "load_features", "fit_head", "classify", "r
            "finetune", "retrieve", "cka_files", "map2d", "export", "duplicates", "layers",
            "layer_curve", "shot_curve", "top_images", "saliency", "cka", "cka_matrix",
            "neighbours", "near_duplicates", "label_issues", "leaks", "outliers", "select",
+           "without_leaks",
            "linear_cka", "precision_at_k",
            "average_precision_at_k", "expected_calibration_error"]
 

@@ -72,9 +72,10 @@ def duplicates(collection: Collection, config: DuplicatesConfig, *, warn=print) 
               "settings": asdict(config)}
     shown = [[(ids[r], s) for r, s in zip(group, similarity[k])]
              for k, group in enumerate(groups)]
-    if shown:
+    if shown and config.sheet:
         report["png"] = str(_sheet(folder / f"{stem}_largest.png", collection, shown[:config.sheet],
                                    config.threshold))
+    if shown:
         report["html"] = str(_html(folder / f"{stem}.html", collection, shown, report))
     return finish(report, folder / f"{stem}.json", started)
 

@@ -166,12 +166,12 @@ def _single_label(ids, given, parts, y, probs, classes, _separator) -> list[dict
 
 
 def _multi_label(ids, given, parts, Y, probs, classes, separator) -> list[dict]:
-    from cleanlab.filter import find_label_issues
+    from cleanlab.multilabel_classification.filter import find_label_issues
     from cleanlab.multilabel_classification.rank import get_label_quality_scores
 
     label_lists = [list(np.flatnonzero(row)) for row in Y]
     scores = get_label_quality_scores(label_lists, probs)
-    issues = find_label_issues(label_lists, probs, multi_label=True)
+    issues = find_label_issues(label_lists, probs)
     predicted = probs >= 0.5
     join = lambda mask: separator.join(c for c, m in zip(classes, mask) if m)  # noqa: E731
     return [{"id": i, "given": g, "suggested": join(pred), "score": round(float(q), 6),

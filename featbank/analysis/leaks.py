@@ -7,13 +7,16 @@ memory. ``leaks`` takes the confirmed near-duplicate pairs of
 lists those whose two images fall in different parts of the task's saved
 split: a CSV (``id_a, part_a, id_b, part_b, cosine``, with the turn and the
 local inliers), counts per pair of parts, the test images that have a copy
-outside the test part, a contact sheet and the JSON report.
+outside the test part, the top-1 of every stored result on the split with
+those test images left out (:mod:`featbank.evaluation.leakfree`), a contact
+sheet and the JSON report.
 ``classify.py --group-by duplicates`` makes a split that keeps each group
 of near-duplicates in one part.
 """
 from __future__ import annotations
 
 import csv
+import json
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -27,8 +30,12 @@ from featbank.core.fileio import atomic_path, safe_name
 from featbank.data.collection import Collection
 from featbank.data.saved_splits import load_or_make_split
 from featbank.data.tasks import SPLITS
+from featbank.evaluation.currency import current_rows
+from featbank.evaluation.leakfree import without_leaks
 from featbank.evaluation.plots import plot_image_grid
 from featbank.store.index import ensure_index
+from featbank.store.layout import content_identity
+from featbank.store.results import latest_rows, load_results
 
 COLUMNS = ["id_a", "part_a", "id_b", "part_b", "cosine", "rotation", "mirrored", "inliers"]
 
@@ -58,12 +65,36 @@ def leaks(collection: Collection, config: LeaksConfig, *, warn=print) -> dict:
               "n_leaks": len(rows), "by_parts": counts, "n_test": split.parts.count("test"),
               "n_test_leaked": len(leaked_test), "test_leaked": leaked_test,
               "csv": str(_write_csv(folder / f"{stem}.csv", rows)), "settings": _settings(config)}
+    report["without_leaks"] = without_leaks(
+        stored_rows(Path(config.cache_root) / collection.name, config.task, split),
+        split.select("test")[0], set(leaked_test))
     if rows and config.sheet:
         report["png"] = str(_sheet(folder / f"{stem}_sheet.png", collection, rows[:config.sheet],
                                    config.task))
     report = finish(report, folder / f"{stem}.json", started)
     report["rows"] = rows
     return report
+
+
+def stored_rows(folder: Path, task: str, split) -> list[dict]:
+    """The current results rows of ``task`` on ``split`` (its tag), from the store."""
+    rows = current_rows(latest_rows(load_results(folder)), folder)
+    return [r for r in rows if r.get("task") == task and r.get("split_tag") == split.spec.tag]
+
+
+def current_leaks(folder: Path, split) -> set[str] | None:
+    """The leaked test images of the newest ``leaks`` report on ``split`` (same digest)
+    whose feature file still holds what it held; None when there is none."""
+    found = []
+    for path in (folder / "analysis" / "leaks").glob("*.json"):
+        try:
+            report = json.loads(path.read_text(encoding="utf-8"))
+            if (report.get("split_digest") == split.digest and Path(report["features"]).is_file()
+                    and content_identity(Path(report["features"])) == report["features_sha256"]):
+                found.append((report["created"], set(report["test_leaked"])))
+        except (OSError, ValueError, KeyError):
+            continue  # a report being written, or of an older shape: not evidence
+    return max(found, key=lambda f: f[0])[1] if found else None
 
 
 def leak_rows(pairs, ids: list[str], part: dict[str, str]) -> list[dict]:

@@ -7,7 +7,7 @@ Analyses of a cached collection (:mod:`featbank.api.analyses`): :func:`retrieve`
 :func:`duplicates`, :func:`cka_files`, :func:`map2d`, :func:`export`,
 :func:`layer_curve`, :func:`shot_curve`; what is wrong with it
 (:mod:`featbank.api.quality`, DataFrames): :func:`label_issues`, :func:`leaks`,
-:func:`outliers`, :func:`select`; of its images run through trunks
+:func:`outliers`, :func:`select`, :func:`without_leaks`; of its images run through trunks
 (:mod:`featbank.api.trunks`): :func:`layers`, :func:`top_images`, :func:`saliency`.
 On arrays (:mod:`featbank.api.arrays`): :func:`cka`, :func:`cka_matrix`,
 :func:`neighbours`, :func:`near_duplicates`; and the pure measures
@@ -27,7 +27,7 @@ from featbank.api.analyses import (
 )
 from featbank.api.arrays import cka, cka_matrix, near_duplicates, neighbours
 from featbank.api.grid import classify, results_table
-from featbank.api.quality import label_issues, leaks, outliers, select
+from featbank.api.quality import label_issues, leaks, outliers, select, without_leaks
 from featbank.api.stages import extract, finetune, fit_head, load_features
 from featbank.api.trunks import layers, saliency, top_images
 from featbank.evaluation.calibration import expected_calibration_error
@@ -35,5 +35,6 @@ from featbank.evaluation.calibration import expected_calibration_error
 __all__ = ["extract", "load_features", "fit_head", "classify", "results_table", "finetune",
            "retrieve", "cka_files", "map2d", "export", "duplicates", "layers", "layer_curve",
            "shot_curve", "top_images", "saliency", "cka", "cka_matrix", "neighbours",
-           "near_duplicates", "label_issues", "leaks", "outliers", "select", "linear_cka", "precision_at_k", "average_precision_at_k",
+           "near_duplicates", "label_issues", "leaks", "outliers", "select", "without_leaks",
+           "linear_cka", "precision_at_k", "average_precision_at_k",
            "expected_calibration_error"]

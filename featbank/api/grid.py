@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Sequence
 
 from featbank.api.common import PathLike, SplitLike, quiet
 from featbank.classification.config import ClassifyConfig
+from featbank.api.groups import with_duplicate_groups
 from featbank.data.sources import cached_collection
 from featbank.data.tasks import SplitSpec
 from featbank.heads.registry import HEADS, HeadOptions
@@ -74,7 +75,8 @@ def classify(*, collection: str | None = None, head: str = "all", backbone: str 
     cache : path, default="cache"
     split : str, three fractions or SplitSpec, default=(0.8, 0.1, 0.1)
         Train/val/test share of each class; ``seed`` seeds it and the heads,
-        ``group_by`` names a column that never straddles two parts,
+        ``group_by`` names a column that never straddles two parts
+        (``"duplicates"``: the groups of near-duplicates, see :mod:`featbank.api.groups`),
         ``min_per_class`` the smallest class kept; ``resplit`` makes it anew.
     normalize, pca, balanced, softmax_recipe
         The heads' options, as for :func:`featbank.api.stages.fit_head`.
@@ -101,7 +103,8 @@ def classify(*, collection: str | None = None, head: str = "all", backbone: str 
         normalize=normalize, pca=pca, balanced=balanced, softmax_recipe=softmax_recipe,
         train_fraction=train_fraction, calibrate=calibrate, shots=shots, repeats=repeats,
         ensemble=ensemble, reliability=reliability, resplit=resplit, force=force, jobs=jobs)
-    found = cached_collection(cache=cache, collection=collection)
+    found = with_duplicate_groups(cached_collection(cache=cache, collection=collection),
+                                  group_by, cache=cache, warn=warn)
     from featbank.classification.grid import classify as run_grid
 
     return run_grid(found, config, warn=warn)

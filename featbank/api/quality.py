@@ -18,6 +18,7 @@ from featbank.analysis.config import (
 )
 from featbank.analysis.geometry import MIN_INLIERS
 from featbank.api.common import PathLike, SplitLike, quiet
+from featbank.api.groups import with_duplicate_groups
 from featbank.data.sources import cached_collection
 from featbank.data.tasks import SplitSpec
 
@@ -66,7 +67,9 @@ def label_issues(backbone: str, task: str, *, collection: str | None = None,
         backbone=backbone, task=task, weights=weights, head=head, folds=folds,
         split=SplitSpec.of(split, seed=seed, group_by=group_by, min_per_class=min_per_class),
         sheet=sheet, cache_root=str(cache))
-    report = rank(cached_collection(cache=cache, collection=collection), config, warn=warn)
+    found = with_duplicate_groups(cached_collection(cache=cache, collection=collection),
+                                  group_by, cache=cache, warn=warn)
+    report = rank(found, config, warn=warn)
     return _frame(report, ["id", "given", "suggested", "score", "part", "issue"])
 
 
@@ -106,7 +109,9 @@ def leaks(backbone: str, task: str, *, collection: str | None = None, weights: s
         split=SplitSpec.of(split, seed=seed, group_by=group_by, min_per_class=min_per_class),
         sheet=sheet, weights_file=None if weights_file is None else str(weights_file),
         device=device, cache_root=str(cache), progress=progress)
-    report = find(cached_collection(cache=cache, collection=collection), config, warn=warn)
+    found = with_duplicate_groups(cached_collection(cache=cache, collection=collection),
+                                  group_by, cache=cache, warn=warn)
+    report = find(found, config, warn=warn)
     return _frame(report, COLUMNS)
 
 
@@ -114,7 +119,23 @@ def outliers(backbone: str, *, collection: str | None = None, weights: str = "al
              k: int = 10, cache: PathLike = "cache", sheet: int = 24,
              warn=quiet) -> pd.DataFrame:
     """Every image by its mean cosine distance to its ``k`` nearest neighbours, the
-    farthest first: ``rank, id, score, nearest``."""
+    farthest first.
+
+    Parameters
+    ----------
+    backbone : str
+    collection, weights, cache
+        Which feature file, as for :func:`featbank.api.analyses.retrieve`.
+    k : int, default=10
+        Neighbours the score averages over.
+    sheet : int, default=24
+        Images on the contact sheet.
+
+    Returns
+    -------
+    DataFrame
+        ``rank, id, score, nearest`` (the nearest neighbour's id).
+    """
     from featbank.analysis.selection import outliers as score
 
     config = OutliersConfig(backbone=backbone, weights=weights, k=k, sheet=sheet,
@@ -126,9 +147,27 @@ def outliers(backbone: str, *, collection: str | None = None, weights: str = "al
 def select(backbone: str, n: int, *, collection: str | None = None, weights: str = "all",
            labelled: PathLike | None = None, cache: PathLike = "cache", sheet: int = 24,
            warn=quiet) -> pd.DataFrame:
-    """``n`` images to annotate first, by k-center greedy on cosine distance: ``rank, id,
-    radius_after, outlier_score`` (``labelled``: a file of ids already annotated, one
-    a line, that the picks start from)."""
+    """``n`` images to annotate first, by k-center greedy on cosine distance (Sener &
+    Savarese 2018).
+
+    Parameters
+    ----------
+    backbone : str
+    n : int
+        Images to pick.
+    collection, weights, cache
+        Which feature file.
+    labelled : path, optional
+        A file of ids already annotated, one a line: the picks start from them
+        (default: from the image nearest the collection's mean).
+    sheet : int, default=24
+
+    Returns
+    -------
+    DataFrame
+        ``rank, id, radius_after`` (the covering radius after the pick),
+        ``outlier_score``.
+    """
     from featbank.analysis.selection import outliers as pick
 
     config = OutliersConfig(backbone=backbone, weights=weights, n=n, sheet=sheet,
@@ -136,3 +175,48 @@ def select(backbone: str, n: int, *, collection: str | None = None, weights: str
                             cache_root=str(cache))
     report = pick(cached_collection(cache=cache, collection=collection), config, warn=warn)
     return _frame(report, ["rank", "id", "radius_after", "outlier_score"])
+
+
+def without_leaks(collection: str | None = None, *, cache: PathLike = "cache",
+                  split: SplitLike = (0.8, 0.1, 0.1), seed: int = 0,
+                  group_by: str | None = None, min_per_class: int | None = None,
+                  warn=quiet) -> pd.DataFrame:
+    """The stored results' top-1 with the leaked test images left out, beside the full one.
+
+    For every task whose saved split has a current ``leaks`` report (the newest
+    on that split, its feature file unchanged since); ``classify.py`` prints it
+    beside its table.
+
+    Parameters
+    ----------
+    collection, cache
+    split, seed, group_by, min_per_class
+        The split of the table, as for ``classify``.
+
+    Returns
+    -------
+    DataFrame
+        ``task, backbone, weights, method, head, top1, top1_without_leaks,
+        ci_without_leaks, n_test, n_left_out``.
+    """
+    from pathlib import Path
+
+    from featbank.analysis.leaks import current_leaks, stored_rows
+    from featbank.data.saved_splits import load_or_make_split, split_path
+    from featbank.evaluation.leakfree import without_leaks as rescore
+
+    found = cached_collection(cache=cache, collection=collection)
+    folder = Path(cache) / found.name
+    spec = SplitSpec.of(split, seed=seed, group_by=group_by, min_per_class=min_per_class)
+    out = []
+    for task in found.tasks:
+        if not split_path(folder, task, spec).is_file():
+            continue  # no split saved: nothing was classified on it
+        saved = load_or_make_split(found, task, spec, folder, warn=warn)
+        leaked = current_leaks(folder, saved)
+        if leaked:
+            out += [{"task": task, **row} for row in rescore(
+                stored_rows(folder, task, saved), saved.select("test")[0], leaked)]
+    return pd.DataFrame(out, columns=["task", "backbone", "weights", "method", "head", "top1",
+                                      "top1_without_leaks", "ci_without_leaks", "n_test",
+                                      "n_left_out"])

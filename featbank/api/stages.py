@@ -15,6 +15,7 @@ import numpy as np
 
 from featbank.api.common import PathLike, quiet
 from featbank.core.errors import BadInput
+from featbank.api.groups import with_duplicate_groups
 from featbank.data.sources import cached_collection, open_collection
 from featbank.data.tasks import SplitSpec
 from featbank.extraction.config import ExtractConfig
@@ -233,7 +234,8 @@ def finetune(backbone: str, task: str, *, collection: str | None = None,
         train_fraction=train_fraction, seed=seed, precision=precision, device=device,
         workers=workers, cache_root=str(cache), split=spec, resplit=resplit,
         progress=progress, repeats=repeats)
-    found = cached_collection(cache=cache, collection=collection)
+    found = with_duplicate_groups(cached_collection(cache=cache, collection=collection),
+                                  group_by, cache=cache, warn=log)
     from featbank.finetuning.train import finetune as run_training
 
     results = []

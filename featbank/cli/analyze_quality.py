@@ -117,6 +117,9 @@ def _leaks(args, warn) -> tuple[dict, list[str]]:
     print(f"{report['task']} ({report['split_tag']}): {count(report['n_leaks'], 'pair')} of "
           f"near-duplicates across parts ({parts}); {report['n_test_leaked']} of "
           f"{report['n_test']} test images have a copy outside the test part")
+    for r in report["without_leaks"]:
+        print(f"  {r['backbone']} / {r['head'] or r['method']}: top-1 {r['top1']:.3f}, "
+              f"{r['top1_without_leaks']:.3f} without the {r['n_left_out']} leaked")
     return report, ["csv", "png"]
 
 

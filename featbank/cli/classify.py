@@ -86,6 +86,24 @@ def _shots(text: str | None) -> tuple[int, ...]:
         raise BadInput(f"--shots {text!r}: give whole numbers, e.g. 1,4,16") from None
 
 
+def _without_leaks(args, settings: dict) -> None:
+    """Beside the table: each score without the test images that have a near-duplicate in
+    train or val, where ``analyze.py leaks`` found some on the table's split."""
+    from featbank.api.quality import without_leaks
+
+    keep = ("cache", "split", "seed", "group_by", "min_per_class")
+    frame = without_leaks(args.collection, **{k: settings[k] for k in keep})
+    if frame.empty:
+        return
+    print("\nWithout the test images that have a near-duplicate in train or val "
+          "(analyze.py leaks):")
+    for r in frame.itertuples():
+        low, high = r.ci_without_leaks
+        print(f"- {r.task} / {r.backbone} ({r.weights}) / {r.head or r.method}: top-1 "
+              f"{r.top1:.3f} on {r.n_test}, {r.top1_without_leaks:.3f} [{low:.3f}, {high:.3f}] "
+              f"without the {r.n_left_out} leaked")
+
+
 def main(argv=None) -> None:
     args = get_args_parser().parse_args(argv)
     say = lambda m: print(m, file=sys.stderr)  # noqa: E731
@@ -112,6 +130,7 @@ def main(argv=None) -> None:
     if combinations:
         print("\nCombinations against their best member (paired test on the same test "
               "images):\n" + "\n".join(f"- {describe(c)}" for c in combinations))
+    _without_leaks(args, settings)
     csv_path, _ = result.write(folder)
     print(f"\ntest top-1; results in {folder / 'results.jsonl'}, table in {csv_path} and .json",
           file=sys.stderr)

@@ -181,7 +181,8 @@ def _split(parser, d):
                              "image in every part, 10 for 80/10/10)")
     parser.add_argument("--group-by", metavar="COLUMN", default=None,
                         help="keep all images sharing a value of this collection column (an "
-                             "artist, an object) inside one of train/val/test (default: none)")
+                             "artist, an object) inside one of train/val/test; duplicates (or "
+                             "duplicates:BACKBONE): each group of near-duplicates (default: none)")
 
 
 def _resplit(parser, d):

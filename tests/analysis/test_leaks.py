@@ -66,3 +66,29 @@ def test_every_planted_copy_across_parts_is_listed_and_no_false_pair(planted):
     with open(report["csv"], newline="") as fh:
         header = next(csv.reader(fh))
     assert header[:5] == ["id_a", "part_a", "id_b", "part_b", "cosine"]
+
+
+@pytest.mark.slow
+@needs_heritage
+@needs_squeezenet
+def test_classify_shows_the_score_without_the_leaked_test_images(planted, tmp_path):
+    from featbank.cli.classify import main
+
+    cache, _ = planted
+    split = "50/25/25"
+    fb.classify(collection="planted", cache=cache, head="logreg", split=(0.5, 0.25, 0.25))
+    report = fb.leaks("squeezenet1_1", "label", collection="planted", cache=cache,
+                      split=(0.5, 0.25, 0.25), progress=False).attrs["report"]
+    [row] = report["without_leaks"]
+    n, m = row["n_test"], row["n_left_out"]
+    assert m == report["n_test_leaked"] > 0
+    right_on_leaked = row["top1"] * n - row["top1_without_leaks"] * (n - m)
+    assert right_on_leaked == pytest.approx(round(right_on_leaked)) and 0 <= right_on_leaked <= m
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        main(["--collection", "planted", "--cache", str(cache), "--head", "logreg",
+              "--split", split])
+    assert f"without the {m} leaked" in out.getvalue()
