@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import HERITAGE, SQUEEZENET, needs_heritage, needs_squeezenet
 
 import featbank as fb
 from featbank.analysis.label_issues import out_of_fold
@@ -88,3 +89,33 @@ def test_without_cleanlab_one_line_names_the_extra(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "cleanlab", None)
     with pytest.raises(BadInput, match=r"featbank\[quality\]"):
         fb.label_issues("squeezenet1_1", "label", collection="c", cache=cache)
+
+
+@pytest.mark.slow
+@needs_heritage
+@needs_squeezenet
+def test_flipped_heritage_labels_fill_the_top_of_the_ranking(tmp_path):
+    """The acceptance of label-issues: heritage/test with 5 % of its labels flipped (seeded),
+    real ImageNet SqueezeNet features: precision >= 0.75 among the top k = number flipped
+    (bench/bench_label_issues.py measures it over several draws)."""
+    import random
+
+    photographs = sorted((HERITAGE / "test").glob("*/*.jpg"))
+    classes = sorted({p.parent.name for p in photographs})
+    rng = random.Random(0)
+    flipped = set(rng.sample(range(len(photographs)), round(0.05 * len(photographs))))
+    with open(tmp_path / "flipped.csv", "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["image", "label"])
+        for k, path in enumerate(photographs):
+            label = path.parent.name
+            if k in flipped:
+                label = rng.choice([c for c in classes if c != label])
+            writer.writerow([path.relative_to(HERITAGE / "test").as_posix(), label])
+    cache = tmp_path / "cache"
+    fb.extract(backbone="squeezenet1_1", weights=str(SQUEEZENET), manifest=tmp_path / "flipped.csv",
+               root=HERITAGE / "test", collection="flipped", cache=cache, progress=False)
+    frame = fb.label_issues("squeezenet1_1", "label", collection="flipped", cache=cache, sheet=0)
+    wrong = {photographs[k].relative_to(HERITAGE / "test").as_posix() for k in flipped}
+    top = frame["id"][:len(wrong)]
+    assert top.isin(wrong).mean() >= 0.75

@@ -33,6 +33,14 @@ def test_bad_input_is_one_line(run_script, toy, tmp_path):
         (["export", "--backbone", "resnet18", "--weights", "imagenet"],
          "no features with weights 'imagenet'"),
         (["cka", "--features", str(tmp_path / "a.h5"), str(tmp_path / "b.h5")], "a.h5 not found"),
+        (["label-issues", "--backbone", "resnet18", "--task", "nope"], "unknown task 'nope'"),
+        (["label-issues", "--backbone", "resnet18", "--task", "style", "--folds", "1"],
+         "--folds must be at least 2"),
+        (["select", "--backbone", "resnet18", "--n", "0"], "--n must be at least 1"),
+        (["select", "--backbone", "resnet18", "--n", "3", "--labelled", str(tmp_path / "x")],
+         "not found"),
+        (["leaks", "--backbone", "resnet18", "--task", "style", "--min-inliers", "2"],
+         "--min-inliers must be at least 3"),
     ]
     try:
         import umap  # noqa: F401
@@ -49,7 +57,10 @@ def test_every_sub_command_writes_json_under_analysis(run_script, toy, tmp_path)
     for args in (["retrieve", "--backbone", "alexnet", "--task", "style", "--k", "5",
                   "--no-progress"],
                  ["map", "--backbone", "alexnet", "--task", "style", "--no-progress"],
-                 ["export", "--backbone", "alexnet", "--format", "npy"]):
+                 ["export", "--backbone", "alexnet", "--format", "npy"],
+                 ["label-issues", "--backbone", "alexnet", "--task", "style", "--sheet", "0"],
+                 ["outliers", "--backbone", "alexnet"],
+                 ["select", "--backbone", "alexnet", "--n", "5"]):
         result = run_script("analyze.py", *args, *toy)
         assert result.returncode == 0, result.stderr
         assert list((folder / "analysis" / args[0]).glob("*.json")), args
