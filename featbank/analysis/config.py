@@ -112,19 +112,17 @@ class ExportConfig:
 DUPLICATE_THRESHOLD = 0.88
 
 
-@dataclass
-class DuplicatesConfig:
-    """Near-duplicate groups of one feature file, or pairs with another collection's."""
+@dataclass(kw_only=True)
+class PairsConfig:
+    """What finding and confirming near-duplicate pairs takes (duplicates, leaks)."""
 
     backbone: str
     weights: str = "all"
     threshold: float = DUPLICATE_THRESHOLD
     k: int = 10  # neighbours each image is compared with
-    across: str | None = None  # another collection of the cache
     rotations: bool = True  # also query each image turned by 90, 180 and 270 degrees
     verify: str = "auto"  # confirm pairs by local features: auto (with OpenCV), on, off
     min_inliers: int = MIN_INLIERS  # RANSAC inliers a confirmed pair has
-    sheet: int = runtime(8)  # groups on the contact sheet
     weights_file: str | None = runtime(None)  # the trunk's weights, when the cache lost them
     device: str = runtime("cpu")  # where the turned images run through the trunk
     cache_root: str = runtime("cache")
@@ -134,8 +132,19 @@ class DuplicatesConfig:
         _one_backbone(self.backbone)
         self.weights = parse_weights_filter(self.weights)
         check_pairs(self)
-        at_least("--sheet", self.sheet, 0)
         check_device_name(self.device)
+
+
+@dataclass(kw_only=True)
+class DuplicatesConfig(PairsConfig):
+    """Near-duplicate groups of one feature file, or pairs with another collection's."""
+
+    across: str | None = None  # another collection of the cache
+    sheet: int = runtime(8)  # groups on the contact sheet
+
+    def __post_init__(self):
+        super().__post_init__()
+        at_least("--sheet", self.sheet, 0)
 
 
 def check_pairs(config) -> None:
@@ -259,31 +268,17 @@ class SaliencyConfig:
 
 # -- what is wrong with a collection --------------------------------------------------
 
-@dataclass
-class LeaksConfig:
+@dataclass(kw_only=True)
+class LeaksConfig(PairsConfig):
     """Confirmed near-duplicate pairs whose images fall in two parts of a task's split."""
 
-    backbone: str
     task: str
-    weights: str = "all"
-    threshold: float = DUPLICATE_THRESHOLD
-    k: int = 10
-    rotations: bool = True
-    verify: str = "auto"
-    min_inliers: int = MIN_INLIERS
     split: SplitSpec = field(default_factory=SplitSpec)
     sheet: int = runtime(12)  # pairs on the contact sheet
-    weights_file: str | None = runtime(None)
-    device: str = runtime("cpu")
-    cache_root: str = runtime("cache")
-    progress: bool = runtime(True)
 
     def __post_init__(self):
-        _one_backbone(self.backbone)
-        self.weights = parse_weights_filter(self.weights)
-        check_pairs(self)
+        super().__post_init__()
         at_least("--sheet", self.sheet, 0)
-        check_device_name(self.device)
 
 
 @dataclass
