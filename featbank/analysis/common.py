@@ -105,6 +105,16 @@ def trunk_weights(entry: FeatureFile, attrs: dict, weights_file: str | None) -> 
                             "pass --weights-file PATH")
 
 
+def settings_of(config) -> dict:
+    """A config's settings for a JSON report, its split (if any) as the split's tag."""
+    from dataclasses import asdict
+
+    settings = asdict(config)
+    if "split" in settings:
+        settings["split"] = config.split.tag
+    return settings
+
+
 # -- pictures ---------------------------------------------------------------------------
 
 def thumbnail(path: Path, size: int = THUMB_SIZE) -> Image.Image:
@@ -133,6 +143,12 @@ def thumbnail_files(images: dict[str, Path], folder: Path, *, size: int = THUMB_
                 thumbnail(Path(path), size).save(tmp, format="JPEG", quality=85)
         out[key] = f"thumbs/{name}"
     return out
+
+
+def sheet_rows(cells: list, per_row: int = 8) -> list:
+    """Contact-sheet rows of ``per_row`` cells, each titled with its ranks (``1-8``, ...)."""
+    return [(f"{k + 1}-{k + len(cells[k:k + per_row])}", cells[k:k + per_row])
+            for k in range(0, len(cells), per_row)]
 
 
 @functools.lru_cache(maxsize=1)

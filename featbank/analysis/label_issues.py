@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import csv
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +27,8 @@ from featbank.analysis.common import (
     describe,
     output_folder,
     read_entry,
+    settings_of,
+    sheet_rows,
     single_feature_file,
     thumbnail,
     thumbnail_files,
@@ -88,7 +89,7 @@ def label_issues(collection: Collection, config: LabelIssuesConfig, *, warn=prin
               "multi_label": split.multi_label, "head": config.head, "folds": config.folds,
               "n_images": len(rows), "n_issues": len(flagged),
               "out_of_fold_accuracy": _accuracy(y, probs, split.multi_label),
-              "csv": str(_write_csv(folder / f"{stem}.csv", rows)), "settings": _settings(config)}
+              "csv": str(_write_csv(folder / f"{stem}.csv", rows)), "settings": settings_of(config)}
     if rows and config.sheet:
         report["png"] = str(_sheet(folder / f"{stem}_worst.png", collection, rows[:config.sheet],
                                    config.task))
@@ -198,8 +199,7 @@ def _write_csv(path: Path, rows: list[dict]) -> Path:
 def _sheet(path: Path, collection: Collection, rows: list[dict], task: str) -> Path:
     cells = [(np.asarray(thumbnail(collection.path(r["id"]))),
               f"{r['given'][:12]} > {r['suggested'][:12]}\n{r['score']:.3f}") for r in rows]
-    shown = [(f"{k + 1}-{k + len(cells[k:k + 8])}", cells[k:k + 8])
-             for k in range(0, len(cells), 8)]
+    shown = sheet_rows(cells)
     return plot_image_grid(shown, path, cell=1.6,
                            title=f"likely label issues of {task}: given > suggested, score")
 
@@ -213,8 +213,3 @@ def _html(path: Path, collection: Collection, rows: list[dict], report: dict) ->
                       n_images=report["n_images"], n_issues=report["n_issues"],
                       per_page=PER_PAGE, rows=[{**r, "thumb": thumbs[r["id"]]} for r in rows])
 
-
-def _settings(config: LabelIssuesConfig) -> dict:
-    settings = asdict(config)
-    settings["split"] = config.split.tag
-    return settings

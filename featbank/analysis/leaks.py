@@ -18,12 +18,17 @@ from __future__ import annotations
 import csv
 import json
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
-from featbank.analysis.common import describe, output_folder, single_feature_file, thumbnail
+from featbank.analysis.common import (
+    describe,
+    output_folder,
+    settings_of,
+    single_feature_file,
+    thumbnail,
+)
 from featbank.analysis.config import LeaksConfig
 from featbank.analysis.duplicates import confirmed_pairs, file_rows, finish, pair_counts
 from featbank.core.fileio import atomic_path, safe_name
@@ -64,7 +69,8 @@ def leaks(collection: Collection, config: LeaksConfig, *, warn=print) -> dict:
               "threshold": config.threshold, "n_images": len(split.ids), **pair_counts(pairs),
               "n_leaks": len(rows), "by_parts": counts, "n_test": split.parts.count("test"),
               "n_test_leaked": len(leaked_test), "test_leaked": leaked_test,
-              "csv": str(_write_csv(folder / f"{stem}.csv", rows)), "settings": _settings(config)}
+              "csv": str(_write_csv(folder / f"{stem}.csv", rows)),
+              "settings": settings_of(config)}
     report["without_leaks"] = without_leaks(
         stored_rows(Path(config.cache_root) / collection.name, config.task, split),
         split.select("test")[0], set(leaked_test))
@@ -132,8 +138,3 @@ def _sheet(path: Path, collection: Collection, rows: list[dict], task: str) -> P
     return plot_image_grid(shown, path, cell=1.6,
                            title=f"leaks across the split of {task}: the best pairs")
 
-
-def _settings(config: LeaksConfig) -> dict:
-    settings = asdict(config)
-    settings["split"] = config.split.tag
-    return settings

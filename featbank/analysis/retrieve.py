@@ -11,7 +11,6 @@ preprocessing as the feature file and matched against the whole collection.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from featbank.analysis.common import (
     output_folder,
     preprocess_change,
     read_entry,
+    settings_of,
     single_feature_file,
     thumbnail,
     thumbnail_files,
@@ -85,7 +85,7 @@ def retrieve(collection: Collection, config: RetrieveConfig, *, warn=print) -> d
         "precision_at_k": float(precision.mean()), "map_at_k": float(ap.mean()),
         # what precision@k would be with neighbours drawn at random from the gallery
         "chance_precision_at_k": float(np.mean(n_relevant / len(gallery))),
-        "per_class": _per_class(y_query, precision, ap), "settings": _settings(config),
+        "per_class": _per_class(y_query, precision, ap), "settings": settings_of(config),
         "seconds": round(time.perf_counter() - started, 3),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     shown = _sheet_queries(y_query, config.sheet, config.split.seed)
@@ -143,7 +143,7 @@ def lookup(collection: Collection, config: RetrieveConfig, *, warn=print) -> dic
     stem = f"query__{entry.path.stem}"
     report = {"command": "retrieve --query", "collection": collection.name, **describe(entry),
               "similarity": "cosine", "k": config.k, "gallery": "all", "n_gallery": len(data.ids),
-              "queries": results, "settings": _settings(config),
+              "queries": results, "settings": settings_of(config),
               "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     task = config.task or (collection.tasks[0] if collection.tasks else None)
     rows = [(r["image"], "query",
@@ -160,11 +160,6 @@ def _per_class(y_query: np.ndarray, precision: np.ndarray, ap: np.ndarray) -> di
                      "map_at_k": float(ap[y_query == c].mean()),
                      "n_queries": int((y_query == c).sum())} for c in np.unique(y_query)}
 
-
-def _settings(config: RetrieveConfig) -> dict:
-    settings = asdict(config)
-    settings["split"] = config.split.tag
-    return settings
 
 
 def _sheet_queries(labels: np.ndarray, n: int, seed: int) -> list[int]:

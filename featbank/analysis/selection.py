@@ -29,6 +29,7 @@ from featbank.analysis.common import (
     describe,
     output_folder,
     read_entry,
+    sheet_rows,
     single_feature_file,
     thumbnail,
 )
@@ -148,8 +149,7 @@ def _sheet(path: Path, collection: Collection, rows: list[dict], command: str) -
     key = "score" if command == "outliers" else "radius_after"
     cells = [(np.asarray(thumbnail(collection.path(r["id"]))), f"{r['rank']}. {r[key]:.3f}")
              for r in rows]
-    shown = [(f"{k + 1}-{k + len(cells[k:k + 8])}", cells[k:k + 8])
-             for k in range(0, len(cells), 8)]
+    shown = sheet_rows(cells)
     title = ("outliers: mean cosine distance to the nearest neighbours" if command == "outliers"
              else "to annotate first (k-center greedy): covering radius after each pick")
     return plot_image_grid(shown, path, cell=1.6, title=title)

@@ -47,7 +47,7 @@ from featbank.api import analyses, trunks
 from featbank.cli.analyze_quality import COMMANDS as QUALITY
 from featbank.cli.analyze_quality import add_commands as add_quality_commands
 from featbank.cli.analyze_quality import add_pair_options, pair_keywords
-from featbank.cli.common import Parser, add_options, make_parser
+from featbank.cli.common import Parser, add_options, make_parser, split_of
 from featbank.core.errors import BadInput
 from featbank.core.settings import defaults
 from featbank.core.text import count
@@ -227,17 +227,13 @@ def get_args_parser() -> Parser:
 
 # -- each sub-command: call the API, print what it found ------------------------------
 
-def _split(args) -> dict:
-    return {"split": args.split, "seed": args.seed, "group_by": args.group_by,
-            "min_per_class": args.min_per_class}
-
 
 def _retrieve(args) -> tuple[dict, list[str]]:
     report = analyses.retrieve(args.backbone, args.task, collection=args.collection,
                                weights=args.weights, k=args.k, queries=args.query,
                                cache=args.cache, warn=_say, weights_file=args.weights_file,
                                sheet=args.sheet, device=args.device,
-                               progress=not args.no_progress, **_split(args))
+                               progress=not args.no_progress, **split_of(args))
     if args.query:
         for result in report["queries"]:
             print(result["image"])
@@ -325,7 +321,7 @@ def _layers(args) -> tuple[dict, list[str]]:
 def _layer_curve(args) -> tuple[dict, list[str]]:
     reports = analyses.layer_curve(args.collection, head=args.head, task=args.task,
                                    cache=args.cache, warn=_say, repeats=args.repeats,
-                                   **_split(args))
+                                   **split_of(args))
     for report in reports:
         print(f"{report['task']}: test {report['metric']} by layer")
         for line in report["lines"]:
@@ -364,7 +360,7 @@ def _saliency(args) -> tuple[dict, list[str]]:
                                collection=collection, cache=cache, warn=_say, n=args.n,
                                images=args.images, sanity=args.sanity, steps=args.steps,
                                device=args.device, progress=not args.no_progress,
-                               **_split(args))
+                               **split_of(args))
     accuracy = "" if report["accuracy"] is None else f"; accuracy {report['accuracy']:.2f}"
     line = (f"{report['method']} maps of {count(report['n_images'], 'image')} ({report['source']}, "
             f"{report['backbone']}, task {report['task']}{accuracy})")

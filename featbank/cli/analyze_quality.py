@@ -5,7 +5,7 @@ from __future__ import annotations
 from featbank.analysis.config import LabelIssuesConfig, LeaksConfig, OutliersConfig
 from featbank.analysis.geometry import MIN_INLIERS
 from featbank.api import quality
-from featbank.cli.common import add_options
+from featbank.cli.common import add_options, split_of
 from featbank.core.settings import defaults
 from featbank.core.text import count
 from featbank.models.registry import available_backbones
@@ -88,15 +88,11 @@ def add_commands(commands) -> None:
     add_options(select, "cache", "collection", defaults=d)
 
 
-def _split(args) -> dict:
-    return {"split": args.split, "seed": args.seed, "group_by": args.group_by,
-            "min_per_class": args.min_per_class}
-
 
 def _label_issues(args, warn) -> tuple[dict, list[str]]:
     frame = quality.label_issues(args.backbone, args.task, collection=args.collection,
                                  weights=args.weights, head=args.head, folds=args.folds,
-                                 cache=args.cache, sheet=args.sheet, warn=warn, **_split(args))
+                                 cache=args.cache, sheet=args.sheet, warn=warn, **split_of(args))
     report = frame.attrs["report"]
     print(f"{report['task']} / {report['backbone']}: "
           f"{count(report['n_issues'], 'likely label issue')} "
@@ -111,7 +107,7 @@ def _leaks(args, warn) -> tuple[dict, list[str]]:
     frame = quality.leaks(args.backbone, args.task, collection=args.collection,
                           weights=args.weights, cache=args.cache, sheet=args.sheet,
                           progress=not args.no_progress, warn=warn, **pair_keywords(args),
-                          **_split(args))
+                          **split_of(args))
     report = frame.attrs["report"]
     parts = ", ".join(f"{k} {v}" for k, v in report["by_parts"].items()) or "none"
     print(f"{report['task']} ({report['split_tag']}): {count(report['n_leaks'], 'pair')} of "

@@ -213,6 +213,12 @@ _OPTIONS = {"cache": _cache, "collection": _collection, "source": _source, "devi
             "no-progress": _no_progress, "repeats": _repeats, "resplit": _resplit}
 
 
+def split_of(args) -> dict:
+    """The split options (``add_options(..., "split", "seed")``) as API keywords."""
+    return {"split": args.split, "seed": args.seed, "group_by": args.group_by,
+            "min_per_class": args.min_per_class}
+
+
 def source_of(args) -> dict:
     """The collection options as keywords of :func:`open_collection`."""
     return {"cache": args.cache, "collection": args.collection, "images": args.images,
