@@ -34,32 +34,28 @@ if TYPE_CHECKING:  # for the signatures only: these import torch or scikit-learn
 
 def extract(images: PathLike | None = None, *, backbone, weights: str = "imagenet",
             preprocess=None, manifest: PathLike | None = None, collection: str | None = None,
-            cache: PathLike = "cache", root: PathLike | None = None,
-            image_column: str | None = None, label_columns: str | None = None,
-            attributes: PathLike | None = None, multi_label: str | None = None,
-            separator: str = ";", layers: str = "final", pool: str = "auto",
-            batch_size: int | None = None, workers: int | None = None, device: str = "auto",
-            dtype: str = "float32", precision: str = "auto", compile: bool = False,
-            decode: str = "auto", jpeg_decoder: str = "auto", engine: str = "local",
-            ray_address: str | None = None, ray_actors: int | None = None,
+            cache: PathLike = "cache", root: PathLike | None = None, image_column: str | None = None,
+            label_columns: str | None = None, attributes: PathLike | None = None,
+            multi_label: str | None = None, separator: str = ";", layers: str = "final",
+            pool: str = "auto", batch_size: int | None = None, workers: int | None = None,
+            device: str = "auto", dtype: str = "float32", precision: str = "auto",
+            compile: bool = False, decode: str = "auto", jpeg_decoder: str = "auto",
+            engine: str = "local", ray_address: str | None = None, ray_actors: int | None = None,
             force_new: bool = False, verify_images: bool = False, prune: bool = False,
+            iiif: str | None = None, iiif_size: int | None = None, offline: bool = False,
             progress: bool = True) -> list[ExtractReport]:
-    """Cache the global-average-pooled features of a collection's images.
-
-    Runs each backbone over the images missing from its feature file (a re-run is a
-    no-op; a killed run resumes; a changed image is extracted again).
+    """Cache the global-average-pooled features of a collection's images: each backbone runs
+    over the images its file lacks (a re-run is a no-op, a killed run resumes).
 
     Parameters
     ----------
     images : path, optional
-        A folder with one sub-folder per class (the task ``label``). With neither
-        ``images`` nor ``manifest``: the collection ``collection`` in the cache, else
-        the built-in demo.
+        A folder of class folders (task ``label``). With no source: the collection
+        ``collection`` in the cache, else the built-in demo.
     backbone : str, sequence of str, or torch.nn.Module
-        Registry names (``"squeezenet1_1"``, ``"vgg19,resnet50"``, ``"all"``,
-        ``"timm:<model>"``); or any module that maps a (B, 3, S, S) image batch to
-        feature maps (average-pooled) or vectors, identified by its class name and the
-        digest of its state_dict (``weights`` is then ignored).
+        Registry names (``"squeezenet1_1"``, ``"vgg19,resnet50"``, ``"all"``, ``"timm:<m>"``),
+        or a module mapping a (B, 3, S, S) batch to feature maps or vectors, known by its
+        class name and its state_dict's digest (``weights`` is then ignored).
     weights : str, default="imagenet"
         ``imagenet`` (pinned by the registry), ``random`` (seeded) or a weights file.
     preprocess : Preprocess or dict, optional
@@ -68,9 +64,12 @@ def extract(images: PathLike | None = None, *, backbone, weights: str = "imagene
         A CSV with image and label columns, Dublin Core XML, or iMet's ``train.csv``.
     collection : str, optional
         Its name in the cache (default: the folder's or manifest's name).
+    iiif : str, optional
+        A IIIF manifest or collection (URL or file): one image per canvas (docs/iiif.md).
     cache, root, image_column, label_columns, attributes, multi_label, separator, layers,
     pool, batch_size, workers, device, dtype, precision, compile, decode, jpeg_decoder,
-    engine, ray_address, ray_actors, force_new, verify_images, prune, progress
+    engine, ray_address, ray_actors, force_new, verify_images, prune, iiif_size, offline,
+    progress
         As ``extract.py``'s options (:class:`featbank.extraction.config.ExtractConfig`).
 
     Returns
@@ -85,13 +84,23 @@ def extract(images: PathLike | None = None, *, backbone, weights: str = "imagene
         dtype=dtype, precision=precision, compile=compile, decode=decode,
         jpeg_decoder=jpeg_decoder, engine=engine, ray_address=ray_address,
         ray_actors=ray_actors, force_new=force_new, verify_images=verify_images, prune=prune)
-    found = open_collection(cache=cache, collection=collection, images=images,
-                            manifest=manifest, root=root, image_column=image_column,
-                            label_columns=label_columns, attributes=attributes,
-                            multi_label=multi_label, separator=separator)
+    found = open_collection(
+        cache=cache, collection=collection, images=images, manifest=manifest, root=root,
+        image_column=image_column, label_columns=label_columns, attributes=attributes,
+        multi_label=multi_label, separator=separator, iiif=iiif, offline=offline,
+        iiif_size=iiif_size or _largest_input(config.backbones))
     from featbank.extraction.engine import extract as run_extraction
 
     return run_extraction(found, config)
+
+
+def _largest_input(backbones: list[str]) -> int:
+    """The shorter side an image needs for every backbone of a run (its largest input,
+    before a centre crop)."""
+    from featbank.data.images import min_decode_size
+    from featbank.models.registry import get_spec
+
+    return min_decode_size([get_spec(name).preprocess for name in backbones])
 
 
 def _backbone_and_weights(backbone, weights, preprocess, engine: str):

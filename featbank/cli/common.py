@@ -121,6 +121,15 @@ def _source(parser, d):
                         help="CSV with an image column and label columns; or Dublin Core XML: "
                              "one file of records (e.g. an OAI-PMH dump) or a folder of XML "
                              "records, one per image (each dc: element becomes a task)")
+    source.add_argument("--iiif", metavar="URL|FILE", default=None,
+                        help="a IIIF manifest or collection (Presentation 2.1 or 3.0): one "
+                             "image per canvas, fetched politely into the cache, its "
+                             "metadata labels as tasks (docs/iiif.md)")
+    parser.add_argument("--iiif-size", metavar="PX", type=_int(16), default=None,
+                        help="shorter side of the IIIF images to fetch (default: what the "
+                             "run's largest input needs)")
+    parser.add_argument("--offline", action="store_true",
+                        help="with --iiif: fetch nothing, use what earlier runs stored")
     parser.add_argument("--root", metavar="DIR", default=None,
                         help="folder the manifest's image paths are relative to "
                              "(default: the CSV's folder)")
@@ -224,6 +233,7 @@ def source_of(args) -> dict:
     return {"cache": args.cache, "collection": args.collection, "images": args.images,
             "manifest": args.manifest, "root": args.root, "image_column": args.image_column,
             "label_columns": args.label_columns, "attributes": args.attributes,
-            "multi_label": args.multi_label, "separator": args.label_separator}
+            "multi_label": args.multi_label, "separator": args.label_separator,
+            "iiif": args.iiif, "iiif_size": args.iiif_size, "offline": args.offline}
 
 

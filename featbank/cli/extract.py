@@ -10,6 +10,7 @@ Examples:
         --layers all
     python extract.py --backbone vgg19,resnet50,inception_v3,xception \
         --manifest metadata.csv --root images/ --image-column ImageId
+    python extract.py --backbone squeezenet1_1 --iiif https://example.org/manifest.json
     python extract.py --backbone all --images paintings/ --device cuda
     python extract.py --backbone resnet50 --images paintings/ --device cuda --decode device
     RAY_ADDRESS=auto python extract.py --backbone vgg19,resnet50 --images /shared/museum \
@@ -141,6 +142,10 @@ def main(argv=None) -> None:
     if reports and reports[0].device_decoded is not None:
         print(f"{count(reports[0].device_decoded, 'image')} decoded on the device "
               f"({reports[0].jpeg_decoder}), the others by Pillow")
+    if reports and reports[0].fetched is not None:
+        print(f"{count(reports[0].fetched, 'image')} fetched through IIIF now (the others were "
+              f"stored by earlier runs); catalogue in {reports[0].skipped_csv.parent}/iiif/"
+              "canvases.csv")
     if reports and reports[0].ignored:
         print(f"{count(reports[0].ignored, 'hidden or system file')} left out (.DS_Store, "
               "Thumbs.db, __MACOSX/, dotfiles)")

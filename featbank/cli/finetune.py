@@ -83,8 +83,10 @@ def main(argv=None) -> None:
                     progress=not args.no_progress, repeats=args.repeats, resplit=args.resplit,
                     precision=args.precision)
     collection, folder = args.collection, None
-    if args.images or args.manifest:  # a collection scanned now, then trained on
+    if args.images or args.manifest or args.iiif:  # a collection scanned now, then trained on
         found = open_collection(**source_of(args))
+        if found.downloads is not None:  # a IIIF collection: its images first
+            found.downloads.fetch_all()
         collection, folder = found.name, Path(args.cache) / found.name
     with new_collection_folder(folder or Path(args.cache) / (collection or "demo")):
         if folder is not None:

@@ -46,6 +46,9 @@ class Collection:
     ignored: int = 0  # hidden files and OS litter left out of a folder scan
     # multi-label tasks -> the separator between the labels of a cell ("wood;paper")
     multi_label: dict[str, str] = field(default_factory=dict)
+    # A collection published online (IIIF): its images, fetched while extraction runs
+    # (featbank.data.iiif_store.Downloads); None when the images are on disk already.
+    downloads: object | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
         self.root = Path(self.root)
@@ -267,7 +270,9 @@ def new_collection_folder(folder: Path):
 def _holds_results(folder: Path) -> bool:
     features, skipped = folder / "features", folder / "skipped.csv"
     listed = skipped.is_file() and len(skipped.read_text(encoding="utf-8").splitlines()) > 1
+    fetched = folder / "iiif" / "images"  # a IIIF collection's downloads are work too
     return (listed or any(features.glob("*.h5")) or any(features.glob("*.parts"))
+            or (fetched.is_dir() and any(p.is_file() for p in fetched.rglob("*")))
             or (folder / "results.jsonl").exists()
             or any(p.is_dir() and not p.name.startswith(".")
                    for p in (folder / "finetune").glob("*")))

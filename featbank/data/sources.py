@@ -1,5 +1,6 @@
 """Where a collection comes from: a folder of class folders, a manifest (CSV, Dublin Core
-XML, iMet), the built-in demo, or a collection already in the cache.
+XML, iMet), a IIIF manifest or collection, the built-in demo, or a collection already in
+the cache.
 
 The command lines and the Python API name a collection the same ways; these
 functions turn what they name into a :class:`~featbank.data.collection.Collection`.
@@ -28,13 +29,27 @@ def open_collection(*, cache: str | Path, collection: str | None = None,
                     images: str | Path | None = None, manifest: str | Path | None = None,
                     root: str | Path | None = None, image_column: str | None = None,
                     label_columns: str | None = None, attributes: str | Path | None = None,
-                    multi_label: str | None = None, separator: str = ";") -> Collection:
+                    multi_label: str | None = None, separator: str = ";",
+                    iiif: str | None = None, iiif_size: int = 299,
+                    offline: bool = False) -> Collection:
     """The collection a command names: a folder of class folders (``images``), a manifest
-    (CSV, Dublin Core XML, or iMet's with ``attributes``), a collection already in the
-    cache (``collection``), or the built-in demo (none of these); scanned from its images."""
+    (CSV, Dublin Core XML, or iMet's with ``attributes``), a IIIF manifest or collection
+    (``iiif``: its images fetched at ``iiif_size`` pixels on the shorter side, none with
+    ``offline``), a collection already in the cache (``collection``), or the built-in demo
+    (none of these); scanned from its images."""
     if (attributes or multi_label) and not manifest:
         raise BadInput("--attributes and --multi-label describe a --manifest; give one")
-    if images:
+    if sum(bool(s) for s in (images, manifest, iiif)) > 1:
+        raise BadInput("give one of --images, --manifest and --iiif")
+    if offline and not iiif:
+        raise BadInput("--offline is for --iiif: it reads only what earlier runs fetched")
+    if iiif:
+        from featbank.data.iiif_store import from_iiif
+
+        found = from_iiif(str(iiif), cache=cache, name=collection, short_side=iiif_size,
+                          label_columns=_names(label_columns), offline=offline,
+                          separator=separator)
+    elif images:
         found = from_folder(images, name=collection)
     elif manifest and attributes:
         found = from_imet(manifest, attributes, root=root, name=collection, separator=separator)

@@ -98,6 +98,7 @@ class ExtractReport:
     n_changed: int = 0
     n_removed: int = 0
     n_touched: int = 0
+    fetched: int | None = None  # images of a IIIF collection downloaded by this run
 
 
 def extract(collection: Collection, config: ExtractConfig) -> list[ExtractReport]:
@@ -105,7 +106,14 @@ def extract(collection: Collection, config: ExtractConfig) -> list[ExtractReport
     feature file. A run that fails before anything is computed leaves no collection
     folder behind (``new_collection_folder``)."""
     with new_collection_folder(Path(config.cache_root) / collection.name):
-        return _extract(collection, config)
+        try:
+            reports = _extract(collection, config)
+        finally:
+            if collection.downloads is not None:
+                collection.downloads.finish()
+        for report in reports if collection.downloads is not None else []:
+            report.fetched = collection.downloads.fetched
+        return reports
 
 
 def _extract(collection: Collection, config: ExtractConfig) -> list[ExtractReport]:
@@ -224,10 +232,12 @@ def _run(collection, pending, targets: dict[str, list[Target]], files, todo,
     wanted = {s.name: todo[targets[s.name][0].key] if len(targets[s.name]) == 1 else
               set().union(*(todo[t.key] for t in targets[s.name])) for s in specs}
     paths = [collection.path(i) for i in pending]
+    # A IIIF collection's images arrive while the first batches run (data.iiif_store).
+    wait = collection.downloads.start(pending) if collection.downloads is not None else None
     on_device = decoder is not None
     workers = resolve_workers(config.workers, device)
     balance = DecoderBalance(workers) if config.decode == "device+pillow" else None
-    loader = DataLoader(Images(paths, pres, jpeg_bytes=on_device, balance=balance),
+    loader = DataLoader(Images(paths, pres, jpeg_bytes=on_device, balance=balance, wait=wait),
                         batch_size=config.batch_size or default_batch_size(device, pres),
                         num_workers=workers,
                         collate_fn=collate, pin_memory=device.type == "cuda", shuffle=False,

@@ -37,8 +37,11 @@ class Images(Dataset):
     read, which the file's row records."""
 
     def __init__(self, paths: list[Path], pres: list, *, jpeg_bytes: bool = False,
-                 balance: DecoderBalance | None = None):
+                 balance: DecoderBalance | None = None, wait=None):
         self.paths, self.pres, self.jpeg_bytes, self.balance = paths, pres, jpeg_bytes, balance
+        # For images still being fetched (a IIIF collection): path -> "" once the file is
+        # there, else why it will not be (featbank.data.iiif_store.WaitFor).
+        self.wait = wait
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -47,6 +50,9 @@ class Images(Dataset):
         started = time.perf_counter()
         balance = self.balance if self.jpeg_bytes else None
         to_pillow = balance is not None and balance.to_pillow(k)
+        missing = self.wait(self.paths[k]) if self.wait is not None else ""
+        if missing:
+            return k, missing, decode_views(b"", self.pres)[0], None, None
         try:
             data, stamp = read_stamped(self.paths[k])
         except OSError:

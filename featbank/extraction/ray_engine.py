@@ -23,6 +23,7 @@ import torch
 
 from featbank.core.errors import BadInput
 from featbank.core.hashing import UNKNOWN, Stamp, read_stamped
+from featbank.data.iiif_store import canvas_json, ensure_image
 from featbank.data.images import decode_views
 from featbank.models.inference import (
     AUTOCAST,
@@ -52,10 +53,15 @@ def run_ray(collection, pending: list[str], specs, files, todo, config) -> None:
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # rows in collection order, as locally
     context.enable_progress_bars = config.progress
-    items = [{"k": k, "path": str(collection.path(i))} for k, i in enumerate(pending)]
+    downloads = collection.downloads  # a IIIF collection: the tasks fetch its images
+    fetch = None if downloads is None else (downloads.short_side, downloads.client.politeness,
+                                            downloads.client.offline)
+    items = [{"k": k, "path": str(collection.path(i)),
+              "canvas": canvas_json(downloads.canvases[i]) if downloads else ""}
+             for k, i in enumerate(pending)]
     dataset = (ray.data.from_items(items)
-               .map_batches(_decode, fn_kwargs={"pres": pres}, batch_size=config.batch_size or 32,
-                            batch_format="numpy")
+               .map_batches(_decode, fn_kwargs={"pres": pres, "fetch": fetch},
+                            batch_size=config.batch_size or 32, batch_format="numpy")
                .map_batches(_Trunks, fn_constructor_kwargs={
                                 "names": [s.name for s in specs], "weights": config.weights,
                                 "device": config.device if gpus else "cpu",
@@ -86,11 +92,18 @@ def _ray():
     return ray
 
 
-def _decode(batch: dict[str, np.ndarray], pres: list) -> dict[str, np.ndarray]:
+def _decode(batch: dict[str, np.ndarray], pres: list, fetch=None) -> dict[str, np.ndarray]:
     """A block of paths -> ``view:<g>`` (B, 3, S, S) uint8 per geometry, reasons, and the
-    stamp of each file as read (``size``, ``mtime_ns``, ``sha256``; -1 and "" unreadable)."""
+    stamp of each file as read (``size``, ``mtime_ns``, ``sha256``; -1 and "" unreadable).
+    With ``fetch`` (a IIIF collection's size, politeness and offline flag), an image not
+    stored yet is fetched here first."""
     decoded, stamps = [], []
-    for path in batch["path"]:
+    for path, canvas in zip(batch["path"], batch["canvas"]):
+        missing = ensure_image(str(canvas), path, *fetch) if fetch and canvas else ""
+        if missing:
+            decoded.append((decode_views(b"", pres)[0], missing))
+            stamps.append(UNKNOWN)
+            continue
         try:
             data, stamp = read_stamped(path)
         except OSError:

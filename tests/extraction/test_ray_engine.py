@@ -68,3 +68,28 @@ def test_ray_options_are_checked_when_the_config_is_built():
         ExtractConfig(backbones="resnet18", engine="spark")
     with pytest.raises(ValueError, match="--ray-actors must be at least 1"):
         ExtractConfig(backbones="resnet18", engine="ray", ray_actors=0)
+
+
+def test_ray_tasks_fetch_a_iiif_collection_and_write_the_local_file(tmp_path, image_folder):
+    from iiif_server import image_requests, serve
+
+    from featbank.data.iiif_static import write_layout
+    from featbank.data.sources import open_collection
+
+    images = sorted(p for p in image_folder.rglob("*.jpg"))
+    site = tmp_path / "site"
+    reports = {}
+    with serve(site) as server:
+        write_layout([(p, {"genre": p.parent.name}) for p in images], site, server.base)
+        for engine in ("local", "ray"):
+            config = ExtractConfig(backbones="squeezenet1_1", weights="random", batch_size=4,
+                                   cache_root=str(tmp_path / engine), workers=0,
+                                   progress=False, device="cpu", engine=engine)
+            found = open_collection(cache=config.cache_root, iiif=f"{server.base}/manifest.json")
+            [reports[engine]] = extract(found, config)
+        assert image_requests(server) == 2 * len(images)  # each engine fetched its own copy
+    mine, theirs = read_features(reports["local"].path), read_features(reports["ray"].path)
+    assert theirs.ids == mine.ids and len(mine.ids) == len(images)
+    np.testing.assert_allclose(theirs.X, mine.X, rtol=1e-4, atol=1e-6)
+    stored = tmp_path / "ray" / "127.0.0.1" / "iiif" / "images"
+    assert sorted(p.relative_to(stored).as_posix() for p in stored.rglob("*.jpg")) == mine.ids
