@@ -43,7 +43,7 @@ def extract(images: PathLike | None = None, *, backbone, weights: str = "imagene
             engine: str = "local", ray_address: str | None = None, ray_actors: int | None = None,
             force_new: bool = False, verify_images: bool = False, prune: bool = False,
             iiif: str | None = None, iiif_size: int | None = None, offline: bool = False,
-            progress: bool = True) -> list[ExtractReport]:
+            iiif_politeness=None, progress: bool = True) -> list[ExtractReport]:
     """Cache the global-average-pooled features of a collection's images: each backbone runs
     over the images its file lacks (a re-run is a no-op, a killed run resumes).
 
@@ -69,7 +69,7 @@ def extract(images: PathLike | None = None, *, backbone, weights: str = "imagene
     cache, root, image_column, label_columns, attributes, multi_label, separator, layers,
     pool, batch_size, workers, device, dtype, precision, compile, decode, jpeg_decoder,
     engine, ray_address, ray_actors, force_new, verify_images, prune, iiif_size, offline,
-    progress
+    iiif_politeness (a :class:`featbank.data.fetch.Politeness`), progress
         As ``extract.py``'s options (:class:`featbank.extraction.config.ExtractConfig`).
 
     Returns
@@ -88,8 +88,13 @@ def extract(images: PathLike | None = None, *, backbone, weights: str = "imagene
         cache=cache, collection=collection, images=images, manifest=manifest, root=root,
         image_column=image_column, label_columns=label_columns, attributes=attributes,
         multi_label=multi_label, separator=separator, iiif=iiif, offline=offline,
-        iiif_size=iiif_size or _largest_input(config.backbones))
-    from featbank.extraction.engine import extract as run_extraction
+        iiif_size=iiif_size or (_largest_input(config.backbones) if iiif else 0),
+        politeness=iiif_politeness)
+    return _run_extraction(found, config)
+
+
+def _run_extraction(found, config) -> list[ExtractReport]:
+    from featbank.extraction.engine import extract as run_extraction  # torch: only now
 
     return run_extraction(found, config)
 

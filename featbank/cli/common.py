@@ -16,7 +16,7 @@ import errno
 import os
 import sys
 
-from featbank.core.errors import FeatbankError
+from featbank.core.errors import BadInput, FeatbankError
 from featbank.core.settings import default_workers
 
 EXIT_BAD_INPUT = 2
@@ -130,6 +130,11 @@ def _source(parser, d):
                              "run's largest input needs)")
     parser.add_argument("--offline", action="store_true",
                         help="with --iiif: fetch nothing, use what earlier runs stored")
+    parser.add_argument("--iiif-rate", metavar="N", type=float, default=8.0,
+                        help="with --iiif: requests a second to one server, at most "
+                             "(default: 8; a server on this machine is not paced)")
+    parser.add_argument("--iiif-connections", metavar="N", type=_int(1), default=4,
+                        help="with --iiif: requests in flight to one server (default: 4)")
     parser.add_argument("--root", metavar="DIR", default=None,
                         help="folder the manifest's image paths are relative to "
                              "(default: the CSV's folder)")
@@ -234,6 +239,15 @@ def source_of(args) -> dict:
             "manifest": args.manifest, "root": args.root, "image_column": args.image_column,
             "label_columns": args.label_columns, "attributes": args.attributes,
             "multi_label": args.multi_label, "separator": args.label_separator,
-            "iiif": args.iiif, "iiif_size": args.iiif_size, "offline": args.offline}
+            "iiif": args.iiif, "iiif_size": args.iiif_size, "offline": args.offline,
+            "politeness": _politeness(args)}
+
+
+def _politeness(args):
+    if not args.iiif_rate > 0:
+        raise BadInput(f"--iiif-rate must be above 0, not {args.iiif_rate}")
+    from featbank.data.fetch import Politeness
+
+    return Politeness(per_host=args.iiif_connections, rate=args.iiif_rate)
 
 

@@ -121,7 +121,9 @@ def _add_compute_options(parser: argparse.ArgumentParser, d: dict) -> None:
 
 def main(argv=None) -> None:
     args = get_args_parser().parse_args(argv)
-    reports = extract(**source_of(args), backbone=args.backbone, weights=args.weights,
+    source = source_of(args)
+    source["iiif_politeness"] = source.pop("politeness")
+    reports = extract(**source, backbone=args.backbone, weights=args.weights,
                       progress=not args.no_progress, batch_size=args.batch_size,
                       workers=args.workers, device=args.device, dtype=args.dtype,
                       precision=args.precision, decode=args.decode,

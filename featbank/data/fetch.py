@@ -1,22 +1,33 @@
-"""Polite HTTP for collections published online: requests with urllib3's ``Retry``.
+"""Polite HTTP for collections published online: urllib3, with its ``Retry``.
 
 One :class:`Polite` client per run: a User-Agent naming featbank and its version, at most
-``per_host`` requests in flight and ``rate`` requests a second to each host, retries with
-exponential backoff on connection errors and on 429, 500, 502, 503 and 504, and a server's
-``Retry-After`` honoured (up to ``max_wait`` seconds: a server that asks for longer is a
-failure with that reason, not a run that hangs). A body cut off mid-transfer is fetched
-again. Files are written whole or not at all (a temporary name, then a rename), so a
-killed download leaves nothing a later run would take for an image.
+``per_host`` requests in flight and ``rate`` requests a second to each host (a server on
+this machine, 127.0.0.1 or localhost, only the first: it spares no one else), retries
+with exponential backoff on connection errors and on 429, 500, 502, 503 and 504, and a
+server's ``Retry-After`` honoured (up to ``max_wait`` seconds: a server that asks for
+longer is a failure with that reason, not a run that hangs). A body cut off mid-transfer
+is fetched again. Files are written whole or not at all (a temporary name, then a
+rename), so a killed download leaves nothing a later run would take for an image. The
+environment's proxies (``https_proxy``, ``no_proxy``) and CA bundle (``SSL_CERT_FILE``,
+``REQUESTS_CA_BUNDLE``) are read once.
+
+urllib3 rather than requests (which wraps it): a small image's fetch cost a third of the
+CPU time through urllib3 alone, time a two-core machine takes from the forward pass
+(bench/bench_iiif.py).
 
 Failures are returned as reasons (one line, e.g. ``HTTP 404 Not Found``), never raised:
 every canvas that cannot be fetched is a row of skipped.csv.
 """
 from __future__ import annotations
 
+import functools
+import json
 import os
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass
+from http import HTTPStatus
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -26,6 +37,7 @@ USER_AGENT = (f"featbank/{__version__} (deep features of heritage collections; "
               "+https://github.com/featbank/featbank)")
 RETRY_STATUS = (429, 500, 502, 503, 504)
 NOT_THERE = (400, 404, 410, 501)  # the next candidate URL may still serve the image
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}  # paced by nobody: only the connection limit
 
 
 @dataclass(frozen=True)
@@ -49,22 +61,30 @@ class Fetched(Exception):
 
 
 class Polite:
-    """A requests session shared by a run's download threads (see the module docstring)."""
+    """An HTTP client shared by a run's download threads (see the module docstring)."""
 
     def __init__(self, politeness: Politeness | None = None, *, offline: bool = False):
-        import requests
-        from requests.adapters import HTTPAdapter
+        import urllib3
 
         self.politeness = p = politeness or Politeness()
         self.offline = offline
-        self.session = requests.Session()
-        self.session.headers["User-Agent"] = USER_AGENT
-        adapter = HTTPAdapter(max_retries=_retry(p), pool_maxsize=max(p.per_host, 4) * 4)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
+        self.retry = _retry(p)
+        self.headers = {"User-Agent": USER_AGENT}
+        pools = dict(num_pools=64, maxsize=max(p.per_host, 4), headers=self.headers,
+                     ca_certs=os.environ.get("SSL_CERT_FILE")
+                     or os.environ.get("REQUESTS_CA_BUNDLE"))
+        self.direct = urllib3.PoolManager(**pools)
+        self.proxied = {scheme: urllib3.ProxyManager(url, **pools)
+                        for scheme, url in urllib.request.getproxies().items()
+                        if scheme in ("http", "https")}
         self._hosts: dict[str, tuple[threading.Semaphore, list[float]]] = {}
         self._lock = threading.Lock()
         self.requests = 0  # sent, retries included: a re-run's count is what the docs promise
+
+    def _pool(self, url: str):
+        parts = urlsplit(url)
+        proxied = self.proxied.get(parts.scheme)
+        return self.direct if proxied is None or _bypass(parts.hostname or "") else proxied
 
     def _host(self, url: str):
         host = urlsplit(url).netloc
@@ -73,7 +93,9 @@ class Polite:
                 self._hosts[host] = (threading.Semaphore(self.politeness.per_host), [0.0])
             return self._hosts[host]
 
-    def _pace(self, next_at: list[float]) -> None:
+    def _pace(self, url: str, next_at: list[float]) -> None:
+        if urlsplit(url).hostname in LOOPBACK:  # this machine's own server: no one to spare
+            return
         with self._lock:
             now = time.monotonic()
             start = max(now, next_at[0])
@@ -81,63 +103,73 @@ class Polite:
         if start > now:
             time.sleep(start - now)
 
-    def _get(self, url: str, **kwargs):
-        import requests
+    def _get(self, url: str):
+        """The response to GET ``url``, its body not read yet; ``Fetched`` unless 200."""
+        import urllib3
 
         if self.offline:
             raise Fetched("not stored, and --offline forbids fetching it")
         slots, next_at = self._host(url)
         with slots:
-            self._pace(next_at)
+            self._pace(url, next_at)
             self.requests += 1
             try:
-                response = self.session.get(url, timeout=self.politeness.timeout, **kwargs)
+                response = self._pool(url).request(
+                    "GET", url, retries=self.retry, preload_content=False,
+                    timeout=urllib3.Timeout(connect=min(10.0, self.politeness.timeout),
+                                            read=self.politeness.timeout))
             except _TooLong as err:
                 raise Fetched(str(err)) from None
-            except requests.exceptions.RetryError as err:
+            except urllib3.exceptions.MaxRetryError as err:
                 raise Fetched(_retry_reason(err, self.politeness.retries)) from None
-            except requests.exceptions.RequestException as err:
+            except urllib3.exceptions.HTTPError as err:
                 raise Fetched(_error_reason(err)) from None
-        if response.status_code != 200:
-            response.close()
-            raise Fetched(f"HTTP {response.status_code} {response.reason or ''}".strip(),
-                          response.status_code)
+        if response.status != 200:
+            response.drain_conn()
+            response.release_conn()
+            raise Fetched(f"HTTP {response.status} {_phrase(response.status)}".strip(),
+                          response.status)
         return response
 
     def get_json(self, url: str):
         """A JSON document; ``Fetched`` with the reason when it cannot be had."""
-        import json
+        import urllib3
 
         response = self._get(url)
         try:
-            return response.json()
-        except (ValueError, json.JSONDecodeError):
+            return json.loads(response.read())
+        except (ValueError, UnicodeDecodeError):
             raise Fetched(f"{url} did not answer JSON ({response.headers.get('content-type')})")
+        except (urllib3.exceptions.HTTPError, OSError) as err:
+            raise Fetched(_error_reason(err)) from None
+        finally:
+            response.release_conn()
 
     def download(self, url: str, path: Path) -> None:
         """``url``'s body into ``path``, whole or not at all; a body cut off mid-transfer is
         fetched again (``retries`` times). Raises ``Fetched`` with the reason."""
-        import requests
+        import urllib3
 
         p = self.politeness
         for attempt in range(p.retries + 1):
             try:
-                self._stream(self._get(url, stream=True), path)
+                self._stream(self._get(url), path)
                 return
-            except (requests.exceptions.RequestException, OSError, _Short) as err:
+            except (urllib3.exceptions.HTTPError, OSError, _Short) as err:
                 reason = _error_reason(err)
                 if attempt == p.retries:
                     raise Fetched(f"{reason} (after {p.retries + 1} tries)") from None
                 time.sleep(p.backoff * 2 ** attempt)
 
     def _stream(self, response, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.parent.is_dir():
+            path.parent.mkdir(parents=True, exist_ok=True)
         expected = response.headers.get("content-length")
         partial = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.part")
         got = 0
         try:
-            with response, open(partial, "wb") as fh:
-                for chunk in response.iter_content(1 << 16):
+            with open(partial, "wb") as fh:
+                for chunk in response.stream(1 << 16):
                     fh.write(chunk)
                     got += len(chunk)
             if expected is not None and expected.isdigit() and got != int(expected):
@@ -145,8 +177,24 @@ class Polite:
             if got == 0:
                 raise _Short("empty answer (0 bytes)")
             os.replace(partial, path)
-        finally:
+        except BaseException:
             partial.unlink(missing_ok=True)
+            raise
+        finally:
+            response.release_conn()
+
+
+@functools.lru_cache(maxsize=1024)
+def _bypass(host: str) -> bool:
+    """Whether ``no_proxy`` names ``host`` (read once per host)."""
+    return bool(urllib.request.proxy_bypass(host))
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
 
 
 class _Short(OSError):
@@ -177,12 +225,13 @@ class _TooLong(Exception):
 
 
 def _retry_reason(err, retries: int) -> str:
-    cause = getattr(err.args[0], "reason", None) if err.args else None
-    text = str(cause or err)
+    """Why urllib3 gave up (``MaxRetryError``): the status the server kept answering, or
+    the connection error of the last try."""
+    cause = getattr(err, "reason", None)
     for status in RETRY_STATUS:
-        if f"{status} error" in text or f"'{status}'" in text:
+        if f"too many {status} error" in str(cause):
             return f"HTTP {status} after {retries} retries ({_retry_status(status)})"
-    return f"gave up after retries: {text[:160]}"
+    return _error_reason(cause) if isinstance(cause, Exception) else f"gave up: {err}"[:160]
 
 
 def _retry_status(status: int) -> str:

@@ -294,18 +294,21 @@ def candidate_urls(canvas: Canvas, short_side: int, info: dict | None = None) ->
         sizes = service.sizes or _sizes((info or {}).get("sizes"))
         width, height = canvas.width or _int((info or {}).get("width")), \
             canvas.height or _int((info or {}).get("height"))
+        full = str(client.size(max=True) if service.version == 3 else client.size(full=True))
         if service.level == 0:
             big = [s for s in sizes if min(s) >= short_side]
             chosen = min(big) if big else (max(sizes) if sizes else None)
-            if chosen and (chosen[0], chosen[1]) != (width, height):
-                urls += [str(client.size(width=chosen[0], height=chosen[1])),
-                         str(client.size(width=chosen[0]))]
+            listed = [str(client.size(width=chosen[0], height=chosen[1])),
+                      str(client.size(width=chosen[0]))] if chosen else []
+            # a static layout may hold the full size under its name, its size, or both
+            at_full = chosen is None or (chosen[0], chosen[1]) == (width, height)
+            urls += [full, *listed] if at_full else [*listed, full]
         elif width and height and min(width, height) > short_side:
             scale = short_side / min(width, height)
             w, h = math.ceil(width * scale), math.ceil(height * scale)
             urls.append(str(client.size(width=w, height=h) if service.level == 2
                             else client.size(width=w)))
-        urls.append(str(client.size(max=True) if service.version == 3 else client.size(full=True)))
+        urls.append(full)
     if canvas.image and canvas.image not in urls:
         urls.append(canvas.image)
     return list(dict.fromkeys(urls))

@@ -138,7 +138,7 @@ class Downloads:
     def fetch_all(self) -> None:
         """Fetch every image not stored yet and wait for them (fine-tuning reads them all)."""
         self.start(sorted(self.canvases))
-        self.finish()
+        self.finish(cancel=False)
 
     def _fetch(self, image: str) -> None:
         try:
@@ -150,11 +150,11 @@ class Downloads:
         except Exception as err:  # a thread's surprise must still free its waiting worker
             _mark_failed(self.failed_dir / f"{image}.txt", f"{type(err).__name__}: {err}")
 
-    def finish(self) -> None:
-        """Wait for the downloads (or cancel what extraction no longer waits for) and
-        record the URLs fetched in the catalogue."""
+    def finish(self, cancel: bool = True) -> None:
+        """Wait for the downloads under way (with ``cancel``, drop those not begun: what a
+        failed extraction no longer waits for) and record the URLs in the catalogue."""
         if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool.shutdown(wait=True, cancel_futures=cancel)
             self.pool = None
         self.write_catalogue()
 
@@ -182,25 +182,50 @@ def _mark_failed(marker: Path, reason: str) -> None:
 
 def fetch_image(client: Polite, canvas: iiif.Canvas, path: Path, short_side: int) -> str:
     """Download a canvas's image to ``path``, trying its candidate URLs in order (the next
-    only when a server has no such image or size); returns the URL that served it."""
+    only when a server has no such image or size); returns the URL that served it.
+
+    A level-0 service whose sizes the manifest does not list is asked for its info.json
+    (the sizes it serves) when the full image is larger than needed, or when no URL
+    guessed without it served the image."""
     if canvas.service is None and not canvas.image:
         raise Fetched("the canvas paints no image")
-    info = None
-    if canvas.service and canvas.service.level == 0 and not canvas.service.sizes:
-        try:  # a level-0 server serves only the sizes its info.json lists
-            info = client.get_json(f"{canvas.service.id}/info.json")
-        except Fetched:
-            info = None
-    tried = []
-    for url in iiif.candidate_urls(canvas, short_side, info):
+    level0 = canvas.service is not None and canvas.service.level == 0 and \
+        not canvas.service.sizes
+    small = 0 < min(canvas.width, canvas.height) <= short_side  # full size is what we need
+    info = _info(client, canvas) if level0 and not small else None
+    tried: dict[str, Fetched] = {}
+    url = _first_served(client, iiif.candidate_urls(canvas, short_side, info), path, tried)
+    if url is None and level0 and info is None and all(
+            e.status in NOT_THERE for e in tried.values()):
+        info = _info(client, canvas)
+        url = _first_served(client, iiif.candidate_urls(canvas, short_side, info), path, tried)
+    if url is None:
+        reasons = dict.fromkeys(str(e) for e in tried.values())
+        raise Fetched(f"could not fetch the image ({'; '.join(reasons)})")
+    return url
+
+
+def _info(client: Polite, canvas: iiif.Canvas) -> dict | None:
+    try:
+        return client.get_json(f"{canvas.service.id}/info.json")
+    except Fetched:
+        return None
+
+
+def _first_served(client: Polite, urls: list[str], path: Path, tried: dict) -> str | None:
+    """The first of ``urls`` not tried yet that serves the image (saved at ``path``); None
+    when none does. A failure other than "no such image" stops the search."""
+    for url in urls:
+        if url in tried:
+            continue
         try:
             client.download(url, path)
             return url
         except Fetched as err:
-            tried.append(str(err))
+            tried[url] = err
             if err.status not in NOT_THERE:
-                break
-    raise Fetched(f"could not fetch the image ({'; '.join(dict.fromkeys(tried))})")
+                return None
+    return None
 
 
 class WaitFor:

@@ -31,11 +31,11 @@ def open_collection(*, cache: str | Path, collection: str | None = None,
                     label_columns: str | None = None, attributes: str | Path | None = None,
                     multi_label: str | None = None, separator: str = ";",
                     iiif: str | None = None, iiif_size: int = 299,
-                    offline: bool = False) -> Collection:
+                    offline: bool = False, politeness=None) -> Collection:
     """The collection a command names: a folder of class folders (``images``), a manifest
     (CSV, Dublin Core XML, or iMet's with ``attributes``), a IIIF manifest or collection
-    (``iiif``: its images fetched at ``iiif_size`` pixels on the shorter side, none with
-    ``offline``), a collection already in the cache (``collection``), or the built-in demo
+    (``iiif``: its images fetched at ``iiif_size`` pixels on the shorter side, as polite as
+    ``politeness`` says, none with ``offline``), a collection already in the cache (``collection``), or the built-in demo
     (none of these); scanned from its images."""
     if (attributes or multi_label) and not manifest:
         raise BadInput("--attributes and --multi-label describe a --manifest; give one")
@@ -48,7 +48,7 @@ def open_collection(*, cache: str | Path, collection: str | None = None,
 
         found = from_iiif(str(iiif), cache=cache, name=collection, short_side=iiif_size,
                           label_columns=_names(label_columns), offline=offline,
-                          separator=separator)
+                          separator=separator, politeness=politeness)
     elif images:
         found = from_folder(images, name=collection)
     elif manifest and attributes:

@@ -199,3 +199,18 @@ def test_layers_prints_a_line_per_layer_and_refuses_an_unknown_one(run_script, i
                                      "random", "--images", image_folder, "--layers", "stage9"),
                           "--layers 'stage9': no such layer in squeezenet1_1, which has "
                           "features.0, features.3")
+
+
+def test_iiif_options_that_make_no_sense_are_one_line(run_script, tmp_path, image_folder):
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text('{"type": "Manifest", "id": "http://x/m", "items": []}')
+    base = ["extract.py", "--backbone", "squeezenet1_1", "--weights", "random"]
+    assert_one_line_error(run_script(*base, "--images", image_folder, "--offline"),
+                          "--offline is for --iiif")
+    assert_one_line_error(run_script(*base, "--iiif", manifest, "--iiif-rate", "0"),
+                          "--iiif-rate must be above 0")
+    assert_one_line_error(run_script(*base, "--iiif", manifest), "lists no canvas")
+    assert_one_line_error(run_script(*base, "--iiif", tmp_path / "none.json"),
+                          "does not exist")
+    (tmp_path / "page.json").write_text("<html>not json</html>")
+    assert_one_line_error(run_script(*base, "--iiif", tmp_path / "page.json"), "is not JSON")

@@ -30,8 +30,8 @@ def test_429_and_503_wait_as_long_as_retry_after_says_then_succeed(site, tmp_pat
     assert waited >= 2.0  # two answers of Retry-After: 1
     assert server.counts["/a.jpg"] == 3 and server.counts["/b.jpg"] == 3
     assert (tmp_path / "a.jpg").read_bytes() == (site / "a.jpg").read_bytes()
-    assert server.agents == {client.session.headers["User-Agent"]}
-    assert f"featbank/{__version__}" in client.session.headers["User-Agent"]
+    assert server.agents == {client.headers["User-Agent"]}
+    assert f"featbank/{__version__}" in client.headers["User-Agent"]
 
 
 def test_a_connection_dropped_mid_body_is_fetched_again_and_written_whole(site, tmp_path):
@@ -67,12 +67,19 @@ def test_offline_fetches_nothing(site, tmp_path):
     assert not server.counts
 
 
-def test_requests_to_one_host_keep_to_the_rate(site, tmp_path):
+def _eleven_requests(site, tmp_path) -> float:
     client = Polite(Politeness(rate=10.0, per_host=8))
     with serve(site) as server:
         started = time.monotonic()
         for k in range(11):
             client.download(f"{server.base}/a.jpg", tmp_path / f"{k}.jpg")
         elapsed = time.monotonic() - started
-    assert elapsed >= 0.95  # 11 requests at 10 a second: 10 gaps of 0.1 s
     assert client.requests == 11
+    return elapsed
+
+
+def test_requests_to_another_host_keep_to_the_rate_this_machine_s_only_to_connections(
+        site, tmp_path, monkeypatch):
+    assert _eleven_requests(site, tmp_path) < 0.9  # 127.0.0.1 spares no one: not paced
+    monkeypatch.setattr("featbank.data.fetch.LOOPBACK", set())  # as if it were a museum's
+    assert _eleven_requests(site, tmp_path) >= 0.95  # 11 at 10 a second: 10 gaps of 0.1 s

@@ -158,3 +158,19 @@ def test_a_download_killed_with_sigkill_resumes_without_fetching_twice(tmp_path)
                              next((cache / "127.0.0.1" / "features").glob("*.h5")).name)
     assert len(features.ids) == 30 and not features.skipped
     assert not list(images.rglob(".*.part"))
+
+
+def test_a_static_layout_that_names_the_full_size_by_its_pixels_still_serves(tmp_path):
+    chosen, _ = _heritage(tmp_path, n=3)
+    site = tmp_path / "site"
+    with serve(site) as server:
+        write_layout([(p, {"genre": p.parent.name}) for p in chosen], site, server.base,
+                     version=2)
+        for name in ("full", "max"):  # only full/64,/0/default.jpg and full/64,64/... left
+            shutil.rmtree(site / "iiif" / "0" / "full" / name)
+        [report] = _extract(tmp_path / "cache", iiif=f"{server.base}/manifest.json")
+    assert report.n_rows == 3 and report.n_skipped == 0
+    with open(tmp_path / "cache" / "127.0.0.1" / "iiif" / "canvases.csv", encoding="utf-8") as fh:
+        urls = {r["canvas"]: r["image_url"] for r in csv.DictReader(fh)}
+    assert urls[f"{server.base}/canvas/0"].endswith("/iiif/0/full/64,64/0/default.jpg")
+    assert urls[f"{server.base}/canvas/1"].endswith("/iiif/1/full/full/0/default.jpg")
