@@ -100,8 +100,8 @@ def _run_extraction(found, config) -> list[ExtractReport]:
 
 
 def _largest_input(backbones: list[str]) -> int:
-    """The shorter side an image needs for every backbone of a run (its largest input,
-    before a centre crop)."""
+    """The shorter side an image needs for every backbone of a run (its largest input;
+    before the crop, for a centre-cropping one)."""
     from featbank.data.images import min_decode_size
     from featbank.models.registry import get_spec
 

@@ -2,6 +2,7 @@
 features of the same images read from a folder, one row per canvas, a re-run without an
 image request, --offline, failures as reasons, a killed download resumed."""
 import csv
+import math
 import os
 import shutil
 import signal
@@ -12,7 +13,7 @@ import time
 import numpy as np
 import pytest
 from helpers import HERITAGE, REPO, SQUEEZENET, assert_one_line_error, script_env
-from iiif_server import image_requests, serve
+from iiif_server import as_level2, image_requests, serve
 
 import featbank as fb
 from featbank.core.errors import MissingFile
@@ -174,3 +175,46 @@ def test_a_static_layout_that_names_the_full_size_by_its_pixels_still_serves(tmp
         urls = {r["canvas"]: r["image_url"] for r in csv.DictReader(fh)}
     assert urls[f"{server.base}/canvas/0"].endswith("/iiif/0/full/64,64/0/default.jpg")
     assert urls[f"{server.base}/canvas/1"].endswith("/iiif/1/full/full/0/default.jpg")
+
+
+def test_a_level_2_server_is_asked_for_the_size_the_run_needs(tmp_path):
+    from PIL import Image
+
+    big = []
+    for k, path in enumerate(_heritage(tmp_path, n=6)[0]):  # 64 px photographs, made large
+        with Image.open(path) as im:
+            big.append(tmp_path / "big" / path.parent.name / f"{k}.jpg")
+            big[-1].parent.mkdir(parents=True, exist_ok=True)
+            im.convert("RGB").resize((640, 480), Image.Resampling.BICUBIC).save(big[-1],
+                                                                               quality=95)
+    [local] = _extract(tmp_path / "disk", images=tmp_path / "big", precision="fp32")
+    reference = read_features(local.path)
+    reference = dict(zip(reference.ids, reference.X))
+    site = tmp_path / "site"
+    with serve(site, dynamic=True) as server:
+        manifest = write_layout([(p, {"genre": p.parent.name}) for p in big], site, server.base)
+        as_level2(manifest)
+        [report] = _extract(tmp_path / "cache", iiif=f"{server.base}/manifest.json",
+                            precision="fp32")
+    assert report.n_rows == 6
+    asked = [path for path in server.counts if path.endswith(".jpg")]
+    side = 224  # what SqueezeNet's input needs: its shorter side squashed to 224
+    width = math.ceil(640 * side / 480)  # 299: the aspect kept, never below the need
+    assert sorted(asked) == [f"/iiif/{k}/full/{width},{side}/0/default.jpg" for k in range(6)]
+    got = _by_canvas(report, server.base, big)
+    for k, path in enumerate(big):
+        want = reference[f"{path.parent.name}/{path.name}"]
+        assert got[k] @ want / np.linalg.norm(got[k]) / np.linalg.norm(want) >= 0.99
+
+
+def test_fetch_all_stores_every_image_before_it_returns(tmp_path):
+    from featbank.data.sources import open_collection
+
+    chosen, _ = _heritage(tmp_path, n=30)
+    site = tmp_path / "site"
+    with serve(site, delay=0.02) as server:
+        write_layout([(p, {"genre": p.parent.name}) for p in chosen], site, server.base)
+        found = open_collection(cache=tmp_path / "cache", iiif=f"{server.base}/manifest.json")
+        found.downloads.fetch_all()  # what finetune.py --iiif does before training
+        assert image_requests(server) == 30
+    assert all(found.path(i).read_bytes() for i in found.ids) and found.downloads.fetched == 30
