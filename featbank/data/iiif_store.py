@@ -28,7 +28,12 @@ from typing import Callable
 from featbank.core.errors import BadInput, MissingFile
 from featbank.core.fileio import atomic_write_json, atomic_write_text
 from featbank.data import iiif
-from featbank.data.collection import Collection, check_name, clean_label
+from featbank.data.collection import (
+    Collection,
+    check_name,
+    clean_label,
+    new_collection_folder,
+)
 from featbank.data.fetch import NOT_THERE, Fetched, Polite, Politeness
 
 WAIT_LIMIT = 3600.0  # seconds a worker waits for one image before giving it up
@@ -44,9 +49,11 @@ def from_iiif(source: str, *, cache: str | Path, name: str | None = None,
     name = check_name(name or iiif.default_name(source))
     folder = Path(cache) / name / "iiif"
     client = Polite(politeness, offline=offline)
-    canvases = iiif.read_canvases(source, lambda ref: _document(ref, folder, client), warn=warn)
-    if not canvases:
-        raise BadInput(f"{source} lists no canvas")
+    with new_collection_folder(folder.parent):  # a source that is not IIIF leaves no folder
+        canvases = iiif.read_canvases(source, lambda ref: _document(ref, folder, client),
+                                      warn=warn)
+        if not canvases:
+            raise BadInput(f"{source} lists no canvas")
     by_id = {iiif.image_id(c.id): c for c in canvases}
     ids = sorted(by_id)
     labels, multi = _tasks([by_id[i] for i in ids], label_columns, separator, source)

@@ -210,6 +210,7 @@ def test_iiif_options_that_make_no_sense_are_one_line(run_script, tmp_path, imag
     assert_one_line_error(run_script(*base, "--iiif", manifest, "--iiif-rate", "0"),
                           "--iiif-rate must be above 0")
     assert_one_line_error(run_script(*base, "--iiif", manifest), "lists no canvas")
+    assert not (tmp_path / "cache").exists()  # nothing was, so nothing is left behind
     assert_one_line_error(run_script(*base, "--iiif", tmp_path / "none.json"),
                           "does not exist")
     (tmp_path / "page.json").write_text("<html>not json</html>")
