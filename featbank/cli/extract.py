@@ -145,9 +145,10 @@ def main(argv=None) -> None:
         print(f"{count(reports[0].device_decoded, 'image')} decoded on the device "
               f"({reports[0].jpeg_decoder}), the others by Pillow")
     if reports and reports[0].fetched is not None:
-        print(f"{count(reports[0].fetched, 'image')} fetched through IIIF now (the others were "
-              f"stored by earlier runs); catalogue in {reports[0].skipped_csv.parent}/iiif/"
-              "canvases.csv")
+        stored = reports[0].n_rows - reports[0].fetched
+        earlier = f", {stored:,} stored by earlier runs" if stored > 0 else ""
+        print(f"{count(reports[0].fetched, 'image')} fetched through IIIF now{earlier}; "
+              f"catalogue in {reports[0].skipped_csv.parent}/iiif/canvases.csv")
     if reports and reports[0].ignored:
         print(f"{count(reports[0].ignored, 'hidden or system file')} left out (.DS_Store, "
               "Thumbs.db, __MACOSX/, dotfiles)")
