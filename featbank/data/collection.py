@@ -19,6 +19,7 @@ import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from featbank.core.errors import BadInput, MissingFile
 from featbank.core.fileio import atomic_write_json, atomic_write_text
@@ -167,6 +168,19 @@ def mark_multi_label(labels: dict[str, list], columns: list[str] | None, separat
         labels[column] = [separator.join(split_labels(v, separator)) or None
                           for v in labels[column]]
     return {c: separator for c in columns or []}
+
+
+def chosen_tasks(known: list[str], columns: list[str] | None,
+                 unknown: Callable[[str], str]) -> list[str]:
+    """The tasks of a collection whose records carry named fields (Dublin Core elements,
+    IIIF metadata labels): ``columns`` when given, each one of ``known`` (else BadInput,
+    ``unknown(column)`` its message), else every one of ``known``."""
+    if columns is None:
+        return known
+    for column in columns:
+        if column not in known:
+            raise BadInput(unknown(column))
+    return columns
 
 
 def _index_files(root: Path) -> dict[str, str]:

@@ -31,6 +31,7 @@ from featbank.data import iiif
 from featbank.data.collection import (
     Collection,
     check_name,
+    chosen_tasks,
     clean_label,
     new_collection_folder,
 )
@@ -97,14 +98,10 @@ def _tasks(canvases: list[iiif.Canvas], columns: list[str] | None, separator: st
     """task -> labels aligned with ``canvases``, and the multi-label tasks (a canvas with
     several values for one label)."""
     known = list(dict.fromkeys(k for c in canvases for k in c.metadata))
-    if columns is not None:
-        unknown = [c for c in columns if c not in known]
-        if unknown:
-            raise BadInput(f"{source}: no canvas has the metadata label {unknown[0]!r}; its "
-                           f"labels are {', '.join(known) or 'none'}")
-        known = columns
+    tasks = chosen_tasks(known, columns, lambda c: f"{source}: no canvas has the metadata "
+                         f"label {c!r}; its labels are {', '.join(known) or 'none'}")
     labels, multi = {}, {}
-    for task in known:
+    for task in tasks:
         cells = [[v.replace(separator, ",") for v in c.metadata.get(task, [])] for c in canvases]
         if any(len(v) > 1 for v in cells):
             multi[task] = separator

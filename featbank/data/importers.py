@@ -25,6 +25,7 @@ from featbank.data.collection import (
     _index_files,
     _resolve,
     check_name,
+    chosen_tasks,
     clean_label,
     default_name,
 )
@@ -94,13 +95,9 @@ def from_dublin_core(source: str | os.PathLike, *, root: str | os.PathLike | Non
     if not found:
         raise BadInput(f"none of the records in {source} names an image found under "
                          f"{root}; check --root and the records' dc:identifier")
-    elements = sorted({k for values in found.values() for k in values})
-    if label_columns is not None:
-        unknown = [c for c in label_columns if c not in elements]
-        if unknown:
-            raise BadInput(f"{source}: no dc:{unknown[0]} element in any record; the records "
-                             f"have {', '.join(elements)}")
-        elements = label_columns
+    have = sorted({k for values in found.values() for k in values})
+    elements = chosen_tasks(have, label_columns, lambda c: f"{source}: no dc:{c} element in "
+                            f"any record; the records have {', '.join(have)}")
     ids = sorted(found)
     multi = {e for e in elements if any(len(v.get(e, ())) > 1 for v in found.values())}
     labels = {e: [(separator.join(sorted(set(found[i][e]))) if e in multi else found[i][e][0])
