@@ -9,7 +9,9 @@ For each backbone:
 1. **The forward pass alone**, over ready-made normalised tensors, in each way
    the machine offers: fp32 with the contiguous layout (featbank's CPU path
    before this bench's change: the baseline), fp32 channels-last, and where
-   the CPU has native bf16 (or on a GPU) bf16 autocast in both layouts; with
+   the CPU has native bf16 (or on a GPU) bf16 autocast in both layouts; on a
+   CPU each channels-last one with the trunk's batch norms folded into its
+   convolutions too (where it folds: ``featbank.models.fold``); with
    ``--compile`` each of them through ``torch.compile`` too (its compile time
    reported apart). Each variant runs at its best batch size of
    ``--batch-sizes`` (one timed pass per size picks it). The fastest median is
@@ -42,6 +44,7 @@ from featbank.core.hardware import native_bf16
 from featbank.core.settings import default_workers
 from featbank.data.collection import Collection, from_folder
 from featbank.extraction.engine import ExtractConfig, extract
+from featbank.models.fold import fold_batchnorm
 from featbank.models.registry import get_spec
 from featbank.models.trunks import load_trunk
 from featbank.store.features import read_features
@@ -51,15 +54,18 @@ BACKBONES = "xception,resnet50,timm:tf_efficientnet_lite0,squeezenet1_1"
 LAYOUTS = {"contiguous": torch.contiguous_format, "channels-last": torch.channels_last}
 
 
-def variants(device: torch.device, compiled: bool) -> list[tuple[str, str, bool]]:
-    """(precision, layout, compiled) of every forward the machine offers."""
+def variants(device: torch.device, compiled: bool) -> list[tuple[str, str, bool, bool]]:
+    """(precision, layout, compiled, folded) of every forward the machine offers."""
     precisions = ["fp32"] + (["bf16"] if device.type == "cuda" or native_bf16() else [])
-    return [(p, layout, c) for c in ([False, True] if compiled else [False])
-            for p in precisions for layout in LAYOUTS]
+    folds = [False, True] if device.type == "cpu" else [False]
+    return [(p, layout, c, f) for c in ([False, True] if compiled else [False])
+            for p in precisions for layout in LAYOUTS for f in folds
+            if not f or layout == "channels-last"]
 
 
-def label(precision: str, layout: str, compiled: bool) -> str:
-    return f"{precision} {layout}" + (", compiled" if compiled else "")
+def label(precision: str, layout: str, compiled: bool, folded: bool) -> str:
+    return (f"{precision} {layout}" + (", batch norms folded" if folded else "")
+            + (", compiled" if compiled else ""))
 
 
 class Forward:
@@ -132,9 +138,13 @@ def bench_backbone(bench: Bench, name: str, collection: Collection, args) -> Non
     size = spec.preprocess.input_size
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     runs, chosen = {}, {}
-    for precision, layout, compiled in variants(device, args.compile):
-        forward = Forward(load_trunk(spec, weights), size, precision, layout, compiled, device)
-        key = label(precision, layout, compiled)
+    for precision, layout, compiled, folded in variants(device, args.compile):
+        trunk = load_trunk(spec, weights)
+        trunk = fold_batchnorm(trunk) if folded else trunk
+        if trunk is None:
+            continue  # nothing folds in this trunk: the unfolded variant is the same
+        forward = Forward(trunk, size, precision, layout, compiled, device)
+        key = label(precision, layout, compiled, folded)
         if forward.compile_seconds is not None:
             bench.record(f"{name}: {key}, compile time", [forward.compile_seconds], unit="s")
         chosen[key] = best_batch(forward, len(collection), sizes)
@@ -168,8 +178,10 @@ def bench_backbone(bench: Bench, name: str, collection: Collection, args) -> Non
     if args.layers == "all":
         bench.ratio(f"{name}: time of --layers all / final only", default,
                     f"{name}: extract --layers all, defaults")
-    bench.record(f"{name}: default precision ({features['default'].provenance['precision']})"
-                 " features, largest relative error against fp32",
+    made = features["default"].provenance
+    bench.record(f"{name}: default precision ({made['precision']}"
+                 + (", batch norms folded" if made.get("fold_bn") else "")
+                 + ") features, largest relative error against fp32",
                  [relative_error(features["default"], features["fp32"])], unit="")
 
 

@@ -70,10 +70,12 @@ def _run(collection, entry, all_ids, provenance, weights_file, device, progress)
     place = resolve_device(device)
     trunk = load_trunk(spec, trunk_weights(entry, provenance, weights_file),
                        option="--weights-file", progress=False)
-    # as the file's rows were computed: its precision (kept, not checked again) and layout
+    # as the file's rows were computed: its precision (kept, not checked again), layout and
+    # batch norms
     precision = str(provenance.get("precision", "fp32"))
     runner = TrunkRunner(spec, trunk, place, autocast_dtype(precision, place), check=False,
-                         layout=str(provenance.get("memory_format", "contiguous")))
+                         layout=str(provenance.get("memory_format", "contiguous")),
+                         fold=bool(provenance.get("fold_bn", False)))
     pre, size = spec.preprocess, min_decode_size([spec.preprocess])
     out = np.zeros((len(ANGLES), len(all_ids), entry.feature_dim), np.float32)
     blank = torch.zeros(3, pre.input_size, pre.input_size, dtype=torch.uint8)

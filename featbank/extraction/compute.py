@@ -41,9 +41,9 @@ def settle_provenance(out: FeatureWriter, config: ExtractConfig) -> None:
     the old file is set aside (kept in ``features/replaced/``) for a new one.
     """
     stored = [attrs for _, attrs in out.stored_attrs()]
-    if config.precision == "auto" and stored:  # the file's precision, and its layout
-        out.attrs["precision"] = recorded(stored[0], "precision")
-        out.attrs["memory_format"] = recorded(stored[0], "memory_format")
+    if config.precision == "auto" and stored:  # the file's precision, and how it computes
+        for key in FOLLOWED:
+            out.attrs[key] = recorded(stored[0], key)
     if config.force_new:
         try:
             out.check_compatible()
@@ -52,6 +52,11 @@ def settle_provenance(out: FeatureWriter, config: ExtractConfig) -> None:
             tqdm.write(f"{out.path.name}: its rows were made otherwise; kept in {where}, "
                        "starting a new file (--force-new)")
     out.check_compatible()
+
+
+# What a run with --precision auto takes from the file it adds to, so that its rows are
+# computed as the file's were.
+FOLLOWED = ("precision", "memory_format", "fold_bn")
 
 
 def default_batch_size(device: torch.device, pres: list) -> int:
@@ -73,11 +78,10 @@ def one_precision_per_backbone(files: dict, config: ExtractConfig) -> None:
     made: dict[str, set] = {}
     for (backbone, _), out in files.items():
         for _, attrs in out.stored_attrs():
-            made.setdefault(backbone, set()).add((recorded(attrs, "precision"),
-                                                  recorded(attrs, "memory_format")))
+            made.setdefault(backbone, set()).add(tuple(recorded(attrs, k) for k in FOLLOWED))
     for (backbone, _), out in files.items():
         if len(made.get(backbone, ())) == 1 and not out.stored_attrs():
-            out.attrs["precision"], out.attrs["memory_format"] = next(iter(made[backbone]))
+            out.attrs.update(zip(FOLLOWED, next(iter(made[backbone]))))
 
 
 def decode_mode(config: ExtractConfig, decoder: str | None) -> str:
@@ -121,15 +125,22 @@ def trunk_runner(spec, targets: list[Target], outs: dict, todo: dict, config: Ex
     tapped = [t.layer for t in targets if t.layer.name != FINAL and todo[t.key]]
     check = not any(out.stored_attrs() for out in outs.values())
     precision = precisions.pop()
-    layout = next(iter(outs.values())).attrs["memory_format"]  # settled with the precision
+    first = next(iter(outs.values())).attrs  # layout and folding: settled with the precision
+    layout = first["memory_format"]
     started = time.perf_counter()
     runner = TrunkRunner(spec, trunk, device, AUTOCAST[precision], check=check,
                          past_tolerance="fp32" if config.precision == "auto" else "keep",
                          layers=tapped, pools={t.layer.name: t.pool for t in targets},
-                         layout=layout, compile=config.compile)
+                         layout=layout, compile=config.compile,
+                         fold=bool(recorded(first, "fold_bn")))
+    for out in outs.values():
+        if not out.stored_attrs():  # what the rows are made with, not what was hoped for
+            out.attrs["fold_bn"] = runner.folded
     why = _why(config.precision, precision, check, device)
     tqdm.write(f"{spec.name} on {device.type}: {precision}" + (f" ({why})" if why else "")
-               + f", {layout.replace('_', '-')}, {torch.get_num_threads()} threads, "
+               + f", {layout.replace('_', '-')}, "
+               + ("batch norms folded, " if runner.folded else "")
+               + f"{torch.get_num_threads()} threads, "
                f"{count(resolve_workers(config.workers, device), 'decoding worker')}, "
                + (f"compiled ({time.perf_counter() - started:.1f} s to set up; the first "
                   "batch compiles)" if config.compile else "not compiled"), file=sys.stderr)

@@ -46,6 +46,7 @@ from featbank.extraction.devicedecode import DecoderBalance, device_index
 from featbank.extraction.freshness import Freshness, Stamps, freshness
 from featbank.extraction.loader import Images, batches_on_device, collate
 from featbank.extraction.targets import Target, plan
+from featbank.models.fold import can_fold
 from featbank.models.inference import (
     TrunkRunner,
     add_share,
@@ -130,7 +131,7 @@ def _extract(collection: Collection, config: ExtractConfig) -> list[ExtractRepor
     made = {"decode": decode_mode(config, decoder), "tf32": tf32_in_use(device),
             "precision": resolve_precision(config.precision, device),
             "memory_format": resolve_layout(config.precision, device),
-            "compiled": config.compile}
+            "compiled": config.compile, "fold_bn": can_fold(device, config.precision)}
     for spec in specs:
         targets[spec.name], trunks[spec.name] = plan(spec, config)
         for t in targets[spec.name]:

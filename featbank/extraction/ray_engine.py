@@ -25,6 +25,7 @@ from featbank.core.errors import BadInput
 from featbank.core.hashing import UNKNOWN, Stamp, read_stamped
 from featbank.data.iiif_store import canvas_json, ensure_image
 from featbank.data.images import decode_views
+from featbank.models.fold import fold_batchnorm
 from featbank.models.inference import (
     AUTOCAST,
     TrunkRunner,
@@ -46,6 +47,7 @@ def run_ray(collection, pending: list[str], specs, files, todo, config) -> None:
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0)) if config.device != "cpu" else 0
     actors = config.ray_actors or max(1, gpus)
+    _settle_folding(specs, files, config, gpus)
     # Without GPUs an actor's CPUs are its torch threads (Ray sets OMP_NUM_THREADS);
     # one CPU per actor is left to the decoding tasks.
     cpus_per_actor = 1 if gpus else max(1, int(resources.get("CPU", 1)) // actors - 1)
@@ -119,11 +121,24 @@ def _decode(batch: dict[str, np.ndarray], pres: list, fetch=None) -> dict[str, n
     return out
 
 
+def _settle_folding(specs, files, config, gpus: int) -> None:
+    """A new file records whether its rows are made with batch norms folded, as the actors
+    will make them: never on GPUs (``can_fold``), else where the trunk folds (the driver
+    loads it once to see)."""
+    for spec in specs:
+        out = files[spec.name]
+        if not out.stored_attrs() and out.attrs.get("fold_bn"):
+            out.attrs["fold_bn"] = not gpus and fold_batchnorm(
+                load_trunk(spec, config.weights, progress=False)) is not None
+
+
 def _made(out) -> dict:
     """How a file's rows are computed, which every actor must follow: its precision (checked
-    against fp32 only while the file has no rows) and whether TF32 is on."""
+    against fp32 only while the file has no rows), whether TF32 is on, its layout and
+    whether batch norms are folded."""
     return {"precision": out.attrs["precision"], "tf32": bool(out.attrs["tf32"]),
-            "memory_format": out.attrs.get("memory_format", "contiguous"), "check": not out.stored_attrs()}
+            "memory_format": out.attrs.get("memory_format", "contiguous"),
+            "fold_bn": bool(out.attrs.get("fold_bn", False)), "check": not out.stored_attrs()}
 
 
 class _Trunks:
@@ -142,7 +157,8 @@ class _Trunks:
         self.runners = {s.name: TrunkRunner(s, load_trunk(s, weights, progress=False), target,
                                             AUTOCAST[made[s.name]["precision"]],
                                             check=made[s.name]["check"], past_tolerance="refuse",
-                                            layout=made[s.name]["memory_format"])
+                                            layout=made[s.name]["memory_format"],
+                                            fold=made[s.name]["fold_bn"])
                         for s in specs}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

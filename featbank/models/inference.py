@@ -9,7 +9,8 @@ GPU (fp16 without bf16) and on a CPU with native bf16 (AVX512-BF16 or AMX,
 :func:`featbank.core.hardware.native_bf16`), fp32 elsewhere; tensors are
 channels-last (NHWC), which oneDNN's and cuDNN's convolutions run fastest, except
 for ``--precision fp32`` asked for on a CPU, which keeps the contiguous layout and
-so the sums of earlier runs bit for bit. On a 2-core AMD EPYC with AVX512-BF16,
+so the sums of earlier runs bit for bit. On a CPU such runs also fold batch norms into
+their convolutions (:mod:`featbank.models.fold`). On a 2-core AMD EPYC with AVX512-BF16,
 bf16 with channels-last ran Xception 3.5x, ResNet50 2.8x and EfficientNet-Lite0 3.9x
 the images/s of fp32 contiguous (``bench/bench_extract.py``).
 """
@@ -25,6 +26,7 @@ from featbank.core.errors import BadInput
 from featbank.core.hardware import native_bf16
 from featbank.core.settings import default_workers
 from featbank.data.images import normalize
+from featbank.models.fold import fold_batchnorm
 from featbank.models.layers import FINAL, Layer, Taps, final_output
 from featbank.models.registry import BackboneSpec
 
@@ -119,11 +121,18 @@ class TrunkRunner:
                  autocast: torch.dtype | None, *, check: bool = True,
                  past_tolerance: str = "fp32",
                  layers: list[Layer] | None = None, pools: dict[str, str] | None = None,
-                 layout: str | None = None, compile: bool = False):
+                 layout: str | None = None, compile: bool = False, fold: bool = False):
         """layout : ``channels_last`` or ``contiguous`` (default: channels-last on a GPU,
-        contiguous on a CPU); compile : run the trunk through ``torch.compile``."""
+        contiguous on a CPU); compile : run the trunk through ``torch.compile``; fold :
+        fold its batch norms into its convolutions (:mod:`featbank.models.fold`) where it
+        can be traced and nothing is tapped; :attr:`folded` says whether it was."""
         self.spec, self.device, self.autocast = spec, device, autocast
         self.layout = layout or ("channels_last" if device.type == "cuda" else "contiguous")
+        self.pools = pools or {}
+        folded = (fold_batchnorm(trunk) if fold and not layers
+                  and self.pools.get(FINAL, "model") == "model" else None)
+        self.folded = folded is not None
+        trunk = trunk if folded is None else folded
         self.trunk = trunk.to(device).to(memory_format=MEMORY_FORMATS[self.layout])
         self.compiled = None
         if compile:
@@ -137,7 +146,6 @@ class TrunkRunner:
         # Layers tapped in the same forward pass (models.layers): each batch gives a
         # vector per image and layer; ``pools`` (layer -> resolved pool) says how a token
         # network's outputs become vectors.
-        self.pools = pools or {}
         self.taps = Taps(self.trunk, layers, self.pools) if layers else None
 
     @property
@@ -161,11 +169,13 @@ class TrunkRunner:
         layout = MEMORY_FORMATS[self.layout]
         pixels = pixels.to(self.device, non_blocking=True).contiguous(memory_format=layout)
         x = normalize(pixels, self.spec.preprocess).contiguous(memory_format=layout)
-        if not self.checked:
-            self._check_autocast(x)
-        with torch.autocast(self.device.type, dtype=self.autocast or torch.float32,
-                            enabled=self.autocast is not None):
-            out = {FINAL: self._final(x).float(), **(self.taps.out if self.taps else {})}
+        first = None if self.checked else self._check_autocast(x)
+        if first is not None and self.taps is None and self.compiled is None:
+            out = {FINAL: first}  # the check computed this batch in the precision kept
+        else:
+            with torch.autocast(self.device.type, dtype=self.autocast or torch.float32,
+                                enabled=self.autocast is not None):
+                out = {FINAL: self._final(x).float(), **(self.taps.out if self.taps else {})}
         if out[FINAL].shape[0] != x.shape[0] or out[FINAL].ndim != 2:
             raise AssertionError(f"{self.spec.name} gave {tuple(out[FINAL].shape)}, "
                                  "expected (B, D)")
@@ -188,7 +198,8 @@ class TrunkRunner:
         trunk = self.trunk if eager or self.compiled is None else self.compiled
         return final_output(trunk, x, self.pools.get(FINAL, "model"))
 
-    def _check_autocast(self, x: torch.Tensor) -> None:
+    def _check_autocast(self, x: torch.Tensor) -> torch.Tensor:
+        """Settle the autocast on the first batch ``x``; its features in the precision kept."""
         reference = self._final(x, eager=True).float()
         with torch.autocast(self.device.type, dtype=self.autocast):
             fast = self._final(x, eager=True).float()
@@ -196,16 +207,17 @@ class TrunkRunner:
                        / reference.norm(dim=1).clamp_min(1e-12)).max())
         self.check_error, self.checked = error, True
         if error <= AUTOCAST_TOLERANCE:
-            return
+            return fast
         said = (f"{self.spec.name}: {self.precision} features differ from fp32 by "
                 f"{error:.2e} (> {AUTOCAST_TOLERANCE})")
         if self.past_tolerance == "refuse":
             raise BadInput(f"{said}; use --precision fp32")
         if self.past_tolerance == "keep":
             tqdm.write(f"{said}; kept, as --precision asked")
-            return
+            return fast
         tqdm.write(f"{said}; using fp32")
         self.autocast = None
+        return reference
 
 
 def shared_views(specs) -> tuple[list, dict[str, int]]:

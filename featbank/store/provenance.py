@@ -40,10 +40,10 @@ PROVENANCE_KEYS = ("backbone", "feature_dim", "weights", "weights_exact", "input
 # (featbank's defaults until the key was added, 2026-11-30): Pillow decoding, fp32 (the
 # CPU's only precision; a GPU run's --precision auto was not recorded), no TF32, the
 # trunk's output pooled its own way, the contiguous memory format (a CPU's; it is for
-# the record and for resuming alike, never a reason to refuse rows). The releases come
-# from the versions recorded.
+# the record and for resuming alike, never a reason to refuse rows), batch norms not
+# folded (the same). The releases come from the versions recorded.
 HISTORICAL = {"decode": "pillow", "precision": "fp32", "tf32": False, "layer": FINAL,
-              "pool": "model", "memory_format": "contiguous"}
+              "pool": "model", "memory_format": "contiguous", "fold_bn": False}
 LATER_KEYS = (*HISTORICAL, "torch_release", "torchvision_release")
 
 
@@ -63,12 +63,13 @@ def file_attrs(*, backbone: str, feature_dim: int, preprocess: dict, weights: di
                dtype: str, collection: str, decode: str = "pillow", precision: str = "fp32",
                tf32: bool = False, layer: str = FINAL, layer_index: int | None = None,
                pool: str = "model", memory_format: str = "contiguous",
-               compiled: bool = False) -> dict:
+               compiled: bool = False, fold_bn: bool = False) -> dict:
     """The attributes of a new feature file.
 
     preprocess : ``Preprocess.attrs()``; weights : ``Weights.attrs()`` (id, exact, hash);
-    decode, precision, tf32 : how the rows are computed (memory_format and compiled too, for
-    the record: they change the sums at the rounding level only); layer, layer_index, pool :
+    decode, precision, tf32 : how the rows are computed (memory_format, compiled and fold_bn,
+    batch norms folded into the convolutions, too, for the record: they change the sums at
+    the rounding level only); layer, layer_index, pool :
     where in the trunk (see the module docstring).
     """
     if dtype not in ("float32", "float16"):
@@ -76,6 +77,7 @@ def file_attrs(*, backbone: str, feature_dim: int, preprocess: dict, weights: di
     return {"backbone": backbone, "feature_dim": feature_dim, **weights, **preprocess,
             "dtype": dtype, "decode": decode, "precision": precision, "tf32": bool(tf32),
             "memory_format": memory_format, "compiled": bool(compiled),
+            "fold_bn": bool(fold_bn),
             "layer": layer, **({"layer_index": int(layer_index)} if layer_index else {}),
             "pool": pool, "collection": collection, "featbank_version": __version__,
             "torch_version": _version("torch"), "torchvision_version": _version("torchvision"),

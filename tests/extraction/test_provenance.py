@@ -1,6 +1,7 @@
 """Rows made differently never share a file: precision, decoding, TF32 and library releases
 are provenance, a resumed run that differs is refused in one line naming the key, and
---force-new keeps the old file aside and starts a new one."""
+--force-new keeps the old file aside and starts a new one. Layout and folded batch norms
+are recorded, and a --precision auto run follows them."""
 import h5py
 import pytest
 from helpers import make_image
@@ -19,8 +20,8 @@ def _folder(root, n=4):
     return root
 
 
-def _extract(root, cache, **settings):
-    config = ExtractConfig(backbones="squeezenet1_1", weights="random", cache_root=str(cache),
+def _extract(root, cache, backbones="squeezenet1_1", **settings):
+    config = ExtractConfig(backbones=backbones, weights="random", cache_root=str(cache),
                            workers=0, batch_size=4, progress=False, **settings)
     return extract(from_folder(root), config)
 
@@ -88,3 +89,23 @@ def test_a_file_from_before_these_keys_reads_as_the_values_of_its_time(tmp_path)
     make_image(root / "b" / "new.jpg", seed=96, size=(40, 40), quality=90)
     with pytest.raises(BadInput, match="torch_release='1.13'"):
         _extract(root, tmp_path / "cache")
+
+
+def test_batch_norms_are_folded_where_the_sums_may_change_and_a_resume_follows_the_file(
+        tmp_path, capsys):
+    root = _folder(tmp_path / "art")
+    [folded] = _extract(root, tmp_path / "a", backbones="resnet18")
+    assert read_features(folded.path).provenance["fold_bn"] in (True, 1)
+    assert "resnet18 on cpu: " in (said := capsys.readouterr().err)
+    assert ", channels-last, batch norms folded, " in said
+    [exact] = _extract(root, tmp_path / "b", backbones="resnet18", precision="fp32")
+    assert read_features(exact.path).provenance["fold_bn"] in (False, 0)  # sums of before
+    [plain] = _extract(root, tmp_path / "c")  # SqueezeNet has no batch norm to fold
+    assert read_features(plain.path).provenance["fold_bn"] in (False, 0)
+    with h5py.File(folded.path, "a") as f:  # as a file written before folding existed
+        del f.attrs["fold_bn"]
+    capsys.readouterr()
+    make_image(root / "a" / "new.jpg", seed=95, size=(40, 40), quality=90)
+    [grown] = _extract(root, tmp_path / "a", backbones="resnet18")
+    assert grown.n_rows == 9 and "batch norms folded" not in capsys.readouterr().err
+    assert read_features(grown.path).provenance.get("fold_bn", False) in (False, 0)

@@ -43,8 +43,9 @@ def test_ray_writes_the_local_file(tmp_path, folder_with_a_bad_file):
         assert theirs.ids == mine.ids and len(mine.ids) == 12
         np.testing.assert_allclose(theirs.X, mine.X, rtol=1e-4, atol=1e-6)
         assert theirs.skipped == mine.skipped and list(mine.skipped) == ["dogs/broken.jpg"]
-        assert {k: theirs.provenance[k] for k in ("backbone", "weights", "input_size")} == \
-            {k: mine.provenance[k] for k in ("backbone", "weights", "input_size")}
+        made = ("backbone", "weights", "input_size", "precision", "fold_bn")
+        assert {k: theirs.provenance[k] for k in made} == {k: mine.provenance[k] for k in made}
+    assert [bool(read_features(r.path).provenance["fold_bn"]) for r in remote] == [False, True]
     assert (tmp_path / "ray" / "images" / "skipped.csv").read_text() == \
         (tmp_path / "local" / "images" / "skipped.csv").read_text()
 

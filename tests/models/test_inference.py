@@ -59,3 +59,34 @@ def test_cpu_batches_fit_the_caches_and_a_gpu_keeps_its_32():
     assert default_batch_size(CPU, [Preprocess(input_size=224)]) == 8
     assert default_batch_size(CPU, [Preprocess(input_size=224), Preprocess(input_size=299)]) == 4
     assert default_batch_size(torch.device("cuda"), [Preprocess(input_size=224)]) == 32
+
+
+def test_the_first_batch_check_gives_the_rows_an_unchecked_runner_makes():
+    spec = get_spec("squeezenet1_1")
+    pixels = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8)
+    checked = inference.TrunkRunner(spec, load_trunk(spec, "random"), CPU, torch.bfloat16,
+                                    layout="channels_last")
+    first = checked.submit(pixels)()
+    assert checked.precision == "bf16" and checked.check_error is not None
+    plain = inference.TrunkRunner(spec, load_trunk(spec, "random"), CPU, torch.bfloat16,
+                                  check=False, layout="channels_last").submit(pixels)()
+    assert np.array_equal(first, plain)
+    assert np.array_equal(checked.submit(pixels)(), plain)
+
+
+def test_a_runner_folds_its_batch_norms_only_when_asked_and_nothing_is_tapped():
+    from featbank.models.layers import pick
+
+    spec = get_spec("resnet18")
+    pixels = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    plain = inference.TrunkRunner(spec, load_trunk(spec, "random"), CPU, None,
+                                  layout="channels_last")
+    folded = inference.TrunkRunner(spec, load_trunk(spec, "random"), CPU, None,
+                                   layout="channels_last", fold=True)
+    assert folded.folded and not plain.folded
+    np.testing.assert_allclose(folded.submit(pixels)(), plain.submit(pixels)(), rtol=1e-4,
+                               atol=1e-5)
+    trunk = load_trunk(spec, "random")
+    tapped = inference.TrunkRunner(spec, trunk, CPU, None, fold=True,
+                                   layers=pick(trunk, "all", spec.name))
+    assert not tapped.folded
