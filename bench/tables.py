@@ -93,8 +93,29 @@ def label_issues_summary(result: dict) -> str:
             f"range of {result['repeats']} draws of the flips, {result['date'][:10]}).\n")
 
 
+def extract_summary(result: dict) -> str:
+    """The README's table of CPU extraction speed (bench_extract): per trunk, images/s with
+    the defaults, what the defaults chose, and how far that is from fp32 contiguous (the
+    path before) and from the fastest forward."""
+    f, m = result["figures"], result["machine"]
+    trunks = list(dict.fromkeys(label.split(": ")[0] for label in f))
+    lines = [f"On {m['cpu']} ({m['cores']} cores, {result['date'][:10]}; median of "
+             f"{result['repeats']} repeats):", "",
+             "| trunk | extraction, defaults | defaults computed in | x fp32 contiguous forward "
+             "| of the fastest forward |", "| --- | --- | --- | --- | --- |"]
+    for trunk in trunks:
+        [made] = [label.split("default precision (")[1].split(") features")[0]
+                  for label in f if label.startswith(f"{trunk}: default precision (")]
+        lines.append(
+            f"| {trunk} | {f[f'{trunk}: extract, defaults']['median']:.1f} img/s | {made} "
+            f"| {f[f'{trunk}: extract, defaults / fp32 contiguous forward']['median']:.2f}x "
+            f"| {f[f'{trunk}: extract, defaults / fastest forward (goal >= 0.9)']['median']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
 # README blocks written from a bench's results: <!-- bench:NAME --> ... <!-- /bench:NAME -->
-README_BLOCKS = {"bench_duplicates": duplicates_summary,
+README_BLOCKS = {"bench_extract": extract_summary,
+                 "bench_duplicates": duplicates_summary,
                  "bench_label_issues": label_issues_summary,
                  "bench_index_5000000": index_summary}
 
