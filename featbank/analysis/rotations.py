@@ -25,6 +25,7 @@ from featbank.core.errors import BadInput
 from featbank.core.fileio import atomic_path
 from featbank.data.collection import Collection
 from featbank.store.features import FeatureFile
+from featbank.store.provenance import recorded
 
 ANGLES = (90, 180, 270)  # counter-clockwise, PIL's meaning
 TURNS = {90: Image.Transpose.ROTATE_90, 180: Image.Transpose.ROTATE_180,
@@ -72,10 +73,10 @@ def _run(collection, entry, all_ids, provenance, weights_file, device, progress)
                        option="--weights-file", progress=False)
     # as the file's rows were computed: its precision (kept, not checked again), layout and
     # batch norms
-    precision = str(provenance.get("precision", "fp32"))
+    precision = str(recorded(provenance, "precision"))
     runner = TrunkRunner(spec, trunk, place, autocast_dtype(precision, place), check=False,
-                         layout=str(provenance.get("memory_format", "contiguous")),
-                         fold=bool(provenance.get("fold_bn", False)))
+                         layout=str(recorded(provenance, "memory_format")),
+                         fold=bool(recorded(provenance, "fold_bn")))
     pre, size = spec.preprocess, min_decode_size([spec.preprocess])
     out = np.zeros((len(ANGLES), len(all_ids), entry.feature_dim), np.float32)
     blank = torch.zeros(3, pre.input_size, pre.input_size, dtype=torch.uint8)

@@ -36,6 +36,7 @@ from featbank.models.inference import (
 )
 from featbank.models.registry import get_spec
 from featbank.models.trunks import load_trunk
+from featbank.store.provenance import recorded
 
 
 def run_ray(collection, pending: list[str], specs, files, todo, config) -> None:
@@ -137,8 +138,8 @@ def _made(out) -> dict:
     against fp32 only while the file has no rows), whether TF32 is on, its layout and
     whether batch norms are folded."""
     return {"precision": out.attrs["precision"], "tf32": bool(out.attrs["tf32"]),
-            "memory_format": out.attrs.get("memory_format", "contiguous"),
-            "fold_bn": bool(out.attrs.get("fold_bn", False)), "check": not out.stored_attrs()}
+            "memory_format": recorded(out.attrs, "memory_format"),
+            "fold_bn": bool(recorded(out.attrs, "fold_bn")), "check": not out.stored_attrs()}
 
 
 class _Trunks:

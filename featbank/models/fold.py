@@ -24,16 +24,20 @@ def fold_batchnorm(trunk: nn.Module) -> nn.Module | None:
     """A copy of eval-mode ``trunk`` with each Conv-BatchNorm pair folded into one
     convolution; None when the trunk has no such pair or cannot be traced (then run
     ``trunk`` itself). ``trunk`` is left as it is."""
-    if trunk.training or not any(isinstance(m, nn.BatchNorm2d) for m in trunk.modules()):
+    norms = _batch_norms(trunk)
+    if trunk.training or not norms:
         return None
     try:
         folded = fuse(trunk)
     except Exception:  # noqa: BLE001 - fx tracing fails in many ways; unfolded is correct
         return None
-    left = sum(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
-    if left == sum(isinstance(m, nn.BatchNorm2d) for m in trunk.modules()):
+    if _batch_norms(folded) == norms:
         return None  # traced, but no batch norm followed a convolution of its own
     return folded.requires_grad_(False).eval()
+
+
+def _batch_norms(module: nn.Module) -> int:
+    return sum(isinstance(m, nn.BatchNorm2d) for m in module.modules())
 
 
 def can_fold(device: torch.device, precision: str) -> bool:
