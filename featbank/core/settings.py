@@ -61,7 +61,13 @@ def default_workers(device_type: str = "cpu") -> int:
     """Decoding processes when ``--workers`` is not given: one fewer than the cores
     this process may use (the main process feeds the model), at most 8 where the
     model runs on the CPU, which needs the cores too, and at most 32 with a GPU,
-    where decoding sets the pace (one worker decodes 350-1,100 img/s; docs/gpu.md)."""
+    where decoding sets the pace (one worker decodes 350-1,100 img/s; docs/gpu.md).
+    A CPU model on one or two cores decodes in the main process (0 workers): there
+    a worker takes a core from the trunk's threads mid-pass, and extraction ran
+    10-15 % slower with one than with none for ResNet50 and SqueezeNet, no faster
+    for Xception (docs/extract.md, "Threads")."""
+    if device_type == "cpu" and cores() <= 2:
+        return 0
     return max(1, min(8 if device_type == "cpu" else 32, cores() - 1))
 
 

@@ -10,8 +10,9 @@ from featbank.finetuning.config import FinetuneConfig
 from featbank.models.inference import resolve_workers
 
 
-@pytest.mark.parametrize("cores, cpu, cuda", [(1, 1, 1), (2, 1, 1), (16, 8, 15), (64, 8, 32)])
-def test_workers_leave_a_core_to_the_main_process_and_more_of_them_feed_a_gpu(
+@pytest.mark.parametrize("cores, cpu, cuda", [(1, 0, 1), (2, 0, 1), (3, 2, 2), (16, 8, 15),
+                                            (64, 8, 32)])
+def test_workers_leave_a_core_to_the_main_process_but_two_cores_decode_in_it(
         monkeypatch, cores, cpu, cuda):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
     assert default_workers("cpu") == cpu and default_workers("cuda") == cuda
