@@ -50,9 +50,24 @@ def test_bf16_past_the_tolerance_falls_back_to_fp32_and_says_so(monkeypatch, cap
     spec = get_spec("squeezenet1_1")
     runner = inference.TrunkRunner(spec, load_trunk(spec, "random"), CPU, torch.bfloat16,
                                    layout="channels_last")
-    runner.submit(torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8))()
+    pixels = torch.randint(0, 256, (inference.CHECK_ROWS + 2, 3, 64, 64), dtype=torch.uint8)
+    rows = runner.submit(pixels)()
     assert runner.precision == "fp32" and "using fp32" in capsys.readouterr().out + \
         capsys.readouterr().err
+    fp32 = inference.TrunkRunner(spec, load_trunk(spec, "random"), CPU, None,
+                                 layout="channels_last").submit(pixels)()
+    assert np.array_equal(rows, fp32)  # every row of the batch, checked or not
+
+
+def test_the_check_computes_only_its_sample_of_the_first_batch_again_in_fp32(monkeypatch):
+    spec = get_spec("squeezenet1_1")
+    runner = inference.TrunkRunner(spec, load_trunk(spec, "random"), CPU, torch.bfloat16,
+                                   layout="channels_last")
+    passes, final = [], runner._final
+    monkeypatch.setattr(runner, "_final", lambda x, **kw: passes.append(len(x)) or final(x, **kw))
+    runner.submit(torch.randint(0, 256, (8, 3, 64, 64), dtype=torch.uint8))()
+    assert passes == [8, inference.CHECK_ROWS] and inference.CHECK_ROWS < 8
+    assert runner.precision == "bf16"
 
 
 def test_cpu_batches_fit_the_caches_and_a_gpu_keeps_its_32():
