@@ -96,21 +96,34 @@ def label_issues_summary(result: dict) -> str:
 def extract_summary(result: dict) -> str:
     """The README's table of CPU extraction speed (bench_extract): per trunk, images/s with
     the defaults, what the defaults chose, and how far that is from fp32 contiguous (the
-    path before) and from the fastest forward."""
+    path before), from the fastest forward and from the fastest in the precision the
+    defaults kept; and how fast decoding alone runs in one process."""
     f, m = result["figures"], result["machine"]
     trunks = list(dict.fromkeys(label.split(": ")[0] for label in f))
     lines = [f"On {m['cpu']} ({m['cores']} cores, {result['date'][:10]}; median of "
              f"{result['repeats']} repeats):", "",
              "| trunk | extraction, defaults | defaults computed in | x fp32 contiguous forward "
-             "| of the fastest forward |", "| --- | --- | --- | --- | --- |"]
+             "| of the fastest forward | of the fastest in that precision | decoding alone |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for trunk in trunks:
         [made] = [label.split("default precision (")[1].split(") features")[0]
                   for label in f if label.startswith(f"{trunk}: default precision (")]
         lines.append(
             f"| {trunk} | {f[f'{trunk}: extract, defaults']['median']:.1f} img/s | {made} "
             f"| {f[f'{trunk}: extract, defaults / fp32 contiguous forward']['median']:.2f}x "
-            f"| {f[f'{trunk}: extract, defaults / fastest forward (goal >= 0.9)']['median']:.2f} |")
+            f"| {f[f'{trunk}: extract, defaults / fastest forward (goal >= 0.9)']['median']:.2f} "
+            f"| {kept(f, trunk)} | {decoded(f, trunk)} |")
     return "\n".join(lines) + "\n"
+
+
+def kept(f: dict, trunk: str) -> str:
+    label = f"{trunk}: extract, defaults / fastest forward in the precision they kept"
+    return f"{f[label]['median']:.2f}" if label in f else "-"  # results from before the figure
+
+
+def decoded(f: dict, trunk: str) -> str:
+    label = f"{trunk}: decoding alone, one process"
+    return f"{f[label]['median']:,.0f} img/s" if label in f else "-"
 
 
 # README blocks written from a bench's results: <!-- bench:NAME --> ... <!-- /bench:NAME -->
