@@ -146,7 +146,7 @@ def bench_backbone(bench: Bench, name: str, collection: Collection, args) -> Non
     runs, chosen = {}, {}
     for precision, layout, compiled, folded in variants(device, args.compile):
         trunk = load_trunk(spec, weights)
-        trunk = fold_batchnorm(trunk) if folded else trunk
+        trunk = fold_batchnorm(trunk, size) if folded else trunk
         if trunk is None:
             continue  # nothing folds in this trunk: the unfolded variant is the same
         forward = Forward(trunk, size, precision, layout, compiled, device)

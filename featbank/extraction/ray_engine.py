@@ -130,7 +130,8 @@ def _settle_folding(specs, files, config, gpus: int) -> None:
         out = files[spec.name]
         if not out.stored_attrs() and out.attrs.get("fold_bn"):
             out.attrs["fold_bn"] = not gpus and fold_batchnorm(
-                load_trunk(spec, config.weights, progress=False)) is not None
+                load_trunk(spec, config.weights, progress=False),
+                spec.preprocess.input_size) is not None
 
 
 def _made(out) -> dict:

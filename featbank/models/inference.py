@@ -136,7 +136,7 @@ class TrunkRunner:
         self.spec, self.device, self.autocast = spec, device, autocast
         self.layout = layout or ("channels_last" if device.type == "cuda" else "contiguous")
         self.pools = pools or {}
-        folded = (fold_batchnorm(trunk) if fold and not layers
+        folded = (fold_batchnorm(trunk, spec.preprocess.input_size) if fold and not layers
                   and self.pools.get(FINAL, "model") == "model" else None)
         self.folded = folded is not None
         trunk = trunk if folded is None else folded
