@@ -162,8 +162,9 @@ def _device(parser, d):
 def _workers(parser, d):
     parser.add_argument("--workers", type=_int(0), default=d["workers"],
                         help="image-decoding processes, 0 = in the main process (default: one "
-                             "fewer than the cores, at most 8 when the model runs on the CPU "
-                             f"and 32 with a GPU; here {default_workers('cpu')} and "
+                             "fewer than the cores, at most 8 when the model runs on the CPU, "
+                             "none there on one or two cores, and 32 with a GPU; here "
+                             f"{default_workers('cpu')} and "
                              f"{default_workers('cuda')})")
 
 

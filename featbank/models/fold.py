@@ -3,8 +3,9 @@
 An eval-mode batch norm is an affine map per channel, so ``bn(conv(x))`` is one
 convolution with scaled weights and a shifted bias: folding removes a pass over
 every feature map. On a 2-core Xeon with AMX-BF16 (bf16 autocast, channels-last)
-``bench/bench_extract.py`` ran ResNet50's forward at 1.24x and Xception's at 1.05x
-the images/s of the same trunk unfolded (medians of 3). The sums change at the rounding level,
+``bench/bench_extract.py`` ran the forward passes of Xception at 1.20x, ResNet50 at
+1.14x and EfficientNet-Lite0 at 1.29x (1.37x in fp32, where its defaults fall back) the
+images/s of the same trunk unfolded (medians of 3). The sums change at the rounding level,
 so a file records whether its rows were made folded (``fold_bn``), and
 ``--precision fp32`` on a CPU never folds: it keeps the sums of earlier runs.
 
