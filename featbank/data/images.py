@@ -140,10 +140,10 @@ def decode_views(source, pres) -> tuple[list[torch.Tensor], str]:
     try:
         data = _bytes(source)
         sizes = [min_decode_size([pre]) for pre in pres]
+        probe = data and len(set(sizes)) > 1  # one draft size needs no look at the header
         by_scale: dict[int, list[int]] = {}
-        for j, size in enumerate(sizes):  # one draft size needs no probe of the header
-            scale = draft_scale(data, size) if data and len(set(sizes)) > 1 else 1
-            by_scale.setdefault(scale, []).append(j)
+        for j, size in enumerate(sizes):
+            by_scale.setdefault(draft_scale(data, size) if probe else 1, []).append(j)
         views: list[torch.Tensor | None] = [None] * len(pres)
         for members in by_scale.values():
             image = load_rgb(data, min_size=sizes[members[0]])

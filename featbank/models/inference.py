@@ -13,8 +13,8 @@ for ``--precision fp32`` asked for on a CPU, which keeps the contiguous layout a
 so the sums of earlier runs bit for bit. On a CPU such runs also fold batch norms into
 their convolutions (:mod:`featbank.models.fold`). On a 2-core Intel Xeon with AMX-BF16,
 bf16 with channels-last and batch norms folded ran the forward passes of Xception 5.5x,
-ResNet50 4.2x and EfficientNet-Lite0 2.9x the images/s of fp32 contiguous (``bench/bench_extract.py``,
-docs/benchmarks.md).
+ResNet50 4.2x and EfficientNet-Lite0 2.9x the images/s of fp32 contiguous
+(``bench/bench_extract.py``, docs/benchmarks.md).
 """
 from __future__ import annotations
 
