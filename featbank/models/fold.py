@@ -58,20 +58,21 @@ def _fold_modules(trunk: nn.Module, size: int) -> nn.Module | None:
     probe = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
     folded = copy.deepcopy(trunk)
     try:
-        pairs = _pairs(folded, probe)
+        pairs, plain = _pairs(folded, probe)  # the copy's pass before folding: the trunk's
         for conv, norm in pairs:
             _fold_pair(folded, conv, norm)
         with torch.inference_mode():
-            plain, fast = trunk(probe).float(), folded(probe).float()
+            fast = folded(probe).float()
     except Exception:  # noqa: BLE001 - a trunk the probe cannot run stays as it is
         return None
     error = ((fast - plain).norm(dim=1) / plain.norm(dim=1).clamp_min(1e-12)).max()
     return folded if pairs and plain.shape == fast.shape and error <= PROBE_TOLERANCE else None
 
 
-def _pairs(trunk: nn.Module, probe: torch.Tensor) -> list[tuple[str, str]]:
+def _pairs(trunk: nn.Module, probe: torch.Tensor) -> tuple[list[tuple[str, str]], torch.Tensor]:
     """(convolution, batch norm) module names where the batch norm's input is the very
-    tensor the convolution returned, each module run once in the probe's forward pass."""
+    tensor the convolution returned, each module run once in the probe's forward pass;
+    and that pass's output (fp32)."""
     made: dict[int, tuple[str, torch.Tensor]] = {}  # the tensors kept, so ids stay unique
     calls: dict[str, int] = {}
     read: dict[str, str] = {}
@@ -88,12 +89,12 @@ def _pairs(trunk: nn.Module, probe: torch.Tensor) -> list[tuple[str, str]]:
                if isinstance(m, (nn.Conv2d, nn.BatchNorm2d))]
     try:
         with torch.inference_mode():
-            trunk(probe)
+            output = trunk(probe).float()
     finally:
         for handle in handles:
             handle.remove()
     return [(conv, norm) for norm, conv in read.items()
-            if calls[norm] == calls[conv] == 1 and _foldable(trunk.get_submodule(norm))]
+            if calls[norm] == calls[conv] == 1 and _foldable(trunk.get_submodule(norm))], output
 
 
 def _foldable(norm: nn.Module) -> bool:
